@@ -1,0 +1,83 @@
+/*
+ * lua-acquire: create cases in Acquire's CRM from Lua.
+ *
+ * This file is the table of contents: the module's functions, the
+ * Client's methods and metamethods, and the opening of each area.
+ *
+ *   src/config.c     the options of acquire.new
+ *   src/request.c    contactId + opts -> url, headers, body
+ *   src/transport.c  libcurl easy handle: bytes out, bytes in
+ *   src/response.c   status, headers, body -> res | nil, err (lua-cjson)
+ *   src/policy.c     retry or give up
+ *   src/error.c      the err table
+ *   src/client.c     acquire.Client: request -> transport -> response
+ *   src/buffer.c     C-owned byte buffers
+ *   src/compat.h     Lua 5.1-5.4 / LuaJIT differences
+ */
+#include "src/acquire.h"
+
+#if defined(__GNUC__)
+#define ACQ_EXPORT __attribute__((visibility("default")))
+#else
+#define ACQ_EXPORT
+#endif
+
+static const luaL_Reg module_functions[] = {
+    { "new", client_new },
+    { "configure", client_configure },
+    { "create_case", client_default_create_case },
+    { "fields", response_l_fields },
+    { "build_request", request_l_build },
+    { "decode_response", response_l_decode },
+    { "retry_after", policy_l_retry_after },
+    { NULL, NULL }
+};
+
+static const luaL_Reg client_methods[] = {
+    { "create_case", client_create_case },
+    { "close", client_close },
+    { NULL, NULL }
+};
+
+static const luaL_Reg client_metamethods[] = {
+    { "__gc", client_close },
+#if LUA_VERSION_NUM >= 504
+    { "__close", client_close },
+#endif
+    { "__tostring", client_tostring },
+    { NULL, NULL }
+};
+
+static void client_open(lua_State *L) {
+    luaL_newmetatable(L, ACQ_MT_CLIENT);
+    acq_setfuncs(L, client_metamethods, 0);
+    lua_createtable(L, 0, 2);
+    acq_setfuncs(L, client_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, ACQ_MT_CLIENT);
+    lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "not your business");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
+
+ACQ_EXPORT int luaopen_acquire(lua_State *L);
+
+ACQ_EXPORT int luaopen_acquire(lua_State *L) {
+    /* curl_global_init is idempotent and thread-safe in the libcurl we
+       require (7.84+ with a thread-safe TLS backend); done here, once per
+       state, rather than implicitly by the first easy handle. */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return luaL_error(L, "acquire: curl_global_init failed");
+    buf_open(L);
+    error_open(L);
+    client_open(L);
+    response_open(L);
+    lua_createtable(L, 0, 10);
+    acq_setfuncs(L, module_functions, 0);
+    response_push_null(L);
+    lua_setfield(L, -2, "null");
+    lua_pushliteral(L, ACQ_VERSION);
+    lua_setfield(L, -2, "_VERSION");
+    return 1;
+}

@@ -1,0 +1,183 @@
+/*
+ * client.c: the acquire.Client userdata, and the one way through:
+ * request -> transport -> response, with policy deciding on retries.
+ *
+ * The userdata gets its metatable while still empty, so __gc can always
+ * run; resources are attached after, and one idempotent close serves
+ * close(), __gc and __close.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "acquire.h"
+
+typedef struct acq_client_t {
+    int       open;
+    int       strict, max_retries;
+    uint64_t  rng;                    /* backoff jitter */
+    char     *url;                    /* base + path + "?contactId=", then the id */
+    size_t    prefix_len;
+    char     *key;                    /* kept only to redact it from errors */
+    size_t    key_len;
+    acq_buf_t req;                    /* request body, reused */
+    acq_transport_t t;
+} acq_client_t;
+
+static const char default_key = 'c';  /* registry: the default client */
+
+static acq_client_t *check_open(lua_State *L, int idx) {
+    acq_client_t *c = (acq_client_t *)luaL_checkudata(L, idx, ACQ_MT_CLIENT);
+    if (!c->open) luaL_error(L, "acquire: client is closed");
+    return c;
+}
+
+static void release(acq_client_t *c) {
+    c->open = 0;
+    transport_close(&c->t);
+    buf_free(&c->req);
+    free(c->url);
+    c->url = NULL;
+    if (c->key) acq_wipe(c->key, c->key_len);
+    free(c->key);
+    c->key = NULL;
+}
+
+/* Builds a client from the config table at idx; pushes it. */
+static acq_client_t *make(lua_State *L, int idx) {
+    acq_config_t cfg;
+    acq_header_t h[ACQ_NHEADERS];
+    const char *lines[ACQ_NHEADERS + 1], *what;
+    char ua[ACQ_UA_MAX];
+    acq_client_t *c;
+    int i;
+    config_check(L, idx, &cfg);                       /* pushes base_url */
+    c = (acq_client_t *)acq_newuserdata(L, sizeof *c);
+    memset(c, 0, sizeof *c);
+    acq_setmetatable(L, ACQ_MT_CLIENT);
+    c->strict = cfg.strict;
+    c->max_retries = cfg.max_retries;
+    c->rng = policy_seed(c);
+    c->url = (char *)malloc(cfg.base_len + 80);
+    c->key = (char *)malloc(cfg.key_len + 1);
+    if (c->url == NULL || c->key == NULL) {
+        release(c);
+        luaL_error(L, "not enough memory");
+    }
+    c->prefix_len = request_url(&cfg, 0, c->url) - 1;
+    memcpy(c->key, cfg.api_key, cfg.key_len + 1);
+    c->key_len = cfg.key_len;
+    request_headers(&cfg, config_user_agent(&cfg, ua), h);
+    for (i = 0; i < ACQ_NHEADERS; i++)
+        lines[i] = lua_pushfstring(L, "%s: %s%s", h[i].name, h[i].prefix, h[i].value);
+    lines[ACQ_NHEADERS] = NULL;
+    if (transport_init(&c->t, &cfg, lines, &what) != 0) {
+        release(c);
+        luaL_error(L, "acquire: cannot set up libcurl (%s)", what);
+    }
+    lua_pop(L, ACQ_NHEADERS);
+    c->open = 1;
+    lua_remove(L, -2);                                /* base_url */
+    return c;
+}
+
+/* acquire.new(config) -> client */
+int client_new(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    make(L, 1);
+    return 1;
+}
+
+/* The loop every call takes. contactId at arg, opts at arg + 1. */
+static int create_case(lua_State *L, acq_client_t *c, int arg) {
+    acq_secret_t secret;
+    acq_result_t r;
+    acq_failure_t f;
+    long long id = request_check_contact_id(L, arg);
+    int attempt, n, base;
+    request_encode_body(L, arg + 1, c->strict, &c->req);
+    snprintf(c->url + c->prefix_len, 24, "%lld", id);
+    secret.p = c->key;
+    secret.len = c->key_len;
+    base = lua_gettop(L);
+    for (attempt = 1;; attempt++) {
+        double wait;
+        transport_perform(&c->t, c->url, c->req.p, c->req.len, &r);
+        if (r.code == CURLE_OK)
+            n = response_decode(L, r.status, c->t.body.p, c->t.body.len,
+                                c->t.retry_after, &secret);
+        else
+            n = transport_push_error(L, &c->t, &r, &secret);
+        if (n == 1) return 1;
+        policy_failure_from_err(L, -1, &f);
+        wait = policy_delay(&f, attempt, c->max_retries, &c->rng);
+        if (wait < 0) {
+            error_setint(L, lua_gettop(L), "attempts", attempt);
+            return 2;
+        }
+        lua_settop(L, base);
+        policy_sleep(wait);
+    }
+}
+
+/* client:create_case(contactId, opts) -> res | nil, err */
+int client_create_case(lua_State *L) {
+    return create_case(L, check_open(L, 1), 2);
+}
+
+int client_close(lua_State *L) {
+    release((acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT));
+    return 0;
+}
+
+int client_tostring(lua_State *L) {
+    acq_client_t *c = (acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT);
+    if (!c->open)
+        lua_pushfstring(L, "acquire.Client (closed): %p", (void *)c);
+    else
+        lua_pushfstring(L, "acquire.Client (%s): %p",
+                        lua_pushlstring(L, c->url, c->prefix_len - strlen(
+                            ACQ_API_PATH "?contactId=")), (void *)c);
+    return 1;
+}
+
+/* acquire.configure(config) -> client; the client acquire.create_case uses */
+int client_configure(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    make(L, 1);
+    lua_pushvalue(L, -1);
+    acq_rawsetp(L, LUA_REGISTRYINDEX, &default_key);
+    return 1;
+}
+
+static void from_env(lua_State *L, const char *field, const char *var) {
+    const char *v = getenv(var);
+    if (v != NULL && v[0] != '\0') {
+        lua_pushstring(L, v);
+        lua_setfield(L, -2, field);
+    }
+}
+
+/* acquire.create_case(contactId, opts): through the configured client, or
+   one made once from ACQUIRE_ACCOUNT_ID, ACQUIRE_API_KEY, ACQUIRE_BASE_URL */
+int client_default_create_case(lua_State *L) {
+    acq_client_t *c;
+    lua_settop(L, 2);
+    acq_rawgetp(L, LUA_REGISTRYINDEX, &default_key);          /* 3 */
+    if (lua_isnil(L, 3)) {
+        if (getenv("ACQUIRE_API_KEY") == NULL)
+            return luaL_error(L, "acquire: not configured: call acquire.configure{...} "
+                                 "or set ACQUIRE_API_KEY and ACQUIRE_ACCOUNT_ID "
+                                 "(or ACQUIRE_BASE_URL)");
+        lua_pop(L, 1);
+        lua_newtable(L);
+        from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
+        from_env(L, "api_key", "ACQUIRE_API_KEY");
+        from_env(L, "base_url", "ACQUIRE_BASE_URL");
+        make(L, 3);
+        lua_replace(L, 3);
+        lua_pushvalue(L, 3);
+        acq_rawsetp(L, LUA_REGISTRYINDEX, &default_key);
+    }
+    c = (acq_client_t *)luaL_checkudata(L, 3, ACQ_MT_CLIENT);
+    if (!c->open) return luaL_error(L, "acquire: the configured client is closed");
+    return create_case(L, c, 1);
+}

@@ -1,0 +1,235 @@
+/*
+ * config.c: the options of acquire.new / acquire.configure.
+ *
+ * Misconfiguration is a programming error, so it raises at once, before
+ * any handle exists. account_id and base_url decide which host receives
+ * the API key, so both are parsed strictly: nothing that could smuggle in
+ * another host, a path, a query or userinfo gets through.
+ */
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+#include <errno.h>
+#include "acquire.h"
+
+static const char *const options[] = {
+    "account_id", "api_key", "base_url", "timeout", "connect_timeout",
+    "max_retries", "user_agent", "ca_file", "insecure", "strict",
+    "max_response_bytes", NULL
+};
+#define OPTION_LIST "account_id, api_key, base_url, timeout, connect_timeout, " \
+    "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes"
+
+/* Raw reads: no metamethod of the caller's table runs while we hold
+   pointers into its strings. */
+static void rawfield(lua_State *L, int idx, const char *k) {
+    lua_pushstring(L, k);
+    lua_rawget(L, idx);
+}
+
+static int bad(lua_State *L, const char *opt, const char *expected, int idx) {
+    return luaL_error(L, "bad option '%s' (%s expected, got %s)", opt,
+                      expected, acq_typename(L, idx));
+}
+
+static int is_label(const char *s, size_t n) {
+    size_t i;
+    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-') return 0;
+    for (i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Header-safe: no CR, LF, NUL or other control byte. */
+static int is_header_value(const char *s, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) return 0;
+    }
+    return 1;
+}
+
+/* http(s)://host[:port] with an optional single trailing '/'. host is a
+   DNS name of labels or an IPv4/IPv6 literal ([...]); nothing else. */
+static int is_base_url(const char *s, size_t n, size_t *keep) {
+    const char *p, *end = s + n;
+    if (n > 0 && s[n - 1] == '/') end--;
+    if (n >= 7 && memcmp(s, "http://", 7) == 0) p = s + 7;
+    else if (n >= 8 && memcmp(s, "https://", 8) == 0) p = s + 8;
+    else return 0;
+    if (p < end && *p == '[') {                      /* IPv6 literal */
+        const char *q = p + 1;
+        while (q < end && (strchr("0123456789abcdefABCDEF:.", *q) != NULL)) q++;
+        if (q == p + 1 || q >= end || *q != ']') return 0;
+        p = q + 1;
+    } else {                                         /* labels */
+        const char *label = p;
+        for (;; p++) {
+            if (p == end || *p == '.' || *p == ':') {
+                if (!is_label(label, (size_t)(p - label))) return 0;
+                if (p == end || *p == ':') break;
+                label = p + 1;
+            }
+        }
+    }
+    if (p < end) {                                   /* :port */
+        long port = 0;
+        if (*p++ != ':' || p == end) return 0;
+        for (; p < end; p++) {
+            if (*p < '0' || *p > '9') return 0;
+            port = port * 10 + (*p - '0');
+            if (port > 65535) return 0;
+        }
+        if (port == 0) return 0;
+    }
+    *keep = (size_t)(end - s);
+    return 1;
+}
+
+static long check_ms(lua_State *L, const char *opt, int idx) {
+    double v;
+    if (lua_type(L, idx) != LUA_TNUMBER) bad(L, opt, "positive number", idx);
+    v = lua_tonumber(L, idx);
+    if (!(v > 0) || v > 86400 * 30.0)     /* also NaN */
+        luaL_error(L, "bad option '%s' (positive number of seconds expected, got %f)",
+                   opt, v);
+    v = ceil(v * 1000.0);
+    return (long)v;
+}
+
+static long check_int(lua_State *L, const char *opt, int idx, long lo, long hi) {
+    double v;
+    if (lua_type(L, idx) != LUA_TNUMBER) bad(L, opt, "integer", idx);
+    v = lua_tonumber(L, idx);
+    if (v != floor(v) || v < (double)lo || v > (double)hi)
+        luaL_error(L, "bad option '%s' (integer from %d to %d expected)", opt,
+                   (int)lo, (int)hi);
+    return (long)v;
+}
+
+static const char *check_str(lua_State *L, const char *opt, int idx, size_t *len) {
+    if (lua_type(L, idx) != LUA_TSTRING) bad(L, opt, "string", idx);
+    return lua_tolstring(L, idx, len);
+}
+
+static int check_bool(lua_State *L, const char *opt, int idx) {
+    if (!lua_isboolean(L, idx)) bad(L, opt, "boolean", idx);
+    return lua_toboolean(L, idx);
+}
+
+void config_check(lua_State *L, int idx, acq_config_t *cfg) {
+    const char *account = NULL;
+    size_t alen = 0, len;
+    int top;
+    idx = acq_absindex(L, idx);
+    luaL_checktype(L, idx, LUA_TTABLE);
+    memset(cfg, 0, sizeof *cfg);
+    cfg->timeout_ms = 30000;
+    cfg->connect_timeout_ms = 10000;
+    cfg->max_retries = 2;
+    cfg->strict = 1;
+    cfg->max_response_bytes = (long)ACQ_MAX_RESPONSE;
+
+    /* unknown keys first: a typo must not silently become a default */
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        int i;
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "bad option (string keys expected, got %s key)",
+                       luaL_typename(L, -1));
+        for (i = 0; options[i]; i++)
+            if (strcmp(options[i], lua_tostring(L, -1)) == 0) break;
+        if (options[i] == NULL)
+            luaL_error(L, "bad option '%s' (expected one of: " OPTION_LIST ")",
+                       lua_tostring(L, -1));
+    }
+
+    top = lua_gettop(L);
+    rawfield(L, idx, "api_key");                              /* top+1 */
+    if (lua_isnil(L, -1))
+        luaL_error(L, "option 'api_key' is required");
+    cfg->api_key = check_str(L, "api_key", -1, &cfg->key_len);
+    if (cfg->key_len == 0 || !is_header_value(cfg->api_key, cfg->key_len))
+        luaL_error(L, "bad option 'api_key' (must be non-empty, without "
+                      "control characters)");
+
+    rawfield(L, idx, "account_id");                           /* top+2 */
+    if (!lua_isnil(L, -1)) {
+        account = check_str(L, "account_id", -1, &alen);
+        if (!is_label(account, alen))
+            luaL_error(L, "bad option 'account_id' (a DNS label expected: "
+                          "letters, digits and inner hyphens, at most 63)");
+    }
+
+    rawfield(L, idx, "user_agent");                           /* top+3 */
+    if (!lua_isnil(L, -1)) {
+        cfg->user_agent = check_str(L, "user_agent", -1, &len);
+        if (len == 0 || len > 512 || !is_header_value(cfg->user_agent, len))
+            luaL_error(L, "bad option 'user_agent' (1 to 512 bytes without "
+                          "control characters expected)");
+    }
+
+    rawfield(L, idx, "ca_file");                              /* top+4 */
+    if (!lua_isnil(L, -1)) {
+        cfg->ca_file = check_str(L, "ca_file", -1, &len);
+        if (len == 0 || strlen(cfg->ca_file) != len)
+            luaL_error(L, "bad option 'ca_file' (a file path expected)");
+        if (access(cfg->ca_file, R_OK) != 0)
+            luaL_error(L, "bad option 'ca_file' (cannot read '%s': %s)",
+                       cfg->ca_file, strerror(errno));
+    }
+
+    rawfield(L, idx, "timeout");
+    if (!lua_isnil(L, -1)) cfg->timeout_ms = check_ms(L, "timeout", -1);
+    rawfield(L, idx, "connect_timeout");
+    if (!lua_isnil(L, -1))
+        cfg->connect_timeout_ms = check_ms(L, "connect_timeout", -1);
+    rawfield(L, idx, "max_retries");
+    if (!lua_isnil(L, -1))
+        cfg->max_retries = (int)check_int(L, "max_retries", -1, 0, 10);
+    rawfield(L, idx, "max_response_bytes");
+    if (!lua_isnil(L, -1))
+        cfg->max_response_bytes =
+            check_int(L, "max_response_bytes", -1, 1, 1L << 30);
+    rawfield(L, idx, "insecure");
+    if (!lua_isnil(L, -1)) cfg->insecure = check_bool(L, "insecure", -1);
+    rawfield(L, idx, "strict");
+    if (!lua_isnil(L, -1)) cfg->strict = check_bool(L, "strict", -1);
+    lua_settop(L, top + 4);           /* keep the strings pointed into */
+
+    rawfield(L, idx, "base_url");
+    if (!lua_isnil(L, -1)) {
+        size_t keep = 0;
+        const char *u = check_str(L, "base_url", -1, &len);
+        if (len > 1024 || !is_base_url(u, len, &keep))
+            luaL_error(L, "bad option 'base_url' (http(s)://host[:port] "
+                          "expected, without path, query or userinfo)");
+        lua_pushlstring(L, u, keep);
+        lua_remove(L, -2);
+    } else if (account != NULL) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "https://%s.acquire.io", account);
+    } else {
+        luaL_error(L, "option 'account_id' (or 'base_url') is required");
+    }
+    cfg->base_url = lua_tolstring(L, -1, &cfg->base_len);
+    /* The strings stay referenced by the table at idx; only the derived
+       base_url needs the stack, so drop the rest and keep exactly one. */
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+}
+
+const char *config_user_agent(const acq_config_t *cfg, char buf[ACQ_UA_MAX]) {
+    curl_version_info_data *v;
+    if (cfg->user_agent) return cfg->user_agent;
+    v = curl_version_info(CURLVERSION_NOW);
+    snprintf(buf, ACQ_UA_MAX, "lua-acquire/%s libcurl/%s", ACQ_VERSION,
+             v && v->version ? v->version : "unknown");
+    return buf;
+}

@@ -1,0 +1,125 @@
+/*
+ * error.c: the err table of `nil, err`.
+ *
+ * Fields: kind ("network", "timeout", "tls", "http", "decode"), status,
+ * type, message, body (capped), code (libcurl's), attempts, maybe_created,
+ * retry_after. Every string that could carry bytes from the outside world
+ * passes through error_setstring, which redacts the API key from it, so no
+ * server echo or library message can leak the key.
+ */
+#include <string.h>
+#include "acquire.h"
+
+#define ACQ_REDACTED "[REDACTED]"
+
+/* Pushes a new err table; returns its absolute index. */
+int error_new(lua_State *L, const char *kind) {
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    acq_setmetatable(L, ACQ_MT_ERROR);
+    return lua_gettop(L);
+}
+
+static const char *find(const char *s, size_t n, const char *w, size_t wn) {
+    const char *end = s + n;
+    if (wn == 0 || wn > n) return NULL;
+    for (; (size_t)(end - s) >= wn; s++) {
+        s = memchr(s, w[0], (size_t)(end - s) - wn + 1);
+        if (s == NULL) return NULL;
+        if (memcmp(s, w, wn) == 0) return s;
+    }
+    return NULL;
+}
+
+/* Sets err[field] (err at the absolute index err) to s with the secret redacted, then cut to
+   cap bytes (redacting first, so a cut can't leave half a key behind). */
+void error_setstring(lua_State *L, int err, const char *field, const char *s,
+                     size_t len, const acq_secret_t *secret, size_t cap) {
+    const char *hit = secret ? find(s, len, secret->p, secret->len) : NULL;
+    if (hit == NULL) {
+        lua_pushlstring(L, s, len < cap ? len : cap);
+    } else {
+        luaL_Buffer b;
+        const char *end = s + len;
+        luaL_buffinit(L, &b);
+        while (hit != NULL) {
+            luaL_addlstring(&b, s, (size_t)(hit - s));
+            luaL_addstring(&b, ACQ_REDACTED);
+            s = hit + secret->len;
+            hit = find(s, (size_t)(end - s), secret->p, secret->len);
+        }
+        luaL_addlstring(&b, s, (size_t)(end - s));
+        luaL_pushresult(&b);
+        if (acq_rawlen(L, -1) > cap) {
+            lua_pushlstring(L, lua_tostring(L, -1), cap);
+            lua_remove(L, -2);
+        }
+    }
+    lua_setfield(L, err, field);
+}
+
+void error_setint(lua_State *L, int err, const char *field, long long v) {
+    acq_pushint64(L, v);
+    lua_setfield(L, err, field);
+}
+
+void error_setbool(lua_State *L, int err, const char *field, int v) {
+    lua_pushboolean(L, v);
+    lua_setfield(L, err, field);
+}
+
+void error_setnumber(lua_State *L, int err, const char *field, double v) {
+    lua_pushnumber(L, v);
+    lua_setfield(L, err, field);
+}
+
+static const char *getstr(lua_State *L, const char *field) {
+    lua_getfield(L, 1, field);
+    return lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+}
+
+/* acquire: http 401 ERROR_UNAUTHORIZED: Invalid API key
+   acquire: network: Failed to connect to 127.0.0.1 port 9: ... (curl 7) */
+static int error_tostring(lua_State *L) {
+    luaL_Buffer b;
+    const char *kind, *type, *msg;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    kind = getstr(L, "kind");
+    type = getstr(L, "type");
+    msg = getstr(L, "message");
+    lua_getfield(L, 1, "status");            /* 5 */
+    lua_getfield(L, 1, "code");              /* 6: absolute, the buffer may push */
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "acquire: ");
+    luaL_addstring(&b, kind ? kind : "error");
+    if (kind && strcmp(kind, "http") == 0 && lua_isnumber(L, 5)) {
+        lua_pushfstring(L, " %d", (int)lua_tonumber(L, 5));
+        luaL_addvalue(&b);
+    }
+    if (type) {
+        luaL_addchar(&b, ' ');
+        luaL_addstring(&b, type);
+    }
+    if (msg) {
+        luaL_addstring(&b, ": ");
+        luaL_addstring(&b, msg);
+    }
+    if (lua_isnumber(L, 6)) {
+        lua_pushfstring(L, " (curl %d)", (int)lua_tonumber(L, 6));
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+void error_open(lua_State *L) {
+    if (luaL_newmetatable(L, ACQ_MT_ERROR)) {
+        lua_pushcfunction(L, error_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushstring(L, ACQ_MT_ERROR);     /* __name before 5.3 too */
+        lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
+}

@@ -1,0 +1,95 @@
+/*
+ * policy.c: after a failure on attempt N, wait how long, or give up?
+ *
+ * Acquire has no idempotency keys, so a request that may have reached it
+ * is never sent again. Retried: failures where the case cannot exist
+ * (nothing was sent: DNS, refused, connect timeout, reset before the first
+ * request byte) with exponential backoff and full jitter, and 429/503 that
+ * carry Retry-After (honoured; above ACQ_RETRY_AFTER_CAP, given up).
+ * Knows nothing of libcurl or nginx: every transport asks the same thing.
+ */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <time.h>
+#include "acquire.h"
+
+#define BACKOFF_BASE 0.5
+#define BACKOFF_CAP  8.0
+
+static double uniform(uint64_t *s) {          /* xorshift64*, in [0, 1) */
+    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull;
+    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+    *s = x;
+    return (double)((x * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+}
+
+uint64_t policy_seed(const void *salt) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^
+           (uint64_t)(uintptr_t)salt ^ 0x9E3779B97F4A7C15ull;
+}
+
+double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
+                    uint64_t *rng) {
+    double ceiling;
+    if (attempt > max_retries || !f->retryable) return -1;
+    if (f->retry_after >= 0)
+        return f->retry_after <= ACQ_RETRY_AFTER_CAP ? f->retry_after : -1;
+    ceiling = BACKOFF_BASE * ldexp(1.0, attempt - 1);
+    if (ceiling > BACKOFF_CAP) ceiling = BACKOFF_CAP;
+    return uniform(rng) * ceiling;             /* full jitter */
+}
+
+void policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f) {
+    const char *kind;
+    long status = 0;
+    int maybe_created;
+    idx = acq_absindex(L, idx);
+    lua_getfield(L, idx, "kind");
+    kind = lua_tostring(L, -1);
+    lua_getfield(L, idx, "status");
+    if (lua_isnumber(L, -1)) status = (long)lua_tonumber(L, -1);
+    lua_getfield(L, idx, "maybe_created");
+    maybe_created = lua_toboolean(L, -1);
+    lua_getfield(L, idx, "retry_after");
+    f->retry_after = lua_isnumber(L, -1) ? (double)lua_tonumber(L, -1) : -1;
+    f->retryable = 0;
+    if (kind && !maybe_created) {
+        if (strcmp(kind, "network") == 0 || strcmp(kind, "timeout") == 0) {
+            f->retryable = 1;
+            f->retry_after = -1;
+        } else if (strcmp(kind, "http") == 0 && (status == 429 || status == 503)) {
+            f->retryable = f->retry_after >= 0;
+        }
+    }
+    lua_pop(L, 4);
+}
+
+void policy_sleep(double seconds) {
+    struct timespec ts;
+    if (!(seconds > 0)) return;
+    ts.tv_sec = (time_t)seconds;
+    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* acquire.retry_after(err, attempt [, max_retries = 2]) -> seconds | nil */
+int policy_l_retry_after(lua_State *L) {
+    acq_failure_t f;
+    uint64_t rng = policy_seed(L);
+    lua_Integer attempt, max_retries;
+    double delay;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    attempt = luaL_checkinteger(L, 2);
+    max_retries = luaL_optinteger(L, 3, 2);
+    luaL_argcheck(L, attempt >= 1, 2, "attempt must be 1 or more");
+    luaL_argcheck(L, max_retries >= 0 && max_retries <= 10, 3,
+                  "max_retries must be from 0 to 10");
+    policy_failure_from_err(L, 1, &f);
+    delay = policy_delay(&f, (int)attempt, (int)max_retries, &rng);
+    if (delay < 0) lua_pushnil(L);
+    else lua_pushnumber(L, delay);
+    return 1;
+}

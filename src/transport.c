@@ -1,0 +1,161 @@
+/*
+ * transport.c: moves bytes with one libcurl easy handle per client, kept
+ * across calls so its connection is reused. Knows nothing of the API's
+ * body. The callbacks only copy bytes into C buffers: no Lua API call
+ * happens inside libcurl, so no Lua error can unwind through it.
+ */
+#include <string.h>
+#include <strings.h>
+#include "acquire.h"
+
+#define ACQ_CURL_AT_LEAST(x, y, z) (LIBCURL_VERSION_NUM >= (((x) << 16) | ((y) << 8) | (z)))
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
+    acq_transport_t *t = (acq_transport_t *)ud;
+    size_t n = size * nmemb;
+    if (n > t->max_bytes - t->body.len) {      /* len <= max_bytes holds */
+        t->too_large = 1;
+        return 0;                              /* aborts: CURLE_WRITE_ERROR */
+    }
+    if (!buf_reserve(&t->body, n)) return 0;
+    memcpy(t->body.p + t->body.len, ptr, n);
+    t->body.len += n;
+    return n;
+}
+
+static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
+    acq_transport_t *t = (acq_transport_t *)ud;
+    size_t n = size * nitems;
+    if (n >= 5 && memcmp(ptr, "HTTP/", 5) == 0) {
+        t->retry_after[0] = '\0';              /* a new response begins */
+    } else if (n > 12 && strncasecmp(ptr, "retry-after:", 12) == 0) {
+        size_t i = 12, j = 0;
+        while (i < n && (ptr[i] == ' ' || ptr[i] == '\t')) i++;
+        while (i < n && ptr[i] != '\r' && ptr[i] != '\n' &&
+               j < sizeof t->retry_after - 1)
+            t->retry_after[j++] = ptr[i++];
+        t->retry_after[j] = '\0';
+    }
+    return n;
+}
+
+#define SET(opt, val) \
+    do { if (curl_easy_setopt(t->easy, opt, val) != CURLE_OK) { *what = #opt; return -1; } } while (0)
+
+int transport_init(acq_transport_t *t, const acq_config_t *cfg,
+                   const char *const *header_lines, const char **what) {
+    const char *const *h;
+    *what = "curl_easy_init";
+    t->easy = curl_easy_init();
+    if (t->easy == NULL) return -1;
+    for (h = header_lines; *h; h++) {
+        struct curl_slist *l = curl_slist_append(t->headers, *h);
+        if (l == NULL) { *what = "curl_slist_append"; return -1; }
+        t->headers = l;
+    }
+    /* no "Expect: 100-continue" round trip */
+    {
+        struct curl_slist *l = curl_slist_append(t->headers, "Expect:");
+        if (l == NULL) { *what = "curl_slist_append"; return -1; }
+        t->headers = l;
+    }
+    t->max_bytes = (size_t)cfg->max_response_bytes;
+    SET(CURLOPT_NOSIGNAL, 1L);                 /* threads, nginx, signals */
+    SET(CURLOPT_HTTPHEADER, t->headers);
+    SET(CURLOPT_POST, 1L);
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, (void *)t);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, (void *)t);
+    SET(CURLOPT_ERRORBUFFER, t->errbuf);
+    SET(CURLOPT_TIMEOUT_MS, cfg->timeout_ms);
+    SET(CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
+    SET(CURLOPT_FOLLOWLOCATION, 0L);           /* a redirect is an answer */
+#if ACQ_CURL_AT_LEAST(7, 85, 0)
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    SET(CURLOPT_ACCEPT_ENCODING, "");          /* whatever libcurl decodes */
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_SSL_VERIFYPEER, cfg->insecure ? 0L : 1L);
+    SET(CURLOPT_SSL_VERIFYHOST, cfg->insecure ? 0L : 2L);
+    if (cfg->ca_file) SET(CURLOPT_CAINFO, cfg->ca_file);
+    return 0;
+}
+
+void transport_perform(acq_transport_t *t, const char *url, const char *body,
+                       size_t len, acq_result_t *r) {
+    long sent = 0;
+    t->body.len = 0;
+    t->too_large = 0;
+    t->retry_after[0] = '\0';
+    t->errbuf[0] = '\0';
+    r->status = 0;
+    curl_easy_setopt(t->easy, CURLOPT_URL, url);
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);
+    r->code = curl_easy_perform(t->easy);
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
+    switch (r->code) {
+    /* failures before a connection carried any request byte */
+    case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_URL_MALFORMAT:
+    case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT: case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
+        r->maybe_sent = 0;
+        break;
+    default:
+        r->maybe_sent = sent > 0 || r->status > 0;
+    }
+}
+
+static const char *kind_of(CURLcode code) {
+    switch (code) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_ENGINE_NOTFOUND: case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CRL_BADFILE: case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_USE_SSL_FAILED:
+        return "tls";
+    default:
+        return "network";
+    }
+}
+
+int transport_push_error(lua_State *L, const acq_transport_t *t,
+                         const acq_result_t *r, const acq_secret_t *secret) {
+    int err;
+    lua_pushnil(L);
+    if (t->too_large) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "response body exceeds max_response_bytes (%lu)",
+                 (unsigned long)t->max_bytes);
+        err = error_new(L, "http");
+        error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
+    } else {
+        const char *msg = t->errbuf[0] ? t->errbuf : curl_easy_strerror(r->code);
+        err = error_new(L, kind_of(r->code));
+        error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
+        error_setint(L, err, "code", (long long)r->code);
+    }
+    if (r->status > 0) error_setint(L, err, "status", r->status);
+    error_setbool(L, err, "maybe_created", r->maybe_sent);
+    return 2;
+}
+
+void transport_close(acq_transport_t *t) {
+    struct curl_slist *l;
+    if (t->easy) curl_easy_cleanup(t->easy);
+    t->easy = NULL;
+    for (l = t->headers; l; l = l->next)  /* the Authorization line */
+        acq_wipe(l->data, strlen(l->data));
+    curl_slist_free_all(t->headers);
+    t->headers = NULL;
+    buf_free(&t->body);
+}
