@@ -51,7 +51,7 @@ demo: deps
 memcheck: deps
 	$(MAKE) build
 	valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
-	  --show-leak-kinds=definite,indirect --suppressions=scripts/valgrind.supp \
+	  --show-leak-kinds=definite,indirect \
 	  $(BUSTED) $(BUSTED_ARGS) --exclude-tags=rock
 
 install: $(MOD)

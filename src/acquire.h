@@ -17,6 +17,12 @@
 #include <curl/curl.h>
 #include "compat.h"
 
+/* Everything declared from here on stays inside acquire.so, whatever the
+   build's flags (LuaRocks' builtin backend passes none of ours). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 #define ACQ_VERSION          "0.1.0"
 #define ACQ_MT_CLIENT        "acquire.Client"
 #define ACQ_MT_ERROR         "acquire.Error"
@@ -154,5 +160,9 @@ int   client_close(lua_State *L);
 int   client_tostring(lua_State *L);
 int   client_configure(lua_State *L);
 int   client_default_create_case(lua_State *L);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif

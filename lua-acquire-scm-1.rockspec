@@ -1,0 +1,48 @@
+rockspec_format = "3.0"
+package = "lua-acquire"
+version = "scm-1"
+source = {
+   url = "git+https://github.com/lua-acquire/lua-acquire.git",
+}
+description = {
+   summary = "Create cases in Acquire's CRM from Lua (libcurl + lua-cjson)",
+   detailed = [[
+acquire.create_case(contactId, opts) sends POST /api/v1/crm/messenger/chat/create
+to https://{account_id}.acquire.io with a Bearer key, encodes opts from the
+API's schema, and returns the response as nested Lua tables, or nil and a
+structured error.
+]],
+   license = "MIT",
+   labels = { "http", "api", "crm", "libcurl" },
+}
+dependencies = {
+   "lua >= 5.1",
+   "lua-cjson",
+}
+external_dependencies = {
+   CURL = { header = "curl/curl.h", library = "curl" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      acquire = {
+         sources = {
+            "lua_acquire.c",
+            "src/buffer.c",
+            "src/client.c",
+            "src/config.c",
+            "src/error.c",
+            "src/policy.c",
+            "src/request.c",
+            "src/response.c",
+            "src/transport.c",
+         },
+         libraries = { "curl" },
+         incdirs = { "$(CURL_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)" },
+      },
+   },
+}
+test = {
+   type = "busted",
+}

@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the Debian packages lua-acquire needs to build, demo and test,
+# only those missing. Runs apt-get update first when anything is missing.
+set -eu
+PACKAGES="make gcc libc6-dev pkg-config libcurl4-openssl-dev ca-certificates openssl
+lua5.4 liblua5.4-dev lua-cjson lua-busted lua-socket luarocks python3 valgrind"
+[ $# -gt 0 ] && PACKAGES="$PACKAGES $*"
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "deps: need root (or sudo) to install:$missing" >&2; exit 1; }
+    SUDO=sudo
+fi
+echo "deps: installing$missing"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
