@@ -132,10 +132,10 @@ int client_tostring(lua_State *L) {
     acq_client_t *c = (acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT);
     if (!c->open)
         lua_pushfstring(L, "acquire.Client (closed): %p", (void *)c);
-    else
-        lua_pushfstring(L, "acquire.Client (%s): %p",
-                        lua_pushlstring(L, c->url, c->prefix_len - strlen(
-                            ACQ_API_PATH "?contactId=")), (void *)c);
+    else {
+        lua_pushlstring(L, c->url, c->prefix_len - strlen(ACQ_API_PATH "?contactId="));
+        lua_pushfstring(L, "acquire.Client (%s): %p", lua_tostring(L, -1), (void *)c);
+    }
     return 1;
 }
 

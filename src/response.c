@@ -16,7 +16,9 @@
 #include "acquire.h"
 
 static const char decode_key = 'd';     /* registry: the decode function */
+#if ACQ_HAS_INTEGERS
 static const char repair_key = 'r';     /* registry: true when repairing */
+#endif
 
 void response_push_null(lua_State *L) {
     lua_pushlightuserdata(L, NULL);      /* what cjson.null is */
