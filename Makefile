@@ -54,6 +54,9 @@ memcheck: deps
 	  --show-leak-kinds=definite,indirect \
 	  $(BUSTED) $(BUSTED_ARGS) --exclude-tags=rock
 
+# Further targets (quality checks, nginx, CLI...) each live in mk/<area>.mk.
+-include $(wildcard mk/*.mk)
+
 install: $(MOD)
 	install -d $(DESTDIR)$(INST_LIBDIR)
 	install -m 0755 $(MOD) $(DESTDIR)$(INST_LIBDIR)/$(MOD)
