@@ -102,9 +102,10 @@ static int error_tostring(lua_State *L) {
         luaL_addchar(&b, ' ');
         luaL_addstring(&b, type);
     }
-    if (msg) {
+    if (msg) {                  /* one line, whatever the server sent */
         luaL_addstring(&b, ": ");
-        luaL_addstring(&b, msg);
+        for (; *msg; msg++)
+            luaL_addchar(&b, ((unsigned char)*msg < 0x20 || *msg == 0x7f) ? ' ' : *msg);
     }
     if (lua_isnumber(L, 6)) {
         lua_pushfstring(L, " (curl %d)", (int)lua_tonumber(L, 6));
