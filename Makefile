@@ -45,7 +45,7 @@ test: deps
 
 demo: deps
 	$(MAKE) build
-	PYTHON=$(PYTHON) spec/server/with-server $(LUA) examples/create_case.lua
+	PYTHON=$(PYTHON) LUA_CPATH='./?.so;;' spec/server/with-server $(LUA) examples/create_case.lua
 
 # The spec suite under valgrind: no definite or indirect leak, no error.
 memcheck: deps

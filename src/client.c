@@ -164,9 +164,9 @@ int client_default_create_case(lua_State *L) {
     acq_rawgetp(L, LUA_REGISTRYINDEX, &default_key);          /* 3 */
     if (lua_isnil(L, 3)) {
         if (getenv("ACQUIRE_API_KEY") == NULL)
-            return luaL_error(L, "acquire: not configured: call acquire.configure{...} "
-                                 "or set ACQUIRE_API_KEY and ACQUIRE_ACCOUNT_ID "
-                                 "(or ACQUIRE_BASE_URL)");
+            return luaL_error(L, "acquire: no api_key: call acquire.configure{ api_key = ..., "
+                                 "account_id = ... } or set ACQUIRE_API_KEY and "
+                                 "ACQUIRE_ACCOUNT_ID (or ACQUIRE_BASE_URL)");
         lua_pop(L, 1);
         lua_newtable(L);
         from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
