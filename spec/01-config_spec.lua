@@ -1,0 +1,319 @@
+-- Configuration: acquire.new, acquire.configure and the keys they take.
+-- Every rule: what raises (naming the option) and what is accepted.
+-- The URL a configuration gives is read through acquire.build_request,
+-- which takes the same keys as acquire.new.
+local acquire = require "acquire"
+local cjson = require "cjson"
+
+local PATH = "/api/v1/crm/messenger/chat/create?contactId=597752"
+
+local function raises(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error, got none")
+  assert.equal("string", type(err), "error value should be a string")
+  return err
+end
+
+local function contains(haystack, needle)
+  assert.is_true(string.find(haystack, needle, 1, true) ~= nil,
+    ("expected %q to contain %q"):format(haystack, needle))
+end
+
+-- A copy of base with the pairs of over set.
+local function with(base, over)
+  local t = {}
+  for k, v in pairs(base) do t[k] = v end
+  for k, v in pairs(over or {}) do t[k] = v end
+  return t
+end
+
+local GOOD = { account_id = "mycompany", api_key = "k" }
+
+-- acquire.new(cfg) must raise naming `option`; build_request and configure too.
+local function rejects(cfg, option)
+  contains(raises(acquire.new, cfg), option)
+  contains(raises(acquire.build_request, 597752, nil, cfg), option)
+  contains(raises(acquire.configure, cfg), option)
+end
+
+local function url_of(cfg)
+  return acquire.build_request(597752, nil, cfg).url
+end
+
+local function accepts(cfg)
+  local c = acquire.new(cfg)
+  assert.is_not_nil(c)
+  c:close()
+  return url_of(cfg)
+end
+
+describe("acquire module", function()
+  it("has _VERSION 0.1.0", function()
+    assert.equal("0.1.0", acquire._VERSION)
+  end)
+
+  it("has null, the same lightuserdata as cjson.null", function()
+    assert.equal("userdata", type(acquire.null))
+    assert.equal(cjson.null, acquire.null)
+    assert.is_true(rawequal(cjson.null, acquire.null))
+  end)
+
+  it("has the documented functions", function()
+    for _, name in ipairs({ "new", "configure", "create_case", "fields", "build_request", "decode_response" }) do
+      assert.equal("function", type(acquire[name]), name)
+    end
+  end)
+
+  it("returns the same module table from a second require", function()
+    assert.equal(acquire, require "acquire")
+  end)
+end)
+
+describe("acquire.new", function()
+  it("returns a client with create_case and close", function()
+    local c = acquire.new(GOOD)
+    assert.equal("function", type(c.create_case))
+    assert.equal("function", type(c.close))
+    c:close()
+  end)
+
+  it("accepts every documented option at once", function()
+    local c = acquire.new{
+      account_id = "mycompany", api_key = "k", base_url = nil, timeout = 30, connect_timeout = 10,
+      max_retries = 2, user_agent = "ua/1", ca_file = nil, insecure = false, strict = true,
+    }
+    c:close()
+    c = acquire.new{
+      base_url = "https://example.com", api_key = "k", timeout = 0.5, connect_timeout = 0.25,
+      max_retries = 0, user_agent = "ua/1", ca_file = "/etc/ssl/certs/ca-certificates.crt",
+      insecure = true, strict = false,
+    }
+    c:close()
+  end)
+
+  it("raises without a table", function()
+    raises(acquire.new)
+    raises(acquire.new, "mycompany")
+  end)
+
+  it("raises on an unknown option, naming it", function()
+    contains(raises(acquire.new, with(GOOD, { foo = 1 })), "bad option 'foo'")
+    contains(raises(acquire.build_request, 597752, nil, with(GOOD, { foo = 1 })), "bad option 'foo'")
+    contains(raises(acquire.configure, with(GOOD, { foo = 1 })), "bad option 'foo'")
+    contains(raises(acquire.new, with(GOOD, { apiKey = "k" })), "bad option 'apiKey'")
+  end)
+
+  describe("api_key", function()
+    it("is required", function()
+      rejects({ account_id = "mycompany" }, "api_key")
+    end)
+
+    it("must not be empty", function()
+      rejects(with(GOOD, { api_key = "" }), "api_key")
+    end)
+
+    it("must be a string", function()
+      rejects(with(GOOD, { api_key = {} }), "api_key")
+      rejects(with(GOOD, { api_key = true }), "api_key")
+    end)
+
+    for _, case in ipairs({ { "CR", "a\rb" }, { "LF", "a\nb" }, { "NUL", "a\0b" }, { "CRLF", "k\r\nX-Evil: 1" } }) do
+      it("must not contain " .. case[1], function()
+        rejects(with(GOOD, { api_key = case[2] }), "api_key")
+      end)
+    end
+
+    it("does not appear in the error message", function()
+      local msg = raises(acquire.new, with(GOOD, { api_key = "secret\nvalue" }))
+      assert.is_nil(msg:find("secret", 1, true))
+    end)
+  end)
+
+  describe("user_agent", function()
+    for _, case in ipairs({ { "CR", "ua\r" }, { "LF", "ua\nX: y" }, { "NUL", "u\0a" } }) do
+      it("must not contain " .. case[1], function()
+        rejects(with(GOOD, { user_agent = case[2] }), "user_agent")
+      end)
+    end
+
+    it("replaces the default", function()
+      local req = acquire.build_request(597752, nil, with(GOOD, { user_agent = "x/1" }))
+      assert.equal("x/1", req.headers["User-Agent"])
+    end)
+  end)
+
+  describe("account_id", function()
+    it("gives https://{account_id}.acquire.io", function()
+      assert.equal("https://mycompany.acquire.io" .. PATH, accepts(GOOD))
+    end)
+
+    local good = {
+      "a", "0", "abc123", "my-company", "a-b-c", "a1-2b", "MyCompany",
+      "a" .. string.rep("b", 61) .. "c", -- 63 characters
+    }
+    for _, id in ipairs(good) do
+      it("accepts " .. string.format("%q", id), function()
+        local url = accepts({ account_id = id, api_key = "k" })
+        assert.equal(("https://" .. id .. ".acquire.io" .. PATH):lower(), url:lower())
+      end)
+    end
+
+    local bad = {
+      "evil.com/x?", "a b", "", "-x", "x-", "a.b", "a_b", "a/b", "a?b", "a#b", "a@b", "a:1",
+      "\195\169t\195\169", "a\0b", "a\nb",
+      string.rep("a", 64),
+    }
+    for _, id in ipairs(bad) do
+      it("rejects " .. string.format("%q", id), function()
+        rejects({ account_id = id, api_key = "k" }, "account_id")
+      end)
+    end
+
+    it("rejects a non-string", function()
+      rejects({ account_id = {}, api_key = "k" }, "account_id")
+      rejects({ account_id = true, api_key = "k" }, "account_id")
+    end)
+
+    it("is required when base_url is not given", function()
+      local msg = raises(acquire.new, { api_key = "k" })
+      assert.is_true(msg:find("account_id", 1, true) ~= nil or msg:find("base_url", 1, true) ~= nil, msg)
+      raises(acquire.build_request, 597752, nil, { api_key = "k" })
+    end)
+
+    it("is still checked when base_url is given", function()
+      rejects({ account_id = "evil.com/x?", base_url = "http://127.0.0.1:8080", api_key = "k" }, "account_id")
+    end)
+  end)
+
+  describe("base_url", function()
+    local good = {
+      { "http://127.0.0.1:8080", "http://127.0.0.1:8080" },
+      { "https://example.com", "https://example.com" },
+      { "http://localhost", "http://localhost" },
+      { "https://example.com/", "https://example.com" },
+      { "http://127.0.0.1:8080/", "http://127.0.0.1:8080" },
+      { "https://api.example.co.uk:443", "https://api.example.co.uk:443" },
+      { "http://h:1", "http://h:1" },
+      { "http://h:65535", "http://h:65535" },
+    }
+    for _, case in ipairs(good) do
+      it("accepts " .. case[1], function()
+        assert.equal(case[2] .. PATH, accepts({ base_url = case[1], api_key = "k" }))
+      end)
+    end
+
+    it("makes account_id optional, and wins over it", function()
+      assert.equal("http://127.0.0.1:9" .. PATH, accepts({ base_url = "http://127.0.0.1:9", api_key = "k" }))
+      assert.equal("http://127.0.0.1:9" .. PATH,
+        accepts({ base_url = "http://127.0.0.1:9", account_id = "mycompany", api_key = "k" }))
+    end)
+
+    local bad = {
+      "http://u:p@h", "http://u@h", "http://h/x", "http://h/x/", "http://h//", "http://h?x", "http://h/?x",
+      "http://h#f", "ftp://h", "h", "127.0.0.1:8080", "//h", "http://", "https://", "http://:80",
+      "http://h:99999", "http://h:65536", "http://h:abc", "http://h:", "", "http://a b", "http://h\r\n",
+      "file:///etc/passwd",
+    }
+    for _, u in ipairs(bad) do
+      it("rejects " .. string.format("%q", u), function()
+        rejects({ base_url = u, api_key = "k" }, "base_url")
+      end)
+    end
+
+    it("rejects a non-string", function()
+      rejects({ base_url = {}, api_key = "k" }, "base_url")
+      rejects({ base_url = 8080, account_id = "a", api_key = "k" }, "base_url")
+    end)
+  end)
+
+  for _, opt in ipairs({ "timeout", "connect_timeout" }) do
+    describe(opt, function()
+      for _, v in ipairs({ 30, 1, 0.5, 0.001, 600 }) do
+        it("accepts " .. tostring(v), function()
+          accepts(with(GOOD, { [opt] = v }))
+        end)
+      end
+      local bad = { { "0", 0 }, { "-1", -1 }, { "-0.5", -0.5 }, { "NaN", 0 / 0 }, { "a string", "abc" },
+                    { "a table", {} }, { "true", true } }
+      for _, case in ipairs(bad) do
+        it("rejects " .. case[1], function()
+          rejects(with(GOOD, { [opt] = case[2] }), opt)
+        end)
+      end
+    end)
+  end
+
+  describe("max_retries", function()
+    for _, v in ipairs({ 0, 1, 2, 10, 2.0 }) do
+      it("accepts " .. tostring(v), function()
+        accepts(with(GOOD, { max_retries = v }))
+      end)
+    end
+    local bad = { { "-1", -1 }, { "11", 11 }, { "1.5", 1.5 }, { "100", 100 }, { "NaN", 0 / 0 },
+                  { "a string", "abc" }, { "a table", {} }, { "true", true } }
+    for _, case in ipairs(bad) do
+      it("rejects " .. case[1], function()
+        rejects(with(GOOD, { max_retries = case[2] }), "max_retries")
+      end)
+    end
+  end)
+
+  describe("insecure and strict", function()
+    it("accept booleans", function()
+      accepts(with(GOOD, { insecure = true }))
+      accepts(with(GOOD, { insecure = false }))
+      accepts(with(GOOD, { strict = true }))
+      accepts(with(GOOD, { strict = false }))
+    end)
+
+    it("strict defaults to true", function()
+      contains(raises(acquire.build_request, 597752, { foo = 1 }, GOOD), "unknown field 'foo'")
+    end)
+
+    it("strict = false lets unknown opts keys through", function()
+      local req = acquire.build_request(597752, { foo = 1 }, with(GOOD, { strict = false }))
+      assert.equal('{"foo":1}', req.body)
+    end)
+  end)
+end)
+
+describe("acquire.configure", function()
+  it("raises on bad configuration, naming the option", function()
+    contains(raises(acquire.configure, { account_id = "mycompany" }), "api_key")
+    contains(raises(acquire.configure, { account_id = "evil.com/x?", api_key = "k" }), "account_id")
+    contains(raises(acquire.configure, { base_url = "http://h/x", api_key = "k" }), "base_url")
+    contains(raises(acquire.configure, with(GOOD, { timeout = 0 })), "timeout")
+    contains(raises(acquire.configure, with(GOOD, { max_retries = 11 })), "max_retries")
+    contains(raises(acquire.configure, with(GOOD, { foo = true })), "bad option 'foo'")
+  end)
+
+  it("makes the client acquire.create_case uses", function()
+    local helper = require "spec.helper"
+    local port = helper.free_port()
+    acquire.configure{ base_url = "http://127.0.0.1:" .. port, api_key = "k", max_retries = 0 }
+    local res, err = acquire.create_case(597752, { title = "t" })
+    assert.is_nil(res)
+    assert.is_table(err)
+    assert.equal("network", err.kind)
+    assert.equal(7, err.code)
+    assert.is_nil(err.status)
+  end)
+
+  it("keeps the default client's strict setting for acquire.create_case", function()
+    local helper = require "spec.helper"
+    acquire.configure{ base_url = "http://127.0.0.1:" .. helper.free_port(), api_key = "k", max_retries = 0 }
+    contains(raises(acquire.create_case, 597752, { foo = 1 }), "unknown field 'foo'")
+    contains(raises(acquire.create_case, "12a"), "contactId")
+  end)
+
+  it("leaves the previous default client in place when the new configuration raises", function()
+    local helper = require "spec.helper"
+    local port = helper.free_port()
+    acquire.configure{ base_url = "http://127.0.0.1:" .. port, api_key = "k", max_retries = 0 }
+    raises(acquire.configure, { base_url = "http://h/x", api_key = "k" })
+    local res, err = acquire.create_case(597752)
+    assert.is_nil(res)
+    assert.equal("network", err.kind)
+    assert.equal(7, err.code)
+  end)
+end)

@@ -1,0 +1,124 @@
+-- The rock: `luarocks make` builds and installs lua-acquire into a private
+-- tree, and a fresh lua5.4 loads it from there and creates a case against the
+-- local server. Tagged #rock (busted --exclude-tags=rock skips it).
+--
+-- LuaRocks' builtin backend compiles in the source directory and leaves
+-- acquire.so and the .o files there; run in the repository itself, it would
+-- replace the acquire.so that `make` built (and that the other specs have
+-- loaded). So the build runs in a copy of the repository root, minus .git and
+-- build products.
+local helper = require "spec.helper"
+
+local ROOT = helper.repo_root or "."
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Runs a shell command; returns its combined output and exit status.
+local function run(cmd)
+  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"@@EXIT:$?\""))
+  local out = p:read("*a")
+  p:close()
+  local body, code = out:match("^(.*)@@EXIT:(%d+)%s*$")
+  return body or out, tonumber(code)
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+describe("the rock #rock", function()
+  local srv, tmp, tree, build_out, build_code, so_path
+
+  lazy_setup(function()
+    srv = helper.start_server()
+    local out, code = run("mktemp -d")
+    assert.equal(0, code)
+    tmp = out:match("^%s*(.-)%s*$")
+    assert.matches("^/", tmp)
+    tree = tmp .. "/tree"
+    local src = tmp .. "/src"
+    local copy = ("mkdir -p %s && cd %s && tar --exclude=./.git --exclude='*.o' --exclude='*.so' "
+      .. "--exclude=./luarocks-tree --exclude=./.tmp -cf - . | tar -xf - -C %s")
+      :format(sh_quote(src), sh_quote(ROOT), sh_quote(src))
+    local cout, ccode = run(copy)
+    assert.equal(0, ccode, cout)
+    build_out, build_code = run(("cd %s && luarocks make --lua-version=5.4 --deps-mode=none --tree=%s "
+      .. "CURL_INCDIR=/usr/include/x86_64-linux-gnu lua-acquire-scm-1.rockspec")
+      :format(sh_quote(src), sh_quote(tree)))
+    so_path = tree .. "/lib/lua/5.4/acquire.so"
+  end)
+
+  lazy_teardown(function()
+    if srv then srv:stop() end
+    if tmp and tmp:match("^/tmp/") then
+      os.execute("rm -rf " .. sh_quote(tmp))
+    end
+  end)
+
+  -- Runs Lua code in a fresh lua5.4 whose package.cpath starts with the
+  -- tree's, from a directory where ./?.so finds nothing; env: name -> value.
+  local function child(code, env)
+    local script = tmp .. "/child.lua"
+    local f = assert(io.open(script, "wb"))
+    f:write("package.cpath = ", string.format("%q", tree .. "/lib/lua/5.4/?.so;"), " .. package.cpath\n")
+    f:write(code)
+    f:close()
+    local vars = {}
+    for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. sh_quote(v) end
+    return run(("cd %s && env -u ACQUIRE_BASE_URL -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID %s lua5.4 %s")
+      :format(sh_quote(tmp), table.concat(vars, " "), sh_quote(script)))
+  end
+
+  it("builds and installs with luarocks make", function()
+    assert.equal(0, build_code, build_out)
+    assert.is_truthy(build_out:find("lua-acquire scm-1 is now installed in " .. tree, 1, true), build_out)
+    assert.is_true(exists(so_path), so_path .. " missing")
+    assert.is_true(exists(tree .. "/lib/luarocks/rocks-5.4/lua-acquire/scm-1/lua-acquire-scm-1.rockspec"))
+  end)
+
+  it("is found in the tree by a fresh lua5.4 and has _VERSION 0.1.0", function()
+    local out, code = child([[
+      local acquire = require "acquire"
+      io.write(acquire._VERSION, "\n", package.searchpath("acquire", package.cpath), "\n")
+    ]])
+    assert.equal(0, code, out)
+    assert.equal("0.1.0\n" .. so_path .. "\n", out)
+  end)
+
+  it("creates a case against the local server", function()
+    srv:reset()
+    local out, code = child([[
+      local acquire = require "acquire"
+      local c = acquire.new{ base_url = os.getenv("ACQUIRE_BASE_URL"), api_key = os.getenv("ACQUIRE_API_KEY") }
+      local res, err = c:create_case(597752, { title = "from the rock", message = "hello" })
+      c:close()
+      if not res then io.write("ERR ", tostring(err), "\n") os.exit(1) end
+      io.write(res.data.id, " ", res.data.title, " ", res.data.description, "\n")
+    ]], { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key })
+    assert.equal(0, code, out)
+    assert.equal("2071 from the rock hello\n", out)
+    local reqs = srv:requests()
+    assert.equal(1, #reqs)
+    assert.equal('{"title":"from the rock","message":{"type":"message","message":"hello","translateLangKey":""}}',
+      reqs[1].body)
+    assert.equal("Bearer " .. srv.key, reqs[1].headers["authorization"])
+    assert.equal("597752", reqs[1].query.contactId)
+  end)
+
+  it("creates a case through acquire.create_case configured from the environment", function()
+    srv:reset()
+    local out, code = child([[
+      local acquire = require "acquire"
+      local res, err = acquire.create_case("597752", { title = "env" })
+      if not res then io.write("ERR ", tostring(err), "\n") os.exit(1) end
+      io.write(res.data.id, " ", res.data.title, "\n")
+    ]], { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key })
+    assert.equal(0, code, out)
+    assert.equal("2071 env\n", out)
+    assert.equal(1, srv:stats().requests)
+  end)
+end)
