@@ -62,7 +62,8 @@ static int is_base_url(const char *s, size_t n, size_t *keep) {
     if (n >= 7 && memcmp(s, "http://", 7) == 0) p = s + 7;
     else if (n >= 8 && memcmp(s, "https://", 8) == 0) p = s + 8;
     else return 0;
-    if (p < end && *p == '[') {                      /* IPv6 literal */
+    if (p >= end) return 0;                          /* no host ("https://") */
+    if (*p == '[') {                      /* IPv6 literal */
         const char *q = p + 1;
         while (q < end && (strchr("0123456789abcdefABCDEF:.", *q) != NULL)) q++;
         if (q == p + 1 || q >= end || *q != ']') return 0;
