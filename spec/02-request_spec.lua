@@ -536,6 +536,25 @@ describe("acquire.build_request", function()
         "bad option 'foo'")
     end)
 
+    it("gives the same opts errors as client:create_case, word for word", function()
+      -- nothing listens on port 9; a raising call never connects anyway
+      local cfg = { base_url = "http://127.0.0.1:9", api_key = "k", max_retries = 0 }
+      local c = acquire.new(cfg)
+      local bad = {
+        { agentId = "1" }, { foo = 1 }, { title = "\255" }, { mentionUsers = { "a", true } },
+        { fields = { plan = {} } }, { message = { type = "message" } }, { isFromCobrowse = "yes" },
+        { sessionId = -1 }, { fields = { x = 0 / 0 } },
+      }
+      for _, opts in ipairs(bad) do
+        local ok1, e1 = pcall(acquire.build_request, 597752, opts, cfg)
+        local ok2, e2 = pcall(c.create_case, c, 597752, opts)
+        assert.is_false(ok1)
+        assert.is_false(ok2)
+        assert.equal(e1, e2)
+      end
+      c:close()
+    end)
+
     it("never puts the key in an error message", function()
       local key = "sekrit-key-123"
       local cfg = { account_id = "mycompany", api_key = key }

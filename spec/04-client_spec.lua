@@ -351,7 +351,7 @@ describe("a client against the local server", function()
     end)
 
     it("a response slower than timeout is curl code 28, sent once (the case may exist)", function()
-      srv:fault{ action = "delay", seconds = 3 }
+      srv:fault{ action = "delay", seconds = 6 }
       local c = acquire.new{ base_url = srv.base_url, api_key = srv.key, timeout = 0.5, max_retries = 2 }
       local t0 = now()
       local err = is_error(c:create_case(597752, { title = "slow" }))
@@ -360,7 +360,7 @@ describe("a client against the local server", function()
       assert.equal(28, err.code)
       assert.equal("timeout", err.kind)
       assert.is_nil(err.status)
-      assert.is_true(elapsed < 2.5, "took " .. elapsed .. " s")
+      assert.is_true(elapsed < 4, "took " .. elapsed .. " s") -- not the server's 6 s
       assert.equal(1, srv:stats().requests)
     end)
   end)

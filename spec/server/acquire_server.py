@@ -147,10 +147,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def send(self, status, body, ctype="application/json; charset=utf-8", headers=None,
              close=False):
+        headers = dict(headers or {})
+        for k in list(headers):
+            if k.lower() == "content-type":      # a fault may set its own
+                ctype = headers.pop(k)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
+        for k, v in headers.items():
             self.send_header(k, v)
         if close:
             self.send_header("Connection", "close")
