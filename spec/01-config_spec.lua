@@ -4,20 +4,10 @@
 -- which takes the same keys as acquire.new.
 local acquire = require "acquire"
 local cjson = require "cjson"
+local helper = require "spec.helper"
+local raises, contains = helper.raises, helper.contains
 
 local PATH = "/api/v1/crm/messenger/chat/create?contactId=597752"
-
-local function raises(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error, got none")
-  assert.equal("string", type(err), "error value should be a string")
-  return err
-end
-
-local function contains(haystack, needle)
-  assert.is_true(string.find(haystack, needle, 1, true) ~= nil,
-    ("expected %q to contain %q"):format(haystack, needle))
-end
 
 -- A copy of base with the pairs of over set.
 local function with(base, over)
@@ -288,7 +278,6 @@ describe("acquire.configure", function()
   end)
 
   it("makes the client acquire.create_case uses", function()
-    local helper = require "spec.helper"
     local port = helper.free_port()
     acquire.configure{ base_url = "http://127.0.0.1:" .. port, api_key = "k", max_retries = 0 }
     local res, err = acquire.create_case(597752, { title = "t" })
@@ -300,14 +289,12 @@ describe("acquire.configure", function()
   end)
 
   it("keeps the default client's strict setting for acquire.create_case", function()
-    local helper = require "spec.helper"
     acquire.configure{ base_url = "http://127.0.0.1:" .. helper.free_port(), api_key = "k", max_retries = 0 }
     contains(raises(acquire.create_case, 597752, { foo = 1 }), "unknown field 'foo'")
     contains(raises(acquire.create_case, "12a"), "contactId")
   end)
 
   it("leaves the previous default client in place when the new configuration raises", function()
-    local helper = require "spec.helper"
     local port = helper.free_port()
     acquire.configure{ base_url = "http://127.0.0.1:" .. port, api_key = "k", max_retries = 0 }
     raises(acquire.configure, { base_url = "http://h/x", api_key = "k" })

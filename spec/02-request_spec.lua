@@ -2,6 +2,8 @@
 -- for every opts shape the API documents (spec/fixtures/api/), and every way
 -- contactId or opts can be wrong.
 local acquire = require "acquire"
+local helper = require "spec.helper"
+local raises, contains, not_contains, read_file = helper.raises, helper.contains, helper.not_contains, helper.read_file
 local cjson = require "cjson"
 
 local CFG = { account_id = "mycompany", api_key = "k" }
@@ -20,49 +22,14 @@ local function body(opts, cfg)
 end
 
 -- Calls fn(...), which must raise; returns the message.
-local function raises(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error, got none")
-  assert.equal("string", type(err), "error value should be a string")
-  return err
-end
-
-local function contains(haystack, needle)
-  assert.is_true(string.find(haystack, needle, 1, true) ~= nil,
-    ("expected %q to contain %q"):format(haystack, needle))
-end
-
-local function not_contains(haystack, needle)
-  assert.is_nil(string.find(haystack, needle, 1, true),
-    ("expected %q not to contain %q"):format(haystack, needle))
-end
 
 -- build_request with opts, which must raise: returns the message.
 local function bad_opts(opts, cfg)
   return raises(acquire.build_request, 597752, opts, cfg or CFG)
 end
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local DOCUMENTED_OPTS = {
-  title = "string",
-  source = "firstMessage",
-  mentionUsers = { "00" },
-  message = "I'm reopening the closed case",
-  channel = "chat",
-  routeAgentId = 0,
-  agentId = 0,
-  isFromCobrowse = true,
-  fields = {},
-}
-local DOCUMENTED_BODY = '{"title":"string","source":"firstMessage","mentionUsers":["00"],'
-  .. '"message":{"type":"message","message":"I\'m reopening the closed case","translateLangKey":""},'
-  .. '"channel":"chat","routeAgentId":0,"agentId":0,"isFromCobrowse":true,"fields":{}}'
+local DOCUMENTED_OPTS = helper.documented_opts()
+local DOCUMENTED_BODY = helper.DOCUMENTED_BODY
 
 describe("acquire.build_request", function()
 

@@ -3,24 +3,14 @@
 -- shape the module must read (spec/fixtures/api/errors.md), and the err table
 -- with its tostring.
 local acquire = require "acquire"
+local helper = require "spec.helper"
+local contains, read_file = helper.contains, helper.read_file
 local cjson = require "cjson"
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
 
 local FIXTURE = read_file("spec/fixtures/api/create-case-response.json")
 local JSON_HEADERS = { ["Content-Type"] = "application/json; charset=utf-8" }
 local HTML_502 = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
   .. "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-
-local function contains(haystack, needle)
-  assert.is_true(string.find(haystack, needle, 1, true) ~= nil,
-    ("expected %q to contain %q"):format(haystack, needle))
-end
 
 -- decode_response must fail: returns err after checking the common shape.
 local function fails(status, headers, body)

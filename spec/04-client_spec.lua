@@ -3,41 +3,19 @@
 -- records the raw bytes of every request it gets.
 local acquire = require "acquire"
 local helper = require "spec.helper"
+local raises, contains = helper.raises, helper.contains
 local cjson = require "cjson"
 
 local ENDPOINT = "/api/v1/crm/messenger/chat/create"
 local UA_PATTERN = "^lua%-acquire/0%.1%.0 libcurl/%d+%.%d+%.%d+$"
 
-local DOCUMENTED_OPTS = {
-  title = "string",
-  source = "firstMessage",
-  mentionUsers = { "00" },
-  message = "I'm reopening the closed case",
-  channel = "chat",
-  routeAgentId = 0,
-  agentId = 0,
-  isFromCobrowse = true,
-  fields = {},
-}
-local DOCUMENTED_BODY = '{"title":"string","source":"firstMessage","mentionUsers":["00"],'
-  .. '"message":{"type":"message","message":"I\'m reopening the closed case","translateLangKey":""},'
-  .. '"channel":"chat","routeAgentId":0,"agentId":0,"isFromCobrowse":true,"fields":{}}'
+local DOCUMENTED_OPTS = helper.documented_opts()
+local DOCUMENTED_BODY = helper.DOCUMENTED_BODY
 
 local function copy(t)
   local r = {}
   for k, v in pairs(t) do r[k] = v end
   return r
-end
-
-local function contains(haystack, needle)
-  assert.is_true(string.find(haystack, needle, 1, true) ~= nil,
-    ("expected %q to contain %q"):format(haystack, needle))
-end
-
-local function raises(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error, got none")
-  return tostring(err)
 end
 
 -- err must be an acquire.Error; returns it.

@@ -75,6 +75,41 @@ local function alive(pid)
   return r == true or r == 0          -- 5.2+ / 5.1
 end
 
+-- ---- shared assertions (plain error(), so they work anywhere) ----------
+
+-- Calls fn(...), which must raise a string; returns it.
+function helper.raises(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then error("expected an error, got none", 2) end
+  if type(err) ~= "string" then error("error value should be a string, got " .. type(err), 2) end
+  return err
+end
+
+function helper.contains(haystack, needle)
+  if not string.find(haystack, needle, 1, true) then
+    error(("expected %q to contain %q"):format(haystack, needle), 2)
+  end
+end
+
+function helper.not_contains(haystack, needle)
+  if string.find(haystack, needle, 1, true) then
+    error(("expected %q not to contain %q"):format(haystack, needle), 2)
+  end
+end
+
+-- The documented request (spec/fixtures/api/create-case-request.json) as
+-- opts, and the exact bytes the module writes for it.
+function helper.documented_opts()
+  return {
+    title = "string", source = "firstMessage", mentionUsers = { "00" },
+    message = "I'm reopening the closed case", channel = "chat",
+    routeAgentId = 0, agentId = 0, isFromCobrowse = true, fields = {},
+  }
+end
+helper.DOCUMENTED_BODY = '{"title":"string","source":"firstMessage","mentionUsers":["00"],'
+  .. '"message":{"type":"message","message":"I\'m reopening the closed case","translateLangKey":""},'
+  .. '"channel":"chat","routeAgentId":0,"agentId":0,"isFromCobrowse":true,"fields":{}}'
+
 local Server = {}
 Server.__index = Server
 
