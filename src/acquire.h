@@ -130,6 +130,8 @@ typedef struct acq_transport_t {
     CURL              *easy;
     struct curl_slist *headers;
     acq_buf_t          body;               /* response body */
+    const char        *out;                /* request body being sent */
+    size_t             out_len, out_pos;
     size_t             max_bytes;
     int                too_large;
     char               retry_after[64];    /* of the final response */

@@ -23,6 +23,25 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
     return n;
 }
 
+/* The body goes out through a read callback, not CURLOPT_POSTFIELDS, and
+   can never be rewound: when a reused connection dies after the request
+   left, libcurl would otherwise resend the POST on a new connection by
+   itself, and Acquire, which has no idempotency keys, would create the
+   case twice. With no rewind, that resend fails (CURLE_SEND_FAIL_REWIND). */
+static size_t on_read(char *dest, size_t size, size_t nmemb, void *ud) {
+    acq_transport_t *t = (acq_transport_t *)ud;
+    size_t n = size * nmemb, left = t->out_len - t->out_pos;
+    if (n > left) n = left;
+    memcpy(dest, t->out + t->out_pos, n);
+    t->out_pos += n;
+    return n;
+}
+
+static int on_seek(void *ud, curl_off_t offset, int origin) {
+    (void)ud; (void)offset; (void)origin;
+    return CURL_SEEKFUNC_CANTSEEK;
+}
+
 static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
     acq_transport_t *t = (acq_transport_t *)ud;
     size_t n = size * nitems;
@@ -63,6 +82,10 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     SET(CURLOPT_NOSIGNAL, 1L);                 /* threads, nginx, signals */
     SET(CURLOPT_HTTPHEADER, t->headers);
     SET(CURLOPT_POST, 1L);
+    SET(CURLOPT_READFUNCTION, on_read);
+    SET(CURLOPT_READDATA, (void *)t);
+    SET(CURLOPT_SEEKFUNCTION, on_seek);
+    SET(CURLOPT_SEEKDATA, (void *)t);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, (void *)t);
     SET(CURLOPT_HEADERFUNCTION, on_header);
@@ -92,9 +115,11 @@ void transport_perform(acq_transport_t *t, const char *url, const char *body,
     t->retry_after[0] = '\0';
     t->errbuf[0] = '\0';
     r->status = 0;
+    t->out = body;
+    t->out_len = len;
+    t->out_pos = 0;
     curl_easy_setopt(t->easy, CURLOPT_URL, url);
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);
     r->code = curl_easy_perform(t->easy);
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
@@ -106,6 +131,9 @@ void transport_perform(acq_transport_t *t, const char *url, const char *body,
     case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
         r->maybe_sent = 0;
+        break;
+    case CURLE_SEND_FAIL_REWIND:               /* see on_read */
+        r->maybe_sent = 1;
         break;
     default:
         r->maybe_sent = sent > 0 || r->status > 0;
@@ -140,6 +168,9 @@ int transport_push_error(lua_State *L, const acq_transport_t *t,
         error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
     } else {
         const char *msg = t->errbuf[0] ? t->errbuf : curl_easy_strerror(r->code);
+        if (r->code == CURLE_SEND_FAIL_REWIND)
+            msg = "the connection closed after the request was sent; "
+                  "not sent again, the case may exist";
         err = error_new(L, kind_of(r->code));
         error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
         error_setint(L, err, "code", (long long)r->code);
