@@ -58,8 +58,9 @@ memcheck: deps
 -include $(wildcard mk/*.mk)
 
 install: $(MOD)
-	install -d $(DESTDIR)$(INST_LIBDIR)
+	install -d $(DESTDIR)$(INST_LIBDIR) $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(MOD) $(DESTDIR)$(INST_LIBDIR)/$(MOD)
+	install -m 0755 bin/acquire-case $(DESTDIR)$(PREFIX)/bin/acquire-case
 
 clean:
 	rm -f $(MOD) *.o

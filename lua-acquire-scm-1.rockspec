@@ -42,6 +42,9 @@ build = {
          libdirs = { "$(CURL_LIBDIR)" },
       },
    },
+   install = {
+      bin = { ["acquire-case"] = "bin/acquire-case" },
+   },
 }
 test = {
    type = "busted",

@@ -1,0 +1,496 @@
+-- bin/acquire-case, run as a process against the local Acquire server
+-- (spec/server/): what it prints, what it sends, how it exits.
+local cjson = require "cjson"
+local helper = require "spec.helper"
+
+local LUA = os.getenv("LUA") or "lua5.4"
+local ENDPOINT = "/api/v1/crm/messenger/chat/create"
+local CONTACT = "597752"
+local IP = "2402:8100:21f5:3d13:d9da:18ea:aa28:f778"
+local LAST_VISIT = "https://5mkg3t.uat.env.acquire.io/simulate"
+
+local function sh(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function spit(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local temps = {}
+local function tmpfile(content)
+  local path = os.tmpname()
+  temps[#temps + 1] = path
+  if content then spit(path, content) end
+  return path
+end
+
+-- Every key any run was given; none may appear in any output (checked
+-- after each run, and again over all of them at the end).
+local keys_used = {}
+local outputs = {}
+
+-- run(args [, env [, stdin]]) -> { code, out, err }. The environment is
+-- emptied of ACQUIRE_* first, so only what a test sets is seen.
+local function run(args, env, stdin)
+  local errfile = tmpfile()
+  local cmd = { "env -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID -u ACQUIRE_BASE_URL",
+                "LUA_CPATH='./?.so;;' LUA_PATH='./lua/?.lua;;'" }
+  local names = {}
+  for k in pairs(env or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    cmd[#cmd + 1] = k .. "=" .. sh(env[k])
+    if k == "ACQUIRE_API_KEY" then keys_used[env[k]] = true end
+  end
+  cmd[#cmd + 1] = LUA .. " bin/acquire-case"
+  for _, a in ipairs(args) do cmd[#cmd + 1] = sh(a) end
+  cmd[#cmd + 1] = "<" .. sh(stdin and tmpfile(stdin) or "/dev/null")
+  cmd[#cmd + 1] = "2>" .. sh(errfile)
+  local p = assert(io.popen(table.concat(cmd, " "), "r"))
+  local out = p:read("*a")
+  local _, how, code = p:close()
+  -- Lua 5.2+: true|nil, "exit"|"signal", code
+  assert.equal("exit", how, "the CLI did not exit: " .. tostring(how) .. " " .. tostring(code))
+  local r = { code = code, out = out, err = slurp(errfile) }
+  for key in pairs(keys_used) do
+    assert.is_nil(r.out:find(key, 1, true), "the key is on stdout: " .. r.out)
+    assert.is_nil(r.err:find(key, 1, true), "the key is on stderr: " .. r.err)
+  end
+  outputs[#outputs + 1] = r
+  return r
+end
+
+local function one_line(s)
+  assert.is_truthy(s:match("^[^\n]+\n$"), "expected one line, got: " .. s)
+  return s
+end
+
+local function contains(haystack, needle)
+  assert.is_true(haystack:find(needle, 1, true) ~= nil,
+    ("expected %q to contain %q"):format(haystack, needle))
+end
+
+local function excludes(haystack, needle)
+  assert.is_nil(haystack:find(needle, 1, true),
+    ("expected %q not to contain %q"):format(haystack, needle))
+end
+
+describe("bin/acquire-case", function()
+  local srv, env
+
+  setup(function()
+    srv = helper.start_server()
+    keys_used[srv.key] = true
+    env = { ACQUIRE_API_KEY = srv.key, ACQUIRE_BASE_URL = srv.base_url }
+  end)
+
+  teardown(function()
+    if srv then srv:stop() end
+    for _, p in ipairs(temps) do os.remove(p) end
+  end)
+
+  before_each(function()
+    srv:reset()
+  end)
+
+  local function with(extra)
+    local e = {}
+    for k, v in pairs(env) do e[k] = v end
+    for k, v in pairs(extra) do e[k] = v or nil end
+    return e
+  end
+
+  local function nothing_sent()
+    assert.same({}, srv:requests())
+  end
+
+  describe("creates the case", function()
+    it("and prints the whole response as JSON", function()
+      local r = run({ CONTACT, "--title", "Printer on fire" }, env)
+      assert.equal("", r.err)
+      assert.equal(0, r.code, r.err)
+      local res = cjson.decode(r.out)
+      assert.equal(2071, res.data.id)
+      assert.equal("Printer on fire", res.data.title)
+      assert.equal("active", res.data.status)
+      assert.equal(5, #res.data.contact.visits)
+      assert.equal(LAST_VISIT, res.data.contact.visits[5].url)
+      assert.is_nil(r.out:find("\\/", 1, true))          -- URLs are not escaped
+
+      local reqs = srv:requests()
+      assert.equal(1, #reqs)
+      assert.equal("POST", reqs[1].method)
+      assert.equal(ENDPOINT, reqs[1].path)
+      assert.equal(CONTACT, reqs[1].query.contactId)
+      assert.equal("Bearer " .. srv.key, reqs[1].headers.authorization)
+      assert.equal('{"title":"Printer on fire"}', reqs[1].body)
+    end)
+
+    it("and prints a summary with --output summary", function()
+      local r = run({ CONTACT, "--title=Summary please", "--output", "summary" }, env)
+      assert.equal("", r.err)
+      assert.equal(0, r.code, r.err)
+      assert.equal(table.concat({
+        "case: 2071",
+        "status: active",
+        "title: Summary please",
+        "contact: 597752",
+        "name: -",
+        "ip: " .. IP,
+        "countryId: 517",
+        "visits: 5",
+        "last visit: " .. LAST_VISIT,
+      }, "\n") .. "\n", r.out)
+    end)
+
+    it("sending every flag in the API's order, as compact JSON", function()
+      local r = run({ "--base-url", srv.base_url, CONTACT,
+        "--title", "Refund", "--message", "I'm reopening the \"closed\" case",
+        "--source=firstMessage", "--channel", "chat",
+        "--agent", "25", "--route-agent=0",
+        "--mention", "00", "--mention=42",
+        "--field", "plan=gold", "--field", "city=", "--field=note=a=b" }, env)
+      assert.equal("", r.err)
+      assert.equal(0, r.code, r.err)
+      assert.equal('{"title":"Refund","source":"firstMessage","mentionUsers":["00","42"],'
+        .. '"message":{"type":"message","message":"I\'m reopening the \\"closed\\" case","translateLangKey":""},'
+        .. '"channel":"chat","routeAgentId":0,"agentId":25,'
+        .. '"fields":{"city":"","note":"a=b","plan":"gold"}}', srv:last_request().body)
+      assert.equal("Refund", cjson.decode(r.out).data.title)
+    end)
+
+    it("with no flag, sending {}", function()
+      local r = run({ CONTACT }, env)
+      assert.equal(0, r.code, r.err)
+      assert.equal("{}", srv:last_request().body)
+    end)
+  end)
+
+  describe("--json", function()
+    local OPTS = '{"title":"from json","source":"json","message":{"type":"message",'
+      .. '"message":"json message","translateLangKey":""},"mentionUsers":["1","2"],'
+      .. '"isFromCobrowse":true,"agentId":3,"fields":{"plan":"free","city":"Paris"}}'
+
+    it("reads opts from a file; flags override its keys", function()
+      local file = tmpfile(OPTS)
+      local r = run({ CONTACT, "--json", file, "--title", "from flag", "--mention", "9",
+                      "--field", "plan=gold" }, env)
+      assert.equal("", r.err)
+      assert.equal(0, r.code, r.err)
+      assert.equal('{"title":"from flag","source":"json","mentionUsers":["9"],'
+        .. '"message":{"type":"message","message":"json message","translateLangKey":""},'
+        .. '"agentId":3,"isFromCobrowse":true,"fields":{"city":"Paris","plan":"gold"}}',
+        srv:last_request().body)
+      assert.equal("from flag", cjson.decode(r.out).data.title)
+    end)
+
+    it("reads opts from standard input with -", function()
+      local r = run({ CONTACT, "--json=-", "--agent", "7", "--output", "summary" }, env, OPTS)
+      assert.equal("", r.err)
+      assert.equal(0, r.code, r.err)
+      assert.equal('{"title":"from json","source":"json","mentionUsers":["1","2"],'
+        .. '"message":{"type":"message","message":"json message","translateLangKey":""},'
+        .. '"agentId":7,"isFromCobrowse":true,"fields":{"city":"Paris","plan":"free"}}',
+        srv:last_request().body)
+      contains(r.out, "title: from json\n")
+    end)
+
+    it("reopens a case with threadId and sessionId, written exactly", function()
+      local r = run({ CONTACT, "--json", "-" }, env,
+        '{"title":"string","threadId":1683,"sessionId":3711819272}')
+      assert.equal("", r.err)
+      assert.equal(0, r.code, r.err)
+      assert.equal('{"title":"string","threadId":1683,"sessionId":3711819272}',
+        srv:last_request().body)
+      assert.equal(1694, cjson.decode(r.out).data.id)
+    end)
+
+    it("turns JSON null into acquire.null", function()
+      local r = run({ CONTACT, "--json", "-" }, env, '{"fields":{"plan":null}}')
+      assert.equal("", r.err)
+      assert.equal(0, r.code, r.err)
+      assert.equal('{"fields":{"plan":null}}', srv:last_request().body)
+    end)
+
+    it("that is not JSON is a usage error; nothing is sent", function()
+      local r = run({ CONTACT, "--json", "-" }, env, "{title: nope")
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "not valid JSON")
+      nothing_sent()
+    end)
+
+    it("that is not an object is a usage error", function()
+      local r = run({ CONTACT, "--json", "-" }, env, '"a string"')
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "JSON object expected")
+      nothing_sent()
+    end)
+
+    it("with a field of the wrong type: the module's message, exit 2, nothing sent", function()
+      local r = run({ CONTACT, "--json", "-" }, env, '{"agentId":"seven"}')
+      assert.equal(2, r.code, r.err)
+      assert.equal("", r.out)
+      assert.equal("acquire-case: bad field 'agentId' (integer expected, got string)\n", r.err)
+      nothing_sent()
+    end)
+
+    it("with an unknown field: exit 2, nothing sent", function()
+      local r = run({ CONTACT, "--json", "-" }, env, '{"foo":1}')
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "unknown field 'foo' in opts")
+      nothing_sent()
+    end)
+
+    it("from a missing file: exit 2", function()
+      local r = run({ CONTACT, "--json", "/nonexistent/opts.json" }, env)
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "/nonexistent/opts.json")
+      nothing_sent()
+    end)
+  end)
+
+  describe("the key", function()
+    it("is read from the first line of --key-file, trailing whitespace stripped", function()
+      local file = tmpfile(srv.key .. " \t\r\nsecond line\n")
+      local r = run({ CONTACT, "--key-file", file },
+        { ACQUIRE_BASE_URL = srv.base_url })
+      assert.equal("", r.err)
+      assert.equal(0, r.code, r.err)
+      assert.equal("Bearer " .. srv.key, srv:last_request().headers.authorization)
+    end)
+
+    it("from --key-file wins over ACQUIRE_API_KEY", function()
+      local file = tmpfile(srv.key .. "\n")
+      local r = run({ CONTACT, "--key-file=" .. file },
+        with({ ACQUIRE_API_KEY = "not-the-key-0123" }))
+      assert.equal(0, r.code, r.err)
+      assert.equal("Bearer " .. srv.key, srv:last_request().headers.authorization)
+    end)
+
+    it("from an empty --key-file is refused", function()
+      local r = run({ CONTACT, "--key-file", tmpfile("\n") }, { ACQUIRE_BASE_URL = srv.base_url })
+      assert.equal(2, r.code, r.err)
+      one_line(r.err)
+      nothing_sent()
+    end)
+
+    it("from a missing --key-file is refused", function()
+      local r = run({ CONTACT, "--key-file", "/nonexistent/key" }, { ACQUIRE_BASE_URL = srv.base_url })
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "--key-file")
+      nothing_sent()
+    end)
+
+    it("is never taken from --key, in either form", function()
+      for _, args in ipairs({ { "--key", srv.key, CONTACT }, { CONTACT, "--key=" .. srv.key },
+                              { CONTACT, "--api-key", srv.key } }) do
+        local r = run(args, env)
+        assert.equal(2, r.code, r.err)
+        assert.equal("", r.out)
+        contains(one_line(r.err), "ACQUIRE_API_KEY")
+        contains(r.err, "--key-file")
+        excludes(r.err, srv.key)
+      end
+      nothing_sent()
+    end)
+
+    it("missing is a usage error", function()
+      local r = run({ CONTACT, "--title", "x" }, { ACQUIRE_BASE_URL = srv.base_url })
+      assert.equal(2, r.code, r.err)
+      assert.equal("", r.out)
+      contains(one_line(r.err), "ACQUIRE_API_KEY")
+      nothing_sent()
+    end)
+  end)
+
+  describe("the server", function()
+    it("is found through --base-url before ACQUIRE_BASE_URL", function()
+      local r = run({ "--base-url", srv.base_url, CONTACT },
+        with({ ACQUIRE_BASE_URL = "http://127.0.0.1:" .. helper.free_port() }))
+      assert.equal(0, r.code, r.err)
+      assert.equal(1, #srv:requests())
+    end)
+
+    it("missing (no account, no base URL) is a usage error", function()
+      local r = run({ CONTACT }, { ACQUIRE_API_KEY = srv.key })
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "--account")
+    end)
+
+    it("given as a bad --account is a usage error", function()
+      local r = run({ "--account", "evil.com/x?", CONTACT }, { ACQUIRE_API_KEY = srv.key })
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "account_id")
+    end)
+  end)
+
+  describe("usage", function()
+    it("--help prints the usage on stdout and exits 0", function()
+      local r = run({ "--help" }, {})
+      assert.equal(0, r.code, r.err)
+      assert.equal("", r.err)
+      contains(r.out, "Usage: acquire-case")
+      contains(r.out, "--key-file")
+      contains(run({ "-h" }, {}).out, "Usage: acquire-case")
+    end)
+
+    it("an unknown option exits 2 with a hint", function()
+      local r = run({ CONTACT, "--frobnicate" }, env)
+      assert.equal(2, r.code, r.err)
+      assert.equal("", r.out)
+      contains(one_line(r.err), "--frobnicate")
+      contains(r.err, "--help")
+      nothing_sent()
+    end)
+
+    it("a bad contact id exits 2 with the module's message; nothing is sent", function()
+      for _, id in ipairs({ "12a", "0", "-5x", "" }) do
+        local r = run({ "--", id }, env)
+        assert.equal(2, r.code, r.err)
+        assert.equal("", r.out)
+        contains(one_line(r.err), "contactId must be a positive integer")
+      end
+      nothing_sent()
+    end)
+
+    it("no contact id, or two, exit 2", function()
+      assert.equal(2, run({ "--title", "x" }, env).code)
+      assert.equal(2, run({ CONTACT, "42" }, env).code)
+      nothing_sent()
+    end)
+
+    it("--agent and --route-agent take digits only", function()
+      for _, args in ipairs({ { "--agent", "7x" }, { "--agent", "-1" }, { "--route-agent=1.5" },
+                              { "--route-agent", "" } }) do
+        table.insert(args, 1, CONTACT)
+        local r = run(args, env)
+        assert.equal(2, r.code, r.err)
+        contains(one_line(r.err), "non-negative integer")
+      end
+      nothing_sent()
+    end)
+
+    it("--field needs KEY=VALUE", function()
+      local r = run({ CONTACT, "--field", "plan" }, env)
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "KEY=VALUE")
+      nothing_sent()
+    end)
+
+    it("an option without its value exits 2", function()
+      local r = run({ CONTACT, "--title" }, env)
+      assert.equal(2, r.code, r.err)
+      contains(one_line(r.err), "--title")
+      nothing_sent()
+    end)
+
+    it("--output takes json or summary", function()
+      local r = run({ CONTACT, "--output", "yaml" }, env)
+      assert.equal(2, r.code, r.err)
+      one_line(r.err)
+      nothing_sent()
+    end)
+  end)
+
+  describe("failures", function()
+    it("401 (wrong key): exit 3, one line naming the status, not the key", function()
+      local wrong = "wrong-key-5f3e2a"
+      local r = run({ CONTACT }, with({ ACQUIRE_API_KEY = wrong }))
+      assert.equal(3, r.code, r.err)
+      assert.equal("", r.out)
+      contains(one_line(r.err), "401")
+      excludes(r.err, wrong)
+      excludes(r.err, srv.key)
+      assert.equal(1, #srv:requests())
+    end)
+
+    it("404 (unknown contact): exit 3", function()
+      local r = run({ "1" }, env)
+      assert.equal(3, r.code, r.err)
+      assert.equal("", r.out)
+      contains(one_line(r.err), "404")
+    end)
+
+    it("500: exit 5, one line, the case may exist", function()
+      srv:fault{ action = "status", status = 500, times = 1 }
+      local r = run({ CONTACT, "--title", "x" }, env)
+      assert.equal(5, r.code, r.err)
+      assert.equal("", r.out)
+      contains(one_line(r.err), "500")
+      contains(r.err, "may have been created")
+      assert.equal(1, #srv:requests())                     -- a 500 is not retried
+    end)
+
+    it("403 (read-only key): exit 3", function()
+      keys_used[srv.readonly_key] = true
+      local r = run({ CONTACT }, with({ ACQUIRE_API_KEY = srv.readonly_key }))
+      assert.equal(3, r.code, r.err)
+      assert.equal("acquire: http 403 ERROR_UNAUTHORIZED_ACCESS: This API key may not create cases\n", r.err)
+    end)
+
+    it("400: exit 3", function()
+      srv:fault{ action = "status", status = 400, times = 1,
+                 body = '{"type":"ERROR_INVALID_INPUT","message":"bad input"}' }
+      local r = run({ CONTACT }, env)
+      assert.equal(3, r.code, r.err)
+      assert.equal("acquire: http 400 ERROR_INVALID_INPUT: bad input\n", r.err)
+    end)
+
+    it("a 200 that is not JSON: exit 5", function()
+      srv:fault{ action = "invalid_json", times = 1 }
+      local r = run({ CONTACT }, env)
+      assert.equal(5, r.code, r.err)
+      assert.equal("", r.out)
+      contains(one_line(r.err), "acquire: decode:")
+    end)
+
+    it("an HTML 502 from a proxy: exit 5", function()
+      srv:fault{ action = "html", status = 502, times = 1 }
+      local r = run({ CONTACT }, env)
+      assert.equal(5, r.code, r.err)
+      contains(one_line(r.err), "502")
+    end)
+
+    it("a redirect (not followed): exit 5", function()
+      srv:fault{ action = "redirect", times = 1 }
+      local r = run({ CONTACT }, env)
+      assert.equal(5, r.code, r.err)
+      contains(one_line(r.err), "302")
+    end)
+
+    it("a reset after the request was sent: exit 4, the case may exist", function()
+      srv:fault{ action = "reset", times = 1 }
+      local r = run({ CONTACT }, env)
+      assert.equal(4, r.code, r.err)
+      contains(one_line(r.err), "acquire: network:")
+      contains(r.err, "may have been created")
+      assert.equal(1, #srv:requests())
+    end)
+
+    it("a refused connection: exit 4", function()
+      local r = run({ CONTACT }, with({ ACQUIRE_BASE_URL = "http://127.0.0.1:" .. helper.free_port() }))
+      assert.equal(4, r.code, r.err)
+      assert.equal("", r.out)
+      contains(one_line(r.err), "acquire: network:")
+    end)
+  end)
+
+  it("never prints a key it was given, on stdout or stderr", function()
+    for _, r in ipairs(outputs) do
+      for key in pairs(keys_used) do
+        excludes(r.out, key)
+        excludes(r.err, key)
+      end
+    end
+  end)
+end)
