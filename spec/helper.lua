@@ -116,7 +116,7 @@ Server.__index = Server
 function Server:call(method, path, body)
   local chunks = {}
   local _, code = http.request{
-    url = "http://127.0.0.1:" .. self.port .. path,
+    url = "http://127.0.0.1:" .. self.control_port .. path,
     method = method,
     source = body and ltn12.source.string(body) or nil,
     headers = body and { ["content-type"] = "application/json", ["content-length"] = #body } or nil,
@@ -149,7 +149,7 @@ function Server:fault(rule) return self:call("POST", "/_control/fault", cjson.en
 function Server:stop()
   if self.stopped then return end
   self.stopped = true
-  pcall(http.request, { url = "http://127.0.0.1:" .. self.port .. "/_control/shutdown", method = "POST",
+  pcall(http.request, { url = "http://127.0.0.1:" .. self.control_port .. "/_control/shutdown", method = "POST",
     source = ltn12.source.string("{}"), headers = { ["content-length"] = 2 } })
   for _ = 1, 100 do
     if not alive(self.pid) then break end
@@ -187,8 +187,8 @@ function helper.start_server(opts)
   if not line then
     error("the local Acquire server did not start:\n" .. (io.open(dir .. "/log") and helper.read_file(dir .. "/log") or ""))
   end
-  local port, pid = line:match("^(%d+) (%d+)")
-  self.port, self.pid = tonumber(port), tonumber(pid)
+  local port, pid, control = line:match("^(%d+) (%d+) (%d+)")
+  self.port, self.pid, self.control_port = tonumber(port), tonumber(pid), tonumber(control)
   self.base_url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. self.port
   return self
 end

@@ -432,16 +432,26 @@ def main():
     replace_once(srv.doc, DESCRIPTION, DESCRIPTION)
     srv.reopen = reopen_variant(srv.doc)
     scheme = "http"
+    control_port = None
     if a.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
         scheme = "https"
+        # the specs' control calls speak plain HTTP: a second listener,
+        # same state, for them
+        ctl = Server((a.host, 0), Handler)
+        for attr in ("state", "key", "readonly_key", "verbose", "stopping", "doc", "reopen"):
+            setattr(ctl, attr, getattr(srv, attr))
+        ctl.shutdown = srv.shutdown
+        control_port = ctl.server_address[1]
+        threading.Thread(target=ctl.serve_forever, kwargs={"poll_interval": 0.1},
+                         daemon=True).start()
     port = srv.server_address[1]
     if a.port_file:
         tmp = a.port_file + ".tmp"
         with open(tmp, "w") as f:
-            f.write("%d %d\n" % (port, os.getpid()))
+            f.write("%d %d %d\n" % (port, os.getpid(), control_port or port))
         os.rename(tmp, a.port_file)
     host = "[%s]" % a.host if ":" in a.host else a.host
     print("listening on %s://%s:%d" % (scheme, host, port), flush=True)
