@@ -33,6 +33,20 @@ function helper.fixture(name)
   return helper.read_file(helper.repo_root .. "/spec/fixtures/api/" .. name)
 end
 
+function helper.tmpdir()
+  local p = io.popen("mktemp -d")
+  local dir = p:read("*l")
+  p:close()
+  return dir
+end
+
+-- The interpreter running the specs, for child processes.
+function helper.interpreter()
+  if os.getenv("LUA_BIN") then return os.getenv("LUA_BIN") end
+  if rawget(_G, "jit") then return "luajit" end
+  return "lua" .. _VERSION:match("%d+%.%d+")
+end
+
 -- A loopback port with nothing listening on it.
 function helper.free_port()
   local s = assert(socket.bind("127.0.0.1", 0))

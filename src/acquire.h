@@ -61,7 +61,7 @@ typedef struct acq_config_t {
     long   timeout_ms, connect_timeout_ms;
     long   max_response_bytes;
     int    max_retries;
-    int    insecure, strict;
+    int    insecure, strict, debug;
 } acq_config_t;
 
 /* Validates the table at idx (raising on misuse). Strings point into Lua
@@ -131,6 +131,8 @@ typedef struct acq_transport_t {
     struct curl_slist *headers;
     acq_buf_t          body;               /* response body */
     const char        *out;                /* request body being sent */
+    const char        *key;                /* to redact in debug output */
+    size_t             key_len;
     size_t             out_len, out_pos;
     size_t             max_bytes;
     int                too_large;

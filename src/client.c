@@ -65,6 +65,8 @@ static acq_client_t *make(lua_State *L, int idx) {
     c->prefix_len = request_url(&cfg, 0, c->url) - 1;
     memcpy(c->key, cfg.api_key, cfg.key_len + 1);
     c->key_len = cfg.key_len;
+    c->t.key = c->key;                                /* debug output redacts it */
+    c->t.key_len = c->key_len;
     request_headers(&cfg, config_user_agent(&cfg, ua), h);
     for (i = 0; i < ACQ_NHEADERS; i++)
         lines[i] = lua_pushfstring(L, "%s: %s%s", h[i].name, h[i].prefix, h[i].value);

@@ -15,10 +15,10 @@
 static const char *const options[] = {
     "account_id", "api_key", "base_url", "timeout", "connect_timeout",
     "max_retries", "user_agent", "ca_file", "insecure", "strict",
-    "max_response_bytes", NULL
+    "max_response_bytes", "debug", NULL
 };
 #define OPTION_LIST "account_id, api_key, base_url, timeout, connect_timeout, " \
-    "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes"
+    "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes, debug"
 
 /* Raw reads: no metamethod of the caller's table runs while we hold
    pointers into its strings. */
@@ -202,6 +202,8 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     if (!lua_isnil(L, -1)) cfg->insecure = check_bool(L, "insecure", -1);
     rawfield(L, idx, "strict");
     if (!lua_isnil(L, -1)) cfg->strict = check_bool(L, "strict", -1);
+    rawfield(L, idx, "debug");
+    if (!lua_isnil(L, -1)) cfg->debug = check_bool(L, "debug", -1);
     lua_settop(L, top + 4);           /* keep the strings pointed into */
 
     rawfield(L, idx, "base_url");

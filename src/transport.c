@@ -5,6 +5,7 @@
  * happens inside libcurl, so no Lua error can unwind through it.
  */
 #include <string.h>
+#include <stdio.h>
 #include <strings.h>
 #include "acquire.h"
 
@@ -58,6 +59,52 @@ static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
     return n;
 }
 
+/* debug = true: the exchange on stderr, "> " out and "< " in, with the
+   Authorization value and any echo of the key replaced. Plain stdio only. */
+static void debug_write(const acq_transport_t *t, const char *prefix,
+                        const char *s, size_t n) {
+    const char *end = s + n;
+    while (s < end) {
+        const char *nl = memchr(s, '\n', (size_t)(end - s));
+        const char *eol = nl ? nl : end;
+        size_t len = (size_t)(eol - s), i = 0;
+        if (len > 0 && s[len - 1] == '\r') len--;
+        fputs(prefix, stderr);
+        if (len >= 14 && strncasecmp(s, "authorization:", 14) == 0) {
+            fputs("Authorization: [REDACTED]", stderr);
+        } else {
+            while (i < len) {
+                if (t->key_len && len - i >= t->key_len &&
+                    memcmp(s + i, t->key, t->key_len) == 0) {
+                    fputs("[REDACTED]", stderr);
+                    i += t->key_len;
+                } else {
+                    unsigned char c = (unsigned char)s[i++];
+                    fputc(c < 0x20 && c != '\t' ? '.' : c, stderr);
+                }
+            }
+        }
+        fputc('\n', stderr);
+        s = nl ? nl + 1 : end;
+    }
+}
+
+static int on_debug(CURL *easy, curl_infotype type, char *data, size_t size,
+                    void *ud) {
+    const acq_transport_t *t = (const acq_transport_t *)ud;
+    (void)easy;
+    switch (type) {
+    case CURLINFO_TEXT:       debug_write(t, "acquire: * ", data, size); break;
+    case CURLINFO_HEADER_OUT: debug_write(t, "acquire: > ", data, size); break;
+    case CURLINFO_HEADER_IN:  debug_write(t, "acquire: < ", data, size); break;
+    case CURLINFO_DATA_OUT:   debug_write(t, "acquire: >> ", data, size > 4096 ? 4096 : size); break;
+    case CURLINFO_DATA_IN:    debug_write(t, "acquire: << ", data, size > 4096 ? 4096 : size); break;
+    default: break;
+    }
+    fflush(stderr);
+    return 0;
+}
+
 #define SET(opt, val) \
     do { if (curl_easy_setopt(t->easy, opt, val) != CURLE_OK) { *what = #opt; return -1; } } while (0)
 
@@ -104,6 +151,11 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     SET(CURLOPT_SSL_VERIFYPEER, cfg->insecure ? 0L : 1L);
     SET(CURLOPT_SSL_VERIFYHOST, cfg->insecure ? 0L : 2L);
     if (cfg->ca_file) SET(CURLOPT_CAINFO, cfg->ca_file);
+    if (cfg->debug) {            /* t->key: the caller's copy, set before init */
+        SET(CURLOPT_DEBUGFUNCTION, on_debug);
+        SET(CURLOPT_DEBUGDATA, (void *)t);
+        SET(CURLOPT_VERBOSE, 1L);
+    }
     return 0;
 }
 
