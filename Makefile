@@ -1,8 +1,21 @@
 # lua-acquire. `make demo` and `make test` do everything from a fresh
 # Debian 12 machine: install what is missing, build, run.
-LUA_VERSION  ?= 5.4
-LUA          ?= lua$(LUA_VERSION)
-LUA_INCDIR   ?= /usr/include/lua$(LUA_VERSION)
+#
+# LUA picks the Lua: 5.1, 5.2, 5.3, 5.4 (default) or luajit (OpenResty's
+# branch, Debian's luajit2). acquire.so is rebuilt when it changes.
+LUA          ?= 5.4
+ifeq ($(LUA),luajit)
+LUA_BIN      ?= luajit
+LUA_ABI      := 5.1
+LUA_CFLAGS   ?= $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
+LUA_PKGS     := luajit2 libluajit2-5.1-dev
+else
+LUA_BIN      ?= lua$(LUA)
+LUA_ABI      := $(LUA)
+LUA_INCDIR   ?= /usr/include/lua$(LUA)
+LUA_CFLAGS   ?= -I$(LUA_INCDIR)
+LUA_PKGS     := lua$(LUA) $(if $(filter 5.1,$(LUA)),liblua5.1-0-dev,liblua$(LUA)-dev)
+endif
 CURL_CFLAGS  ?= $(shell pkg-config --cflags libcurl 2>/dev/null)
 CURL_LIBS    ?= $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 CC           ?= cc
@@ -11,27 +24,32 @@ WARN         := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-pro
 # Never -llua: the interpreter that loads the module provides its symbols.
 LIBFLAG      ?= -shared
 PYTHON       ?= python3
-BUSTED       ?= $(LUA) /usr/bin/busted
+BUSTED       ?= $(LUA_BIN) /usr/bin/busted
 PREFIX       ?= /usr/local
-INST_LIBDIR  ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+INST_LIBDIR  ?= $(PREFIX)/lib/lua/$(LUA_ABI)
 DESTDIR      ?=
+ALL_LUAS     := 5.1 5.2 5.3 5.4 luajit
 
 SRC  := lua_acquire.c $(wildcard src/*.c)
 HDR  := $(wildcard src/*.h)
 MOD  := acquire.so
 
-.PHONY: all deps build test demo install clean memcheck check-exports
+.PHONY: all deps build test test-all demo install clean memcheck check-exports
 
 all: build
 build: $(MOD)
 
-$(MOD): $(SRC) $(HDR)
+$(MOD): $(SRC) $(HDR) .tmp/built-for-$(LUA)
 	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC -fvisibility=hidden \
-	  -I$(LUA_INCDIR) $(CURL_CFLAGS) $(SRC) $(LIBFLAG) -o $@ $(CURL_LIBS)
+	  $(LUA_CFLAGS) $(CURL_CFLAGS) $(SRC) $(LIBFLAG) -o $@ $(CURL_LIBS)
+
+# Which Lua acquire.so was built for: switching LUA forces a rebuild.
+.tmp/built-for-$(LUA):
+	@mkdir -p .tmp && rm -f .tmp/built-for-* && touch $@
 
 # Installs the Debian packages the project needs, only those missing.
 deps:
-	@./scripts/deps.sh
+	@./scripts/deps.sh $(LUA_PKGS)
 
 check-exports: $(MOD)
 	@syms=$$(nm -D --defined-only $(MOD) | awk '$$2 ~ /^[TDBR]$$/ {print $$3}'); \
@@ -41,11 +59,19 @@ check-exports: $(MOD)
 
 test: deps
 	$(MAKE) build check-exports
-	$(BUSTED) $(BUSTED_ARGS)
+	LUA_BIN=$(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
+
+# The whole suite on every Lua; the rock spec (luarocks, Lua 5.4) runs once.
+test-all: deps
+	@set -e; for v in $(ALL_LUAS); do \
+	  echo "== Lua $$v"; \
+	  if [ $$v = 5.4 ]; then $(MAKE) --no-print-directory test LUA=$$v; \
+	  else $(MAKE) --no-print-directory test LUA=$$v BUSTED_ARGS="--exclude-tags=rock $(BUSTED_ARGS)"; fi; \
+	done
 
 demo: deps
 	$(MAKE) build
-	PYTHON=$(PYTHON) LUA_CPATH='./?.so;;' spec/server/with-server $(LUA) examples/create_case.lua
+	PYTHON=$(PYTHON) LUA_CPATH='./?.so;;' spec/server/with-server $(LUA_BIN) examples/create_case.lua
 
 # The spec suite under valgrind: no definite or indirect leak, no error.
 memcheck: deps

@@ -48,7 +48,7 @@ local function sh_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
--- Runs lua code in a child lua5.4 that loads the repository's acquire.so,
+-- Runs lua code in a child interpreter (the one running the specs) that loads the repository's acquire.so,
 -- with exactly the ACQUIRE_* variables of env; returns its output and status.
 local function child(code, env)
   local root = helper.repo_root or "."
@@ -60,7 +60,7 @@ local function child(code, env)
   f:close()
   local vars = {}
   for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. sh_quote(v) end
-  local cmd = ("env -u ACQUIRE_BASE_URL -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID %s lua5.4 %s 2>&1; echo \"@@EXIT:$?\"")
+  local cmd = ("env -u ACQUIRE_BASE_URL -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID %s " .. helper.interpreter() .. " %s 2>&1; echo \"@@EXIT:$?\"")
     :format(table.concat(vars, " "), sh_quote(script))
   local p = assert(io.popen(cmd))
   local out = p:read("*a")
