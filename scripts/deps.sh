@@ -2,7 +2,7 @@
 # Installs the Debian packages lua-acquire needs to build, demo and test,
 # only those missing. Runs apt-get update first when anything is missing.
 set -eu
-PACKAGES="make gcc libc6-dev pkg-config libcurl4-openssl-dev ca-certificates openssl
+PACKAGES="make gcc libc6-dev pkg-config libcurl4-openssl-dev ca-certificates openssl git
 lua5.4 liblua5.4-dev lua-cjson lua-busted lua-socket luarocks python3 valgrind"
 [ $# -gt 0 ] && PACKAGES="$PACKAGES $*"
 

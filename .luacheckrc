@@ -1,0 +1,6 @@
+-- luacheck: every Lua file of the project (make luacheck).
+std = "max"
+max_line_length = 120
+files["spec/"] = { std = "+busted", max_line_length = 150 }
+files["lua/acquire/ngx.lua"] = { read_globals = { "ngx" } }
+exclude_files = { ".tmp/", "luarocks-tree/" }
