@@ -83,6 +83,7 @@ void  request_headers(const acq_config_t *cfg, const char *ua,
 size_t request_url(const acq_config_t *cfg, long long id, char *out);
 int   request_l_build(lua_State *L);
 long long request_check_contact_id(lua_State *L, int arg);
+int   request_parse_contact_id(lua_State *L, int idx, long long *out);  /* 0: bad */
 /* Encodes opts (index, may be none/nil) into b; raises on misuse. */
 void  request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b);
 
@@ -152,6 +153,11 @@ int   transport_init(acq_transport_t *t, const acq_config_t *cfg,
                      const char *const *header_lines, const char **what);
 void  transport_perform(acq_transport_t *t, const char *url,
                         const char *body, size_t len, acq_result_t *r);
+/* perform in two halves, for a multi handle */
+void  transport_prepare(acq_transport_t *t, const char *url,
+                        const char *body, size_t len);
+void  transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r);
+int   transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv);
 void  transport_close(acq_transport_t *t);
 /* Pushes nil, err for a failed transfer; returns 2. */
 int   transport_push_error(lua_State *L, const acq_transport_t *t,

@@ -408,24 +408,29 @@ static void put_fields(lua_State *L, acq_buf_t *b, int idx, const path_t *p) {
 
 /* ---- entry points -------------------------------------------------- */
 
-long long request_check_contact_id(lua_State *L, int arg) {
+int request_parse_contact_id(lua_State *L, int idx, long long *out) {
     long long v = 0;
-    if (lua_type(L, arg) == LUA_TSTRING) {
+    if (lua_type(L, idx) == LUA_TSTRING) {
         size_t n, i;
-        const char *s = lua_tolstring(L, arg, &n);
+        const char *s = lua_tolstring(L, idx, &n);
         for (i = 0; i < n; i++) {
-            if (s[i] < '0' || s[i] > '9') break;
-            if (v > (9223372036854775807LL - (s[i] - '0')) / 10) break;
+            if (s[i] < '0' || s[i] > '9') return 0;
+            if (v > (9223372036854775807LL - (s[i] - '0')) / 10) return 0;
             v = v * 10 + (s[i] - '0');
         }
-        if (n == 0 || i != n || v <= 0)
-            return luaL_argerror(L, arg, lua_pushfstring(L,
-                "contactId must be a positive integer, got '%s'", s));
-        return v;
+    } else if (!to_int(L, idx, &v)) {
+        return 0;
     }
-    if (!to_int(L, arg, &v) || v <= 0) {
-        const char *got = lua_type(L, arg) == LUA_TNUMBER
-            ? acq_tolstring(L, arg, NULL)
+    *out = v;
+    return v > 0;
+}
+
+long long request_check_contact_id(lua_State *L, int arg) {
+    long long v;
+    if (!request_parse_contact_id(L, arg, &v)) {
+        const char *got = lua_type(L, arg) == LUA_TSTRING
+            ? lua_pushfstring(L, "'%s'", lua_tostring(L, arg))
+            : lua_type(L, arg) == LUA_TNUMBER ? acq_tolstring(L, arg, NULL)
             : acq_typename(L, arg);
         return luaL_argerror(L, arg, lua_pushfstring(L,
             "contactId must be a positive integer, got %s", got));

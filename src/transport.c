@@ -159,23 +159,26 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     return 0;
 }
 
-void transport_perform(acq_transport_t *t, const char *url, const char *body,
-                       size_t len, acq_result_t *r) {
-    long sent = 0;
+void transport_prepare(acq_transport_t *t, const char *url, const char *body,
+                       size_t len) {
     t->body.len = 0;
     t->too_large = 0;
     t->retry_after[0] = '\0';
     t->errbuf[0] = '\0';
-    r->status = 0;
     t->out = body;
     t->out_len = len;
     t->out_pos = 0;
-    curl_easy_setopt(t->easy, CURLOPT_URL, url);
+    curl_easy_setopt(t->easy, CURLOPT_URL, url);          /* libcurl copies it */
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    r->code = curl_easy_perform(t->easy);
+}
+
+void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
+    long sent = 0;
+    r->code = code;
+    r->status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
-    switch (r->code) {
+    switch (code) {
     /* failures before a connection carried any request byte */
     case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_URL_MALFORMAT:
     case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_COULDNT_RESOLVE_HOST:
@@ -190,6 +193,33 @@ void transport_perform(acq_transport_t *t, const char *url, const char *body,
     default:
         r->maybe_sent = sent > 0 || r->status > 0;
     }
+}
+
+void transport_perform(acq_transport_t *t, const char *url, const char *body,
+                       size_t len, acq_result_t *r) {
+    transport_prepare(t, url, body, len);
+    transport_finish(t, curl_easy_perform(t->easy), r);
+}
+
+/* A second handle with src's options (libcurl copies them) whose callbacks
+   write into dst. The header list stays src's: dst must not outlive it. */
+int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) {
+    memset(dst, 0, sizeof *dst);
+    dst->easy = curl_easy_duphandle(src->easy);
+    if (dst->easy == NULL) return -1;
+    dst->max_bytes = src->max_bytes;
+    dst->key = src->key;
+    dst->key_len = src->key_len;
+    if (curl_easy_setopt(dst->easy, CURLOPT_READDATA, (void *)dst) != CURLE_OK ||
+        curl_easy_setopt(dst->easy, CURLOPT_SEEKDATA, (void *)dst) != CURLE_OK ||
+        curl_easy_setopt(dst->easy, CURLOPT_WRITEDATA, (void *)dst) != CURLE_OK ||
+        curl_easy_setopt(dst->easy, CURLOPT_HEADERDATA, (void *)dst) != CURLE_OK ||
+        curl_easy_setopt(dst->easy, CURLOPT_DEBUGDATA, (void *)dst) != CURLE_OK ||
+        curl_easy_setopt(dst->easy, CURLOPT_ERRORBUFFER, dst->errbuf) != CURLE_OK ||
+        curl_easy_setopt(dst->easy, CURLOPT_PIPEWAIT, 1L) != CURLE_OK ||
+        curl_easy_setopt(dst->easy, CURLOPT_PRIVATE, priv) != CURLE_OK)
+        return -1;
+    return 0;
 }
 
 static const char *kind_of(CURLcode code) {
