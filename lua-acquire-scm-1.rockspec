@@ -28,6 +28,7 @@ build = {
       acquire = {
          sources = {
             "lua_acquire.c",
+            "src/batch.c",
             "src/buffer.c",
             "src/client.c",
             "src/config.c",

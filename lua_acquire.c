@@ -11,6 +11,7 @@
  *   src/policy.c     retry or give up
  *   src/error.c      the err table
  *   src/client.c     acquire.Client: request -> transport -> response
+ *   src/batch.c      create_cases: many at once on a curl multi handle
  *   src/buffer.c     C-owned byte buffers
  *   src/compat.h     Lua 5.1-5.4 / LuaJIT differences
  */
@@ -26,6 +27,7 @@ static const luaL_Reg module_functions[] = {
     { "new", client_new },
     { "configure", client_configure },
     { "create_case", client_default_create_case },
+    { "create_cases", batch_default_create_cases },
     { "fields", response_l_fields },
     { "build_request", request_l_build },
     { "decode_response", response_l_decode },
@@ -35,6 +37,7 @@ static const luaL_Reg module_functions[] = {
 
 static const luaL_Reg client_methods[] = {
     { "create_case", client_create_case },
+    { "create_cases", batch_create_cases },
     { "close", client_close },
     { NULL, NULL }
 };

@@ -164,6 +164,31 @@ int   transport_push_error(lua_State *L, const acq_transport_t *t,
                            const acq_result_t *r, const acq_secret_t *secret);
 
 /* ---- client.c: the acquire.Client userdata -------------------------- */
+typedef struct acq_slot_t acq_slot_t;           /* batch.c */
+
+typedef struct acq_client_t {
+    int       open;
+    int       strict, max_retries;
+    uint64_t  rng;                    /* backoff jitter */
+    char     *url;                    /* base + path + "?contactId=", then the id */
+    size_t    prefix_len;
+    char     *key;                    /* kept only to redact it from errors */
+    size_t    key_len;
+    acq_buf_t req;                    /* request body, reused */
+    acq_transport_t t;
+    CURLM    *multi;                  /* create_cases: made on first use */
+    acq_slot_t *slots[64];            /* its transfers, one easy handle each */
+} acq_client_t;
+
+acq_client_t *client_check_open(lua_State *L, int idx);
+/* Pushes the default client (configured, or from the environment). */
+acq_client_t *client_default(lua_State *L);
+/* The outcome of one transfer: pushes res (1) or nil, err (2). */
+int   client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
+                     const acq_result_t *r);
+int   batch_create_cases(lua_State *L);
+int   batch_default_create_cases(lua_State *L);
+void  batch_release(acq_client_t *c);
 int   client_new(lua_State *L);
 int   client_create_case(lua_State *L);
 int   client_close(lua_State *L);

@@ -10,21 +10,10 @@
 #include <string.h>
 #include "acquire.h"
 
-typedef struct acq_client_t {
-    int       open;
-    int       strict, max_retries;
-    uint64_t  rng;                    /* backoff jitter */
-    char     *url;                    /* base + path + "?contactId=", then the id */
-    size_t    prefix_len;
-    char     *key;                    /* kept only to redact it from errors */
-    size_t    key_len;
-    acq_buf_t req;                    /* request body, reused */
-    acq_transport_t t;
-} acq_client_t;
 
 static const char default_key = 'c';  /* registry: the default client */
 
-static acq_client_t *check_open(lua_State *L, int idx) {
+acq_client_t *client_check_open(lua_State *L, int idx) {
     acq_client_t *c = (acq_client_t *)luaL_checkudata(L, idx, ACQ_MT_CLIENT);
     if (!c->open) luaL_error(L, "acquire: client is closed");
     return c;
@@ -32,6 +21,7 @@ static acq_client_t *check_open(lua_State *L, int idx) {
 
 static void release(acq_client_t *c) {
     c->open = 0;
+    batch_release(c);                 /* its handles use c->t's header list */
     transport_close(&c->t);
     buf_free(&c->req);
     free(c->url);
@@ -88,26 +78,30 @@ int client_new(lua_State *L) {
     return 1;
 }
 
+int client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
+                   const acq_result_t *r) {
+    acq_secret_t secret;
+    secret.p = c->key;
+    secret.len = c->key_len;
+    if (r->code == CURLE_OK)
+        return response_decode(L, r->status, t->body.p, t->body.len,
+                               t->retry_after, &secret);
+    return transport_push_error(L, t, r, &secret);
+}
+
 /* The loop every call takes. contactId at arg, opts at arg + 1. */
 static int create_case(lua_State *L, acq_client_t *c, int arg) {
-    acq_secret_t secret;
     acq_result_t r;
     acq_failure_t f;
     long long id = request_check_contact_id(L, arg);
     int attempt, n, base;
     request_encode_body(L, arg + 1, c->strict, &c->req);
     snprintf(c->url + c->prefix_len, 24, "%lld", id);
-    secret.p = c->key;
-    secret.len = c->key_len;
     base = lua_gettop(L);
     for (attempt = 1;; attempt++) {
         double wait;
         transport_perform(&c->t, c->url, c->req.p, c->req.len, &r);
-        if (r.code == CURLE_OK)
-            n = response_decode(L, r.status, c->t.body.p, c->t.body.len,
-                                c->t.retry_after, &secret);
-        else
-            n = transport_push_error(L, &c->t, &r, &secret);
+        n = client_outcome(L, c, &c->t, &r);
         if (n == 1) return 1;
         policy_failure_from_err(L, -1, &f);
         wait = policy_delay(&f, attempt, c->max_retries, &c->rng);
@@ -122,7 +116,7 @@ static int create_case(lua_State *L, acq_client_t *c, int arg) {
 
 /* client:create_case(contactId, opts) -> res | nil, err */
 int client_create_case(lua_State *L) {
-    return create_case(L, check_open(L, 1), 2);
+    return create_case(L, client_check_open(L, 1), 2);
 }
 
 int client_close(lua_State *L) {
@@ -158,28 +152,35 @@ static void from_env(lua_State *L, const char *field, const char *var) {
     }
 }
 
-/* acquire.create_case(contactId, opts): through the configured client, or
-   one made once from ACQUIRE_ACCOUNT_ID, ACQUIRE_API_KEY, ACQUIRE_BASE_URL */
-int client_default_create_case(lua_State *L) {
+/* The client acquire.create_case(s) use: the configured one, or one made
+   once from ACQUIRE_ACCOUNT_ID, ACQUIRE_API_KEY, ACQUIRE_BASE_URL. Pushed. */
+acq_client_t *client_default(lua_State *L) {
     acq_client_t *c;
-    lua_settop(L, 2);
-    acq_rawgetp(L, LUA_REGISTRYINDEX, &default_key);          /* 3 */
-    if (lua_isnil(L, 3)) {
+    acq_rawgetp(L, LUA_REGISTRYINDEX, &default_key);
+    if (lua_isnil(L, -1)) {
         if (getenv("ACQUIRE_API_KEY") == NULL)
-            return luaL_error(L, "acquire: no api_key: call acquire.configure{ api_key = ..., "
-                                 "account_id = ... } or set ACQUIRE_API_KEY and "
-                                 "ACQUIRE_ACCOUNT_ID (or ACQUIRE_BASE_URL)");
+            luaL_error(L, "acquire: no api_key: call acquire.configure{ api_key = ..., "
+                          "account_id = ... } or set ACQUIRE_API_KEY and "
+                          "ACQUIRE_ACCOUNT_ID (or ACQUIRE_BASE_URL)");
         lua_pop(L, 1);
         lua_newtable(L);
         from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
         from_env(L, "api_key", "ACQUIRE_API_KEY");
         from_env(L, "base_url", "ACQUIRE_BASE_URL");
-        make(L, 3);
-        lua_replace(L, 3);
-        lua_pushvalue(L, 3);
+        make(L, lua_gettop(L));
+        lua_remove(L, -2);
+        lua_pushvalue(L, -1);
         acq_rawsetp(L, LUA_REGISTRYINDEX, &default_key);
     }
-    c = (acq_client_t *)luaL_checkudata(L, 3, ACQ_MT_CLIENT);
-    if (!c->open) return luaL_error(L, "acquire: the configured client is closed");
+    c = (acq_client_t *)luaL_checkudata(L, -1, ACQ_MT_CLIENT);
+    if (!c->open) luaL_error(L, "acquire: the configured client is closed");
+    return c;
+}
+
+/* acquire.create_case(contactId, opts) through the default client */
+int client_default_create_case(lua_State *L) {
+    acq_client_t *c;
+    lua_settop(L, 2);
+    c = client_default(L);                                    /* 3 */
     return create_case(L, c, 1);
 }
