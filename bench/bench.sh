@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# make bench: the client against a real nginx on loopback, beside the floor
+# (plain libcurl) and the peers. Writes BENCHMARKS.md and bench/batch.png.
+# BENCH_SMOKE=1: a few hundred calls, no report (CI, so it cannot rot).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+SMOKE=${BENCH_SMOKE:-0}
+CALLS=${BENCH_CALLS:-$([ "$SMOKE" = 1 ] && echo 300 || echo 20000)}
+work=$(mktemp -d)
+chmod 755 "$work"                          # nginx workers run as nobody
+out="$work/results.txt"
+nginx_pid=""
+cleanup() {
+  [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+note() { echo "bench: $*" >&2; }
+rec() { while read -r k v; do echo "$1$k $v" | tee -a "$out" >&2; done; }
+
+port=$(free_port); slow=$(free_port)
+mkdir -p "$work/tmp" "$work/logs"
+cp spec/fixtures/api/create-case-response.json "$work/fixture.json"
+sed -e "s|@PREFIX@|$work|g; s|@PORT@|$port|g; s|@SLOW_PORT@|$slow|g; s|@FIXTURE@|$work/fixture.json|g" \
+    bench/nginx.conf.in > "$work/nginx.conf"
+nginx -p "$work" -c "$work/nginx.conf" -e "$work/error.log" &
+nginx_pid=$!
+for _ in $(seq 1 200); do curl -s -o /dev/null -X POST "http://127.0.0.1:$port/" && break; sleep 0.05; done
+url="http://127.0.0.1:$port"
+note "nginx bench server on $url (and :$slow with 20 ms of ngx.sleep)"
+
+echo "calls $CALLS" >> "$out"
+wrk_s=$([ "$SMOKE" = 1 ] && echo 1 || echo 5)
+wrk -t1 -c8 -d"${wrk_s}s" -s bench/wrk_post.lua "$url/api/v1/crm/messenger/chat/create?contactId=597752" \
+  | awk '/Requests\/sec/ {print "wrk_rps", $2}' | rec ""
+wrk -t1 -c1 -d"${wrk_s}s" -s bench/wrk_post.lua "$url/api/v1/crm/messenger/chat/create?contactId=597752" \
+  | awk '/Requests\/sec/ {print "wrk1_rps", $2}' | rec ""
+
+mkdir -p .tmp/bench
+cc -O2 -Wall -Wextra -Werror -o .tmp/bench/curl_post bench/curl_post.c $(pkg-config --libs libcurl)
+.tmp/bench/curl_post "$url/api/v1/crm/messenger/chat/create?contactId=597752" "$CALLS" \
+  | awk '{print "a_us", $2}' | rec ""
+lua5.4 bench/bench.lua floor "$work/fixture.json" "$CALLS" | rec "floor_"
+
+for v in 5.4 5.1 luajit; do
+  make -s build LUA=$v >/dev/null
+  mkdir -p ".tmp/bench/$v" && cp acquire.so ".tmp/bench/$v/"
+  bin=$([ $v = luajit ] && echo luajit || echo "lua$v")
+  LUA_CPATH="$root/.tmp/bench/$v/?.so;;" $bin bench/bench.lua acquire "$url" "$CALLS" | rec "b_${v}_"
+done
+make -s build LUA=5.4 >/dev/null
+export LUA_CPATH="$root/.tmp/bench/5.4/?.so;;"
+lua5.4 bench/bench.lua luasocket "$url" "$CALLS" | rec "c_"
+lua5.1 bench/bench.lua luacurl "$url" "$CALLS" | rec "d_5.1_"
+LUA_CPATH="$root/.tmp/bench/5.1/?.so;;" lua5.1 bench/bench.lua acquire "$url" "$CALLS" | rec "b51again_"
+lua5.4 bench/bench.lua decode "$work/fixture.json" "$CALLS" | rec "dec_"
+lua5.4 bench/bench.lua batch "http://127.0.0.1:$slow" | rec ""
+if [ "$SMOKE" != 1 ]; then
+  lua5.4 bench/bench.lua rss "$url" | rec ""
+  lua5.4 bench/report.lua "$out" > BENCHMARKS.md
+  lua5.4 bench/report.lua "$out" plot > "$work/batch.dat"
+  gnuplot -e "datafile='$work/batch.dat'; outfile='bench/batch.png'" bench/batch.gp
+  note "wrote BENCHMARKS.md and bench/batch.png"
+else
+  note "smoke run: no report"
+fi

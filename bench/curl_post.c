@@ -1,0 +1,65 @@
+/*
+ * Row (a) of make bench: the floor. One libcurl easy handle reused, the same
+ * POST as create_case, the body read into memory, no parsing.
+ *   curl_post URL CALLS  ->  prints "calls us_per_call"
+ */
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct { char *p; size_t len, cap; } buf_t;
+
+static size_t on_body(char *ptr, size_t size, size_t n, void *ud) {
+    buf_t *b = ud;
+    size_t k = size * n;
+    if (b->len + k > b->cap) {
+        b->cap = (b->len + k) * 2;
+        b->p = realloc(b->p, b->cap);
+        if (!b->p) return 0;
+    }
+    memcpy(b->p + b->len, ptr, k);
+    b->len += k;
+    return k;
+}
+
+int main(int argc, char **argv) {
+    static const char body[] = "{\"title\":\"Refund\",\"message\":{\"type\":\"message\","
+        "\"message\":\"I'm reopening the closed case\",\"translateLangKey\":\"\"}}";
+    struct curl_slist *h = NULL;
+    struct timespec t0, t1;
+    buf_t b = { 0 };
+    long i, calls;
+    CURL *e;
+    if (argc != 3) { fprintf(stderr, "usage: curl_post URL CALLS\n"); return 2; }
+    calls = atol(argv[2]);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    e = curl_easy_init();
+    h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, "Accept: application/json");
+    h = curl_slist_append(h, "Authorization: Bearer test-key");
+    h = curl_slist_append(h, "Expect:");
+    curl_easy_setopt(e, CURLOPT_URL, argv[1]);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)(sizeof body - 1));
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    for (i = 0; i < 50; i++) { b.len = 0; curl_easy_perform(e); }   /* warm up */
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (i = 0; i < calls; i++) {
+        long status = 0;
+        b.len = 0;
+        if (curl_easy_perform(e) != CURLE_OK) { fprintf(stderr, "curl failed\n"); return 1; }
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+        if (status != 200 || b.len < 1000) { fprintf(stderr, "bad response %ld\n", status); return 1; }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%ld %.2f\n", calls, ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / 1e3 / calls);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(e);
+    free(b.p);
+    return 0;
+}

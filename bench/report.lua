@@ -1,0 +1,116 @@
+-- Writes BENCHMARKS.md from bench.sh's results ("key value" lines), or with
+-- "plot", the batch data for gnuplot. Targets are checked here, never tuned.
+local path, what = ...
+local r = {}
+for line in io.lines(path) do
+  local k, v = line:match("^(%S+) (%S+)$")
+  if k then r[k] = tonumber(v) end
+end
+local CONC = { 1, 2, 4, 8, 16, 32, 64 }
+local function ideal(c) return math.ceil(200 / c) * 20 end
+
+if what == "plot" then
+  for _, c in ipairs(CONC) do print(c, r["batch_ms_" .. c], ideal(c)) end
+  return
+end
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local s = p:read("*a")
+  p:close()
+  return (s:gsub("%s+$", ""))
+end
+local function f1(x) return x and string.format("%.1f", x) or "n/a" end
+local function f2(x) return x and string.format("%.2f", x) or "n/a" end
+local function rate(us) return us and string.format("%.0f", 1e6 / us) or "n/a" end
+
+local a = r.a_us
+local floor = a and r.floor_cjson_us and a + r.floor_cjson_us
+local b54, b51, bjit = r["b_5.4_us"], r["b_5.1_us"], r["b_luajit_us"]
+local c, d51 = r.c_us, r["d_5.1_us"]
+local targets = {
+  { "(b) 5.4 within 1.1x of the floor (a+)", b54 and floor and b54 / floor, 1.1, "<=" },
+  { "(b) 5.1 at least as fast as (d) on 5.1", b51 and d51 and b51 / d51, 1.0, "<=" },
+  { "(b) 5.4 >= 1.6x the throughput of (c)", c and b54 and c / b54, 1.6, ">=" },
+  { "decode_response <= 1.2x cjson.decode", r.dec_decode_us and r.dec_cjson_us and r.dec_decode_us / r.dec_cjson_us, 1.2, "<=" },
+  { "batch at concurrency 16 within 1.5x of ideal", r.batch_ms_16 and r.batch_ms_16 / ideal(16), 1.5, "<=" },
+  { "RSS growth 1,000 -> 100,000 calls < 1 MiB", r.rss_kib_100k and (r.rss_kib_100k - r.rss_kib_1k) / 1024, 1.0, "<" },
+}
+
+local o = {}
+local function w(...) o[#o + 1] = table.concat({ ... }) end
+w("# Benchmarks")
+w("")
+w("Made by `make bench` (`bench/bench.sh`): numbers from one run on the machine below; rerun to")
+w("reproduce. Sequential rows make ", tostring(r.calls), " calls each after a warm-up, against a real")
+w("nginx with its Lua module on loopback serving the documented response (keep-alive on).")
+w("")
+w("## Machine and versions")
+w("")
+w("- CPU: ", sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'"), ", ", sh("nproc"), " cores")
+w("- ", sh("uname -sr"), "; ", sh("head -1 /etc/os-release | cut -d= -f2 | tr -d '\"'"))
+w("- ", sh("curl-config --version"), "; ", sh("nginx -v 2>&1"), "; ", sh("lua5.4 -v"), "; ", sh("luajit -v"))
+w("- lua-cjson ", sh("lua5.4 -e 'print(require\"cjson\"._VERSION)'"), " (Debian)")
+w("")
+w("## The server is not the bottleneck")
+w("")
+w("wrk against the same nginx, same POST: ", f1(r.wrk_rps), " requests/s with 8 connections, ",
+  f1(r.wrk1_rps), " with one (", f1(r.wrk1_rps and 1e6 / r.wrk1_rps), " µs a request): well above the fastest client below.")
+w("")
+w("## One call at a time")
+w("")
+w("| row | what | µs/call | calls/s |")
+w("|---|---|---:|---:|")
+w("| (a) | plain C: one libcurl easy handle reused, the body read into memory, no parsing | ", f1(a), " | ", rate(a), " |")
+w("| (a+) | the floor for this design: (a) + `cjson.decode` of the same body (", f1(r.floor_cjson_us), " µs, same run) | ", f1(floor), " | ", rate(floor), " |")
+w("| (b) | `client:create_case` in a loop, Lua 5.4 | ", f1(b54), " | ", rate(b54), " |")
+w("| (b) | the same, Lua 5.1 | ", f1(b51), " | ", rate(b51), " |")
+w("| (b) | the same, LuaJIT | ", f1(bjit), " | ", rate(bjit), " |")
+w("| (c) | LuaSocket `socket.http` + lua-cjson, Lua 5.4 | ", f1(c), " | ", rate(c), " |")
+w("| (d) | Debian's lua-curl + lua-cjson, handle reused, Lua 5.1 | ", f1(d51), " | ", rate(d51), " |")
+w("")
+w("Ratios: (b) 5.4 / (a+) = ", f2(b54 and floor and b54 / floor), "; (b) 5.1 / (d) = ", f2(b51 and d51 and b51 / d51),
+  "; (c) / (b) 5.4 = ", f2(c and b54 and c / b54), " (throughput of (b) over (c)).")
+w("")
+w("## Decoding alone")
+w("")
+w("The documented response (10.7 KB): `cjson.decode` ", f1(r.dec_cjson_us), " µs, `acquire.decode_response` ",
+  f1(r.dec_decode_us), " µs (", f2(r.dec_decode_us and r.dec_decode_us / r.dec_cjson_us),
+  "×: Debian's lua-cjson decodes numbers as floats on 5.4, so the module turns them back into integers).")
+w("")
+w("## Batches")
+w("")
+w("`create_cases`, 200 items, the server sleeping 20 ms on each (`ngx.sleep`), one worker.")
+w("")
+w("| concurrency | wall time (ms) | ideal (ms) | ratio |")
+w("|---:|---:|---:|---:|")
+for _, k in ipairs(CONC) do
+  local m = r["batch_ms_" .. k]
+  w("| ", k, " | ", f1(m), " | ", ideal(k), " | ", f2(m and m / ideal(k)), " |")
+end
+w("")
+w("![batch wall time against concurrency](bench/batch.png)")
+w("")
+w("## Memory")
+w("")
+w("RSS of the Lua 5.4 process: ", f1(r.rss_kib_1k and r.rss_kib_1k / 1024), " MiB after 1,000 calls, ",
+  f1(r.rss_kib_100k and r.rss_kib_100k / 1024), " MiB after 100,000, ",
+  f1(r.rss_kib_batches and r.rss_kib_batches / 1024), " MiB after 1,000 more batches of 100.")
+w("")
+w("## Targets")
+w("")
+w("| target | measured | limit | |")
+w("|---|---:|---:|---|")
+for _, t in ipairs(targets) do
+  local ok
+  if t[2] then
+    if t[4] == "<=" then ok = t[2] <= t[3] elseif t[4] == ">=" then ok = t[2] >= t[3] else ok = t[2] < t[3] end
+  end
+  w("| ", t[1], " | ", f2(t[2]), " | ", t[4], " ", t[3], " | ", ok == nil and "not measured" or ok and "met" or "MISSED", " |")
+end
+w("")
+w("## Reproduce")
+w("")
+w("`make bench` (installs nginx, its Lua module, wrk, lua-curl, gnuplot if missing; about two minutes).")
+w("`BENCH_CALLS=N` sets the sequential rows' call count; `make bench-smoke` is the short run CI makes.")
+print(table.concat(o, "\n"))
