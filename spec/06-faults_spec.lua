@@ -126,7 +126,9 @@ describe("fault matrix", function()
       c:close()
       assert.is_nil(res)
       assert_err(err, "network", nil, true)
-      assert.equal(65, err.code)
+      -- 42: the prereq guard aborted the resend (libcurl 7.80+); 65: it could not rewind
+      assert.is_true(err.code == 42 or err.code == 65, "code " .. tostring(err.code))
+      helper.contains(err.message, "not sent again")
       assert.equal(2, requests())              -- one success, one reset: no third
     end)
 

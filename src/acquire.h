@@ -135,6 +135,7 @@ typedef struct acq_transport_t {
     const char        *key;                /* to redact in debug output */
     size_t             key_len;
     size_t             out_len, out_pos;
+    int                sends;              /* requests sent by this transfer */
     size_t             max_bytes;
     int                too_large;
     char               retry_after[64];    /* of the final response */

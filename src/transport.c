@@ -24,11 +24,24 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
     return n;
 }
 
-/* The body goes out through a read callback, not CURLOPT_POSTFIELDS, and
-   can never be rewound: when a reused connection dies after the request
-   left, libcurl would otherwise resend the POST on a new connection by
-   itself, and Acquire, which has no idempotency keys, would create the
-   case twice. With no rewind, that resend fails (CURLE_SEND_FAIL_REWIND). */
+/* libcurl resends a request by itself when a reused connection dies before
+   any answer came back: the request may have reached Acquire, which has no
+   idempotency keys, so that resend could create the case twice. It never
+   happens here. With libcurl 7.80+, the prereq callback runs before every
+   request a transfer sends, that resend included, and aborts the second;
+   older libcurl gets the body through a read callback that cannot rewind,
+   which makes the resend fail instead. Either way: nil, err, maybe_created. */
+#if ACQ_CURL_AT_LEAST(7, 80, 0)
+#define ACQ_PREREQ 1
+static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip,
+                     int conn_primary_port, int conn_local_port) {
+    acq_transport_t *t = (acq_transport_t *)ud;
+    (void)conn_primary_ip; (void)conn_local_ip;
+    (void)conn_primary_port; (void)conn_local_port;
+    return t->sends++ == 0 ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT;
+}
+#else
+#define ACQ_PREREQ 0
 static size_t on_read(char *dest, size_t size, size_t nmemb, void *ud) {
     acq_transport_t *t = (acq_transport_t *)ud;
     size_t n = size * nmemb, left = t->out_len - t->out_pos;
@@ -42,6 +55,7 @@ static int on_seek(void *ud, curl_off_t offset, int origin) {
     (void)ud; (void)offset; (void)origin;
     return CURL_SEEKFUNC_CANTSEEK;
 }
+#endif
 
 static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
     acq_transport_t *t = (acq_transport_t *)ud;
@@ -129,10 +143,15 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     SET(CURLOPT_NOSIGNAL, 1L);                 /* threads, nginx, signals */
     SET(CURLOPT_HTTPHEADER, t->headers);
     SET(CURLOPT_POST, 1L);
+#if ACQ_PREREQ
+    SET(CURLOPT_PREREQFUNCTION, on_prereq);
+    SET(CURLOPT_PREREQDATA, (void *)t);
+#else
     SET(CURLOPT_READFUNCTION, on_read);
     SET(CURLOPT_READDATA, (void *)t);
     SET(CURLOPT_SEEKFUNCTION, on_seek);
     SET(CURLOPT_SEEKDATA, (void *)t);
+#endif
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, (void *)t);
     SET(CURLOPT_HEADERFUNCTION, on_header);
@@ -168,8 +187,12 @@ void transport_prepare(acq_transport_t *t, const char *url, const char *body,
     t->out = body;
     t->out_len = len;
     t->out_pos = 0;
+    t->sends = 0;
     curl_easy_setopt(t->easy, CURLOPT_URL, url);          /* libcurl copies it */
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+#if ACQ_PREREQ
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);  /* one write with the headers */
+#endif
 }
 
 void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
@@ -187,7 +210,8 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
     case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
         r->maybe_sent = 0;
         break;
-    case CURLE_SEND_FAIL_REWIND:               /* see on_read */
+    case CURLE_SEND_FAIL_REWIND:               /* the resend refused: */
+    case CURLE_ABORTED_BY_CALLBACK:            /* see on_prereq */
         r->maybe_sent = 1;
         break;
     default:
@@ -210,8 +234,13 @@ int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) 
     dst->max_bytes = src->max_bytes;
     dst->key = src->key;
     dst->key_len = src->key_len;
-    if (curl_easy_setopt(dst->easy, CURLOPT_READDATA, (void *)dst) != CURLE_OK ||
+    if (
+#if ACQ_PREREQ
+        curl_easy_setopt(dst->easy, CURLOPT_PREREQDATA, (void *)dst) != CURLE_OK ||
+#else
+        curl_easy_setopt(dst->easy, CURLOPT_READDATA, (void *)dst) != CURLE_OK ||
         curl_easy_setopt(dst->easy, CURLOPT_SEEKDATA, (void *)dst) != CURLE_OK ||
+#endif
         curl_easy_setopt(dst->easy, CURLOPT_WRITEDATA, (void *)dst) != CURLE_OK ||
         curl_easy_setopt(dst->easy, CURLOPT_HEADERDATA, (void *)dst) != CURLE_OK ||
         curl_easy_setopt(dst->easy, CURLOPT_DEBUGDATA, (void *)dst) != CURLE_OK ||
@@ -250,7 +279,7 @@ int transport_push_error(lua_State *L, const acq_transport_t *t,
         error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
     } else {
         const char *msg = t->errbuf[0] ? t->errbuf : curl_easy_strerror(r->code);
-        if (r->code == CURLE_SEND_FAIL_REWIND)
+        if (r->code == CURLE_SEND_FAIL_REWIND || r->code == CURLE_ABORTED_BY_CALLBACK)
             msg = "the connection closed after the request was sent; "
                   "not sent again, the case may exist";
         err = error_new(L, kind_of(r->code));
