@@ -165,7 +165,7 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
 #else
     SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
-    SET(CURLOPT_ACCEPT_ENCODING, "");          /* whatever libcurl decodes */
+    SET(CURLOPT_ACCEPT_ENCODING, "gzip");      /* gzip: what an API answers with */
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_SSL_VERIFYPEER, cfg->insecure ? 0L : 1L);
     SET(CURLOPT_SSL_VERIFYHOST, cfg->insecure ? 0L : 2L);
