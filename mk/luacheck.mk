@@ -1,5 +1,5 @@
 # make luacheck: every Lua file of the project (.luacheckrc).
-LUA_FILES := bin/acquire-case examples spec lua
+LUA_FILES := bin/acquire-case examples spec bench $(wildcard lua)
 .PHONY: luacheck
 luacheck:
 	@./scripts/deps.sh lua-check
