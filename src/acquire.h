@@ -46,6 +46,16 @@ acq_buf_t *buf_push(lua_State *L);
 void  buf_lreserve(lua_State *L, acq_buf_t *b, size_t extra); /* raises */
 void  buf_open(lua_State *L);
 
+/* luaL_error never returns, but is not declared so: say it where the code
+   after a raise would otherwise look reachable (to compilers and analyzers). */
+#if defined(__GNUC__)
+#define ACQ_NORETURN        __attribute__((noreturn))
+#define ACQ_UNREACHABLE()   __builtin_unreachable()
+#else
+#define ACQ_NORETURN
+#define ACQ_UNREACHABLE()   ((void)0)
+#endif
+
 /* Zeroes memory that held the key; volatile, so it is not optimised away. */
 static inline void acq_wipe(void *p, size_t n) {
     volatile unsigned char *v = (volatile unsigned char *)p;

@@ -70,12 +70,16 @@ static void setup(lua_State *L, acq_client_t *c, int concurrency) {
     for (i = 0; i < concurrency; i++) {
         if (c->slots[i]) continue;
         c->slots[i] = (acq_slot_t *)calloc(1, sizeof(acq_slot_t));
-        if (c->slots[i] == NULL) luaL_error(L, "not enough memory");
+        if (c->slots[i] == NULL) {
+            luaL_error(L, "not enough memory");
+            return;
+        }
         if (transport_dup(&c->slots[i]->t, &c->t, c->slots[i]) != 0) {
             transport_close(&c->slots[i]->t);
             free(c->slots[i]);
             c->slots[i] = NULL;
             luaL_error(L, "acquire: cannot set up a libcurl handle");
+            return;
         }
         c->slots[i]->item = -1;
     }
@@ -174,7 +178,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             long pick = -1;
             size_t len;
             const char *body;
-            if (c->slots[s]->item >= 0) continue;
+            if (c->slots[s] == NULL || c->slots[s]->item >= 0) continue;  /* setup made 0..concurrency-1 */
             for (i = 0; i < nwait; i++) {
                 if (it[waiting[i]].ready_at <= t) {
                     pick = waiting[i];

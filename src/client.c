@@ -51,6 +51,7 @@ static acq_client_t *make(lua_State *L, int idx) {
     if (c->url == NULL || c->key == NULL) {
         release(c);
         luaL_error(L, "not enough memory");
+        return NULL;
     }
     c->prefix_len = request_url(&cfg, 0, c->url) - 1;
     memcpy(c->key, cfg.api_key, cfg.key_len + 1);

@@ -38,17 +38,19 @@ typedef struct path_t {
     long index;                  /* > 0: parent[index] */
 } path_t;
 
-static int bad_field(lua_State *L, const path_t *p, const char *expected,
-                     int idx) {
+ACQ_NORETURN static void bad_field(lua_State *L, const path_t *p,
+                                   const char *expected, int idx) {
     const char *got = acq_typename(L, idx);
     if (p->index > 0)
-        return luaL_error(L, "bad field '%s[%d]' (%s expected, got %s)",
-                          p->parent, (int)p->index, expected, got);
-    if (p->parent)
-        return luaL_error(L, "bad field '%s.%s' (%s expected, got %s)",
-                          p->parent, p->key, expected, got);
-    return luaL_error(L, "bad field '%s' (%s expected, got %s)", p->key,
-                      expected, got);
+        luaL_error(L, "bad field '%s[%d]' (%s expected, got %s)",
+                   p->parent, (int)p->index, expected, got);
+    else if (p->parent)
+        luaL_error(L, "bad field '%s.%s' (%s expected, got %s)",
+                   p->parent, p->key, expected, got);
+    else
+        luaL_error(L, "bad field '%s' (%s expected, got %s)", p->key,
+                   expected, got);
+    ACQ_UNREACHABLE();
 }
 
 /* ---- writing ------------------------------------------------------- */

@@ -1,0 +1,27 @@
+# Memory and code safety: make sanitize, make fuzz, make lint.
+ASAN_DIR    := .tmp/asan
+QUALITY_SRC := lua_acquire.c $(wildcard src/*.c)
+SAN_FLAGS   := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_SECONDS ?= 60
+
+.PHONY: sanitize lint fuzz
+
+# The module built with ASan and UBSan, the specs run with it (the runtime
+# preloaded for the uninstrumented interpreter; leaks are memcheck's job).
+$(ASAN_DIR)/acquire.so: $(QUALITY_SRC) $(wildcard src/*.h)
+	@mkdir -p $(ASAN_DIR)
+	$(CC) $(SAN_FLAGS) $(WARN) -std=gnu99 -fPIC -I/usr/include/lua5.4 $(CURL_CFLAGS) \
+	  $(QUALITY_SRC) -shared -o $@ $(CURL_LIBS)
+
+sanitize: deps
+	$(MAKE) --no-print-directory build $(ASAN_DIR)/acquire.so
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  lua5.4 /usr/bin/busted --cpath="$(ASAN_DIR)/?.so" --exclude-tags=rock $(BUSTED_ARGS)
+
+lint:
+	@./scripts/deps.sh cppcheck clang-tidy
+	cppcheck --enable=warning,performance,portability --error-exitcode=1 --inline-suppr --quiet \
+	  --suppress=missingIncludeSystem --suppress=missingInclude -DLUA_VERSION_NUM=504 -I src $(QUALITY_SRC)
+	clang-tidy --quiet $(QUALITY_SRC) -- -std=gnu99 -I/usr/include/lua5.4 $(CURL_CFLAGS)
+	@echo "lint: cppcheck and clang-tidy clean"
