@@ -25,3 +25,29 @@ lint:
 	  --suppress=missingIncludeSystem --suppress=missingInclude -DLUA_VERSION_NUM=504 -I src $(QUALITY_SRC)
 	clang-tidy --quiet $(QUALITY_SRC) -- -std=gnu99 -I/usr/include/lua5.4 $(CURL_CFLAGS)
 	@echo "lint: cppcheck and clang-tidy clean"
+
+# libFuzzer harnesses (clang), each embedding Lua 5.4 and the module's
+# sources, seeded from the API's documented JSON; FUZZ_SECONDS each.
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	$(WARN) -std=gnu99 -I/usr/include/lua5.4 $(CURL_CFLAGS) -Ifuzz
+
+.tmp/fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/harness.h $(QUALITY_SRC) $(wildcard src/*.h)
+	@mkdir -p .tmp/fuzz
+	clang $(FUZZ_CFLAGS) $< $(QUALITY_SRC) -o $@ -llua5.4 $(CURL_LIBS)
+
+fuzz:
+	@./scripts/deps.sh clang libclang-rt-14-dev liblua5.4-dev lua-cjson
+	$(MAKE) --no-print-directory .tmp/fuzz/fuzz_response .tmp/fuzz/fuzz_request
+	@rm -rf fuzz/corpus-response fuzz/corpus-request
+	@mkdir -p fuzz/corpus-response fuzz/corpus-request
+	@for f in spec/fixtures/api/*.json; do \
+	  (printf '\000\005'; cat $$f) > fuzz/corpus-response/ok-$$(basename $$f); \
+	  (printf '\012\003'; cat $$f) > fuzz/corpus-response/err-$$(basename $$f); \
+	  head -c 96 $$f > fuzz/corpus-request/$$(basename $$f); \
+	done
+	@printf '\003\001\000\005hello\002\004' > fuzz/corpus-request/short
+	.tmp/fuzz/fuzz_response -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 \
+	  -artifact_prefix=.tmp/fuzz/ fuzz/corpus-response
+	.tmp/fuzz/fuzz_request -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 \
+	  -artifact_prefix=.tmp/fuzz/ fuzz/corpus-request
+	@echo "fuzz: no finding in $(FUZZ_SECONDS) s each"
