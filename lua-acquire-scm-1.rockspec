@@ -25,6 +25,7 @@ external_dependencies = {
 build = {
    type = "builtin",
    modules = {
+      ["acquire.ngx"] = "lua/acquire/ngx.lua",
       acquire = {
          sources = {
             "lua_acquire.c",

@@ -17,7 +17,7 @@ sanitize: deps
 	$(MAKE) --no-print-directory build $(ASAN_DIR)/acquire.so
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  lua5.4 /usr/bin/busted --cpath="$(ASAN_DIR)/?.so" --exclude-tags=rock $(BUSTED_ARGS)
+	  lua5.4 /usr/bin/busted --cpath="$(ASAN_DIR)/?.so" --exclude-tags=rock,ngx $(BUSTED_ARGS)
 
 lint:
 	@./scripts/deps.sh cppcheck clang-tidy

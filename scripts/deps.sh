@@ -3,7 +3,8 @@
 # only those missing. Runs apt-get update first when anything is missing.
 set -eu
 PACKAGES="make gcc libc6-dev pkg-config libcurl4-openssl-dev ca-certificates openssl git
-lua5.4 liblua5.4-dev lua-cjson lua-busted lua-socket luarocks python3 valgrind"
+lua5.4 liblua5.4-dev lua-cjson lua-busted lua-socket luarocks python3 valgrind curl
+nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev"
 [ $# -gt 0 ] && PACKAGES="$PACKAGES $*"
 
 missing=""
@@ -20,5 +21,15 @@ if [ "$(id -u)" != 0 ]; then
     SUDO=sudo
 fi
 echo "deps: installing$missing"
+# The specs start their own nginx: keep the package's service from starting
+# on port 80 while it installs.
+policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    policy=1
+fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+[ -n "$policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
+exit 0
