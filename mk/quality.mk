@@ -19,7 +19,7 @@ sanitize: deps
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  lua5.4 /usr/bin/busted --cpath="$(ASAN_DIR)/?.so" --exclude-tags=rock,ngx $(BUSTED_ARGS)
 
-lint:
+lint: luacheck
 	@./scripts/deps.sh cppcheck clang-tidy
 	cppcheck --enable=warning,performance,portability --error-exitcode=1 --inline-suppr --quiet \
 	  --suppress=missingIncludeSystem --suppress=missingInclude -DLUA_VERSION_NUM=504 -I src $(QUALITY_SRC)
