@@ -45,14 +45,8 @@ static const char checker[] =
     "  end\n"
     "end\n";
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
+FUZZ_INITIALIZE(checker)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc; (void)argv;
-    fuzz_setup(checker);
-    return 0;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_push_checker();

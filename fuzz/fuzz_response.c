@@ -23,14 +23,8 @@ static const char checker[] =
 
 static const int statuses[] = { 200, 201, 204, 299, 302, 400, 401, 403, 404, 429, 500, 502, 503 };
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
+FUZZ_INITIALIZE(checker)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc; (void)argv;
-    fuzz_setup(checker);
-    return 0;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char ra[40];

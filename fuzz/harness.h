@@ -40,6 +40,15 @@ static void fuzz_call(int n) {
     if (++fuzz_runs % 1000 == 0) lua_gc(fuzz_L, LUA_GCCOLLECT, 0);
 }
 
+/* libFuzzer's initializer: the state and the checker chunk, once. */
+#define FUZZ_INITIALIZE(chunk) \
+    int LLVMFuzzerInitialize(int *argc, char ***argv); \
+    int LLVMFuzzerInitialize(int *argc, char ***argv) { \
+        (void)argc; (void)argv; \
+        fuzz_setup(chunk); \
+        return 0; \
+    }
+
 static void fuzz_push_checker(void) {
     lua_rawgeti(fuzz_L, LUA_REGISTRYINDEX, fuzz_checker);
 }
