@@ -487,6 +487,61 @@ describe("bin/acquire-case", function()
     end)
   end)
 
+  describe("--batch", function()
+    local function results(out)
+      local list = {}
+      for line in out:gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
+      return list
+    end
+
+    it("creates one case a line, in input order, one JSON result a line", function()
+      local input = "597752\n\n{\"contactId\": 597752, \"title\": \"from json\"}\n1\n597752\n"
+      local r = run({ "--batch", "--concurrency", "2", "--title", "flag" }, env, input)
+      assert.equal(3, r.code)                    -- one item rejected by the API (404)
+      local list = results(r.out)
+      assert.equal(4, #list)
+      assert.same({ 1, 3, 4, 5 }, { list[1].line, list[2].line, list[3].line, list[4].line })
+      assert.same({ true, true, false, true }, { list[1].ok, list[2].ok, list[3].ok, list[4].ok })
+      assert.equal(2071, list[1].id)
+      assert.equal(404, list[3].status)
+      assert.equal("acquire: http 404: Contact not found", list[3].error)
+      assert.is_false(list[3].maybe_created)
+      local bodies = {}
+      for _, q in ipairs(srv:requests()) do bodies[#bodies + 1] = q.body end
+      table.sort(bodies)
+      assert.same({ '{"title":"flag"}', '{"title":"flag"}', '{"title":"flag"}', '{"title":"from json"}' }, bodies)
+      assert.equal("", r.err)                    -- no progress bar: stderr is not a terminal
+    end)
+
+    it("exits 0 when every case was created, and honours --concurrency", function()
+      srv:fault{ action = "delay", seconds = 0.2 }
+      local r = run({ "--batch", "--concurrency", "2" }, env, "597752\n597752\n597752\n597752\n597752\n")
+      assert.equal(0, r.code)
+      assert.equal(5, #results(r.out))
+      assert.equal(2, srv:stats().max_in_flight)
+    end)
+
+    it("refuses a bad line before anything is sent, naming it", function()
+      local r = run({ "--batch" }, env, "597752\nabc\n")
+      assert.equal(2, r.code)
+      contains(r.err, "line 2: contactId must be a positive integer")
+      nothing_sent()
+      r = run({ "--batch" }, env, "597752\n{not json\n")
+      assert.equal(2, r.code)
+      contains(r.err, "line 2: not a JSON object")
+      r = run({ "--batch" }, env, '{"contactId": 597752, "agentId": "x"}\n')
+      assert.equal(2, r.code)
+      contains(r.err, "line 1: bad field 'agentId'")
+      nothing_sent()
+    end)
+
+    it("takes no CONTACT_ID, and --concurrency only with --batch", function()
+      assert.equal(2, run({ "--batch", CONTACT }, env, "").code)
+      assert.equal(2, run({ CONTACT, "--concurrency", "2" }, env).code)
+      nothing_sent()
+    end)
+  end)
+
   it("never prints a key it was given, on stdout or stderr", function()
     for _, r in ipairs(outputs) do
       for key in pairs(keys_used) do
