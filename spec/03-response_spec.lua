@@ -388,6 +388,13 @@ describe("acquire.decode_response", function()
       assert.is_nil(tostring(err):find("\n", 1, true))
       contains(tostring(err), "acquire: http 400: ")
     end)
+
+    it("has a one-line tostring when the type spans lines too", function()
+      -- found by make fuzz: lua-cjson lets raw control characters into strings
+      local _, err = acquire.decode_response(401, nil, '{"type": "tex\n", "message": "a\r\tb\127"}')
+      assert.equal("acquire: http 401 tex : a  b ", tostring(err))
+      assert.equal("tex\n", err.type)  -- the table keeps what the server sent
+    end)
   end)
 end)
 

@@ -79,6 +79,13 @@ static const char *getstr(lua_State *L, const char *field) {
     return lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
 }
 
+/* Adds s with every control character made a space: whatever the server
+   sent as type or message, the string is one line. */
+static void add_oneline(luaL_Buffer *b, const char *s) {
+    for (; *s; s++)
+        luaL_addchar(b, ((unsigned char)*s < 0x20 || *s == 0x7f) ? ' ' : *s);
+}
+
 /* acquire: http 401 ERROR_UNAUTHORIZED: Invalid API key
    acquire: network: Failed to connect to 127.0.0.1 port 9: ... (curl 7) */
 static int error_tostring(lua_State *L) {
@@ -100,12 +107,11 @@ static int error_tostring(lua_State *L) {
     }
     if (type) {
         luaL_addchar(&b, ' ');
-        luaL_addstring(&b, type);
+        add_oneline(&b, type);
     }
-    if (msg) {                  /* one line, whatever the server sent */
+    if (msg) {
         luaL_addstring(&b, ": ");
-        for (; *msg; msg++)
-            luaL_addchar(&b, ((unsigned char)*msg < 0x20 || *msg == 0x7f) ? ' ' : *msg);
+        add_oneline(&b, msg);
     }
     if (lua_isnumber(L, 6)) {
         lua_pushfstring(L, " (curl %d)", (int)lua_tonumber(L, 6));
