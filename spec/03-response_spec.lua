@@ -389,6 +389,19 @@ describe("acquire.decode_response", function()
       contains(tostring(err), "acquire: http 400: ")
     end)
 
+    it("redacts the api_key given as 4th argument from type, message and body", function()
+      local body = '{"type":"sk-9","message":"bad key sk-9, sk-9!"}'
+      local _, err = acquire.decode_response(401, nil, body, "sk-9")
+      assert.equal("[REDACTED]", err.type)
+      assert.equal("bad key [REDACTED], [REDACTED]!", err.message)
+      assert.equal('{"type":"[REDACTED]","message":"bad key [REDACTED], [REDACTED]!"}', err.body)
+      local _, bad = acquire.decode_response(200, nil, "sk-9 is not JSON", "sk-9")
+      helper.not_contains(tostring(bad) .. bad.body, "sk-9")
+      local _, plain = acquire.decode_response(401, nil, body)       -- none given: none redacted
+      assert.equal("sk-9", plain.type)
+      assert.equal("sk-9", (select(2, acquire.decode_response(401, nil, body, ""))).type)
+    end)
+
     it("has a one-line tostring when the type spans lines too", function()
       -- found by make fuzz: lua-cjson lets raw control characters into strings
       local _, err = acquire.decode_response(401, nil, '{"type": "tex\n", "message": "a\r\tb\127"}')

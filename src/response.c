@@ -177,9 +177,11 @@ int response_decode(lua_State *L, long status, const char *body, size_t len,
     return 2;
 }
 
-/* acquire.decode_response(status, headers, body) -> res | nil, err */
+/* acquire.decode_response(status, headers, body [, api_key]) -> res | nil, err;
+   api_key, when given, is redacted from err as create_case redacts it. */
 int response_l_decode(lua_State *L) {
     long status = (long)luaL_checkinteger(L, 1);
+    acq_secret_t secret;
     size_t len;
     const char *body, *retry_after = NULL;
     if (!lua_isnoneornil(L, 2)) {
@@ -196,8 +198,10 @@ int response_l_decode(lua_State *L) {
         }
     }
     body = luaL_optlstring(L, 3, "", &len);
-    lua_settop(L, 3);
-    return response_decode(L, status, body, len, retry_after, NULL);
+    secret.p = luaL_optlstring(L, 4, NULL, &secret.len);  /* anchored at 4 */
+    lua_settop(L, 4);
+    return response_decode(L, status, body, len, retry_after,
+                           secret.p && secret.len ? &secret : NULL);
 }
 
 /* acquire.fields(contact) -> { [field.key] = value }, nulls left out */
