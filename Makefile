@@ -64,11 +64,13 @@ test: deps
 # The whole suite on every Lua; the rock and nginx specs (which do not
 # depend on the interpreter running busted) run once, in the 5.4 pass.
 test-all: deps
-	@set -e; for v in $(ALL_LUAS); do \
+	@failed=; for v in $(ALL_LUAS); do \
 	  echo "== Lua $$v"; \
-	  if [ $$v = 5.4 ]; then $(MAKE) --no-print-directory test LUA=$$v; \
-	  else $(MAKE) --no-print-directory test LUA=$$v BUSTED_ARGS="--exclude-tags=rock,ngx $(BUSTED_ARGS)"; fi; \
-	done
+	  if [ $$v = 5.4 ]; then $(MAKE) --no-print-directory test LUA=$$v || failed="$$failed $$v"; \
+	  else $(MAKE) --no-print-directory test LUA=$$v BUSTED_ARGS="--exclude-tags=rock,ngx $(BUSTED_ARGS)" \
+	    || failed="$$failed $$v"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-all: failed on Lua$$failed"; exit 1; fi
 
 demo: deps
 	$(MAKE) build

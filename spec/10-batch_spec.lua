@@ -59,7 +59,7 @@ describe("client:create_cases", function()
   end)
 
   it("keeps at most `concurrency` transfers in flight, and reaches it", function()
-    srv:fault{ action = "delay", seconds = 0.2 }
+    srv:fault{ action = "delay", seconds = 0.4 }
     c:create_cases(items(12), { concurrency = 4 })
     local stats = srv:stats()
     assert.equal(4, stats.max_in_flight)
