@@ -3,8 +3,25 @@
 
 Faithful to spec/fixtures/api/ (a copy of the API's documentation):
 POST /api/v1/crm/messenger/chat/create?contactId=N with a Bearer key.
-Records every request (raw bytes) and connection, and misbehaves on
-request through /_control/fault. Standard library only (Debian's python3).
+Records every request (raw bytes) and connection, and misbehaves on request
+through POST /_control/fault. Standard library only (Debian's python3).
+
+    acquire_server.py [--host 127.0.0.1] [--port 0] [--port-file F]
+                      [--parent-pid P] [--key test-key]
+                      [--readonly-key readonly-key] [--fixtures DIR]
+                      [--tls-cert C --tls-key K] [--verbose] [--self-check]
+
+The port file gets "PORT PID\\n" (with TLS: "PORT PID CONTROL_PORT\\n", the
+control port being a plain-HTTP listener on the same state, for clients
+that cannot speak TLS), written atomically once the socket is bound.
+
+Control endpoints (no auth, never recorded):
+    GET  /_control/requests   {"requests": [...]}
+    GET  /_control/stats      {"connections", "requests", "max_in_flight", "in_flight"}
+    GET  /_control/faults     {"faults": [...]}  (the rules, with the times left)
+    POST /_control/reset      clears records, counters and faults
+    POST /_control/fault      appends a rule: {"action", "contactId"?, "times"?, "delay"?, ...}
+    POST /_control/shutdown   answers, then stops the server
 """
 import argparse
 import base64
@@ -12,6 +29,7 @@ import gzip
 import json
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -19,62 +37,117 @@ import struct
 import sys
 import threading
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 API_PATH = "/api/v1/crm/messenger/chat/create"
 CONTACT = 597752
+CONTACT_RE = re.compile(r"[1-9][0-9]*")
 
+JSON_OK = "application/json; charset=utf-8"   # the success answer
+JSON_ERR = "application/json"                 # error bodies
 
-def fixture_response(fixtures):
-    with open(os.path.join(fixtures, "create-case-response.json"), "rb") as f:
-        return f.read().decode("utf-8")
-
-
-def replace_once(text, old, new):
-    if text.count(old) != 1:
-        raise SystemExit("fixture: expected exactly one %r" % old)
-    return text.replace(old, new)
-
-
-def reopen_variant(doc):
-    """The documented reopen answer (reopen-case.md): same shape, four values changed."""
-    doc = replace_once(doc, '"id": 2071,', '"id": 1694,')
-    doc = replace_once(doc, '"dateCreated": "2021-03-30T18:21:41.000Z"',
-                       '"dateCreated": "2021-03-24T11:08:17.000Z"')
-    doc = replace_once(doc, '"dateQueue": "2021-03-30T18:21:41.338Z"',
-                       '"dateQueue": "2021-03-24T11:08:17.400Z"')
-    doc = replace_once(doc, '"dateUpdated": "2021-03-30T18:21:41.353Z"',
-                       '"dateUpdated": "2021-03-24T11:08:17.498Z"')
-    return doc
-
+# ---------------------------------------------------------------------------
+# The documented answers, by textual substitution so formatting stays
+# byte-identical to create-case-response.json.
 
 TITLE = '"title": "string"'
 DESCRIPTION = '"description": "I\'m reopening the closed case"'
 
+# reopen-case.md: same document, these four values changed. Whole lines, with
+# their indentation, so each names the right level (data. vs data.contact.).
+REOPEN = [
+    ('\n        "id": 2071,\n', '\n        "id": 1694,\n'),
+    ('\n        "dateCreated": "2021-03-30T18:21:41.000Z",\n',
+     '\n        "dateCreated": "2021-03-24T11:08:17.000Z",\n'),
+    ('\n        "dateQueue": "2021-03-30T18:21:41.338Z",\n',
+     '\n        "dateQueue": "2021-03-24T11:08:17.400Z",\n'),
+    ('\n            "dateUpdated": "2021-03-30T18:21:41.353Z",\n',
+     '\n            "dateUpdated": "2021-03-24T11:08:17.498Z",\n'),
+]
 
-def echo(doc, body):
-    """data.title and data.description echo the request's title and message."""
-    title = body.get("title")
-    message = body.get("message")
-    text = message.get("message") if isinstance(message, dict) else None
-    doc = doc.replace(TITLE, '"title": ' + json.dumps(title, ensure_ascii=False), 1)
-    doc = doc.replace(DESCRIPTION, '"description": ' + json.dumps(text, ensure_ascii=False), 1)
-    return doc
 
+class FixtureError(Exception):
+    pass
+
+
+def replace_once(text, old, new, what):
+    n = text.count(old)
+    if n != 1:
+        raise FixtureError("%s: expected exactly one %r, found %d" % (what, old.strip(), n))
+    return text.replace(old, new, 1)
+
+
+def dumps_value(v):
+    """A JSON value as text, non-ASCII kept as is (as the echo would be)."""
+    s = json.dumps(v, ensure_ascii=False)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:      # a lone surrogate from a \ud800 escape
+        s = json.dumps(v)
+    return s
+
+
+class Fixtures:
+    def __init__(self, directory):
+        self.dir = directory
+        with open(os.path.join(directory, "create-case-response.json"), "rb") as f:
+            self.response_bytes = f.read()
+        with open(os.path.join(directory, "create-case-request.json"), "rb") as f:
+            self.request_bytes = f.read()
+        what = "create-case-response.json"
+        self.doc = self.response_bytes.decode("utf-8")
+        replace_once(self.doc, TITLE, TITLE, what)
+        replace_once(self.doc, DESCRIPTION, DESCRIPTION, what)
+        reopen = self.doc
+        for old, new in REOPEN:
+            reopen = replace_once(reopen, old, new, what + " (reopen)")
+        self.reopen = reopen
+
+    def render(self, data):
+        """The 200 body for a valid request body (a dict)."""
+        doc = self.reopen if ("threadId" in data and "sessionId" in data) else self.doc
+        title = data.get("title")
+        message = data.get("message")
+        text = message.get("message") if isinstance(message, dict) else None
+        doc = doc.replace(TITLE, '"title": ' + dumps_value(title), 1)
+        doc = doc.replace(DESCRIPTION, '"description": ' + dumps_value(text), 1)
+        return doc.encode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# The request body: the documented types; unknown top-level keys are ignored.
 
 class Invalid(Exception):
     pass
+
+
+class Float(float):
+    """A JSON number written with a fraction or an exponent."""
+
+
+def _no_constant(name):
+    raise ValueError("%s is not JSON" % name)
 
 
 def is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def parse_body(raw):
+    if not raw.strip(b" \t\r\n"):
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_float=Float, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Invalid("Body is not valid JSON")
+    if not isinstance(data, dict):
+        raise Invalid("Body is not valid JSON")
+    return data
+
+
 def validate(body):
-    """The documented request's types; unknown keys are ignored."""
-    if not isinstance(body, dict):
-        raise Invalid("Body must be a JSON object")
     for k in ("title", "source", "channel"):
         if k in body and not isinstance(body[k], str):
             raise Invalid("%s must be a string" % k)
@@ -103,366 +176,641 @@ def validate(body):
                 raise Invalid("fields.%s must be a string, number, boolean or null" % k)
 
 
-class Float(float):
-    """Marks JSON numbers written with a fraction or exponent."""
+# ---------------------------------------------------------------------------
+# Faults
 
-
-class State:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.reset()
-
-    def reset(self):
-        with getattr(self, "lock", threading.Lock()):
-            self.requests = []
-            self.faults = []
-            self.connections = 0
-            self.in_flight = 0
-            self.max_in_flight = 0
-
+ACTIONS = ("delay", "status", "html", "invalid_json", "reset", "truncate", "hang",
+           "trickle", "chunked", "gzip", "redirect", "big", "close")
 
 HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
             b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
             b"</body>\r\n</html>\r\n")
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "AcquireLocal/1.0"
-    sys_version = ""
+def _number(rule, key, integer=False, minimum=0):
+    v = rule.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Invalid("%s must be a number" % key)
+    if integer:
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise Invalid("%s must be an integer" % key)
+            v = int(v)
+    if v < minimum:
+        raise Invalid("%s must be >= %s" % (key, minimum))
+    return v
 
-    def setup(self):
-        super().setup()
-        self.conn_id = None     # counted when it carries its first API request,
-                                # so control calls never show in the stats
 
-    def log_message(self, fmt, *args):
-        if self.server.verbose:
-            sys.stderr.write("acquire_server: " + (fmt % args) + "\n")
+def check_rule(rule):
+    """A fault rule as posted, checked and normalised; raises Invalid."""
+    if not isinstance(rule, dict):
+        raise Invalid("a fault rule is a JSON object")
+    action = rule.get("action")
+    if action not in ACTIONS:
+        raise Invalid("unknown action %r (one of %s)" % (action, ", ".join(ACTIONS)))
+    out = dict(rule)
+    contact = rule.get("contactId")
+    if contact is not None:
+        if isinstance(contact, float) and contact.is_integer():
+            contact = int(contact)
+        if isinstance(contact, bool) or not isinstance(contact, (int, str)):
+            raise Invalid("contactId must be an integer or a string")
+        out["contactId"] = str(contact)
+    out["times"] = _number(rule, "times", integer=True)
+    for k in ("delay", "seconds", "interval"):
+        out[k] = _number(rule, k)
+    out["size"] = _number(rule, "size", integer=True)
+    status = _number(rule, "status", integer=True, minimum=100)
+    if status is not None and status > 999:
+        raise Invalid("status must be 100..999")
+    out["status"] = status
+    headers = rule.get("headers")
+    if headers is not None:
+        if not isinstance(headers, dict):
+            raise Invalid("headers must be an object")
+        if any(isinstance(v, (dict, list)) for v in headers.values()):
+            raise Invalid("header values must be strings or numbers")
+        out["headers"] = {str(k): (v if isinstance(v, str) else json.dumps(v))
+                          for k, v in headers.items()}
+    for k in ("body", "content_type", "location"):
+        if rule.get(k) is not None and not isinstance(rule[k], str):
+            raise Invalid("%s must be a string" % k)
+    return {k: v for k, v in out.items() if v is not None}
 
-    # ---- plumbing ----------------------------------------------------
-    def read_body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
 
-    def send(self, status, body, ctype="application/json; charset=utf-8", headers=None,
-             close=False):
-        headers = dict(headers or {})
-        for k in list(headers):
-            if k.lower() == "content-type":      # a fault may set its own
-                ctype = headers.pop(k)
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
+# ---------------------------------------------------------------------------
 
-    def send_json(self, status, obj, headers=None):
-        self.send(status, json.dumps(obj, separators=(",", ":")).encode(), headers=headers)
+class State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.epoch = 0
+        self._clear()
 
-    def error(self, status, type_, message):
-        obj = {"message": message}
-        if type_:
-            obj = {"type": type_, "message": message}
-        self.send_json(status, obj)
+    def _clear(self):
+        self.requests = []
+        self.faults = []
+        self.connections = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.epoch += 1          # connections are counted again after a reset
 
-    # ---- control -----------------------------------------------------
-    def control(self, method, path):
-        st = self.server.state
-        body = self.read_body()
-        if method == "GET" and path == "/_control/requests":
-            with st.lock:
-                reqs = list(st.requests)
-            return self.send_json(200, {"requests": reqs})
-        if method == "GET" and path == "/_control/stats":
-            with st.lock:
-                stats = {"connections": st.connections, "requests": len(st.requests),
-                         "max_in_flight": st.max_in_flight, "in_flight": st.in_flight}
-            return self.send_json(200, stats)
-        if method == "POST" and path == "/_control/reset":
-            st.reset()
-            return self.send_json(200, {"ok": True})
-        if method == "POST" and path == "/_control/fault":
-            rule = json.loads(body or b"{}")
-            with st.lock:
-                st.faults.append(rule)
-            return self.send_json(200, {"ok": True})
-        if method == "POST" and path == "/_control/shutdown":
-            self.send_json(200, {"ok": True})
-            threading.Thread(target=self.server.shutdown, daemon=True).start()
-            return None
-        return self.error(404, None, "Not found")
+    def reset(self):
+        # requests still being answered (a hang, a delay) belong to the old
+        # epoch: they no longer count in in_flight, and do not decrement it
+        with self.lock:
+            self._clear()
 
     def take_fault(self, contact):
-        st = self.server.state
-        with st.lock:
-            for rule in st.faults:
+        with self.lock:
+            for rule in self.faults:
                 want = rule.get("contactId")
-                if want is not None and str(want) != str(contact):
+                if want is not None and want != contact:
                     continue
                 times = rule.get("times")
                 if times is not None:
                     if times <= 0:
                         continue
                     rule["times"] = times - 1
-                return rule
+                return dict(rule)
         return None
 
-    # ---- the API -----------------------------------------------------
+
+class BadRequest(Exception):
+    pass
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "AcquireLocal/1.0"
+
+    def version_string(self):
+        return self.server_version
+
+    def setup(self):
+        super().setup()
+        self.conn_id = None
+        self.conn_epoch = None
+
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            sys.stderr.write("acquire_server: %s %s\n" % (self.address_string(), fmt % args))
+            sys.stderr.flush()
+
+    # ---- plumbing -------------------------------------------------------
+    def read_body(self):
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            parts = []
+            while True:
+                line = self.rfile.readline(65537)
+                if not line.endswith(b"\n"):
+                    raise BadRequest("bad chunk")
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise BadRequest("bad chunk size")
+                if size == 0:
+                    while True:            # trailers, up to the empty line
+                        line = self.rfile.readline(65537)
+                        if line in (b"\r\n", b"\n", b""):
+                            break
+                    return b"".join(parts)
+                data = self.rfile.read(size)
+                if len(data) != size:
+                    raise BadRequest("short chunk")
+                parts.append(data)
+                self.rfile.readline(3)
+        n = self.headers.get("Content-Length")
+        if n is None:
+            return b""
+        try:
+            n = int(n.strip())
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise BadRequest("bad Content-Length")
+        data = self.rfile.read(n) if n else b""
+        if len(data) != n:
+            raise BadRequest("short body")
+        return data
+
+    def write_head(self, status, headers):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+
+    def send(self, status, body, ctype=JSON_OK, headers=None, close=False):
+        """One answer with Content-Length; a Content-Type in headers wins."""
+        hs = []
+        extra = list((headers or {}).items())
+        if not any(k.lower() == "content-type" for k, _ in extra) and ctype:
+            hs.append(("Content-Type", ctype))
+        hs.append(("Content-Length", str(len(body))))
+        hs.extend(extra)
+        if close:
+            hs.append(("Connection", "close"))
+        self.write_head(status, hs)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
+
+    def send_json(self, status, obj, ctype=JSON_ERR, headers=None, close=False):
+        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        self.send(status, body, ctype=ctype, headers=headers, close=close)
+
+    # ---- dispatch -------------------------------------------------------
     def handle_any(self):
         url = urlsplit(self.path)
+        try:
+            body = self.read_body()
+        except BadRequest as e:
+            self.close_connection = True
+            try:
+                self.send_json(400, {"message": "Bad request: %s" % e}, close=True)
+            except OSError:
+                pass
+            return
         if url.path.startswith("/_control/"):
-            return self.control(self.command, url.path)
+            return self.control(url.path, body)
+        return self.api_request(url, body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
+
+    # ---- control ----------------------------------------------------------
+    def control(self, path, body):
         st = self.server.state
-        body = self.read_body()
+        method = self.command
+        if method == "GET" and path == "/_control/requests":
+            with st.lock:
+                reqs = list(st.requests)
+            return self.send_json(200, {"requests": reqs}, ctype=JSON_OK)
+        if method == "GET" and path == "/_control/stats":
+            with st.lock:
+                stats = {"connections": st.connections, "requests": len(st.requests),
+                         "max_in_flight": st.max_in_flight, "in_flight": st.in_flight}
+            return self.send_json(200, stats, ctype=JSON_OK)
+        if method == "GET" and path == "/_control/faults":
+            with st.lock:
+                faults = [dict(r) for r in st.faults]
+            return self.send_json(200, {"faults": faults}, ctype=JSON_OK)
+        if method == "POST" and path == "/_control/reset":
+            st.reset()
+            return self.send_json(200, {"ok": True}, ctype=JSON_OK)
+        if method == "POST" and path == "/_control/fault":
+            try:
+                rule = check_rule(json.loads(body.decode("utf-8") or "{}"))
+            except (UnicodeDecodeError, ValueError) as e:
+                return self.send_json(400, {"message": "fault: not JSON: %s" % e})
+            except Invalid as e:
+                return self.send_json(400, {"message": "fault: %s" % e})
+            with st.lock:
+                st.faults.append(rule)
+                n = len(st.faults)
+            self.log_message("fault #%d: %s", n, json.dumps(rule))
+            return self.send_json(200, {"ok": True, "faults": n}, ctype=JSON_OK)
+        if method == "POST" and path == "/_control/shutdown":
+            self.send_json(200, {"ok": True}, ctype=JSON_OK, close=True)
+            threading.Thread(target=self.server.stop, daemon=True).start()
+            return None
+        return self.send_json(404, {"message": "Not found"})
+
+    # ---- the API ----------------------------------------------------------
+    def api_request(self, url, body):
+        st = self.server.state
         query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         record = {
-            "seq": 0, "connection": self.conn_id, "method": self.command, "path": url.path,
+            "seq": 0, "connection": 0, "method": self.command, "path": url.path,
             "raw_query": url.query, "query": query,
             "headers": [[k, v] for k, v in self.headers.items()],
             "body_b64": base64.b64encode(body).decode("ascii"), "time": time.monotonic(),
         }
         with st.lock:
-            if self.conn_id is None:
+            if self.conn_epoch != st.epoch:
                 st.connections += 1
                 self.conn_id = st.connections
+                self.conn_epoch = st.epoch
             record["connection"] = self.conn_id
             st.requests.append(record)
             record["seq"] = len(st.requests)
             st.in_flight += 1
             st.max_in_flight = max(st.max_in_flight, st.in_flight)
+            epoch = st.epoch
         try:
-            rule = self.take_fault(query.get("contactId"))
-            if rule and rule.get("delay") is not None and rule.get("action") != "delay":
-                time.sleep(float(rule["delay"]))
-            if rule and self.misbehave(rule, url, query, body):
-                return None
-            return self.api(url, query, body)
+            rule = st.take_fault(query.get("contactId"))
+            if rule is None:
+                return self.send(*self.answer(url, query, body))
+            self.log_message("applying fault %s", rule["action"])
+            return self.misbehave(rule, url, query, body)
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            self.close_connection = True
+            return None
         finally:
             with st.lock:
-                st.in_flight -= 1
+                if st.epoch == epoch:
+                    st.in_flight -= 1
 
-    def api(self, url, query, body, headers=None, transform=None):
+    def answer(self, url, query, body):
+        """(status, body, content type, headers) for a request, no faults."""
+        def err(status, type_, message, headers=None):
+            obj = {"type": type_, "message": message} if type_ else {"message": message}
+            out = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+            return status, out, JSON_ERR, headers
         if url.path != API_PATH:
-            return self.error(404, None, "Not found")
+            return err(404, None, "Not found")
         if self.command != "POST":
-            return self.error(405, None, "Method not allowed")
-        auth = self.headers.get("Authorization") or ""
-        if auth == "Bearer " + self.server.readonly_key:
-            return self.error(403, "ERROR_UNAUTHORIZED_ACCESS", "This API key may not create cases")
-        if auth != "Bearer " + self.server.key:
-            return self.error(401, "ERROR_UNAUTHORIZED", "Invalid API key")
-        contact = query.get("contactId", "")
-        if not re.fullmatch(r"[1-9][0-9]*", contact):
-            return self.error(400, "ERROR_INVALID_INPUT", "contactId must be a positive integer")
+            return err(405, None, "Method not allowed", {"Allow": "POST"})
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        token = token.strip(" \t") if scheme.lower() == "bearer" else None
+        if token == self.server.readonly_key:
+            return err(403, "ERROR_UNAUTHORIZED_ACCESS", "This API key may not create cases")
+        if token != self.server.key:
+            return err(401, "ERROR_UNAUTHORIZED", "Invalid API key")
+        contact = query.get("contactId")
+        if contact is None or not CONTACT_RE.fullmatch(contact):
+            return err(400, "ERROR_INVALID_INPUT", "contactId must be a positive integer")
         try:
-            data = json.loads(body.decode("utf-8"), parse_float=Float) if body.strip() else {}
+            data = parse_body(body)
             validate(data)
-        except (UnicodeDecodeError, ValueError):
-            return self.error(400, "ERROR_INVALID_INPUT", "Body is not valid JSON")
         except Invalid as e:
-            return self.error(400, "ERROR_INVALID_INPUT", str(e))
+            return err(400, "ERROR_INVALID_INPUT", str(e))
         if int(contact) != CONTACT:
-            return self.error(404, None, "Contact not found")
-        reopen = "threadId" in data and "sessionId" in data
-        doc = self.server.reopen if reopen else self.server.doc
-        out = echo(doc, data).encode("utf-8")
-        if transform:
-            return transform(out)
-        return self.send(200, out, headers=headers)
+            return err(404, None, "Contact not found")
+        return 200, self.server.fixtures.render(data), JSON_OK, None
 
     def misbehave(self, rule, url, query, body):
-        """Returns True when the rule answered (or refused to)."""
-        action = rule.get("action")
+        action = rule["action"]
+        if action != "delay" and rule.get("delay"):
+            time.sleep(rule["delay"])
         if action == "delay":
-            time.sleep(float(rule.get("seconds", 1)))
-            return False
+            seconds = rule.get("seconds")
+            if seconds is None:
+                seconds = rule.get("delay") or 1
+            time.sleep(seconds)
+            return self.send(*self.answer(url, query, body))
         if action == "status":
-            status = int(rule.get("status", 500))
-            default = b""
-            if status == 500:
-                default = json.dumps({"type": "ERROR_SERVER_ERROR",
-                                      "message": "Internal server error"},
-                                     separators=(",", ":")).encode()
-            out = rule["body"].encode("utf-8") if "body" in rule else default
-            self.send(status, out, ctype=rule.get("content_type", "application/json"),
-                      headers=rule.get("headers"))
-            return True
+            status = rule.get("status") or 500
+            if rule.get("body") is not None:
+                out = rule["body"].encode("utf-8")
+            elif status == 500:
+                out = json.dumps({"type": "ERROR_SERVER_ERROR", "message": "Internal server error"},
+                                 separators=(",", ":")).encode("utf-8")
+            else:
+                out = b""
+            ctype = rule.get("content_type") or (JSON_ERR if out else None)
+            return self.send(status, out, ctype=ctype, headers=rule.get("headers"))
         if action == "html":
-            self.send(int(rule.get("status", 502)), HTML_502, ctype="text/html",
-                      headers=rule.get("headers"))
-            return True
+            return self.send(rule.get("status") or 502, HTML_502, ctype="text/html",
+                             headers=rule.get("headers"))
         if action == "invalid_json":
-            self.send(200, b"<html>not json", ctype="application/json")
-            return True
+            return self.send(rule.get("status") or 200, b"<html>not json", ctype=JSON_ERR,
+                             headers=rule.get("headers"))
         if action == "redirect":
-            self.send(302, b"<html>moved</html>", ctype="text/html",
-                      headers={"Location": "/elsewhere"})
-            return True
+            location = rule.get("location") or "/elsewhere"
+            status = rule.get("status") or 302
+            phrase = self.responses.get(status, ("Redirect",))[0]
+            page = ("<html><head><title>%d %s</title></head><body>"
+                    "<a href=\"%s\">moved</a></body></html>\n"
+                    % (status, phrase, location)).encode("utf-8")
+            hs = {"Location": location}
+            hs.update(rule.get("headers") or {})
+            return self.send(status, page, ctype="text/html", headers=hs)
         if action == "big":
-            size = int(rule.get("size", 1 << 20))
-            pad = "x" * max(0, size)
-            self.send(200, json.dumps({"data": {"id": 1, "pad": pad}}).encode())
-            return True
+            return self.send(200, self.big_body(rule.get("size") or (1 << 20), body),
+                             headers=rule.get("headers"))
         if action == "reset":
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-            return True
+            return self.reset_connection()
         if action == "hang":
-            self.close_connection = True
-            self.connection.settimeout(0.5)
-            while not self.server.stopping.is_set():
-                try:
-                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
-                        break          # the client went away
-                except socket.timeout:
-                    continue
-                except OSError:
-                    break
-            return True
+            return self.hang()
+        status, out, ctype, headers = self.answer(url, query, body)
+        hs = [("Content-Type", ctype)]
+        hs.extend((headers or {}).items())
+        hs.extend((rule.get("headers") or {}).items())
         if action == "truncate":
-            def half(out):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(out)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(out[: len(out) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-            self.api(url, query, body, transform=half)
-            return True
-        if action == "trickle":
-            interval = float(rule.get("interval", 0.5))
-
-            def slow(out):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.flush()
-                try:
-                    for i in range(0, len(out), 16):
-                        self.wfile.write(out[i:i + 16])
-                        self.wfile.flush()
-                        time.sleep(interval)
-                except OSError:
-                    self.close_connection = True
-            self.api(url, query, body, transform=slow)
-            return True
-        if action == "chunked":
-            def chunks(out):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                step = max(1, len(out) // 4)
-                for i in range(0, len(out), step):
-                    part = out[i:i + step]
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            self.api(url, query, body, transform=chunks)
-            return True
-        if action == "gzip":
-            def packed(out):
-                if "gzip" in (self.headers.get("Accept-Encoding") or ""):
-                    self.send(200, gzip.compress(out), headers={"Content-Encoding": "gzip"})
-                else:
-                    self.send(200, out)
-            self.api(url, query, body, transform=packed)
-            return True
-        if action == "close":
-            self.api(url, query, body, headers={"Connection": "close"})
+            # the full length announced, half the body sent, then FIN
             self.close_connection = True
-            return True
-        self.send_json(500, {"message": "unknown fault action %r" % action})
-        return True
+            self.write_head(status, hs + [("Content-Length", str(len(out)))])
+            self.wfile.write(out[: len(out) // 2])
+            self.wfile.flush()
+            return None
+        if action == "trickle":
+            interval = rule.get("interval")
+            interval = 0.5 if interval is None else interval
+            self.write_head(status, hs + [("Content-Length", str(len(out)))])
+            self.wfile.flush()
+            for i in range(0, len(out), 16):
+                if i:
+                    time.sleep(interval)
+                self.wfile.write(out[i:i + 16])
+                self.wfile.flush()
+            return None
+        if action == "chunked":
+            self.write_head(status, hs + [("Transfer-Encoding", "chunked")])
+            step = max(1, (len(out) + 4) // 5)
+            for i in range(0, len(out), step):
+                part = out[i:i + step]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return None
+        if action == "gzip":
+            if "gzip" in (self.headers.get("Accept-Encoding") or "").lower():
+                out = gzip.compress(out)
+                hs.append(("Content-Encoding", "gzip"))
+            hs.append(("Vary", "Accept-Encoding"))
+            return self.send(status, out, ctype=None, headers=dict(hs))
+        if action == "close":
+            self.close_connection = True
+            return self.send(status, out, ctype=None, headers=dict(hs), close=True)
+        raise AssertionError("unhandled action %r" % action)   # check_rule prevents this
 
-    do_POST = do_GET = do_PUT = do_DELETE = do_PATCH = handle_any
+    def big_body(self, size, body):
+        """The documented answer with a padding member: valid JSON, >= size bytes."""
+        try:
+            data = parse_body(body)
+            validate(data)
+            doc = self.server.fixtures.render(data)
+        except Invalid:
+            doc = self.server.fixtures.response_bytes
+        head = b'{\n    "padding": "'
+        tail = b'",' + doc[doc.index(b"{") + 1:]
+        pad = max(0, size - len(head) - len(tail))
+        return head + b"x" * pad + tail
+
+    def reset_connection(self):
+        """Close with RST (SO_LINGER on, 0 s): the request read, no answer."""
+        self.close_connection = True
+        sock = self.connection
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()          # its reference keeps the fd open otherwise
+            sock.close()
+        except OSError:
+            pass
+        return None
+
+    def hang(self):
+        """Never answer; hold the connection until the client closes it or the server stops."""
+        self.close_connection = True
+        sock = self.connection
+        sock.settimeout(0.5)
+        while not self.server.stopping.is_set():
+            try:
+                readable, _, _ = select.select([sock], [], [], 0.5)
+            except (OSError, ValueError):
+                break
+            if not readable:
+                continue
+            try:
+                if not sock.recv(65536):
+                    break               # the client went away
+            except (ssl.SSLWantReadError, socket.timeout):
+                continue
+            except OSError:
+                break
+        return None
 
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
+    ssl_ctx = None
+
+    def stop(self):
+        self.stopping.set()
+        for s in self.group:
+            threading.Thread(target=s.shutdown, daemon=True).start()
+
+    def finish_request(self, request, client_address):
+        if self.ssl_ctx is None:
+            return super().finish_request(request, client_address)
+        # TLS handshake here, in the connection's thread, so a client that
+        # stalls it cannot block accept()
+        try:
+            request.settimeout(10)
+            tls = self.ssl_ctx.wrap_socket(request, server_side=True)
+            tls.settimeout(None)
+        except (OSError, ValueError) as e:
+            if self.verbose:
+                sys.stderr.write("acquire_server: %s TLS handshake failed: %s\n"
+                                 % (client_address[0], e))
+            return None
+        try:
+            return super().finish_request(tls, client_address)
+        finally:
+            self.shutdown_request(tls)
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError)) and not self.verbose:
+            return
+        sys.stderr.write("acquire_server: error serving %s:\n%s"
+                         % (client_address[0], traceback.format_exc()))
+        sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------
+
+def self_check(fx):
+    """The documented request gets the documented answer byte for byte; the
+    reopen answer differs in exactly the documented values; types are checked."""
+    data = parse_body(fx.request_bytes)
+    validate(data)
+    if fx.render(data) != fx.response_bytes:
+        raise FixtureError("the documented request does not get create-case-response.json back")
+    reopen = dict(data, threadId=1683, sessionId=3711819272)
+    got = json.loads(fx.render(reopen))
+    want = json.loads(fx.response_bytes)
+    want["data"].update(id=1694, dateCreated="2021-03-24T11:08:17.000Z",
+                        dateQueue="2021-03-24T11:08:17.400Z")
+    want["data"]["contact"]["dateUpdated"] = "2021-03-24T11:08:17.498Z"
+    if got != want or got["data"]["threadId"] != 1683 or got["data"]["parentId"] != 1683:
+        raise FixtureError("the reopen answer is not the documented one")
+    echoed = json.loads(fx.render({"title": "Hé \"x\"", "message": {"message": "m\u2028"}}))
+    if echoed["data"]["title"] != "Hé \"x\"" or echoed["data"]["description"] != "m\u2028":
+        raise FixtureError("title/description echo")
+    absent = json.loads(fx.render({}))
+    if absent["data"]["title"] is not None or absent["data"]["description"] is not None:
+        raise FixtureError("absent title/description must be null")
+    bad = [b"{", b"[]", b"\xff", b'{"agentId": 1.0}', b'{"agentId": 1e2}', b'{"agentId": true}',
+           b'{"fields": {"a": []}}', b'{"mentionUsers": [1]}', b'{"message": "x"}',
+           b'{"isFromCobrowse": 1}', b'{"title": null}', b'{"x": NaN}']
+    for raw in bad:
+        try:
+            validate(parse_body(raw))
+        except Invalid:
+            continue
+        raise FixtureError("accepted an invalid body: %r" % raw)
+    for raw in (b"", b"  ", b'{"unknown": [1, {"a": 2}]}', b'{"sessionId": 3711819272}',
+                b'{"fields": {"a": 1.5, "b": null, "c": true, "d": "x"}}'):
+        validate(parse_body(raw))
+
+
+def parent_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:    # a zombie is gone too (PID 1 in a container may not reap it)
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def watch_parent(pid):
     while True:
         time.sleep(0.5)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not parent_alive(pid):
             os._exit(0)
-        except PermissionError:
-            pass
+
+
+def close_inherited_fds():
+    """The Lua process that starts us may leak its sockets into us (no
+    FD_CLOEXEC): holding them would keep them open after the spec closes them."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def main():
+    close_inherited_fds()
     here = os.path.dirname(os.path.abspath(__file__))
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description="The local Acquire server.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--port-file")
     p.add_argument("--parent-pid", type=int)
     p.add_argument("--key", default="test-key")
     p.add_argument("--readonly-key", default="readonly-key")
-    p.add_argument("--fixtures", default=os.path.join(here, "..", "fixtures", "api"))
+    p.add_argument("--fixtures", default=os.path.normpath(os.path.join(here, "..", "fixtures", "api")))
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--self-check", action="store_true",
+                   help="check the fixtures and the body rules, then exit")
     a = p.parse_args()
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
 
-    if ":" in a.host:
-        Server.address_family = socket.AF_INET6
-    srv = Server((a.host, a.port), Handler)
-    srv.state = State()
-    srv.key, srv.readonly_key, srv.verbose = a.key, a.readonly_key, a.verbose
-    srv.stopping = threading.Event()
-    srv.doc = fixture_response(a.fixtures)
-    replace_once(srv.doc, TITLE, TITLE)
-    replace_once(srv.doc, DESCRIPTION, DESCRIPTION)
-    srv.reopen = reopen_variant(srv.doc)
-    scheme = "http"
-    control_port = None
+    try:
+        fixtures = Fixtures(a.fixtures)
+        self_check(fixtures)
+    except (OSError, FixtureError, Invalid, ValueError) as e:
+        sys.stderr.write("acquire_server: fixtures: %s\n" % e)
+        sys.exit(2)
+    if a.self_check:
+        print("self-check ok: %s" % fixtures.dir, flush=True)
+        return
+
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: os._exit(0))
+
+    family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
+
+    def make(port):
+        cls = type("Server", (Server,), {"address_family": family})
+        s = cls((a.host, port), Handler)
+        s.state, s.fixtures, s.verbose, s.stopping = state, fixtures, a.verbose, stopping
+        s.key, s.readonly_key = a.key, a.readonly_key
+        return s
+
+    state, stopping = State(), threading.Event()
+    srv = make(a.port)
+    group = [srv]
+    scheme, control_port = "http", None
     if a.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
-        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        srv.ssl_ctx = ctx
         scheme = "https"
-        # the specs' control calls speak plain HTTP: a second listener,
-        # same state, for them
-        ctl = Server((a.host, 0), Handler)
-        for attr in ("state", "key", "readonly_key", "verbose", "stopping", "doc", "reopen"):
-            setattr(ctl, attr, getattr(srv, attr))
-        ctl.shutdown = srv.shutdown
+        ctl = make(0)         # plain HTTP, same state: control calls from clients without TLS
+        group.append(ctl)
         control_port = ctl.server_address[1]
-        threading.Thread(target=ctl.serve_forever, kwargs={"poll_interval": 0.1},
-                         daemon=True).start()
+    for s in group:
+        s.group = group
     port = srv.server_address[1]
+
     if a.port_file:
-        tmp = a.port_file + ".tmp"
+        line = "%d %d" % (port, os.getpid())
+        if control_port:
+            line += " %d" % control_port
+        tmp = "%s.%d.tmp" % (a.port_file, os.getpid())
         with open(tmp, "w") as f:
-            f.write("%d %d %d\n" % (port, os.getpid(), control_port or port))
+            f.write(line + "\n")
         os.rename(tmp, a.port_file)
     host = "[%s]" % a.host if ":" in a.host else a.host
     print("listening on %s://%s:%d" % (scheme, host, port), flush=True)
+    if control_port:
+        print("control on http://%s:%d" % (host, control_port), flush=True)
     if a.parent_pid:
         threading.Thread(target=watch_parent, args=(a.parent_pid,), daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if len(group) > 1:
+        threading.Thread(target=group[1].serve_forever, kwargs={"poll_interval": 0.1},
+                         daemon=True).start()
     try:
         srv.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
     finally:
-        srv.stopping.set()
-        srv.server_close()
+        stopping.set()
+        for s in group:
+            s.server_close()
+        sys.stdout.flush()
+        os._exit(0)     # no waiting on connection threads (a hang, a trickle)
 
 
 if __name__ == "__main__":
