@@ -1,186 +1,693 @@
--- acquire.ngx inside a real nginx (Debian's, with its Lua module), whose
--- handler creates cases against the local Acquire server: the same results
--- and errors as the libcurl client, keep-alive pools, retries, and 20
--- concurrent requests on one worker that do not wait for each other.
+-- acquire.ngx inside a real nginx (Debian's, with its Lua module), whose handler creates cases
+-- against the local Acquire server through cosockets: the same results and errors as the
+-- libcurl client (the two are compared call for call), keep-alive pools, retries, TLS, the
+-- server's misbehaviours, and 20 concurrent requests on one worker that do not wait for each
+-- other. The handler takes a JSON body { contact, opts, config } and answers
+-- { ok, res } | { ok = false, err, text = tostring(err) } | { raised = message }.
 local acquire = require "acquire"
 local helper = require "spec.helper"
 local cjson = require "cjson"
 local socket = require "socket"
+local http = require "socket.http"
+local ltn12 = require "ltn12"
+
+local ROOT = helper.repo_root
+local MODULES = "/usr/lib/nginx/modules"
 
 local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1; echo \"@@EXIT:$?\""))
+  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"@@EXIT:$?\""))
   local out = p:read("*a")
   p:close()
   local text, code = out:match("^(.*)@@EXIT:(%d+)\n$")
   return text, tonumber(code)
 end
 
-local function start_nginx(srv)
-  local root = helper.repo_root
-  local out, code = sh("cd " .. root .. " && make -s .tmp/luajit/acquire.so")
-  assert(code == 0, "building the LuaJIT module failed: " .. out)
-  local prefix = helper.tmpdir()
-  os.execute("chmod 755 " .. prefix .. " && mkdir -p " .. prefix .. "/logs " .. prefix .. "/tmp")
-  local port = helper.free_port()
-  local handler = ([[
+local function alive(pid)
+  local r = os.execute("kill -0 " .. pid .. " 2>/dev/null")
+  return r == true or r == 0
+end
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- ---- nginx ------------------------------------------------------------------------------
+
+-- The handler: one acquire.ngx client per request (the pool is nginx's, per worker).
+local HANDLER = [[
     local cjson = require "cjson"
-    local acquire = require "acquire"
-    local args = ngx.req.get_uri_args()
-    local client = require("acquire.ngx").new{
-      base_url = args.base_url or %q, api_key = args.key or %q,
-      timeout = 5, connect_timeout = 2, max_retries = 2 }
-    local res, err = client:create_case(tonumber(args.contact) or 597752, args.title and { title = args.title } or nil)
+    ngx.req.read_body()
+    local raw = ngx.req.get_body_data()
+    local q = raw and cjson.decode(raw) or {}
+    local config = { base_url = ngx.var.acquire_base_url, api_key = os.getenv("ACQUIRE_API_KEY"),
+                     timeout = 5, connect_timeout = 2 }
+    for k, v in pairs(q.config or {}) do config[k] = v end
+    local opts = q.opts
+    if opts == cjson.null then opts = nil end
+    local out
+    local ok, raised = pcall(function()
+      local client = require("acquire.ngx").new(config)
+      if q.close then client:close() end
+      local res, err = client:create_case(q.contact or 597752, opts)
+      if res then
+        out = { ok = true, res = res }
+      else
+        local copy = {}
+        for k, v in pairs(err) do copy[k] = v end
+        out = { ok = false, err = copy, text = tostring(err), mt = getmetatable(err) ~= nil }
+      end
+    end)
+    if not ok then out = { raised = tostring(raised) } end
     ngx.header["Content-Type"] = "application/json"
-    if res then
-      local f = acquire.fields(res.data.contact)
-      ngx.say(cjson.encode{ ok = true, id = res.data.id, contact = res.data.contact.id, title = res.data.title,
-        visits = #res.data.contact.visits, fields = #res.data.contact.fields, ip = f.ip,
-        company_is_null = res.data.contact.company == acquire.null,
-        engine = res.data.contact.clientDetails.engine.name })
-    else
-      ngx.say(cjson.encode{ ok = false, kind = err.kind, status = err.status, type = err.type or cjson.null,
-        maybe_created = err.maybe_created, attempts = err.attempts, text = tostring(err) })
-    end
-  ]]):format(srv.base_url, srv.key)
-  local conf = ([[
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+    ngx.say(cjson.encode(out))
+]]
+
+-- Started as root, nginx runs its workers as nobody, who may not read a checkout under /root:
+-- run them as root (a loopback test server). Otherwise nginx keeps the user it has.
+local function run_as()
+  local p = io.popen("id -u")
+  local uid = p:read("*l")
+  p:close()
+  return uid == "0" and "user root;\n" or ""
+end
+
+-- nginx's temporary directories, in the prefix (Debian's defaults are under /var/lib/nginx)
+local function temp_paths(n)
+  local out = {}
+  for _, d in ipairs { "client_body", "proxy", "fastcgi", "uwsgi", "scgi" } do
+    out[#out + 1] = ("  %s_temp_path %s/tmp/%s;"):format(d, n.prefix, d)
+  end
+  return table.concat(out, "\n")
+end
+
+local function conf_text(n, o)
+  return run_as() .. ([[
+load_module %s/ndk_http_module.so;
+load_module %s/ngx_http_lua_module.so;
 daemon off;
 master_process on;
 worker_processes 1;
-error_log %s/logs/error.log info;
+error_log %s/error.log info;
 pid %s/nginx.pid;
+env ACQUIRE_API_KEY;
 events { worker_connections 256; }
 http {
   access_log off;
-  client_body_temp_path %s/tmp;
+%s
   lua_package_path "%s/lua/?.lua;;";
   lua_package_cpath "%s/.tmp/luajit/?.so;/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
+  lua_ssl_trusted_certificate %s;
+  lua_ssl_verify_depth 2;
   server {
     listen 127.0.0.1:%d;
-    location /case { content_by_lua_block { %s } }
+    set $acquire_base_url "%s";
+    location = /case { content_by_lua_block { %s } }
   }
 }
-]]):format(prefix, prefix, prefix, root, root, port, handler)
-  local f = assert(io.open(prefix .. "/nginx.conf", "w"))
-  f:write(conf)
-  f:close()
-  os.execute(("nginx -p %s -c %s/nginx.conf -e %s/logs/error.log >%s/logs/stdout 2>&1 &")
-    :format(prefix, prefix, prefix, prefix))
-  for _ = 1, 200 do
-    local s = socket.tcp()
-    s:settimeout(0.1)
-    if s:connect("127.0.0.1", port) then s:close() break end
-    s:close()
-    socket.sleep(0.05)
-  end
-  return { prefix = prefix, port = port, url = "http://127.0.0.1:" .. port }
+]]):format(MODULES, MODULES, n.prefix, n.prefix, temp_paths(n), ROOT, ROOT, o.trusted, n.port, o.base_url, HANDLER)
 end
 
-local function stop_nginx(ngx_)
-  if not ngx_ then return end
-  local f = io.open(ngx_.prefix .. "/nginx.pid")
-  local pid = f and f:read("*n")
-  if f then f:close() end
-  if pid then
-    os.execute("kill " .. pid)
+-- Stops nginx (master, then any worker left) and removes its prefix. Safe to call twice.
+local function stop_nginx(n)
+  if not n or n.stopped then return end
+  n.stopped = true
+  if n.pid then
+    local kids = slurp(("/proc/%d/task/%d/children"):format(n.pid, n.pid))
+    os.execute("kill " .. n.pid .. " 2>/dev/null")
     for _ = 1, 100 do
-      local r = os.execute("kill -0 " .. pid .. " 2>/dev/null")
-      if not (r == true or r == 0) then break end
+      if not alive(n.pid) then break end
       socket.sleep(0.05)
     end
+    if alive(n.pid) then os.execute("kill -9 " .. n.pid .. " 2>/dev/null") end
+    for kid in kids:gmatch("%d+") do os.execute("kill -9 " .. kid .. " 2>/dev/null") end
   end
-  os.execute('rm -rf "' .. ngx_.prefix .. '"')
+  if n.prefix and n.prefix:match("/tmp%.%w+$") then os.execute('rm -rf "' .. n.prefix .. '"') end
 end
 
-local function get(ngx_, query)
-  local out, code = sh(("curl -s --max-time 10 '%s/case?%s'"):format(ngx_.url, query or ""))
-  assert(code == 0, "curl to nginx failed: " .. out)
-  local ok, doc = pcall(cjson.decode, out)
-  assert(ok, "nginx answered: " .. out)
-  return doc
+local function launch(n, conf, env)
+  for _, m in ipairs { "ndk_http_module.so", "ngx_http_lua_module.so" } do
+    assert(io.open(MODULES .. "/" .. m), "no " .. MODULES .. "/" .. m
+      .. ": make test-ngx installs nginx and libnginx-mod-http-lua"):close()
+  end
+  local out, code = sh("cd '" .. ROOT .. "' && make -s .tmp/luajit/acquire.so")
+  assert(code == 0, "building the LuaJIT module failed:\n" .. out)
+  os.execute("chmod 755 " .. n.prefix .. " && mkdir -p " .. n.prefix .. "/tmp")
+  local f = assert(io.open(n.prefix .. "/nginx.conf", "w"))
+  f:write(conf)
+  f:close()
+  local p = assert(io.popen(("%s nginx -p %s/ -c %s/nginx.conf -e %s/error.log </dev/null >%s/stdout 2>&1 & echo $!")
+    :format(env or "", n.prefix, n.prefix, n.prefix, n.prefix)))
+  n.pid = tonumber(p:read("*l"))
+  p:close()
+  assert(n.pid, "nginx did not start")
+  for _ = 1, 200 do
+    if not alive(n.pid) then break end
+    local s = socket.tcp()
+    s:settimeout(0.2)
+    local ok = s:connect("127.0.0.1", n.port)
+    s:close()
+    if ok then return end
+    socket.sleep(0.05)
+  end
+  error("nginx did not come up on port " .. n.port .. ":\n" .. slurp(n.prefix .. "/stdout")
+    .. slurp(n.prefix .. "/error.log"))
 end
+
+-- Starts nginx with conf_fn(n) as its config; n = { prefix, port, pid, url }. On any failure
+-- it is stopped before the error propagates; otherwise the caller's teardown stops it.
+local function start_nginx(conf_fn, env)
+  local n = { prefix = helper.tmpdir(), port = helper.free_port() }
+  n.url = "http://127.0.0.1:" .. n.port
+  local ok, err = pcall(launch, n, conf_fn(n), env)
+  if not ok then
+    stop_nginx(n)
+    error(err, 0)
+  end
+  return n
+end
+
+local function post(url, body)
+  local chunks = {}
+  local _, code = http.request {
+    url = url, method = "POST",
+    source = ltn12.source.string(body),
+    headers = { ["content-type"] = "application/json", ["content-length"] = #body },
+    sink = ltn12.sink.table(chunks),
+    create = function()                       -- a stuck handler fails the spec in 15 s, not 60
+      local s = socket.tcp()
+      s:settimeout(15)
+      return s
+    end,
+  }
+  return code, table.concat(chunks)
+end
+
+-- A raw HTTP server for framings the local Acquire server does not produce: it answers the
+-- requests it reads, in order, with the given bytes ({ raw = "...", close = true? }), and
+-- counts its connections.
+local RAW_SERVER = [==[
+import json, socket, sys, threading
+answers = json.load(open(sys.argv[1]))
+lock, state = threading.Lock(), {"next": 0, "conns": 0}
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(32)
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(str(srv.getsockname()[1]))
+import os; os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+def serve(c):
+    f = c.makefile("rb")
+    while True:
+        line, n = f.readline(), 0
+        if not line:
+            break
+        while line not in (b"\r\n", b"\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                n = int(line.split(b":")[1])
+            line = f.readline()
+        f.read(n)
+        with lock:
+            a = answers[state["next"]]
+            state["next"] += 1
+        c.sendall(a["raw"].encode("latin-1"))
+        if a.get("close"):
+            break
+    c.close()
+while True:
+    c, _ = srv.accept()
+    with lock:
+        state["conns"] += 1
+        with open(sys.argv[3], "w") as f:
+            f.write(str(state["conns"]))
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+]==]
+
+local function raw_server(answers)
+  local dir = helper.tmpdir()
+  local f = assert(io.open(dir .. "/server.py", "w"))
+  f:write(RAW_SERVER)
+  f:close()
+  f = assert(io.open(dir .. "/answers.json", "w"))
+  f:write(cjson.encode(answers))
+  f:close()
+  local p = assert(io.popen(('%s %s/server.py %s/answers.json %s/port %s/conns </dev/null >%s/log 2>&1 & echo $!')
+    :format(os.getenv("PYTHON") or "python3", dir, dir, dir, dir, dir)))
+  local rs = { pid = tonumber(p:read("*l")), dir = dir }
+  p:close()
+  function rs.stop()
+    if rs.pid then os.execute("kill " .. rs.pid .. " 2>/dev/null") end
+    os.execute('rm -rf "' .. dir .. '"')
+  end
+  function rs.conns() return tonumber(slurp(dir .. "/conns")) or 0 end
+  for _ = 1, 250 do
+    rs.port = tonumber(slurp(dir .. "/port"))
+    if rs.port then return rs end
+    socket.sleep(0.02)
+  end
+  rs.stop()
+  error("the raw server did not start: " .. slurp(dir .. "/log"))
+end
+
+local SMALL = '{"data":{"id":1}}'
+local function ok_answer(headers, body)
+  return { raw = "HTTP/1.1 200 OK\r\n" .. headers .. "\r\n" .. (body or SMALL) }
+end
+
+-- ---- the specs ---------------------------------------------------------------------------
 
 describe("acquire.ngx in nginx #ngx", function()
-  local srv, nginx
+  local srv, tls, untrusted, nginx
+
+  local function call(q)
+    local code, out = post(nginx.url .. "/case", type(q) == "string" and q or cjson.encode(q or {}))
+    local ok, doc = pcall(cjson.decode, out)
+    assert(code == 200 and ok, ("nginx answered %s: %s\n%s"):format(tostring(code), out,
+      slurp(nginx.prefix .. "/error.log"):sub(-3000)))
+    return doc
+  end
+
+  -- The same call through the libcurl client.
+  local function plain(contact, opts, config)
+    local cfg = { base_url = srv.base_url, api_key = srv.key, timeout = 5, connect_timeout = 2 }
+    for k, v in pairs(config or {}) do cfg[k] = v end
+    local c = acquire.new(cfg)
+    local res, err = c:create_case(contact or 597752, opts)
+    c:close()
+    return res, err
+  end
+
+  -- err from nginx and err from libcurl agree on everything but libcurl's code
+  local function same_err(doc, err)
+    assert.is_false(doc.ok, cjson.encode(doc))
+    assert.is_true(doc.mt)                                     -- the module's metatable
+    local want = {}
+    for k, v in pairs(err) do want[k] = v end
+    want.code = nil
+    assert.same(want, doc.err)
+    assert.equal(tostring(err), doc.text)
+  end
 
   setup(function()
     srv = helper.start_server()
-    nginx = start_nginx(srv)
+    tls = helper.start_server { tls = true }
+    untrusted = helper.start_server { tls = true }
+    nginx = start_nginx(function(n)
+      return conf_text(n, { base_url = srv.base_url, trusted = tls.ca_file })
+    end, "ACQUIRE_API_KEY=" .. srv.key)
   end)
+
   teardown(function()
     stop_nginx(nginx)
-    srv:stop()
+    for _, s in ipairs { srv, tls, untrusted } do if s then s:stop() end end
   end)
-  before_each(function() srv:reset() end)
 
-  it("creates the documented case, decoded as in plain Lua", function()
-    local doc = get(nginx, "title=Refund")
-    assert.is_true(doc.ok, cjson.encode(doc))
-    local c = acquire.new{ base_url = srv.base_url, api_key = srv.key }
-    local res = c:create_case(597752, { title = "Refund" })
-    c:close()
-    assert.equal(res.data.id, doc.id)
-    assert.equal(2071, doc.id)
-    assert.equal(597752, doc.contact)
-    assert.equal("Refund", doc.title)
-    assert.equal(5, doc.visits)
-    assert.equal(6, doc.fields)
-    assert.equal(acquire.fields(res.data.contact).ip, doc.ip)
-    assert.is_true(doc.company_is_null)
-    assert.equal("Blink", doc.engine)
+  before_each(function()
+    srv:reset()
+  end)
+
+  it("sends the documented request and decodes it as the libcurl client does", function()
+    local doc = call('{"opts":' .. helper.fixture("create-case-request.json") .. "}")
     local reqs = srv:requests()
-    assert.equal(2, #reqs)
-    assert.equal(reqs[2].body, reqs[1].body)             -- the same bytes from both transports
-    assert.equal('{"title":"Refund"}', reqs[1].body)
+    assert.equal(1, #reqs)
+    local res = assert(plain(597752, helper.documented_opts()))
+    reqs = srv:requests()
+    assert.equal(helper.DOCUMENTED_BODY, reqs[1].body)
+    assert.equal(reqs[2].body, reqs[1].body)                     -- the same bytes from both
+    assert.equal("/api/v1/crm/messenger/chat/create", reqs[1].path)
+    assert.equal("contactId=597752", reqs[1].raw_query)
     assert.equal("Bearer " .. srv.key, reqs[1].headers.authorization)
-    assert.matches("^lua%-acquire/0%.1%.0 ngx_lua/", reqs[1].headers["user-agent"])
+    assert.equal("127.0.0.1:" .. srv.port, reqs[1].headers.host)
+    assert.equal("application/json", reqs[1].headers["content-type"])
+    assert.equal(tostring(#helper.DOCUMENTED_BODY), reqs[1].headers["content-length"])
+    assert.matches("^lua%-acquire/0%.1%.0 ngx_lua/%d+%.%d+%.%d+$", reqs[1].headers["user-agent"])
+
+    assert.is_true(doc.ok, cjson.encode(doc))
+    local got = doc.res
+    assert.equal(2071, got.data.id)
+    assert.equal(res.data.id, got.data.id)
+    assert.equal(597752, got.data.contact.id)
+    assert.equal(5, #got.data.contact.visits)
+    assert.equal("2402:8100:21f5:3d13:d9da:18ea:aa28:f778", acquire.fields(got.data.contact).ip)
+    assert.equal(acquire.fields(res.data.contact).ip, acquire.fields(got.data.contact).ip)
+    assert.equal(acquire.null, got.data.contact.company)         -- JSON null survives both ways
+    assert.equal(acquire.null, res.data.contact.company)
+    assert.same(res, got)                                        -- and everything else
   end)
 
-  it("returns err tables: 401, 404, an HTML 502, a refused port", function()
-    local doc = get(nginx, "key=wrong")
-    assert.same({ false, "http", 401, "ERROR_UNAUTHORIZED", false },
-                { doc.ok, doc.kind, doc.status, doc.type, doc.maybe_created })
+  it("echoes title and message, and sends what user_agent says", function()
+    local doc = call { opts = { title = "Refund", message = "Hi" }, config = { user_agent = "mine/1" } }
+    assert.is_true(doc.ok, cjson.encode(doc))
+    assert.same({ "Refund", "Hi" }, { doc.res.data.title, doc.res.data.description })
+    local r = srv:last_request()
+    assert.equal('{"title":"Refund","message":{"type":"message","message":"Hi","translateLangKey":""}}', r.body)
+    assert.equal("mine/1", r.headers["user-agent"])
+  end)
+
+  it("returns the same err tables: 401, 404, HTML 502, 302, 503 without Retry-After", function()
+    same_err(call { config = { api_key = "wrong" } }, select(2, plain(nil, nil, { api_key = "wrong" })))
+    local doc = call { config = { api_key = "wrong" } }
+    assert.same({ "http", 401, "ERROR_UNAUTHORIZED", false, 1 },
+                { doc.err.kind, doc.err.status, doc.err.type, doc.err.maybe_created, doc.err.attempts })
     assert.equal("acquire: http 401 ERROR_UNAUTHORIZED: Invalid API key", doc.text)
-    doc = get(nginx, "contact=1")
-    assert.same({ "http", 404 }, { doc.kind, doc.status })
-    srv:fault{ action = "html", times = 1 }
-    doc = get(nginx, "")
-    assert.same({ "http", 502, true }, { doc.kind, doc.status, doc.maybe_created })
-    doc = get(nginx, "base_url=http://127.0.0.1:" .. helper.free_port())
-    assert.same({ false, "network", false, 3 }, { doc.ok, doc.kind, doc.maybe_created, doc.attempts })
+
+    doc = call { contact = 1 }
+    assert.same({ "http", 404, "Contact not found" }, { doc.err.kind, doc.err.status, doc.err.message })
+    same_err(doc, select(2, plain(1)))
+
+    for _, fault in ipairs {
+      { action = "html", times = 1 },
+      { action = "redirect", times = 1 },
+      { action = "status", status = 503, times = 1 },
+      { action = "status", status = 500, times = 1 },
+    } do
+      srv:fault(fault)
+      doc = call {}
+      srv:fault(fault)
+      same_err(doc, select(2, plain()))
+    end
+    assert.equal(13, srv:stats().requests)                      -- none of them retried
   end)
 
-  it("keeps its connection to the server alive across requests", function()
-    for _ = 1, 5 do assert.is_true(get(nginx, "").ok) end
+  it("raises on misuse as create_case does, before sending anything", function()
+    local doc = call { contact = "12a" }
+    assert.matches("bad argument #1 to 'create_case' %(contactId must be a positive integer, got '12a'%)$",
+                   doc.raised)
+    assert.matches("^content_by_lua%(nginx%.conf:%d+%):%d+: ", doc.raised)   -- the caller's line
+    doc = call { opts = { agentId = "x" } }
+    assert.matches("^content_by_lua%(nginx%.conf:%d+%):%d+: ", doc.raised)
+    assert.matches("bad field 'agentId' %(integer expected, got string%)$", doc.raised)
+    doc = call { opts = { foo = 1 } }
+    assert.matches("unknown field 'foo' in opts", doc.raised, 1, true)
+    doc = call { config = { bogus = 1 } }
+    assert.matches("bad option 'bogus'", doc.raised, 1, true)
+    doc = call { config = { base_url = "http://127.0.0.1/x" } }
+    assert.matches("bad option 'base_url'", doc.raised, 1, true)
+    doc = call { config = { ca_file = "/etc/ssl/certs/ca-certificates.crt" } }
+    assert.matches("lua_ssl_trusted_certificate", doc.raised, 1, true)
+    assert.equal(0, srv:stats().requests)
+  end)
+
+  it("logs the exchange with debug = true, the key redacted; a closed client raises", function()
+    local log = nginx.prefix .. "/error.log"
+    local before = #slurp(log)
+    assert.is_true(call({ config = { debug = true }, opts = { title = "T" } }).ok)
+    local text = slurp(log):sub(before + 1)
+    assert.matches("acquire: > POST /api/v1/crm/messenger/chat/create?contactId=597752 HTTP/1.1", text, 1, true)
+    assert.matches("Authorization: Bearer [REDACTED]", text, 1, true)
+    assert.matches("acquire: < 200 ", text, 1, true)
+    assert.is_nil(text:find(srv.key, 1, true))
+    assert.matches("client is closed$", call({ close = true }).raised)
+  end)
+
+  it("a refused port: kind network, maybe_created false, retried", function()
+    local url = "http://127.0.0.1:" .. helper.free_port()
+    local doc = call { config = { base_url = url, max_retries = 1 } }
+    assert.is_false(doc.ok, cjson.encode(doc))
+    assert.same({ "network", false, 2 }, { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
+    assert.is_nil(doc.err.code)
+    assert.is_nil(doc.err.status)
+    assert.matches("^acquire: network: could not connect to 127%.0%.0%.1:%d+: ", doc.text)
+    local _, err = plain(nil, nil, { base_url = url, max_retries = 1 })
+    assert.same({ err.kind, err.maybe_created, err.attempts },
+                { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
+  end)
+
+  it("keeps one connection to the server alive across requests", function()
+    for _ = 1, 5 do assert.is_true(call({}).ok) end
     local reqs = srv:requests()
     assert.equal(5, #reqs)
     for i = 2, 5 do assert.equal(reqs[1].connection, reqs[i].connection) end
-    assert.is_true(srv:stats().connections <= 1)      -- 0 when an earlier test's pooled one served
+    assert.equal(1, srv:stats().connections)
   end)
 
-  it("follows the retry policy: 503 with Retry-After, then success", function()
-    srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "1" }, times = 1 }
-    local doc = get(nginx, "")
-    assert.is_true(doc.ok)
+  it("does not pool a connection the server closes", function()
+    srv:fault { action = "close", times = 1 }
+    for _ = 1, 3 do assert.is_true(call({}).ok) end
+    local reqs = srv:requests()
+    assert.equal(2, srv:stats().connections)
+    assert.are_not.equal(reqs[1].connection, reqs[2].connection)
+    assert.equal(reqs[2].connection, reqs[3].connection)
+  end)
+
+  it("follows the retry policy: 503 with Retry-After: 1, then success", function()
+    srv:fault { action = "status", status = 503, headers = { ["Retry-After"] = "1" }, times = 1 }
+    local t0 = socket.gettime()
+    local doc = call {}
+    assert.is_true(doc.ok, cjson.encode(doc))
     assert.equal(2, srv:stats().requests)
+    assert.is_true(socket.gettime() - t0 >= 0.9)
   end)
 
-  it("does not block: 20 concurrent requests, each delayed 500 ms, on one worker, in under 2 s", function()
-    srv:fault{ action = "delay", seconds = 0.5 }
+  it("reads chunked responses, and bodies up to max_response_bytes", function()
+    local res = assert(plain())
+    srv:reset()
+    srv:fault { action = "chunked", times = 1 }
+    local doc = call {}
+    assert.is_true(doc.ok, cjson.encode(doc))
+    assert.same(res, doc.res)
+    srv:fault { action = "big", size = 2 * 1024 * 1024, times = 1 }
+    doc = call {}
+    assert.is_true(doc.ok)
+    assert.equal(2071, doc.res.data.id)
+    assert.is_true(#doc.res.padding > 2000000)
+    assert.equal(1, srv:stats().connections)                    -- chunked, big: all kept alive
+  end)
+
+  it("refuses a response over max_response_bytes, as the libcurl client does", function()
+    local fault = { action = "big", size = 2 * 1024 * 1024, times = 1 }
+    local config = { max_response_bytes = 1024 * 1024 }
+    srv:fault(fault)
+    local doc = call { config = config }
+    srv:fault(fault)
+    same_err(doc, select(2, plain(nil, nil, config)))
+    assert.same({ "http", 200, true }, { doc.err.kind, doc.err.status, doc.err.maybe_created })
+    assert.equal("acquire: http 200: response body exceeds max_response_bytes (1048576)", doc.text)
+  end)
+
+  it("a cut or reset connection after the request: maybe_created, not retried", function()
+    for _, action in ipairs { "truncate", "reset" } do
+      srv:reset()
+      srv:fault { action = action, times = 1 }
+      local doc = call {}
+      assert.is_false(doc.ok, cjson.encode(doc))
+      srv:fault { action = action, times = 1 }
+      local _, err = plain()
+      assert.same({ err.kind, err.status, err.maybe_created, 1 },
+                  { doc.err.kind, doc.err.status, doc.err.maybe_created, doc.err.attempts })
+      assert.equal("network", doc.err.kind)
+      assert.is_true(doc.err.maybe_created)
+      assert.equal(2, srv:stats().requests)
+    end
+  end)
+
+  it("times out the whole attempt: a server that hangs or trickles", function()
+    for _, fault in ipairs { { action = "hang", times = 1 }, { action = "trickle", interval = 0.2, times = 1 } } do
+      srv:reset()
+      srv:fault(fault)
+      local t0 = socket.gettime()
+      local doc = call { config = { timeout = 1 } }
+      local took = socket.gettime() - t0
+      assert.is_false(doc.ok, cjson.encode(doc))
+      assert.same({ "timeout", true, 1 }, { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
+      assert.is_true(took >= 0.9 and took < 2.5, fault.action .. " took " .. took .. " s")
+    end
+  end)
+
+  it("never puts the API key in an error, even when the server echoes it", function()
+    local body = cjson.encode { type = "E_" .. srv.key, message = "your key " .. srv.key .. " is odd" }
+    local fault = { action = "status", status = 500, body = body, times = 1 }
+    srv:fault(fault)
+    local doc = call {}
+    srv:fault(fault)
+    same_err(doc, select(2, plain()))
+    assert.equal("acquire: http 500 E_[REDACTED]: your key [REDACTED] is odd", doc.text)
+    assert.is_nil(cjson.encode(doc):find(srv.key, 1, true))
+  end)
+
+  it("speaks TLS with verification, and pools verified connections apart", function()
+    local doc = call { config = { base_url = tls.base_url, api_key = tls.key } }
+    assert.is_true(doc.ok, cjson.encode(doc))
+    assert.equal(2071, doc.res.data.id)
+
+    -- a certificate nginx does not trust (lua_ssl_trusted_certificate names another)
+    local u = { base_url = untrusted.base_url, api_key = untrusted.key }
+    doc = call { config = u }
+    assert.is_false(doc.ok, cjson.encode(doc))
+    assert.same({ "tls", false, 1 }, { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
+    assert.matches("^acquire: tls: TLS handshake with 127%.0%.0%.1:%d+ failed: ", doc.text)
+    u.insecure = true
+    assert.is_true(call({ config = u }).ok)
+    u.insecure = nil                 -- that unverified connection is pooled: it must not serve this
+    doc = call { config = u }
+    assert.same({ false, "tls" }, { doc.ok, doc.err and doc.err.kind })
+    assert.equal(1, untrusted:stats().requests)
+  end)
+
+  describe("HTTP/1.1 framing", function()
+    local rs
+    after_each(function() if rs then rs.stop() end end)
+
+    local function via(config)
+      config = config or {}
+      config.base_url = "http://127.0.0.1:" .. rs.port
+      return call { config = config }
+    end
+
+    it("chunked with extensions and trailers, kept alive", function()
+      local chunked = ok_answer("Transfer-Encoding: chunked\r\n",
+        '5;name="x"\r\n{"dat\r\n0C \r\na":{"id":1}}\r\n0\r\nX-Trailer: yes\r\nX-Other: 1\r\n\r\n')
+      rs = raw_server { chunked, chunked, ok_answer("Content-Length: 17\r\n") }
+      for _ = 1, 3 do
+        local doc = via()
+        assert.is_true(doc.ok, cjson.encode(doc))
+        assert.equal(1, doc.res.data.id)
+      end
+      assert.equal(1, rs.conns())
+    end)
+
+    it("skips 1xx answers; HTTP/1.0 and unframed bodies are read to the end, never pooled", function()
+      rs = raw_server {
+        { raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n" .. SMALL },
+        { raw = "HTTP/1.0 200 OK\r\nContent-Length: 17\r\n\r\n" .. SMALL },
+        { raw = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" .. SMALL, close = true },
+        { raw = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 17\r\n\r\n" .. SMALL },
+        ok_answer("Content-Length: 17\r\n"),
+      }
+      for _ = 1, 5 do
+        local doc = via()
+        assert.is_true(doc.ok, cjson.encode(doc))
+        assert.equal(1, doc.res.data.id)
+      end
+      assert.equal(4, rs.conns())
+    end)
+
+    it("malformed answers are network errors after the request was sent", function()
+      rs = raw_server {
+        { raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", close = true },
+        { raw = "HTTP/1.1 200 OK\r\nContent-Length: 17\r\nContent-Length: 18\r\n\r\n" .. SMALL, close = true },
+        { raw = "HTTP/1.1 200 OK\r\nX-Big: " .. ("x"):rep(70000) .. "\r\n\r\n", close = true },
+        { raw = "SSH-2.0-OpenSSH\r\n", close = true },
+        { raw = "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{", close = true },
+      }
+      for i = 1, 5 do
+        local doc = via()
+        assert.is_false(doc.ok, cjson.encode(doc))
+        assert.same({ "network", true, 1 }, { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
+        assert.equal(i ~= 4 and 200 or nil, doc.err.status)
+      end
+    end)
+
+    it("max_response_bytes holds for chunked and unframed bodies", function()
+      local big = '{"p":"' .. ("x"):rep(2000) .. '"}'
+      rs = raw_server {
+        ok_answer("Transfer-Encoding: chunked\r\n", ("%x\r\n%s\r\n0\r\n\r\n"):format(#big, big)),
+        { raw = "HTTP/1.1 200 OK\r\n\r\n" .. big, close = true },
+        ok_answer("Content-Length: " .. #big .. "\r\n", big),
+      }
+      for _ = 1, 3 do
+        local doc = via { max_response_bytes = 1024 }
+        assert.is_false(doc.ok, cjson.encode(doc))
+        assert.equal("acquire: http 200: response body exceeds max_response_bytes (1024)", doc.text)
+      end
+    end)
+  end)
+
+  it("connects to an IPv6 literal", function()
+    local dir = helper.tmpdir()
+    os.execute(('%s "%s/spec/server/acquire_server.py" --host ::1 --port 0 --port-file "%s/port" '
+      .. '--parent-pid %d >"%s/log" 2>&1 &'):format(os.getenv("PYTHON") or "python3", ROOT, dir,
+      tonumber(slurp("/proc/self/stat"):match("^%d+")), dir))
+    local line
+    for _ = 1, 250 do
+      line = slurp(dir .. "/port"):match("^[^\n]+")
+      if line then break end
+      socket.sleep(0.02)
+    end
+    local port, pid = (line or ""):match("^(%d+) (%d+)")
+    finally(function()
+      if pid then os.execute("kill " .. pid .. " 2>/dev/null") end
+      os.execute('rm -rf "' .. dir .. '"')
+    end)
+    if not port then
+      pending("no IPv6 loopback here: " .. slurp(dir .. "/log"))
+      return
+    end
+    local doc = call { config = { base_url = "http://[::1]:" .. port } }
+    assert.is_true(doc.ok, cjson.encode(doc))
+    assert.equal(2071, doc.res.data.id)
+  end)
+
+  it("does not block: 20 concurrent requests, each delayed 500 ms, on one worker, overlap", function()
+    srv:fault { action = "delay", seconds = 0.5 }
     local dir = helper.tmpdir()
     local t0 = socket.gettime()
-    local _, code = sh(("for i in $(seq 1 20); do curl -s --max-time 10 -o %s/$i '%s/case' & done; wait")
+    local _, code = sh(("for i in $(seq 1 20); do curl -s --max-time 10 -d '{}' -o %s/$i '%s/case' & done; wait")
       :format(dir, nginx.url))
     local elapsed = socket.gettime() - t0
     assert.equal(0, code)
     for i = 1, 20 do
       local doc = cjson.decode(helper.read_file(dir .. "/" .. i))
       assert.is_true(doc.ok, cjson.encode(doc))
+      assert.equal(2071, doc.res.data.id)
     end
     os.execute('rm -rf "' .. dir .. '"')
-    assert.equal(20, srv:stats().requests)
-    assert.is_true(srv:stats().max_in_flight >= 10, "in flight at once: " .. srv:stats().max_in_flight)
-    assert.is_true(elapsed < 2, "20 requests took " .. elapsed .. " s")
+    local stats = srv:stats()
+    assert.equal(20, stats.requests)
+    assert.is_true(stats.max_in_flight >= 10, "in flight at once: " .. stats.max_in_flight)
+    -- one after the other they would take 10 s; the bound leaves room for a loaded machine
+    assert.is_true(elapsed < 6, "20 requests took " .. elapsed .. " s")
+  end)
+
+  it("never crashed a handler (nginx's error log)", function()
+    local log = slurp(nginx.prefix .. "/error.log")
+    assert.is_nil(log:find("runtime error", 1, true), log)
+    assert.is_nil(log:find("[alert]", 1, true), log)
+    assert.is_nil(log:find(srv.key, 1, true))
+  end)
+end)
+
+describe("examples/nginx.conf #ngx", function()
+  local srv, nginx
+
+  setup(function()
+    srv = helper.start_server()
+  end)
+  teardown(function()
+    stop_nginx(nginx)
+    if srv then srv:stop() end
+  end)
+
+  it("runs as shipped, with only its paths, port and account pointed here", function()
+    local conf = helper.read_file(ROOT .. "/examples/nginx.conf")
+    local function sub1(from, to)
+      local s, e = conf:find(from, 1, true)
+      assert(s, "examples/nginx.conf no longer has: " .. from)
+      conf = conf:sub(1, s - 1) .. to .. conf:sub(e + 1)
+    end
+    nginx = start_nginx(function(n)
+      sub1("listen 8080;", "listen 127.0.0.1:" .. n.port .. ";")
+      sub1('account_id = "mycompany",', ('base_url = "%s",'):format(srv.base_url))
+      sub1('"/usr/local/share/lua/5.1/?.lua;;"', '"' .. ROOT .. '/lua/?.lua;;"')
+      sub1('"/usr/local/lib/lua/5.1/?.so;', '"' .. ROOT .. '/.tmp/luajit/?.so;')
+      sub1("worker_processes auto;", ("%sworker_processes 1;\npid %s/nginx.pid;\ndaemon off;")
+        :format(run_as(), n.prefix))
+      sub1("http {", "http {\n    access_log off;\n" .. temp_paths(n))
+      return conf
+    end, "ACQUIRE_API_KEY=" .. srv.key)
+    local code, out = post(nginx.url .. "/cases?contact=597752", '{"title":"Refund"}')
+    assert.equal(200, code, out .. slurp(nginx.prefix .. "/error.log"))
+    assert.same({ id = 2071, status = "active" }, cjson.decode(out))
+    assert.equal('{"title":"Refund"}', srv:last_request().body)
+    code, out = post(nginx.url .. "/cases?contact=1", "{}")
+    assert.equal(422, code, out)
+    assert.same({ error = "http", status = 404, maybe_created = false }, cjson.decode(out))
+    code, out = post(nginx.url .. "/cases?contact=597752", '{"agentId":"x"}')
+    assert.equal(400, code, out)
+    assert.matches("bad field 'agentId'", out, 1, true)
   end)
 end)

@@ -1,195 +1,425 @@
---- acquire.ngx: create cases from inside nginx/OpenResty, without blocking.
+--- acquire.ngx: create Acquire cases from inside nginx/OpenResty without blocking it.
 --
 --   local client = require("acquire.ngx").new{ account_id = "mycompany", api_key = key }
---   local res, err = client:create_case(597752, { title = "Refund" })
+--   local res, err = client:create_case(597752, { title = "Refund" })  -- content, access, timer...
 --
--- Same options, returns and errors as acquire.new, over ngx.socket.tcp
--- cosockets: HTTP/1.1 with keep-alive pools, TLS with verification
--- (lua_ssl_trusted_certificate), timeouts, retries with ngx.sleep.
--- The libcurl client (acquire.new) must not run in a request handler:
--- curl_easy_perform blocks the whole worker, and every request on it, for
--- the length of the call. This transport yields to nginx's event loop instead.
--- It adds only the byte moving: the request, the response and the retry
--- policy are the module's own (build_request, decode_response, retry_after).
+-- Same options, returns and errors as acquire.new (README), over ngx.socket.tcp cosockets.
+-- Never call the libcurl client (acquire.new) in a request handler: curl_easy_perform blocks
+-- the whole worker, and every request that worker serves, for as long as the call takes.
+-- Here every wait yields to nginx's event loop. Only the bytes move here: the request, the
+-- result and the retry decision are the C module's (build_request, decode_response, retry_after).
 local acquire = require "acquire"
 
 local ngx = ngx
-local tcp = ngx.socket.tcp
-local concat = table.concat
+local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.update_time
+local build_request, decode_response, retry_after =
+  acquire.build_request, acquire.decode_response, acquire.retry_after
+local concat, sort = table.concat, table.sort
+local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
+local floor, min, max = math.floor, math.min, math.max
+local error, pcall, pairs, ipairs, type, tonumber, tostring, setmetatable, getmetatable =
+  error, pcall, pairs, ipairs, type, tonumber, tostring, setmetatable, getmetatable
 
 local _M = { _VERSION = acquire._VERSION }
-local Client = {}
-Client.__index = Client
 
--- err tables share the module's metatable, so tostring(err) reads the same
-local ERR_MT = getmetatable(select(2, acquire.decode_response(500, nil, "")))
+local KEEPALIVE_MS = 30000     -- idle time of a pooled connection
+local POOL_SIZE = 32           -- pooled connections per pool and worker
+local HEAD_MAX = 65536         -- status line and headers
+local LINE_MAX = 4096          -- a chunk-size or trailer line
+local READ_MAX = 65536         -- bytes asked of one receiveany
+
+-- err tables carry the module's own metatable, so tostring(err) reads the same everywhere
+local ERR_MT = getmetatable(select(2, decode_response(500, nil, "")))
 
 local function fail(kind, message, maybe_created, status)
   return setmetatable({ kind = kind, message = message, maybe_created = maybe_created,
                         status = status }, ERR_MT)
 end
 
-local function seconds_ms(v, default)
-  return math.ceil((v or default) * 1000)
+local function version(v)                       -- 10023 -> "0.10.23"
+  v = tonumber(v)
+  if not v then return "unknown" end
+  return format("%d.%d.%d", floor(v / 1000000), floor(v / 1000) % 1000, v % 1000)
+end
+local USER_AGENT = "lua-acquire/" .. acquire._VERSION .. " ngx_lua/"
+  .. version(ngx.config and ngx.config.ngx_lua_version)
+
+-- A raise from the seam, as create_case/new would raise it, at the caller's level.
+local function rethrow(msg, fname)
+  if type(msg) == "string" then
+    msg = msg:gsub("^[^\n]-ngx%.lua:%d+: ", "")
+             :gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
+  end
+  error(msg, 3)
 end
 
---- new(config) -> client; raises on bad configuration, as acquire.new does.
+-- Every occurrence of key in s replaced by [REDACTED].
+local function redact(s, key)
+  if type(s) ~= "string" or not find(s, key, 1, true) then return s end
+  local out, i = {}, 1
+  while true do
+    local a, b = find(s, key, i, true)
+    if not a then break end
+    out[#out + 1] = sub(s, i, a - 1)
+    out[#out + 1] = "[REDACTED]"
+    i = b + 1
+  end
+  out[#out + 1] = sub(s, i)
+  return concat(out)
+end
+
+local Client = {}
+Client.__index = Client
+Client.__metatable = "not your business"
+local state = setmetatable({}, { __mode = "k" })   -- client -> its config, key and all
+
+function Client.__tostring(self)
+  local st = state[self]
+  return format("acquire.ngx client (%s://%s)", st and (st.tls and "https" or "http") or "?",
+                st and st.host_header or "?")
+end
+
+--- new(config) -> client. The options of acquire.new, checked by the same code; raises on misuse.
+-- ca_file raises: a cosocket verifies against nginx's lua_ssl_trusted_certificate only.
 function _M.new(config)
   if type(config) ~= "table" then
     error("bad argument #1 to 'new' (table expected, got " .. type(config) .. ")", 2)
   end
   local cfg = {}
   for k, v in pairs(config) do cfg[k] = v end
-  -- every option is checked by the same code that checks acquire.new's
-  local probe = acquire.build_request(1, nil, cfg)
-  local scheme, authority = probe.url:match("^(https?)://([^/]+)/")
-  local host, port = authority:match("^%[(.+)%]:?(%d*)$")
-  if not host then host, port = authority:match("^([^:]+):?(%d*)$") end
-  port = tonumber(port) or (scheme == "https" and 443 or 80)
-  return setmetatable({
+  if cfg.ca_file ~= nil then
+    error("bad option 'ca_file' (not supported by acquire.ngx: nginx verifies with "
+      .. "lua_ssl_trusted_certificate)", 2)
+  end
+  local ok, probe = pcall(build_request, 1, nil, cfg)
+  if not ok then rethrow(probe, "new") end
+  local scheme, authority = probe.url:match("^(https?)://([^/?#]+)/")
+  local host, port = authority:match("^(%[[^%]]+%])(.*)$")          -- an IPv6 literal
+  if not host then host, port = authority:match("^([^:]+)(.*)$") end
+  local default = scheme == "https" and 443 or 80
+  port = port == "" and default or tonumber(port:match("^:(%d+)$"))
+  if not port then error("bad option 'base_url' (bad port)", 2) end
+  local name = host:match("^%[(.*)%]$") or host                       -- verified, sent as SNI
+  local verify = not cfg.insecure
+  local timeout = cfg.timeout or 30
+  local self = setmetatable({}, Client)
+  state[self] = {
     cfg = cfg,
+    key = cfg.api_key,
     tls = scheme == "https",
-    host = host,
+    host = host,                       -- as connect wants it (IPv6 in brackets)
+    name = name,
     port = port,
-    authority = authority,
-    verify = not cfg.insecure,
-    connect_ms = seconds_ms(cfg.connect_timeout, 10),
-    timeout_ms = seconds_ms(cfg.timeout, 30),
+    host_header = port == default and host or host .. ":" .. port,
+    verify = verify,
+    timeout = timeout,
+    connect_ms = max(1, floor(min(cfg.connect_timeout or 10, timeout) * 1000)),
     max_retries = cfg.max_retries or 2,
     max_bytes = cfg.max_response_bytes or 8388608,
-    pool = ("acquire:%s:%d:%s"):format(host, port, scheme),
-  }, Client)
+    debug = cfg.debug,
+    -- never hand a connection made without verification to a client that verifies
+    connect_opts = { pool = format("acquire:%s:%s:%d:%s:%s", scheme, host, port, name,
+                                   verify and "verify" or "noverify") },
+  }
+  return self
 end
 
--- Reads exactly n bytes, or chunked, or to the close; returns body or nil, why.
-local function read_body(self, sock, headers)
-  local te = headers["transfer-encoding"]
-  if te and te:lower():find("chunked", 1, true) then
-    local parts, total = {}, 0
-    while true do
-      local line, e = sock:receive("*l")
-      if not line then return nil, e end
-      local size = tonumber(line:match("^%s*(%x+)"), 16)
-      if not size then return nil, "bad chunk size" end
-      if size == 0 then                                  -- trailers, then the end
-        repeat
-          line, e = sock:receive("*l")
-          if not line then return nil, e end
-        until line == ""
-        return concat(parts)
-      end
-      total = total + size
-      if total > self.max_bytes then return nil, "too large" end
-      local data, e2 = sock:receive(size)
-      if not data then return nil, e2 end
-      parts[#parts + 1] = data
-      local crlf, e3 = sock:receive(2)
-      if not crlf then return nil, e3 end
+-- ---- reading a response, within the attempt's deadline ----------------------
+-- r = { sock, buf (read, not yet used), deadline }
+
+local function left_ms(deadline)
+  update_time()
+  return floor((deadline - now()) * 1000)
+end
+
+-- Up to READ_MAX more bytes: data, or nil and the cosocket's error ("timeout", "closed"...).
+local function more(r, want)
+  local ms = left_ms(r.deadline)
+  if ms < 1 then return nil, "timeout" end        -- 0 would mean nginx's default
+  r.sock:settimeout(ms)
+  return r.sock:receiveany(want or READ_MAX)
+end
+
+local function line(r, limit)                     -- one line, without its CRLF
+  local from = 1
+  while true do
+    local i = find(r.buf, "\n", from, true)
+    if i then
+      local l = sub(r.buf, 1, i - 1)
+      r.buf = sub(r.buf, i + 1)
+      if byte(l, -1) == 13 then l = sub(l, 1, -2) end
+      return l
     end
+    if #r.buf > limit then return nil, "line too long" end
+    from = #r.buf + 1
+    local data, e = more(r)
+    if not data then return nil, e end
+    r.buf = r.buf .. data
   end
-  local len = headers["content-length"]
-  if len then
-    len = tonumber(len)
-    if not len or len < 0 then return nil, "bad Content-Length" end
-    if len > self.max_bytes then return nil, "too large" end
-    if len == 0 then return "" end
-    return sock:receive(len)
-  end
-  local data, e = sock:receive("*a")
-  if not data then return nil, e end
-  if #data > self.max_bytes then return nil, "too large" end
-  return data
 end
 
--- One attempt: res, or nil and err.
-function Client:once(req, path)
-  local sock = tcp()
-  sock:settimeouts(self.connect_ms, self.timeout_ms, self.timeout_ms)
-  local ok, e = sock:connect(self.host, self.port, { pool = self.pool })
-  if not ok then
-    return nil, fail(e == "timeout" and "timeout" or "network", "connect: " .. tostring(e), false)
+local function take(r, n, parts)                  -- exactly n bytes into parts
+  local buf = r.buf
+  if #buf >= n then
+    parts[#parts + 1] = sub(buf, 1, n)
+    r.buf = sub(buf, n + 1)
+    return true
   end
-  if self.tls and sock:getreusedtimes() == 0 then
-    ok, e = sock:sslhandshake(nil, self.host, self.verify)
+  parts[#parts + 1] = buf
+  n = n - #buf
+  r.buf = ""
+  while n > 0 do
+    local data, e = more(r, n < READ_MAX and n or READ_MAX)
+    if not data then return nil, e end
+    parts[#parts + 1] = data
+    n = n - #data
+  end
+  return true
+end
+
+local function read_chunked(r, limit)
+  local parts, total = {}, 0
+  while true do
+    local l, e = line(r, LINE_MAX)
+    if not l then return nil, e end
+    local hex, rest = l:match("^[ \t]*(%x+)(.*)$")           -- then ";ext=..." maybe
+    if not hex or not (rest:match("^[ \t]*$") or rest:match("^[ \t]*;")) then
+      return nil, "bad chunk size line"
+    end
+    local size = #hex <= 12 and tonumber(hex, 16) or math.huge
+    if size == 0 then                                         -- trailers, then the end
+      for _ = 1, 100 do
+        l, e = line(r, LINE_MAX)
+        if not l then return nil, e end
+        if l == "" then return concat(parts) end
+      end
+      return nil, "too many trailers"
+    end
+    total = total + size
+    if total > limit then return nil, "too large" end
+    local ok
+    ok, e = take(r, size, parts)
+    if not ok then return nil, e end
+    l, e = line(r, 2)
+    if not l then return nil, e end
+    if l ~= "" then return nil, "bad chunk" end
+  end
+end
+
+local function read_to_close(r, limit)
+  local parts, total = { r.buf }, #r.buf
+  r.buf = ""
+  while true do
+    if total > limit then return nil, "too large" end
+    local data, e = more(r)
+    if not data then
+      if e == "closed" then return concat(parts) end
+      return nil, e
+    end
+    parts[#parts + 1] = data
+    total = total + #data
+  end
+end
+
+-- Status, headers (lowercase names), body, reusable; or nil, error, status.
+local function read_response(r, limit)
+  local status, http10, headers
+  repeat                                                      -- skipping 1xx answers
+    local l, e = line(r, HEAD_MAX)
+    if not l then return nil, e end
+    local minor, code = l:match("^HTTP/1%.([01]) (%d%d%d)")
+    if not code then return nil, "not an HTTP/1.x response" end
+    status, http10, headers = tonumber(code), minor == "0", {}
+    local budget, last = HEAD_MAX, nil
+    while true do
+      l, e = line(r, budget)
+      if not l then return nil, e, status end
+      if l == "" then break end
+      budget = budget - #l - 2
+      if budget < 0 then return nil, "response head too large", status end
+      if last and find(l, "^[ \t]") then                      -- obsolete line folding
+        headers[last] = headers[last] .. " " .. l:match("^[ \t]*(.-)[ \t]*$")
+      else
+        local name, value = l:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
+        if not name then return nil, "bad header line", status end
+        name = lower(name)
+        local had = headers[name]
+        if had and name == "content-length" and had ~= value then
+          return nil, "conflicting Content-Length", status
+        end
+        headers[name] = had and name ~= "content-length" and had .. ", " .. value or value
+        last = name
+      end
+    end
+  until status >= 200 or status == 101
+  local conn = lower(headers["connection"] or "")
+  local reuse = not find(conn, "close", 1, true) and (not http10 or find(conn, "keep-alive", 1, true))
+  local body, e
+  local te, cl = headers["transfer-encoding"], headers["content-length"]
+  if status == 204 or status == 304 or status < 200 then
+    body = ""
+  elseif te then
+    if find(lower(te), "chunked%s*$") then
+      body, e = read_chunked(r, limit)
+    else
+      reuse = false
+      body, e = read_to_close(r, limit)
+    end
+  elseif cl then
+    local n = cl:match("^%d+$") and tonumber(cl)
+    if not n then return nil, "bad Content-Length", status end
+    if n > limit then return nil, "too large", status end
+    local parts = {}
+    body, e = take(r, n, parts)
+    body = body and concat(parts)
+  else
+    reuse = false
+    body, e = read_to_close(r, limit)
+  end
+  if not body then return nil, e, status end
+  return status, headers, body, reuse and r.buf == ""
+end
+
+-- ---- one attempt -------------------------------------------------------------
+
+local function io_fail(st, e, doing, maybe_created, status)
+  if e == "timeout" then
+    return fail("timeout", format("timed out %s (timeout %g s)", doing, st.timeout), maybe_created, status)
+  end
+  return fail("network", format("%s %s: %s", doing, st.host_header, tostring(e)), maybe_created, status)
+end
+
+local function debug_log(st, what)
+  ngx.log(ngx.NOTICE, "acquire: ", redact(what, st.key))
+end
+
+-- The key is redacted from err by the seam's decoder, as the libcurl client redacts it.
+local function decode(st, status, headers, body)
+  return decode_response(status, headers, body, st.key)
+end
+
+local function once(st, payload, deadline)
+  local sock = tcp()
+  local ms = max(1, left_ms(deadline))
+  sock:settimeouts(min(st.connect_ms, ms), ms, ms)
+  local ok, e = sock:connect(st.host, st.port, st.connect_opts)
+  if not ok then
+    if e == "timeout" then
+      return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false)
+    end
+    return nil, fail("network", format("could not connect to %s: %s", st.host_header, tostring(e)), false)
+  end
+  if st.tls and sock:getreusedtimes() == 0 then
+    ms = left_ms(deadline)
+    if ms < 1 then
+      sock:close()
+      return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false)
+    end
+    sock:settimeout(ms)
+    ok, e = sock:sslhandshake(nil, st.name, st.verify)
     if not ok then
       sock:close()
-      return nil, fail("tls", "TLS handshake: " .. tostring(e), false)
+      if e == "timeout" then
+        return nil, fail("timeout", format("TLS handshake with %s timed out", st.host_header), false)
+      end
+      return nil, fail("tls", format("TLS handshake with %s failed: %s", st.host_header, tostring(e)), false)
     end
   end
-  local head = { "POST ", path, " HTTP/1.1\r\nHost: ", self.authority,
-                 "\r\nContent-Length: ", #req.body, "\r\nConnection: keep-alive\r\n" }
-  for name, value in pairs(req.headers) do
-    head[#head + 1] = name .. ": " .. value .. "\r\n"
-  end
-  head[#head + 1] = "\r\n"
-  head[#head + 1] = req.body
-  ok, e = sock:send(concat(head))
-  if not ok then
-    -- some bytes may have left: the case may exist
+  ms = left_ms(deadline)
+  if ms < 1 then
     sock:close()
-    return nil, fail(e == "timeout" and "timeout" or "network", "send: " .. tostring(e), true)
+    return nil, fail("timeout", format("timed out before sending (timeout %g s)", st.timeout), false)
   end
-  local line
-  line, e = sock:receive("*l")
-  if not line then
+  sock:settimeout(ms)
+  ok, e = sock:send(payload)
+  if not ok then                        -- a cosocket cannot tell how much left: the case may exist
     sock:close()
-    return nil, fail(e == "timeout" and "timeout" or "network", "receive: " .. tostring(e), true)
+    return nil, io_fail(st, e, "sending the request to", true)
   end
-  local status = tonumber(line:match("^HTTP/1%.[01] (%d%d%d)"))
+  local status, headers, body, reuse = read_response({ sock = sock, buf = "", deadline = deadline },
+                                                    st.max_bytes)
   if not status then
     sock:close()
-    return nil, fail("network", "not an HTTP response", true)
-  end
-  local headers = {}
-  while true do
-    line, e = sock:receive("*l")
-    if not line then
-      sock:close()
-      return nil, fail(e == "timeout" and "timeout" or "network", "receive: " .. tostring(e), true, status)
-    end
-    if line == "" then break end
-    local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-    if name then headers[name:lower()] = value end
-  end
-  local body
-  body, e = read_body(self, sock, headers)
-  if not body then
-    sock:close()
+    e, status = headers, body
     if e == "too large" then
-      return nil, fail("http", "response body exceeds max_response_bytes (" .. self.max_bytes .. ")",
+      return nil, fail("http", format("response body exceeds max_response_bytes (%d)", st.max_bytes),
                        true, status)
     end
-    return nil, fail(e == "timeout" and "timeout" or "network", "receive: " .. tostring(e), true, status)
+    if e == "timeout" then return nil, io_fail(st, e, "waiting for the response", true, status) end
+    if e == "closed" then e = "connection closed" end
+    return nil, io_fail(st, e, "reading the response from", true, status)
   end
-  local conn = headers["connection"]
-  if (conn and conn:lower() == "close") or not (headers["content-length"] or headers["transfer-encoding"]) then
-    sock:close()
-  else
-    sock:setkeepalive(60000, 64)
+  if reuse then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
+  if st.debug then
+    local h = {}
+    for k, v in pairs(headers) do h[#h + 1] = k .. ": " .. v end
+    sort(h)
+    debug_log(st, format("< %d (%d bytes) %s", status, #body, concat(h, "; ")))
   end
-  return acquire.decode_response(status, headers, body)
+  return decode(st, status, headers, body)
 end
 
---- client:create_case(contactId, opts) -> res | nil, err (as acquire's)
-function Client:create_case(contactId, opts)
-  local req = acquire.build_request(contactId, opts, self.cfg)      -- raises on misuse
-  if not self.cfg.user_agent then                                   -- not libcurl here
-    req.headers["User-Agent"] = "lua-acquire/" .. acquire._VERSION .. " ngx_lua/"
-      .. tostring(ngx.config and ngx.config.ngx_lua_version)
-  end
+local FIRST = { "Host", "Content-Type", "Accept", "Authorization", "User-Agent" }
+
+-- The request's bytes, the same for every attempt.
+local function payload(st, req)
   local path = req.url:match("^https?://[^/]+(/.*)$")
+  local given = {}
+  for name, value in pairs(req.headers) do given[name] = value end
+  given.Host = st.host_header
+  if not st.cfg.user_agent then given["User-Agent"] = USER_AGENT end       -- not libcurl here
+  local names, seen = {}, {}
+  for _, name in ipairs(FIRST) do
+    if given[name] then names[#names + 1] = name; seen[name] = true end
+  end
+  local rest = {}
+  for name in pairs(given) do
+    local l = lower(name)
+    if not seen[name] and l ~= "content-length" and l ~= "connection" and l ~= "host" then
+      rest[#rest + 1] = name
+    end
+  end
+  sort(rest)
+  for _, name in ipairs(rest) do names[#names + 1] = name end
+  local head = { req.method, " ", path, " HTTP/1.1\r\n" }
+  for _, name in ipairs(names) do head[#head + 1] = name .. ": " .. given[name] .. "\r\n" end
+  head[#head + 1] = "Content-Length: " .. #req.body .. "\r\nConnection: keep-alive\r\n\r\n"
+  if st.debug then
+    debug_log(st, "> " .. concat(head):gsub("\r\n$", ""):gsub("Authorization: Bearer [^\r]*",
+              "Authorization: Bearer [REDACTED]"):gsub("\r\n", "; ") .. " (" .. #req.body .. " bytes)")
+  end
+  head[#head + 1] = req.body
+  return concat(head)
+end
+
+--- client:create_case(contactId, opts) -> res | nil, err: as acquire's (README).
+function Client:create_case(contactId, opts)
+  local st = state[self]
+  if not st then error("bad argument #1 to 'create_case' (client expected; call client:create_case)", 2) end
+  if st.closed then error("client is closed", 2) end
+  local ok, req = pcall(build_request, contactId, opts, st.cfg)     -- misuse raises, nothing sent
+  if not ok then rethrow(req, "create_case") end
+  local bytes = payload(st, req)
   local attempt = 0
   while true do
     attempt = attempt + 1
-    local res, err = self:once(req, path)
+    update_time()
+    local res, err = once(st, bytes, now() + st.timeout)
     if res then return res end
-    local wait = acquire.retry_after(err, attempt, self.max_retries)
+    local wait = retry_after(err, attempt, st.max_retries)
     if not wait then
       err.attempts = attempt
       return nil, err
     end
-    ngx.sleep(wait)
+    if st.debug then debug_log(st, format("retrying in %.3f s after: %s", wait, tostring(err))) end
+    sleep(wait)
   end
+end
+
+--- client:close(): as acquire's (idempotent; pooled connections stay nginx's).
+function Client:close()
+  local st = state[self]
+  if st then st.closed = true end
 end
 
 return _M
