@@ -93,6 +93,11 @@ describe("acquire.new", function()
     contains(raises(acquire.new, with(GOOD, { apiKey = "k" })), "bad option 'apiKey'")
   end)
 
+  it("compares option names byte for byte: a NUL inside is another name", function()
+    -- found by make fuzz: "timeout\0" was read as timeout
+    contains(raises(acquire.new, with(GOOD, { ["timeout\0\n"] = 1 })), "bad option 'timeout\\0\\10'")
+  end)
+
   describe("api_key", function()
     it("is required", function()
       rejects({ account_id = "mycompany" }, "api_key")

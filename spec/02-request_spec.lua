@@ -446,6 +446,11 @@ describe("acquire.build_request", function()
       bad_opts({ "positional" })
     end)
 
+    it("are compared byte for byte: a NUL inside makes another key", function()
+      contains(bad_opts({ ["title\0x"] = "t" }), "unknown field 'title\\0x'")
+      contains(bad_opts({ message = { ["type\0"] = "x" } }), "unknown field 'message.type\\0'")
+    end)
+
     it("raise with strict = true given explicitly", function()
       contains(bad_opts({ foo = 1 }, { account_id = "mycompany", api_key = "k", strict = true }),
         "unknown field 'foo'")
@@ -466,6 +471,10 @@ describe("acquire.build_request", function()
       it("encode nested sequences and string-keyed tables", function()
         local opts = { list = { { b = 2, a = 1 }, { acquire.null }, "s" }, f = 1.5 }
         assert.equal('{"f":1.5,"list":[{"a":1,"b":2},[null],"s"]}', body(opts, LAX))
+      end)
+
+      it("send a key with a NUL inside as its own key, beside the known one", function()
+        assert.equal('{"title":"b","title\\u0000x":"a"}', body({ ["title\0x"] = "a", title = "b" }, LAX))
       end)
 
       it("write unknown strings with the same escapes", function()

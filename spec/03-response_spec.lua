@@ -402,6 +402,18 @@ describe("acquire.decode_response", function()
       assert.equal("sk-9", (select(2, acquire.decode_response(401, nil, body, ""))).type)
     end)
 
+    it("prints any status a caller put in the table, without overflow", function()
+      -- found by make fuzz (UBSan): a status beyond int was converted to int
+      local _, err = acquire.decode_response(401, nil, "{}")
+      err.status = 2 ^ 31
+      assert.equal("acquire: http 2147483648", tostring(err))
+      err.status = 0 / 0
+      assert.equal("acquire: http", tostring(err))
+      err.status, err.kind, err.code = nil, "network", 1e300
+      assert.equal("acquire: network (curl 1e+300)", tostring(err))
+      assert.is_nil(acquire.retry_after({ kind = "http", status = 2 ^ 63 }, 1))
+    end)
+
     it("has a one-line tostring when the type spans lines too", function()
       -- found by make fuzz: lua-cjson lets raw control characters into strings
       local _, err = acquire.decode_response(401, nil, '{"type": "tex\n", "message": "a\r\tb\127"}')

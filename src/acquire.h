@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <curl/curl.h>
 #include "compat.h"
 
@@ -60,6 +61,21 @@ void  buf_open(lua_State *L);
 static inline void acq_wipe(void *p, size_t n) {
     volatile unsigned char *v = (volatile unsigned char *)p;
     while (n--) *v++ = 0;
+}
+
+/* Lua strings may hold NUL: keys and names are compared by length and
+   bytes, never with strcmp ("title\0x" is not "title"). */
+static inline int acq_lstreq(const char *s, size_t n, const char *lit) {
+    return n == strlen(lit) && memcmp(s, lit, n) == 0;
+}
+
+/* 1 when the value at idx is a string equal to lit. */
+static inline int acq_equals(lua_State *L, int idx, const char *lit) {
+    size_t n;
+    const char *s;
+    if (lua_type(L, idx) != LUA_TSTRING) return 0;
+    s = lua_tolstring(L, idx, &n);
+    return acq_lstreq(s, n, lit);
 }
 
 /* ---- config.c: the options of acquire.new --------------------------- */
@@ -109,6 +125,7 @@ void  error_setstring(lua_State *L, int err, const char *field, const char *s,
 void  error_setint(lua_State *L, int err, const char *field, long long v);
 void  error_setbool(lua_State *L, int err, const char *field, int v);
 void  error_setnumber(lua_State *L, int err, const char *field, double v);
+const char *error_pushname(lua_State *L, int idx);  /* pushes it too */
 void  error_open(lua_State *L);
 
 /* ---- response.c: status, headers, body into res | nil, err ---------- */

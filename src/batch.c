@@ -10,6 +10,7 @@
  * runs in this loop, never inside a libcurl callback; if it raises, the
  * transfers are removed and the error propagates.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -109,21 +110,21 @@ static void parse_opts(lua_State *L, int idx, int *concurrency, int *progress) {
     luaL_checktype(L, idx, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
-        if (strcmp(k, "concurrency") == 0) {
+        if (acq_equals(L, -2, "concurrency")) {
             lua_Number v = lua_tonumber(L, -1);
-            if (lua_type(L, -1) != LUA_TNUMBER || v != (lua_Number)(int)v ||
-                v < 1 || v > MAX_CONCURRENCY)
+            if (lua_type(L, -1) != LUA_TNUMBER || !(v >= 1 && v <= MAX_CONCURRENCY) ||
+                v != floor(v))
                 luaL_error(L, "bad option 'concurrency' (integer from 1 to %d expected)",
                            MAX_CONCURRENCY);
             *concurrency = (int)v;
-        } else if (strcmp(k, "on_progress") == 0) {
+        } else if (acq_equals(L, -2, "on_progress")) {
             if (!lua_isfunction(L, -1))
                 luaL_error(L, "bad option 'on_progress' (function expected, got %s)",
                            luaL_typename(L, -1));
             *progress = 1;
         } else {
-            luaL_error(L, "bad option '%s' (expected one of: concurrency, on_progress)", k);
+            luaL_error(L, "bad option '%s' (expected one of: concurrency, on_progress)",
+                       error_pushname(L, -2));
         }
         lua_pop(L, 1);
     }

@@ -145,10 +145,10 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
             luaL_error(L, "bad option (string keys expected, got %s key)",
                        luaL_typename(L, -1));
         for (i = 0; options[i]; i++)
-            if (strcmp(options[i], lua_tostring(L, -1)) == 0) break;
+            if (acq_equals(L, -1, options[i])) break;
         if (options[i] == NULL)
             luaL_error(L, "bad option '%s' (expected one of: " OPTION_LIST ")",
-                       lua_tostring(L, -1));
+                       error_pushname(L, -1));
     }
 
     top = lua_gettop(L);

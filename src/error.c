@@ -7,6 +7,8 @@
  * passes through error_setstring, which redacts the API key from it, so no
  * server echo or library message can leak the key.
  */
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include "acquire.h"
 
@@ -86,6 +88,17 @@ static void add_oneline(luaL_Buffer *b, const char *s) {
         luaL_addchar(b, ((unsigned char)*s < 0x20 || *s == 0x7f) ? ' ' : *s);
 }
 
+/* Adds " N": an integral number as digits, anything else (a table the
+   caller filled in) with %g, NaN and infinities not at all; never a
+   conversion that could overflow. */
+static void add_number(luaL_Buffer *b, lua_Number d) {
+    char num[64];
+    if (!(d - d == 0)) return;                /* NaN, infinities */
+    if (d == floor(d) && d > -1e15 && d < 1e15) snprintf(num, sizeof num, " %.0f", (double)d);
+    else snprintf(num, sizeof num, " %g", (double)d);
+    luaL_addstring(b, num);
+}
+
 /* acquire: http 401 ERROR_UNAUTHORIZED: Invalid API key
    acquire: network: Failed to connect to 127.0.0.1 port 9: ... (curl 7) */
 static int error_tostring(lua_State *L) {
@@ -101,10 +114,8 @@ static int error_tostring(lua_State *L) {
     luaL_buffinit(L, &b);
     luaL_addstring(&b, "acquire: ");
     luaL_addstring(&b, kind ? kind : "error");
-    if (kind && strcmp(kind, "http") == 0 && lua_isnumber(L, 5)) {
-        lua_pushfstring(L, " %d", (int)lua_tonumber(L, 5));
-        luaL_addvalue(&b);
-    }
+    if (kind && strcmp(kind, "http") == 0 && lua_isnumber(L, 5))
+        add_number(&b, lua_tonumber(L, 5));
     if (type) {
         luaL_addchar(&b, ' ');
         add_oneline(&b, type);
@@ -114,11 +125,38 @@ static int error_tostring(lua_State *L) {
         add_oneline(&b, msg);
     }
     if (lua_isnumber(L, 6)) {
-        lua_pushfstring(L, " (curl %d)", (int)lua_tonumber(L, 6));
-        luaL_addvalue(&b);
+        luaL_addstring(&b, " (curl");
+        add_number(&b, lua_tonumber(L, 6));
+        luaL_addchar(&b, ')');
     }
     luaL_pushresult(&b);
     return 1;
+}
+
+/* Pushes the value at idx as an error message names it (a key, an id):
+   its tostring, control bytes written \ddd as Lua writes them, at most 80
+   bytes. "title\0x" reads title\0x, not title. */
+const char *error_pushname(lua_State *L, int idx) {
+    luaL_Buffer b;
+    size_t n, i;
+    const char *s;
+    idx = acq_absindex(L, idx);
+    s = acq_tolstring(L, idx, &n);           /* pushed: keeps s alive */
+    luaL_buffinit(L, &b);
+    for (i = 0; i < n && i < 80; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) {
+            char esc[8];
+            snprintf(esc, sizeof esc, "\\%u", (unsigned)c);
+            luaL_addstring(&b, esc);
+        } else {
+            luaL_addchar(&b, (char)c);
+        }
+    }
+    if (n > 80) luaL_addstring(&b, "...");
+    luaL_pushresult(&b);
+    lua_remove(L, -2);
+    return lua_tostring(L, -1);
 }
 
 void error_open(lua_State *L) {

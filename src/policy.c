@@ -50,7 +50,10 @@ void policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f) {
     lua_getfield(L, idx, "kind");
     kind = lua_tostring(L, -1);
     lua_getfield(L, idx, "status");
-    if (lua_isnumber(L, -1)) status = (long)lua_tonumber(L, -1);
+    if (lua_isnumber(L, -1)) {                 /* a user's table may hold anything */
+        lua_Number d = lua_tonumber(L, -1);
+        if (d >= 0 && d < 1000) status = (long)d;
+    }
     lua_getfield(L, idx, "maybe_created");
     maybe_created = lua_toboolean(L, -1);
     lua_getfield(L, idx, "retry_after");

@@ -351,12 +351,10 @@ static void put_message(lua_State *L, acq_buf_t *b, int idx, const path_t *p) {
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING ||
-            (strcmp(lua_tostring(L, -1), "type") != 0 &&
-             strcmp(lua_tostring(L, -1), "message") != 0 &&
-             strcmp(lua_tostring(L, -1), "translateLangKey") != 0))
+        if (!acq_equals(L, -1, "type") && !acq_equals(L, -1, "message") &&
+            !acq_equals(L, -1, "translateLangKey"))
             luaL_error(L, "unknown field 'message.%s' (expected one of: type, "
-                          "message, translateLangKey)", acq_tolstring(L, -1, NULL));
+                          "message, translateLangKey)", error_pushname(L, -1));
     }
     putc_(L, b, '{');
     for (i = 0; i < 3; i++) {
@@ -458,15 +456,16 @@ void request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b) {
     for (i = 0; i < K_COUNT; i++) lua_pushnil(L);
     lua_pushnil(L);
     while (lua_next(L, arg)) {
-        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        size_t kn = 0;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
         for (i = 0; k && i < K_COUNT; i++)
-            if (strcmp(k, known[i].name) == 0) break;
+            if (acq_lstreq(k, kn, known[i].name)) break;
         if (k && i < K_COUNT) {
             lua_replace(L, base + 1 + i);
         } else {
             if (strict || k == NULL)
                 luaL_error(L, "unknown field '%s' in opts (expected one of: "
-                              KNOWN_LIST ")", acq_tolstring(L, -2, NULL));
+                              KNOWN_LIST ")", error_pushname(L, -2));
             extra++;
             lua_pop(L, 1);
         }
@@ -503,7 +502,7 @@ void request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b) {
         for (k = 0; k < count; k++) {
             path_t e = { NULL, keys[k].s, 0 };
             for (i = 0; i < K_COUNT; i++)
-                if (strcmp(keys[k].s, known[i].name) == 0) break;
+                if (acq_lstreq(keys[k].s, keys[k].n, known[i].name)) break;
             if (i < K_COUNT) continue;
             if (!first) putc_(L, b, ',');
             first = 0;
