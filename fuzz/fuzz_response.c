@@ -1,41 +1,174 @@
-/* Response decoding, bytes in: acquire.decode_response must never raise,
-   whatever the status, Retry-After and body; err tables must print on one
-   line; acquire.fields must take any decoded contact. */
-#include <stdint.h>
+/*
+ * fuzz_response: acquire.decode_response(status, headers, body), bytes in.
+ *
+ * The first byte picks the status (the API's, every other class, and
+ * integers outside any HTTP range), the second how headers are passed and
+ * where Retry-After comes from (raw bytes, an HTTP date, seconds), the rest
+ * is the body. decode_response must never raise: a raise aborts. Its answer
+ * is checked too: res only for a 2xx, a table with every JSON integer an
+ * integer; acquire.fields of res, res.data and res.data.contact equal to the
+ * same function written in Lua; err with the documented kind, status,
+ * maybe_created, body (cut at 4096), retry_after, and a tostring that is one
+ * line beginning "acquire: http <status>".
+ *
+ * Half the inputs pass an API key as decode_response's 4th argument, to be
+ * redacted as the libcurl client redacts it (here a run of 9 or
+ * more letters and digits, with both, taken from the body); then the key must
+ * be nowhere in err nor in tostring(err), and err.body must be the body with
+ * every occurrence replaced by [REDACTED]. Seeds: the JSON files of
+ * spec/fixtures/api/ and error bodies (see mk/quality.mk).
+ */
 #include "harness.h"
 
 static const char checker[] =
+    "-- Called with the module; returns the function each input goes through.\n"
+    "--   byte 1        the status: STATUSES[byte % 32 + 1]; with bit 7 set, through\n"
+    "--                 decode_secret, the key being the ((byte >> 5) & 3) + 1th run\n"
+    "--                 of 9 to 40 letters and digits, with both, in the body (a fixed\n"
+    "--                 one if none): not a substring of the status nor of a word\n"
+    "--   byte 2        headers: mode = byte >> 5, len = byte & 31\n"
+    "--                   0 none (nil), 1 {}, 2 Retry-After, 3 retry-after among others,\n"
+    "--                   4 RETRY-AFTER beside non-string keys: the next len bytes, raw\n"
+    "--                   5 a number, not a string (ignored), 6 an HTTP date, 7 seconds:\n"
+    "--                   both made from the next bytes\n"
+    "--   the rest      the body\n"
     "local acquire = ...\n"
-    "return function(status, ra, body)\n"
-    "  local res, err = acquire.decode_response(status, { ['Retry-After'] = ra }, body)\n"
-    "  if res then\n"
-    "    assert(type(res) == 'table')\n"
-    "    if type(res.data) == 'table' and type(res.data.contact) == 'table' then\n"
-    "      assert(type(acquire.fields(res.data.contact)) == 'table')\n"
+    "local function decode_secret(status, body, ra, key)   -- with a key to redact\n"
+    "  return acquire.decode_response(status, { ['Retry-After'] = ra }, body, key)\n"
+    "end\n"
+    "local null = acquire.null\n"
+    "local MAXI, MINI = math.maxinteger, math.mininteger\n"
+    "-- The API's statuses, every other class, then integers outside any HTTP range.\n"
+    "local STATUSES = { 200, 201, 204, 299, 400, 401, 403, 404, 429, 500, 502, 503, 504, 302,\n"
+    "  100, 199, 300, 399, 600, 999, 0, -1, -200, 2147483647, 2147483648, -2147483649,\n"
+    "  4294967496, 9007199254740993, MAXI, MINI, 1000, 429 }\n"
+    "local DAYS = { 'Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'xyz' }\n"
+    "local MONTHS = { 'Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec',\n"
+    "  'Foo', 'jan' }\n"
+    "local function is_int_float(v)\n"
+    "  return math.type(v) == 'float' and v == math.floor(v) and v >= -2.0^63 and v < 2.0^63\n"
+    "end\n"
+    "-- acquire.fields written again in Lua: what the C one must return.\n"
+    "local function fields_ref(contact)\n"
+    "  local out, list = {}, contact.fields\n"
+    "  if type(list) ~= 'table' then return out end\n"
+    "  for i = 1, #list do\n"
+    "    local e = list[i]\n"
+    "    if type(e) == 'table' then\n"
+    "      local f, v = e.field, e.value\n"
+    "      if type(f) == 'table' and v ~= nil and v ~= null and type(f.key) == 'string' then\n"
+    "        out[f.key] = v\n"
+    "      end\n"
     "    end\n"
-    "  else\n"
-    "    assert(type(err) == 'table' and (err.kind == 'http' or err.kind == 'decode'))\n"
-    "    local s = tostring(err)\n"
-    "    assert(not s:find('\\n'), 'tostring(err) spans lines')\n"
-    "    assert(#(err.body or '') <= 4096)\n"
     "  end\n"
+    "  return out\n"
+    "end\n"
+    "local function check_fields(t)\n"
+    "  local got, want = acquire.fields(t), fields_ref(t)\n"
+    "  assert(type(got) == 'table', 'acquire.fields returned no table')\n"
+    "  for k, v in next, want do assert(rawequal(got[k], v), 'acquire.fields lost or changed ' .. k) end\n"
+    "  for k in next, got do assert(want[k] ~= nil, 'acquire.fields made up a key') end\n"
+    "end\n"
+    "local function walk(v)                -- JSON integers are Lua integers (5.3+)\n"
+    "  if type(v) == 'table' then\n"
+    "    for _, x in next, v do walk(x) end\n"
+    "  elseif is_int_float(v) then\n"
+    "    error('an integral float is left in res: ' .. tostring(v))\n"
+    "  end\n"
+    "end\n"
+    "local function byte(s, i) return s:byte(i) or 0 end\n"
+    "-- decode_response must not raise, whatever it is given: a raise is a finding\n"
+    "-- (the harness aborts), and so is any answer that breaks the documented shape.\n"
+    "return function(s)\n"
+    "  local status = STATUSES[byte(s, 1) % #STATUSES + 1]\n"
+    "  local h = byte(s, 2)\n"
+    "  local mode, len = h >> 5, h & 31\n"
+    "  local ra, headers, pos = nil, nil, 3\n"
+    "  if mode >= 2 then\n"
+    "    if mode == 6 then                  -- an IMF-fixdate made of the next bytes\n"
+    "      local b = { s:byte(3, 8) }\n"
+    "      for i = 1, 6 do b[i] = b[i] or 0 end\n"
+    "      ra = string.format('%s, %02d %s %04d %02d:%02d:%02d GMT', DAYS[b[1] % #DAYS + 1], b[2] % 40,\n"
+    "        MONTHS[b[3] % #MONTHS + 1], 1900 + b[4] * 2 + b[5] % 2, b[6] % 25, b[5] % 61, b[4] % 62)\n"
+    "      pos = 9\n"
+    "    elseif mode == 7 then              -- delay-seconds, any size\n"
+    "      local b = { s:byte(3, 6) }\n"
+    "      for i = 1, 4 do b[i] = b[i] or 0 end\n"
+    "      ra = string.format('%d', ((b[1] * 256 + b[2]) * 256 + b[3]) * 256 + b[4])\n"
+    "      if len & 1 == 1 then ra = ' ' .. ra .. '\\t' end\n"
+    "      if len & 2 == 2 then ra = ra .. string.rep('9', len) end\n"
+    "      pos = 7\n"
+    "    else                               -- len raw bytes\n"
+    "      ra = s:sub(3, 2 + len)\n"
+    "      pos = 3 + len\n"
+    "    end\n"
+    "  end\n"
+    "  if mode == 1 then headers = {}\n"
+    "  elseif mode == 2 or mode >= 6 then headers = { ['Retry-After'] = ra }\n"
+    "  elseif mode == 3 then headers = { ['content-type'] = 'application/json', ['retry-after'] = ra }\n"
+    "  elseif mode == 4 then headers = { 'x', [true] = 'y', ['X-Other'] = 'z', ['RETRY-AFTER'] = ra }\n"
+    "  elseif mode == 5 then headers = { ['Retry-After'] = tonumber(ra) or 7 }; ra = nil\n"
+    "  end\n"
+    "  local body = s:sub(pos)\n"
+    "\n"
+    "  local key, res, err\n"
+    "  if byte(s, 1) >= 128 then\n"
+    "    local nth = (byte(s, 1) >> 5) & 3\n"
+    "    for run in body:gmatch('%w+') do\n"
+    "      if #run >= 9 and run:find('%a') and run:find('%d') then\n"
+    "        key = run:sub(1, 40)\n"
+    "        if nth == 0 then break end\n"
+    "        nth = nth - 1\n"
+    "      end\n"
+    "    end\n"
+    "    key = key or 'K3yK3yK3yK3y'\n"
+    "    res, err = decode_secret(status, body, ra, key)                  -- must not raise\n"
+    "  else\n"
+    "    res, err = acquire.decode_response(status, headers, body)        -- must not raise\n"
+    "  end\n"
+    "  if res ~= nil then\n"
+    "    assert(status >= 200 and status <= 299, 'res for a non-2xx status')\n"
+    "    assert(err == nil and type(res) == 'table', 'res is not a table')\n"
+    "    walk(res)\n"
+    "    check_fields(res)\n"
+    "    if type(res.data) == 'table' then\n"
+    "      check_fields(res.data)\n"
+    "      if type(res.data.contact) == 'table' then check_fields(res.data.contact) end\n"
+    "    end\n"
+    "    return\n"
+    "  end\n"
+    "  assert(type(err) == 'table', 'no err table')\n"
+    "  local ok2 = status >= 200 and status <= 299\n"
+    "  assert(err.kind == (ok2 and 'decode' or 'http'), 'err.kind')\n"
+    "  assert(err.status == status, 'err.status')\n"
+    "  local shown = key and body:gsub(key, '[REDACTED]') or body\n"
+    "  assert(err.body == shown:sub(1, 4096), 'err.body is not the body (key redacted), cut at 4096')\n"
+    "  assert(err.maybe_created == (ok2 or (status >= 500 and status ~= 503 and status ~= 429)),\n"
+    "         'err.maybe_created')\n"
+    "  assert(err.message == nil or (type(err.message) == 'string' and #err.message <= 4096), 'err.message')\n"
+    "  assert(err.type == nil or (type(err.type) == 'string' and #err.type <= 256), 'err.type')\n"
+    "  if ok2 or not ra then\n"
+    "    assert(err.retry_after == nil, 'err.retry_after without a Retry-After')\n"
+    "  else\n"
+    "    assert(err.retry_after == nil or (type(err.retry_after) == 'number' and err.retry_after >= 0),\n"
+    "           'err.retry_after')\n"
+    "    local digits = ra:match('^[ \\t]*(%d+)[ \\t]*$')\n"
+    "    if digits and tonumber(digits) < 1e9 then\n"
+    "      assert(err.retry_after == tonumber(digits), 'Retry-After seconds misread')\n"
+    "    end\n"
+    "  end\n"
+    "  local line = tostring(err)\n"
+    "  assert(type(line) == 'string', 'tostring(err)')\n"
+    "  assert(not line:find('%c'), 'tostring(err) is not one line without control characters: '\n"
+    "         .. string.format('%q', line:sub(1, 200)))\n"
+    "  if key then\n"
+    "    for _, v in next, err do\n"
+    "      assert(type(v) ~= 'string' or not v:find(key, 1, true), 'the key is in err')\n"
+    "    end\n"
+    "    assert(not line:find(key, 1, true), 'the key is in tostring(err)')\n"
+    "  end\n"
+    "  local want = 'acquire: ' .. err.kind .. (err.kind == 'http' and string.format(' %d', status) or '')\n"
+    "  assert(line:sub(1, #want) == want, 'tostring(err) does not begin with ' .. want .. ': ' .. line)\n"
     "end\n";
 
-static const int statuses[] = { 200, 201, 204, 299, 302, 400, 401, 403, 404, 429, 500, 502, 503 };
-
-FUZZ_INITIALIZE(checker)
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char ra[40];
-    if (size < 2) return 0;
-    fuzz_push_checker();
-    lua_pushinteger(fuzz_L, statuses[data[0] % (sizeof statuses / sizeof statuses[0])]);
-    if (data[1] < 100) snprintf(ra, sizeof ra, "%u", data[1]);
-    else if (data[1] < 200) snprintf(ra, sizeof ra, "Sun, %02u Nov 2094 08:49:37 GMT", data[1] % 31 + 1);
-    else snprintf(ra, sizeof ra, "%c%c garbage", data[1], data[0]);
-    lua_pushstring(fuzz_L, ra);
-    lua_pushlstring(fuzz_L, (const char *)data + 2, size - 2);
-    fuzz_call(3);
-    return 0;
-}
+FUZZ_HARNESS("fuzz_response", checker, NULL)

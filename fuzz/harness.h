@@ -1,55 +1,99 @@
-/* libFuzzer harness plumbing: one Lua 5.4 state with the module and a
-   checker function (a Lua chunk) that the harness calls per input; a Lua
-   error from the checker is a finding (abort). */
+/*
+ * harness.h: what the two libFuzzer harnesses share.
+ *
+ * Each harness is a Lua chunk (the checker) and this file: one Lua 5.4
+ * state, made once in LLVMFuzzerInitialize, with the standard libraries, the
+ * module (compiled into the harness, opened with luaL_requiref) and Debian's
+ * lua-cjson (which the module itself requires). The chunk is called with the
+ * module (and a C function of the harness's own, if it has one) and returns
+ * a function; every input is passed to that function as one Lua string.
+ * Whatever the function raises is a finding: the harness prints it with a
+ * traceback and aborts, so libFuzzer saves the input.
+ *
+ * The state lives for the whole run (millions of inputs), so every
+ * FUZZ_GC_EVERY inputs a full collection runs, and what is still alive after
+ * it must stay under FUZZ_MAX_LIVE_KB: anything the module keeps per call (a
+ * registry entry never released, say) shows up as a finding, not as a slow
+ * climb to the RSS limit.
+ */
 #ifndef ACQUIRE_FUZZ_HARNESS_H
 #define ACQUIRE_FUZZ_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
 
+#define FUZZ_GC_EVERY     1024
+#define FUZZ_MAX_LIVE_KB  (32 * 1024)
+
 int luaopen_acquire(lua_State *L);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static lua_State *fuzz_L;
-static int fuzz_checker;                /* registry ref */
+static int fuzz_checker = LUA_NOREF;     /* registry ref to the function */
 static unsigned long fuzz_runs;
 
-static void fuzz_setup(const char *chunk) {
-    fuzz_L = luaL_newstate();
-    luaL_openlibs(fuzz_L);
-    luaL_requiref(fuzz_L, "acquire", luaopen_acquire, 0);
-    if (luaL_loadstring(fuzz_L, chunk) != 0) {
-        fprintf(stderr, "%s\n", lua_tostring(fuzz_L, -1));
-        abort();
-    }
-    lua_insert(fuzz_L, -2);                       /* chunk(acquire) */
-    if (lua_pcall(fuzz_L, 1, 1, 0) != 0) {
-        fprintf(stderr, "%s\n", lua_tostring(fuzz_L, -1));
-        abort();
-    }
-    fuzz_checker = luaL_ref(fuzz_L, LUA_REGISTRYINDEX);
+static int fuzz_traceback(lua_State *L) {
+    luaL_traceback(L, L, luaL_tolstring(L, 1, NULL), 1);
+    return 1;
 }
 
-/* Calls the checker with the n values the caller pushed after it. */
-static void fuzz_call(int n) {
-    if (lua_pcall(fuzz_L, n, 0, 0) != 0) {
-        fprintf(stderr, "finding: %s\n", lua_tostring(fuzz_L, -1));
-        abort();
-    }
-    if (++fuzz_runs % 1000 == 0) lua_gc(fuzz_L, LUA_GCCOLLECT, 0);
+static void fuzz_fail(const char *what) {
+    fprintf(stderr, "\n== fuzz finding: %s\n%s\n\n", what,
+            fuzz_L && lua_gettop(fuzz_L) > 0 && lua_isstring(fuzz_L, -1)
+                ? lua_tostring(fuzz_L, -1) : "");
+    abort();
 }
 
-/* libFuzzer's initializer: the state and the checker chunk, once. */
-#define FUZZ_INITIALIZE(chunk) \
-    int LLVMFuzzerInitialize(int *argc, char ***argv); \
-    int LLVMFuzzerInitialize(int *argc, char ***argv) { \
-        (void)argc; (void)argv; \
-        fuzz_setup(chunk); \
-        return 0; \
+static void fuzz_setup(const char *name, const char *chunk, lua_CFunction extra) {
+    lua_State *L = fuzz_L = luaL_newstate();
+    if (L == NULL) fuzz_fail("luaL_newstate failed");
+    luaL_openlibs(L);
+    lua_pushcfunction(L, fuzz_traceback);                     /* 1 */
+    if (luaL_loadbuffer(L, chunk, strlen(chunk), name) != LUA_OK) /* 2 */
+        fuzz_fail("the checker does not compile");
+    luaL_requiref(L, "acquire", luaopen_acquire, 0);          /* 3 */
+    if (extra) lua_pushcfunction(L, extra);                   /* 4 */
+    if (lua_pcall(L, extra ? 2 : 1, 1, 1) != LUA_OK) fuzz_fail("the checker did not load");
+    if (!lua_isfunction(L, -1)) fuzz_fail("the checker returned no function");
+    fuzz_checker = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, 0);
+}
+
+static void fuzz_one(const uint8_t *data, size_t size) {
+    lua_State *L = fuzz_L;
+    lua_pushcfunction(L, fuzz_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fuzz_checker);
+    lua_pushlstring(L, (const char *)data, size);
+    if (lua_pcall(L, 1, 0, 1) != LUA_OK) fuzz_fail("the checker raised");
+    lua_settop(L, 0);
+    if (++fuzz_runs % FUZZ_GC_EVERY == 0) {
+        lua_gc(L, LUA_GCCOLLECT, 0);
+        if (lua_gc(L, LUA_GCCOUNT, 0) > FUZZ_MAX_LIVE_KB) {
+            lua_pushfstring(L, "%d KB still alive after a full collection",
+                            lua_gc(L, LUA_GCCOUNT, 0));
+            fuzz_fail("Lua memory keeps growing");
+        }
+    }
+}
+
+/* Defines libFuzzer's two entry points for the checker chunk `chunk`;
+   extra (a lua_CFunction, or NULL) is the chunk's second argument. */
+#define FUZZ_HARNESS(name, chunk, extra)                                 \
+    int LLVMFuzzerInitialize(int *argc, char ***argv) {                 \
+        (void)argc; (void)argv;                                         \
+        fuzz_setup("=" name, chunk, extra);                             \
+        return 0;                                                       \
+    }                                                                   \
+    int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {      \
+        fuzz_one(data, size);                                           \
+        return 0;                                                       \
     }
 
-static void fuzz_push_checker(void) {
-    lua_rawgeti(fuzz_L, LUA_REGISTRYINDEX, fuzz_checker);
-}
 #endif

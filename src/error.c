@@ -99,6 +99,19 @@ static void add_number(luaL_Buffer *b, lua_Number d) {
     luaL_addstring(b, num);
 }
 
+/* add_number for the value at idx; a Lua 5.3+ integer exactly. */
+static void add_number_at(luaL_Buffer *b, lua_State *L, int idx) {
+#if LUA_VERSION_NUM >= 503
+    if (lua_isinteger(L, idx)) {
+        char num[32];
+        snprintf(num, sizeof num, " " LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+        luaL_addstring(b, num);
+        return;
+    }
+#endif
+    add_number(b, lua_tonumber(L, idx));
+}
+
 /* acquire: http 401 ERROR_UNAUTHORIZED: Invalid API key
    acquire: network: Failed to connect to 127.0.0.1 port 9: ... (curl 7) */
 static int error_tostring(lua_State *L) {
@@ -115,7 +128,7 @@ static int error_tostring(lua_State *L) {
     luaL_addstring(&b, "acquire: ");
     luaL_addstring(&b, kind ? kind : "error");
     if (kind && strcmp(kind, "http") == 0 && lua_isnumber(L, 5))
-        add_number(&b, lua_tonumber(L, 5));
+        add_number_at(&b, L, 5);
     if (type) {
         luaL_addchar(&b, ' ');
         add_oneline(&b, type);
@@ -126,7 +139,7 @@ static int error_tostring(lua_State *L) {
     }
     if (lua_isnumber(L, 6)) {
         luaL_addstring(&b, " (curl");
-        add_number(&b, lua_tonumber(L, 6));
+        add_number_at(&b, L, 6);
         luaL_addchar(&b, ')');
     }
     luaL_pushresult(&b);
