@@ -42,6 +42,8 @@ mkdir -p .tmp/bench
 cc -O2 -Wall -Wextra -Werror -o .tmp/bench/curl_post bench/curl_post.c $(pkg-config --libs libcurl)
 .tmp/bench/curl_post "$url/api/v1/crm/messenger/chat/create?contactId=597752" "$CALLS" \
   | awk '{print "a_us", $2}' | rec ""
+.tmp/bench/curl_post "$url/api/v1/crm/messenger/chat/create?contactId=597752" "$CALLS" module \
+  | awk '{print "amod_us", $2}' | rec ""
 lua5.4 bench/bench.lua floor "$work/fixture.json" "$CALLS" | rec "floor_"
 
 for v in 5.4 5.1 luajit; do
