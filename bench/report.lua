@@ -63,7 +63,8 @@ w("")
 w("| row | what | µs/call | calls/s |")
 w("|---|---|---:|---:|")
 w("| (a) | plain C: one libcurl easy handle reused, the body read into memory, no parsing | ", f1(a), " | ", rate(a), " |")
-w("| (a') | (a) with the libcurl options and callbacks the module sets (timeouts, gzip, keep-alive probes, header and pre-request callbacks, the URL set each call) | ", f1(r.amod_us), " | ", rate(r.amod_us), " |")
+w("| (a') | (a) with the libcurl options and callbacks the module sets (timeouts, gzip, keep-alive probes, ",
+  "header and pre-request callbacks, the URL set each call) | ", f1(r.amod_us), " | ", rate(r.amod_us), " |")
 w("| (a+) | the floor for this design: (a) + `cjson.decode` of the same body (",
   f1(r.floor_cjson_us), " µs, same run) | ", f1(floor), " | ", rate(floor), " |")
 w("| (b) | `client:create_case` in a loop, Lua 5.4 | ", f1(b54), " | ", rate(b54), " |")
