@@ -88,28 +88,23 @@ static void add_oneline(luaL_Buffer *b, const char *s) {
         luaL_addchar(b, ((unsigned char)*s < 0x20 || *s == 0x7f) ? ' ' : *s);
 }
 
-/* Adds " N": an integral number as digits, anything else (a table the
-   caller filled in) with %g, NaN and infinities not at all; never a
-   conversion that could overflow. */
-static void add_number(luaL_Buffer *b, lua_Number d) {
-    char num[64];
-    if (!(d - d == 0)) return;                /* NaN, infinities */
-    if (d == floor(d) && d > -1e15 && d < 1e15) snprintf(num, sizeof num, " %.0f", (double)d);
-    else snprintf(num, sizeof num, " %g", (double)d);
-    luaL_addstring(b, num);
-}
-
-/* add_number for the value at idx; a Lua 5.3+ integer exactly. */
+/* Adds " N" for the number at idx: a Lua 5.3+ integer exactly, an integral
+   float as digits, any other number (a table the caller filled in) with %g,
+   NaN and infinities not at all; never a conversion that could overflow. */
 static void add_number_at(luaL_Buffer *b, lua_State *L, int idx) {
+    char num[64];
+    lua_Number d = lua_tonumber(L, idx);
 #if LUA_VERSION_NUM >= 503
     if (lua_isinteger(L, idx)) {
-        char num[32];
         snprintf(num, sizeof num, " " LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
         luaL_addstring(b, num);
         return;
     }
 #endif
-    add_number(b, lua_tonumber(L, idx));
+    if (!(d - d == 0)) return;                /* NaN, infinities */
+    if (d == floor(d) && d > -1e15 && d < 1e15) snprintf(num, sizeof num, " %.0f", (double)d);
+    else snprintf(num, sizeof num, " %g", (double)d);
+    luaL_addstring(b, num);
 }
 
 /* acquire: http 401 ERROR_UNAUTHORIZED: Invalid API key

@@ -53,19 +53,10 @@ local function rethrow(msg, fname)
   error(msg, 3)
 end
 
--- Every occurrence of key in s replaced by [REDACTED].
+-- Every occurrence of key in s replaced by [REDACTED] (for the debug log; errors are
+-- redacted by decode_response).
 local function redact(s, key)
-  if type(s) ~= "string" or not find(s, key, 1, true) then return s end
-  local out, i = {}, 1
-  while true do
-    local a, b = find(s, key, i, true)
-    if not a then break end
-    out[#out + 1] = sub(s, i, a - 1)
-    out[#out + 1] = "[REDACTED]"
-    i = b + 1
-  end
-  out[#out + 1] = sub(s, i)
-  return concat(out)
+  return (s:gsub(key:gsub("%p", "%%%0"), "[REDACTED]"))
 end
 
 local Client = {}
@@ -293,11 +284,6 @@ local function debug_log(st, what)
   ngx.log(ngx.NOTICE, "acquire: ", redact(what, st.key))
 end
 
--- The key is redacted from err by the seam's decoder, as the libcurl client redacts it.
-local function decode(st, status, headers, body)
-  return decode_response(status, headers, body, st.key)
-end
-
 local function once(st, payload, deadline)
   local sock = tcp()
   local ms = max(1, left_ms(deadline))
@@ -356,7 +342,8 @@ local function once(st, payload, deadline)
     sort(h)
     debug_log(st, format("< %d (%d bytes) %s", status, #body, concat(h, "; ")))
   end
-  return decode(st, status, headers, body)
+  -- the key, given, is redacted from err as the libcurl client redacts it
+  return decode_response(status, headers, body, st.key)
 end
 
 local FIRST = { "Host", "Content-Type", "Accept", "Authorization", "User-Agent" }
