@@ -46,11 +46,21 @@ local function conf_text(n, o)
   return launcher.config(n, { http = ([[
   lua_ssl_trusted_certificate %s;
   lua_ssl_verify_depth 2;
+%s
   server {
     listen 127.0.0.1:%d;
     set $acquire_base_url "%s";
     location = /case { content_by_lua_block { %s } }
-  }]]):format(o.trusted, n.port, o.base_url, HANDLER) })
+  }]]):format(o.trusted, o.http or "", n.port, o.base_url, HANDLER) })
+end
+
+-- The handler's answer to q (a table or JSON text), decoded; any other answer fails the spec.
+local function call_on(nginx, q, timeout)
+  local code, out = nginx:post("/case", type(q) == "string" and q or cjson.encode(q or {}), timeout)
+  local ok, doc = pcall(cjson.decode, out)
+  assert(code == 200 and ok, ("nginx answered %s: %s\n%s"):format(tostring(code), out,
+    slurp(nginx.prefix .. "/error.log"):sub(-3000)))
+  return doc
 end
 
 local SMALL = '{"data":{"id":1}}'
@@ -63,13 +73,7 @@ end
 describe("acquire.ngx in nginx #ngx", function()
   local srv, tls, untrusted, nginx
 
-  local function call(q)
-    local code, out = nginx:post("/case", type(q) == "string" and q or cjson.encode(q or {}))
-    local ok, doc = pcall(cjson.decode, out)
-    assert(code == 200 and ok, ("nginx answered %s: %s\n%s"):format(tostring(code), out,
-      slurp(nginx.prefix .. "/error.log"):sub(-3000)))
-    return doc
-  end
+  local function call(q) return call_on(nginx, q) end
 
   -- The same call through the libcurl client.
   local function plain(contact, opts, config)
@@ -448,6 +452,56 @@ describe("acquire.ngx in nginx #ngx", function()
     assert.is_nil(log:find("runtime error", 1, true), log)
     assert.is_nil(log:find("[alert]", 1, true), log)
     assert.is_nil(log:find(srv.key, 1, true))
+  end)
+end)
+
+describe("acquire.ngx with a resolver that never answers #ngx", function()
+  local dns, nginx
+  local BASE = "http://acquire-dns-test.example:9"     -- never resolved: .example, and no answer
+
+  setup(function()
+    dns = launcher.silent_dns()
+    nginx = launcher.start(function(n)
+      -- resolver_timeout is longer than any timeout below: only acquire.ngx can keep to them
+      return conf_text(n, { base_url = BASE, trusted = "/etc/ssl/certs/ca-certificates.crt",
+        http = ("  resolver 127.0.0.1:%d ipv6=off;\n  resolver_timeout 4s;"):format(dns.port) })
+    end, { env = "ACQUIRE_API_KEY=k" })
+  end)
+  teardown(function()
+    launcher.stop(nginx)
+    if dns then dns.stop() end
+  end)
+
+  local function timed(config)
+    local t0 = socket.gettime()
+    local doc = call_on(nginx, { config = config }, 30)
+    return doc, socket.gettime() - t0
+  end
+
+  it("timeout bounds the name's resolution: kind timeout, within timeout, no retry past it", function()
+    local doc, took = timed { timeout = 2 }
+    assert.is_false(doc.ok, cjson.encode(doc))
+    assert.same({ "timeout", false, 1 }, { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
+    assert.equal("acquire: timeout: connecting to acquire-dns-test.example:9 timed out", doc.text)
+    assert.is_true(took >= 1.9 and took < 2.5, "took " .. took .. " s")
+    assert.is_true(dns.queries() >= 1, "nginx never asked the DNS server")
+  end)
+
+  it("a shorter connect_timeout is retried, within the timeout", function()
+    local doc, took = timed { timeout = 2, connect_timeout = 0.5 }
+    assert.is_false(doc.ok, cjson.encode(doc))
+    assert.same({ "timeout", false }, { doc.err.kind, doc.err.maybe_created })
+    assert.is_true(doc.err.attempts >= 2, "attempts: " .. doc.err.attempts)
+    assert.is_true(took < 2.5, "took " .. took .. " s")
+  end)
+
+  it("leaves nginx sound: its worker answers, and logged no alert", function()
+    local doc = call_on(nginx, { config = { base_url = "http://127.0.0.1:" .. helper.free_port(),
+                                            max_retries = 0 } })
+    assert.same({ false, "network" }, { doc.ok, doc.err.kind })
+    local log = nginx:log()
+    assert.is_nil(log:find("[alert]", 1, true), log)
+    assert.is_nil(log:find("runtime error", 1, true), log)
   end)
 end)
 
