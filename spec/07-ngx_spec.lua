@@ -455,21 +455,23 @@ describe("acquire.ngx in nginx #ngx", function()
   end)
 end)
 
-describe("acquire.ngx with a resolver that never answers #ngx", function()
-  local dns, nginx
-  local BASE = "http://acquire-dns-test.example:9"     -- never resolved: .example, and no answer
+describe("acquire.ngx and nginx's resolver #ngx", function()
+  local dns, nginx, srv
+  local BASE = "http://acquire-dns-test.example:9"     -- never resolved: the server is silent
 
   setup(function()
-    dns = launcher.silent_dns()
+    srv = helper.start_server()
+    dns = launcher.dns { ["acquire-dns-ok.example"] = "127.0.0.1" }
     nginx = launcher.start(function(n)
       -- resolver_timeout is longer than any timeout below: only acquire.ngx can keep to them
       return conf_text(n, { base_url = BASE, trusted = "/etc/ssl/certs/ca-certificates.crt",
         http = ("  resolver 127.0.0.1:%d ipv6=off;\n  resolver_timeout 4s;"):format(dns.port) })
-    end, { env = "ACQUIRE_API_KEY=k" })
+    end, { env = "ACQUIRE_API_KEY=" .. srv.key })
   end)
   teardown(function()
     launcher.stop(nginx)
     if dns then dns.stop() end
+    if srv then srv:stop() end
   end)
 
   local function timed(config)
@@ -493,6 +495,17 @@ describe("acquire.ngx with a resolver that never answers #ngx", function()
     assert.same({ "timeout", false }, { doc.err.kind, doc.err.maybe_created })
     assert.is_true(doc.err.attempts >= 2, "attempts: " .. doc.err.attempts)
     assert.is_true(took < 2.5, "took " .. took .. " s")
+  end)
+
+  it("a name that resolves: connected by a light thread, then used and pooled by the call", function()
+    local base = "http://acquire-dns-ok.example:" .. srv.port
+    for _ = 1, 3 do
+      local doc = call_on(nginx, { config = { base_url = base, timeout = 2 } })
+      assert.is_true(doc.ok, cjson.encode(doc))
+      assert.equal(2071, doc.res.data.id)
+    end
+    assert.equal("acquire-dns-ok.example:" .. srv.port, srv:last_request().headers.host)
+    assert.same({ 3, 1 }, { srv:stats().requests, srv:stats().connections })
   end)
 
   it("leaves nginx sound: its worker answers, and logged no alert", function()

@@ -7,7 +7,7 @@
 --   end, { env = "ACQUIRE_API_KEY=k", ports = 2 })
 --   n.url, n:post(path, body) -> code, text; n:log() (the error log); nginx.stop(n) (idempotent)
 --   nginx.run_as(), nginx.temp_paths(n), nginx.MODULES: for a config written by hand
---   nginx.raw_server(answers), nginx.silent_dns(): upstreams that misbehave on purpose
+--   nginx.raw_server(answers), nginx.dns(answers): upstreams (one that misbehaves on purpose)
 --   nginx.sh(cmd) -> output, exit code; nginx.slurp(path) -> contents or ""
 --
 -- nginx runs LuaJIT: start() builds .tmp/luajit/acquire.so first (make), and every config made
@@ -268,11 +268,13 @@ function M.raw_server(answers)
   return s
 end
 
--- A DNS server on 127.0.0.1 (UDP) that reads queries and never answers: nginx's
--- `resolver 127.0.0.1:<port>` then waits its resolver_timeout. s.queries() counts them.
-local SILENT_DNS = [==[
-import os, socket, sys
+-- A DNS server on 127.0.0.1 (UDP) for nginx's `resolver 127.0.0.1:<port>`: it answers A
+-- queries for the names in `answers` ({ [name] = "127.0.0.1" }) and never answers any other
+-- query, so nginx waits its resolver_timeout. s.queries() counts the queries it read.
+local DNS_SERVER = [==[
+import json, os, socket, struct, sys
 d = sys.argv[1]
+answers = json.load(open(d + "/answers.json"))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", 0))
 with open(d + "/port.tmp", "w") as f:
@@ -280,15 +282,27 @@ with open(d + "/port.tmp", "w") as f:
 os.rename(d + "/port.tmp", d + "/port")
 n = 0
 while True:
-    s.recvfrom(4096)
+    q, peer = s.recvfrom(4096)
     n += 1
     with open(d + "/queries.tmp", "w") as f:
         f.write(str(n))
     os.rename(d + "/queries.tmp", d + "/queries")
+    labels, i = [], 12
+    while i < len(q) and q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode("ascii", "replace"))
+        i += 1 + q[i]
+    qtype = struct.unpack("!H", q[i + 1:i + 3])[0] if i + 3 <= len(q) else 0
+    ip = answers.get(".".join(labels).lower())
+    if ip is None or qtype != 1:
+        continue                                   # silence
+    question = q[12:i + 5]
+    head = q[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0)
+    rr = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(ip)
+    s.sendto(head + question + rr, peer)
 ]==]
 
-function M.silent_dns()
-  local s = python_server(SILENT_DNS)
+function M.dns(answers)
+  local s = python_server(DNS_SERVER, { ["answers.json"] = cjson.encode(answers or {}) })
   function s.queries() return tonumber(s.file("queries")) or 0 end
   return s
 end

@@ -9,9 +9,11 @@
 -- Here every wait yields to nginx's event loop. Only the bytes move here: the request, the
 -- result and the retry decision are the C module's (build_request, decode_response, retry_after).
 local acquire = require "acquire"
+local semaphore = require "ngx.semaphore"             -- lua-resty-core's
 
 local ngx = ngx
 local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.update_time
+local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
 local build_request, decode_response, retry_after =
   acquire.build_request, acquire.decode_response, acquire.retry_after
 local concat, sort = table.concat, table.sort
@@ -99,6 +101,7 @@ function _M.new(config)
     key = cfg.api_key,
     tls = scheme == "https",
     host = host,                       -- as connect wants it (IPv6 in brackets)
+    literal = host:match("^%[") or host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil,  -- nothing to resolve
     name = name,
     port = port,
     host_header = port == default and host or host .. ":" .. port,
@@ -284,11 +287,36 @@ local function debug_log(st, what)
   ngx.log(ngx.NOTICE, "acquire: ", redact(what, st.key))
 end
 
+-- sock:connect within ms. A host name goes through nginx's resolver, whose wait is its
+-- resolver_timeout (30 s by default), not the socket's timeouts: then a light thread connects
+-- and is killed if ms pass first (killing it cancels the resolution or the connect). The
+-- parent may use the socket afterwards: a cosocket belongs to its request, not to a thread.
+local function connect(st, sock, ms)
+  if st.literal then return sock:connect(st.host, st.port, st.connect_opts) end
+  local done = semaphore.new()
+  local th, e = spawn(function()
+    local called, ok, err = pcall(sock.connect, sock, st.host, st.port, st.connect_opts)
+    done:post(1)
+    if not called then return nil, tostring(ok) end
+    return ok, err
+  end)
+  if not th then return nil, e end
+  if not done:wait(ms / 1000) then
+    if not kill(th) then wait(th) end        -- it ended just now: reap it all the same
+    sock:close()
+    return nil, "timeout"
+  end
+  local _, ok, err = wait(th)                -- it has ended: its results, and it is reaped
+  return ok, err
+end
+
 local function once(st, payload, deadline)
   local sock = tcp()
-  local ms = max(1, left_ms(deadline))
-  sock:settimeouts(min(st.connect_ms, ms), ms, ms)
-  local ok, e = sock:connect(st.host, st.port, st.connect_opts)
+  local ms = left_ms(deadline)
+  if ms < 1 then return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false) end
+  local cms = min(st.connect_ms, ms)
+  sock:settimeouts(cms, ms, ms)
+  local ok, e = connect(st, sock, cms)
   if not ok then
     if e == "timeout" then
       return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false)
@@ -387,19 +415,24 @@ function Client:create_case(contactId, opts)
   local ok, req = pcall(build_request, contactId, opts, st.cfg)     -- misuse raises, nothing sent
   if not ok then rethrow(req, "create_case") end
   local bytes = payload(st, req)
+  update_time()
+  local deadline = now() + st.timeout          -- the whole call's, retries included
   local attempt = 0
   while true do
     attempt = attempt + 1
-    update_time()
-    local res, err = once(st, bytes, now() + st.timeout)
+    local res, err = once(st, bytes, deadline)
     if res then return res end
-    local wait = retry_after(err, attempt, st.max_retries)
-    if not wait then
+    local delay = retry_after(err, attempt, st.max_retries)
+    if delay then                              -- a retry starts before the deadline, or never
+      update_time()
+      if now() + delay >= deadline then delay = nil end
+    end
+    if not delay then
       err.attempts = attempt
       return nil, err
     end
-    if st.debug then debug_log(st, format("retrying in %.3f s after: %s", wait, tostring(err))) end
-    sleep(wait)
+    if st.debug then debug_log(st, format("retrying in %.3f s after: %s", delay, tostring(err))) end
+    sleep(delay)
   end
 end
 
