@@ -3,7 +3,9 @@
 --   local client = require("acquire.ngx").new{ account_id = "mycompany", api_key = key }
 --   local res, err = client:create_case(597752, { title = "Refund" })  -- content, access, timer...
 --
--- Same options, returns and errors as acquire.new (README), over ngx.socket.tcp cosockets.
+-- Same options, returns and errors as acquire.new (README), over ngx.socket.tcp cosockets,
+-- but for one: `timeout` bounds the whole call here (DNS, connect, TLS, send, response, and
+-- the retries with their waits), so a request handler knows how long it can be held.
 -- Never call the libcurl client (acquire.new) in a request handler: curl_easy_perform blocks
 -- the whole worker, and every request that worker serves, for as long as the call takes.
 -- Here every wait yields to nginx's event loop. Only the bytes move here: the request, the
