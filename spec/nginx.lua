@@ -7,6 +7,7 @@
 --   end, { env = "ACQUIRE_API_KEY=k", ports = 2 })
 --   n.url, n:post(path, body) -> code, text; n:log() (the error log); nginx.stop(n) (idempotent)
 --   nginx.run_as(), nginx.temp_paths(n), nginx.MODULES: for a config written by hand
+--   nginx.self_signed(dir) -> cert, key: for `listen ... ssl`, cert as the client's ca_file
 --   nginx.raw_server(answers), nginx.dns(answers): upstreams (one that misbehaves on purpose)
 --   nginx.sh(cmd) -> output, exit code; nginx.slurp(path) -> contents or ""
 --
@@ -179,6 +180,15 @@ function M.start(conf_fn, opts)
     error(err, 0)
   end
   return n
+end
+
+-- A self-signed certificate for 127.0.0.1 (its own CA: pass cert as ca_file), made in dir.
+function M.self_signed(dir)
+  local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
+  local out, code = sh(("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 "
+    .. "-addext subjectAltName=IP:127.0.0.1 -keyout %s -out %s"):format(key, cert))
+  assert(code == 0, "openssl could not make a certificate:\n" .. out)
+  return cert, key
 end
 
 -- ---- upstreams that misbehave on purpose --------------------------------------------------
