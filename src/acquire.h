@@ -118,6 +118,19 @@ typedef struct acq_secret_t {
     const char *p;  size_t len;                /* redacted from every string */
 } acq_secret_t;
 
+/* ---- redact.c: the key out of every string, raw or JSON-escaped ------ */
+#define ACQ_REDACTED         "[REDACTED]"
+#define ACQ_REDACT_TAIL_MIN  4     /* a key cut short at the very end: redacted from this length */
+/* Length of the key spelled at s (raw, or in any JSON escaping), 0 if
+   none, -1 when s ends inside what may be one. */
+long  redact_match(const char *s, size_t n, const char *k, size_t kn);
+/* The first key in s: 1, with its offset and length. 0 when none: *at is
+   n, or (not final) where a key the end of s may cut begins. */
+int   redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
+                  size_t *at, size_t *len);
+void  redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k);
+int   redact_l_redact(lua_State *L);
+
 /* err is the absolute index error_new returned. */
 int   error_new(lua_State *L, const char *kind);   /* pushes err */
 void  error_setstring(lua_State *L, int err, const char *field, const char *s,
@@ -154,6 +167,13 @@ void  policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f);
 int   policy_l_retry_after(lua_State *L);
 
 /* ---- transport.c: libcurl easy handle ------------------------------- */
+#define ACQ_DEBUG_BODY_CAP   16384   /* debug = true logs this much of each body */
+typedef struct acq_dstream_t {       /* a body in the debug log */
+    acq_buf_t pend;                  /* held back: may begin a key */
+    size_t    shown, dropped;
+    int       mid;                   /* inside a line */
+} acq_dstream_t;
+
 typedef struct acq_transport_t {
     CURL              *easy;
     struct curl_slist *headers;
@@ -162,7 +182,10 @@ typedef struct acq_transport_t {
     const char        *key;                /* to redact in debug output */
     size_t             key_len;
     size_t             out_len, out_pos;
-    int                sends;              /* requests sent by this transfer */
+    int                sends;              /* requests begun by this transfer */
+    int                sock_errno;         /* why socket() failed, or 0 */
+    int                dbg_on;
+    acq_dstream_t      dbg[2];             /* debug log: body out, body in */
     size_t             max_bytes;
     int                too_large;
     char               retry_after[64];    /* of the final response */
