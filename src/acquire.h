@@ -209,6 +209,10 @@ void  transport_prepare(acq_transport_t *t, const char *url,
                         const char *body, size_t len);
 void  transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r);
 int   transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv);
+/* After fork(): a handle with t's options and none of its connections; the
+   old one is left as it is (cleaning it up would talk TLS on the parent's
+   sockets). 0 on success. */
+int   transport_renew(acq_transport_t *t);
 void  transport_close(acq_transport_t *t);
 /* Pushes nil, err for a failed transfer; returns 2. */
 int   transport_push_error(lua_State *L, const acq_transport_t *t,
@@ -229,9 +233,13 @@ typedef struct acq_client_t {
     acq_transport_t t;
     CURLM    *multi;                  /* create_cases: made on first use */
     acq_slot_t *slots[64];            /* its transfers, one easy handle each */
+    int       busy;                   /* create_cases is running (on_progress) */
+    long      pid;                    /* the process whose connections these are */
 } acq_client_t;
 
 acq_client_t *client_check_open(lua_State *L, int idx);
+/* After fork(): the connections belong to the parent; start afresh. */
+void  client_check_fork(lua_State *L, acq_client_t *c);
 /* Pushes the default client (configured, or from the environment). */
 acq_client_t *client_default(lua_State *L);
 /* The outcome of one transfer: pushes res (1) or nil, err (2). */
@@ -240,6 +248,7 @@ int   client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
 int   batch_create_cases(lua_State *L);
 int   batch_default_create_cases(lua_State *L);
 void  batch_release(acq_client_t *c);
+void  batch_abandon(acq_client_t *c);        /* after fork(): never cleaned */
 int   client_new(lua_State *L);
 int   client_create_case(lua_State *L);
 int   client_close(lua_State *L);

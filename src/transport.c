@@ -329,6 +329,13 @@ int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) 
     return 0;
 }
 
+int transport_renew(acq_transport_t *t) {
+    CURL *fresh = curl_easy_duphandle(t->easy);   /* copies options, not connections */
+    if (fresh == NULL) return -1;
+    t->easy = fresh;                              /* the parent's stays untouched */
+    return 0;
+}
+
 static const char *kind_of(CURLcode code) {
     switch (code) {
     case CURLE_OPERATION_TIMEDOUT:
