@@ -401,6 +401,53 @@ describe("acquire.ngx in nginx #ngx", function()
     end)
   end)
 
+  describe("the debug log, against a server that echoes the key", function()
+    local rs
+    after_each(function() if rs then rs.stop() end end)
+
+    -- s with JSON's escapes read (\/ \" \\ \uXXXX), so no spelling of the key hides in it
+    local function unescaped(s)
+      return (s:gsub("\\u(%x%x%x%x)", function(h)
+        local n = tonumber(h, 16)
+        return n < 128 and string.char(n) or nil
+      end):gsub("\\([/\"\\])", "%1"))
+    end
+
+    it("never holds the key in any form, even split across TCP writes and chunks", function()
+      local KEY = "ab/cd+ef=="                                -- JSON writes it ab\/cd+ef==
+      local body = '{"data":{"id":1,"echo":"ab\\/cd+ef==","u":"ab\\u002Fcd+ef==",'
+        .. '"l":"\\u0061b\\u002fcd\\u002bef=="}}'
+      local cut = body:find("cd+", 1, true)                   -- inside the first echo
+      local err = '{"type":"E","message":"bad key ab\\/cd+ef=="}'
+      rs = launcher.raw_server {
+        { parts = { "HTTP/1.1 200 OK\r\nContent-Length: " .. #body .. "\r\nX-Echo: ab\\/c",
+                    "d+ef==\r\n\r\n" .. body:sub(1, cut), body:sub(cut + 1) } },
+        { parts = { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    ("%x\r\n%s\r\n"):format(cut, body:sub(1, cut)),
+                    ("%x\r\n%s\r\n0\r\n\r\n"):format(#body - cut, body:sub(cut + 1)) } },
+        { parts = { "HTTP/1.1 500 Oops\r\nContent-Length: " .. #err .. "\r\n\r\n" .. err:sub(1, 30),
+                    err:sub(31) } },
+      }
+      local before = #nginx:log()
+      local config = { base_url = "http://127.0.0.1:" .. rs.port, api_key = KEY, debug = true }
+      for _ = 1, 2 do
+        local doc = call { config = config }
+        assert.is_true(doc.ok, cjson.encode(doc))
+        assert.equal(KEY, doc.res.data.echo)                  -- the caller gets its data as sent
+      end
+      local doc = call { config = config }
+      assert.same({ false, 500 }, { doc.ok, doc.err.status })
+      assert.equal("acquire: http 500 E: bad key [REDACTED]", doc.text)
+      local text = nginx:log():sub(before + 1)
+      assert.matches("acquire: < 200 ", text, 1, true)         -- the exchanges were logged
+      assert.matches("acquire: < 500 ", text, 1, true)
+      assert.matches("[REDACTED]", text, 1, true)
+      assert.is_nil(text:find(KEY, 1, true), text)
+      assert.is_nil(unescaped(text):find(KEY, 1, true), text)
+      assert.is_nil(text:find("cd+ef", 1, true), text)         -- nor a piece of it
+    end)
+  end)
+
   it("connects to an IPv6 literal", function()
     local dir = helper.tmpdir()
     os.execute(('%s "%s/spec/server/acquire_server.py" --host ::1 --port 0 --port-file "%s/port" '
