@@ -16,8 +16,8 @@ local semaphore = require "ngx.semaphore"             -- lua-resty-core's
 local ngx = ngx
 local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.update_time
 local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
-local build_request, decode_response, retry_after =
-  acquire.build_request, acquire.decode_response, acquire.retry_after
+local build_request, decode_response, retry_after, redact =
+  acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
 local concat, sort = table.concat, table.sort
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
@@ -31,6 +31,8 @@ local POOL_SIZE = 32           -- pooled connections per pool and worker
 local HEAD_MAX = 65536         -- status line and headers
 local LINE_MAX = 4096          -- a chunk-size or trailer line
 local READ_MAX = 65536         -- bytes asked of one receiveany
+local LOG_MAX = 8192           -- bytes of one debug message (a body is most of it)
+local LOG_LINE = 1024          -- bytes per log line: nginx cuts a line at 2 KiB
 
 -- err tables carry the module's own metatable, so tostring(err) reads the same everywhere
 local ERR_MT = getmetatable(select(2, decode_response(500, nil, "")))
@@ -55,12 +57,6 @@ local function rethrow(msg, fname)
              :gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
   end
   error(msg, 3)
-end
-
--- Every occurrence of key in s replaced by [REDACTED] (for the debug log; errors are
--- redacted by decode_response).
-local function redact(s, key)
-  return (s:gsub(key:gsub("%p", "%%%0"), "[REDACTED]"))
 end
 
 local Client = {}
@@ -285,8 +281,15 @@ local function io_fail(st, e, doing, maybe_created, status)
   return fail("network", format("%s %s: %s", doing, st.host_header, tostring(e)), maybe_created, status)
 end
 
-local function debug_log(st, what)
-  ngx.log(ngx.NOTICE, "acquire: ", redact(what, st.key))
+-- One message, whole: acquire.redact reads all of it (the key, raw or in any spelling a JSON
+-- encoder may give it, becomes [REDACTED]) before it is cut to LOG_MAX bytes and into lines,
+-- so no cut can leave a piece of the key on either side.
+local function debug_log(st, ...)
+  local msg = redact(concat { ... }, st.key)
+  if #msg > LOG_MAX then msg = sub(msg, 1, LOG_MAX) .. " [cut]" end
+  for i = 1, #msg, LOG_LINE do
+    ngx.log(ngx.NOTICE, "acquire: ", i > 1 and "... " or "", sub(msg, i, i + LOG_LINE - 1))
+  end
 end
 
 -- sock:connect within ms. A host name goes through nginx's resolver, whose wait is its
@@ -366,11 +369,11 @@ local function once(st, payload, deadline)
     return nil, io_fail(st, e, "reading the response from", true, status)
   end
   if reuse then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
-  if st.debug then
+  if st.debug then                            -- the response, whole, in one message
     local h = {}
     for k, v in pairs(headers) do h[#h + 1] = k .. ": " .. v end
     sort(h)
-    debug_log(st, format("< %d (%d bytes) %s", status, #body, concat(h, "; ")))
+    debug_log(st, format("< %d (%d bytes) ", status, #body), concat(h, "; "), " << ", body)
   end
   -- the key, given, is redacted from err as the libcurl client redacts it
   return decode_response(status, headers, body, st.key)
@@ -401,9 +404,9 @@ local function payload(st, req)
   local head = { req.method, " ", path, " HTTP/1.1\r\n" }
   for _, name in ipairs(names) do head[#head + 1] = name .. ": " .. given[name] .. "\r\n" end
   head[#head + 1] = "Content-Length: " .. #req.body .. "\r\nConnection: keep-alive\r\n\r\n"
-  if st.debug then
-    debug_log(st, "> " .. concat(head):gsub("\r\n$", ""):gsub("Authorization: Bearer [^\r]*",
-              "Authorization: Bearer [REDACTED]"):gsub("\r\n", "; ") .. " (" .. #req.body .. " bytes)")
+  if st.debug then                            -- the request, whole, in one message
+    local text = concat(head):gsub("\r\n\r\n$", ""):gsub("\r\n", "; ")
+    debug_log(st, "> ", text, " (", #req.body, " bytes) >> ", req.body)
   end
   head[#head + 1] = req.body
   return concat(head)
@@ -429,11 +432,14 @@ function Client:create_case(contactId, opts)
       update_time()
       if now() + delay >= deadline then delay = nil end
     end
+    if st.debug then
+      debug_log(st, format("attempt %d failed: %s", attempt, tostring(err)),
+                delay and format("; retrying in %.3f s", delay) or "")
+    end
     if not delay then
       err.attempts = attempt
       return nil, err
     end
-    if st.debug then debug_log(st, format("retrying in %.3f s after: %s", delay, tostring(err))) end
     sleep(delay)
   end
 end
