@@ -2,7 +2,9 @@
 -- against the local Acquire server through cosockets: the same results and errors as the
 -- libcurl client (the two are compared call for call), keep-alive pools, retries, TLS, the
 -- server's misbehaviours, and 20 concurrent requests on one worker that do not wait for each
--- other. The handler takes a JSON body { contact, opts, config } and answers
+-- other; nginx's resolver, silent or answering, and timeout holding the call to its bound; the
+-- debug log against a server that echoes the key. The launcher is spec/nginx.lua.
+-- The handler takes a JSON body { contact, opts, config } and answers
 -- { ok, res } | { ok = false, err, text = tostring(err) } | { raised = message }.
 local acquire = require "acquire"
 local helper = require "spec.helper"
