@@ -370,6 +370,26 @@ describe("reliability", function()
     end)
   end)
 
+  describe("7: ids past 2^53 (the module's part; the CLI's is in 08-cli_spec)", function()
+    local cfg = { base_url = "http://127.0.0.1:9", api_key = "k" }
+
+    it("a float id past 2^53 may be a rounded neighbour: refused, never sent", function()
+      for _, v in ipairs { 2 ^ 53 + 2, 2 ^ 60, 2 ^ 62 } do
+        helper.contains(helper.raises(acquire.build_request, v, nil, cfg), "contactId must be a positive integer")
+        helper.contains(helper.raises(acquire.build_request, 1, { threadId = v }, cfg), "bad field 'threadId'")
+        helper.contains(helper.raises(acquire.build_request, 1, { mentionUsers = { v } }, cfg), "mentionUsers")
+      end
+      assert.equal("9007199254740992", acquire.build_request(2 ^ 53, nil, cfg).url:match("contactId=(%d+)"))
+    end)
+
+    it("digit strings carry a contactId exactly, on every Lua", function()
+      for _, digits in ipairs { "9007199254740993", "9223372036854775807" } do
+        assert.equal(digits, acquire.build_request(digits, nil, cfg).url:match("contactId=(%d+)$"))
+      end
+      helper.raises(acquire.build_request, "9223372036854775808", nil, cfg)
+    end)
+  end)
+
   describe("10: only lua-cjson's own parse errors are decode errors", function()
     it("an error raised inside the decoder propagates (the interpreter's interrupt)", function()
       local decode_response = acquire.decode_response
