@@ -5,7 +5,6 @@
 -- every failure message.
 local acquire = require "acquire"
 local helper = require "spec.helper"
-local socket = require "socket"
 
 local CONTACT = 597752
 local SEED = tonumber(os.getenv("SPEC_SEED")) or os.time()
@@ -355,7 +354,10 @@ describe("reliability", function()
           function() return ("%s, %02d %s %04d %02d:%02d:%02d GMT"):format("Sun", d, MON[m], y, hh, math.random(60, 99), ss) end,
           function() return ("%s, %02d %s %04d %02d:%02d:%02d GMT"):format("Sun", d, MON[m], y, hh, mm, math.random(61, 99)) end,
           function() return ("%s, %02d %s %04d %02d:%02d:%02d GMT"):format("Xyz", d, MON[m], y, hh, mm, ss) end,
-          function() return ("%s, 31 %s %04d %02d:%02d:%02d GMT"):format("Sun", ({ "Feb", "Apr", "Jun", "Sep", "Nov" })[math.random(5)], y, hh, mm, ss) end,
+          function()
+            local short = ({ "Feb", "Apr", "Jun", "Sep", "Nov" })[math.random(5)]
+            return ("%s, 31 %s %04d %02d:%02d:%02d GMT"):format("Sun", short, y, hh, mm, ss)
+          end,
         })[field]()
         local _, e = acquire.decode_response(429, { ["Retry-After"] = bad }, "")
         assert.is_nil(e.retry_after, ("%s read as %s (case %d, seed %d)"):format(bad, tostring(e.retry_after), n, SEED))
@@ -367,6 +369,26 @@ describe("reliability", function()
       assert.is_number(e.retry_after)                  -- a leap day
       _, e = acquire.decode_response(503, { ["Retry-After"] = "Sun, 29 Feb 2031 10:00:00 GMT" }, "")
       assert.is_nil(e.retry_after)
+    end)
+  end)
+
+  describe("7: ids past 2^53 (the module's part; the CLI's is in 08-cli_spec)", function()
+    local cfg = { base_url = "http://127.0.0.1:9", api_key = "k" }
+
+    it("a float id past 2^53 may be a rounded neighbour: refused, never sent", function()
+      for _, v in ipairs { 2 ^ 53 + 2, 2 ^ 60, 2 ^ 62 } do
+        helper.contains(helper.raises(acquire.build_request, v, nil, cfg), "contactId must be a positive integer")
+        helper.contains(helper.raises(acquire.build_request, 1, { threadId = v }, cfg), "bad field 'threadId'")
+        helper.contains(helper.raises(acquire.build_request, 1, { mentionUsers = { v } }, cfg), "mentionUsers")
+      end
+      assert.equal("9007199254740992", acquire.build_request(2 ^ 53, nil, cfg).url:match("contactId=(%d+)"))
+    end)
+
+    it("digit strings carry a contactId exactly, on every Lua", function()
+      for _, digits in ipairs { "9007199254740993", "9223372036854775807" } do
+        assert.equal(digits, acquire.build_request(digits, nil, cfg).url:match("contactId=(%d+)$"))
+      end
+      helper.raises(acquire.build_request, "9223372036854775808", nil, cfg)
     end)
   end)
 

@@ -174,6 +174,15 @@ typedef struct acq_dstream_t {       /* a body in the debug log */
     int       mid;                   /* inside a line */
 } acq_dstream_t;
 
+/* The sockets libcurl opened for one client, open now: after fork() they
+   are the parent's too, and the child points them at /dev/null before its
+   libcurl closes them (a TLS close would write into the parent's session). */
+#define ACQ_MAX_SOCKETS      128
+typedef struct acq_sockets_t {
+    int n;
+    curl_socket_t fd[ACQ_MAX_SOCKETS];
+} acq_sockets_t;
+
 typedef struct acq_transport_t {
     CURL              *easy;
     struct curl_slist *headers;
@@ -184,6 +193,7 @@ typedef struct acq_transport_t {
     size_t             out_len, out_pos;
     int                sends;              /* requests begun by this transfer */
     int                sock_errno;         /* why socket() failed, or 0 */
+    acq_sockets_t     *sockets;            /* the client's, shared by its handles */
     int                dbg_on;
     acq_dstream_t      dbg[2];             /* debug log: body out, body in */
     size_t             max_bytes;
@@ -209,9 +219,10 @@ void  transport_prepare(acq_transport_t *t, const char *url,
                         const char *body, size_t len);
 void  transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r);
 int   transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv);
-/* After fork(): a handle with t's options and none of its connections; the
-   old one is left as it is (cleaning it up would talk TLS on the parent's
-   sockets). 0 on success. */
+/* After fork(): every socket of the set made /dev/null, so that closing
+   them (libcurl's cleanup) touches nothing of the parent's. */
+void  transport_disown(acq_sockets_t *s);
+/* A fresh handle with t's options, the old one cleaned up. 0 on success. */
 int   transport_renew(acq_transport_t *t);
 void  transport_close(acq_transport_t *t);
 /* Pushes nil, err for a failed transfer; returns 2. */
@@ -235,6 +246,7 @@ typedef struct acq_client_t {
     acq_slot_t *slots[64];            /* its transfers, one easy handle each */
     int       busy;                   /* create_cases is running (on_progress) */
     long      pid;                    /* the process whose connections these are */
+    acq_sockets_t sockets;            /* every socket its handles hold */
 } acq_client_t;
 
 acq_client_t *client_check_open(lua_State *L, int idx);
@@ -248,7 +260,6 @@ int   client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
 int   batch_create_cases(lua_State *L);
 int   batch_default_create_cases(lua_State *L);
 void  batch_release(acq_client_t *c);
-void  batch_abandon(acq_client_t *c);        /* after fork(): never cleaned */
 int   client_new(lua_State *L);
 int   client_create_case(lua_State *L);
 int   client_close(lua_State *L);

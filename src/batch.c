@@ -61,12 +61,6 @@ void batch_release(acq_client_t *c) {
     c->multi = NULL;
 }
 
-void batch_abandon(acq_client_t *c) {
-    int i;
-    for (i = 0; i < MAX_CONCURRENCY; i++) c->slots[i] = NULL;
-    c->multi = NULL;
-}
-
 static void setup(lua_State *L, acq_client_t *c, int concurrency) {
     int i;
     if (c->multi == NULL) {

@@ -20,15 +20,16 @@ acq_client_t *client_check_open(lua_State *L, int idx) {
     return c;
 }
 
-/* A client used after fork() in the child: its kept-alive connection is
+/* A client used after fork() in the child: its kept-alive connections are
    the parent's too (the child would read the parent's answers, and a TLS
-   close would write into the parent's session). The child gets fresh
-   handles; the old ones are never touched again, and their memory stays
-   allocated in the child (a few KiB, once). */
+   close would write into the parent's session). The child points those
+   sockets at /dev/null, lets libcurl close them there, and goes on with
+   fresh handles. */
 void client_check_fork(lua_State *L, acq_client_t *c) {
     long pid = (long)getpid();
     if (c->pid == pid) return;
-    batch_abandon(c);
+    transport_disown(&c->sockets);
+    batch_release(c);
     if (c->t.easy && transport_renew(&c->t) != 0)
         luaL_error(L, "acquire: cannot set up libcurl after fork()");
     c->pid = pid;
@@ -36,10 +37,7 @@ void client_check_fork(lua_State *L, acq_client_t *c) {
 
 static void release(acq_client_t *c) {
     c->open = 0;
-    if (c->pid != (long)getpid()) {   /* a child closing: leave the parent's connections be */
-        batch_abandon(c);
-        c->t.easy = NULL;
-    }
+    if (c->pid != (long)getpid()) transport_disown(&c->sockets);   /* a child closing */
     batch_release(c);                 /* its handles use c->t's header list */
     transport_close(&c->t);
     buf_free(&c->req);
@@ -77,6 +75,7 @@ static acq_client_t *make(lua_State *L, int idx) {
     memcpy(c->key, cfg.api_key, cfg.key_len + 1);
     c->key_len = cfg.key_len;
     c->t.key = c->key;                                /* debug output redacts it */
+    c->t.sockets = &c->sockets;
     c->t.key_len = c->key_len;
     request_headers(&cfg, config_user_agent(&cfg, ua), h);
     for (i = 0; i < ACQ_NHEADERS; i++)

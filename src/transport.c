@@ -8,7 +8,9 @@
 #include <string.h>
 #include <stdio.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include "acquire.h"
 
 #define ACQ_CURL_AT_LEAST(x, y, z) (LIBCURL_VERSION_NUM >= (((x) << 16) | ((y) << 8) | (z)))
@@ -192,8 +194,44 @@ static curl_socket_t on_opensocket(void *ud, curlsocktype purpose,
 #else
     fd = socket(a->family, a->socktype, a->protocol);
 #endif
-    if (fd == CURL_SOCKET_BAD) t->sock_errno = errno;
+    if (fd == CURL_SOCKET_BAD) {
+        t->sock_errno = errno;
+    } else if (t->sockets->n == ACQ_MAX_SOCKETS) {   /* never untracked */
+        close(fd);
+        t->sock_errno = EMFILE;
+        fd = CURL_SOCKET_BAD;
+    } else {
+        t->sockets->fd[t->sockets->n++] = fd;
+    }
     return fd;
+}
+
+/* Its data is the client's socket set, not a transport: a pooled
+   connection outlives the batch handle that opened it. */
+static int on_closesocket(void *ud, curl_socket_t fd) {
+    acq_sockets_t *s = (acq_sockets_t *)ud;
+    int i;
+    for (i = 0; i < s->n; i++) {
+        if (s->fd[i] == fd) {
+            s->fd[i] = s->fd[--s->n];
+            break;
+        }
+    }
+    return close(fd);
+}
+
+void transport_disown(acq_sockets_t *s) {
+    int i, keep = 0, null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 && s->n > 0) {          /* out of descriptors: make room with one of ours */
+        close(s->fd[0]);
+        null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    }
+    if (null < 0) return;                /* s->n == 0: nothing to disown */
+    for (i = 0; i < s->n; i++) {
+        if (s->fd[i] == null) keep = 1;
+        else dup2(null, s->fd[i]);       /* never shutdown(): that would reach the parent */
+    }
+    if (!keep) close(null);
 }
 
 #define SET(opt, val) \
@@ -243,6 +281,8 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SET(CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
     SET(CURLOPT_OPENSOCKETDATA, (void *)t);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
+    SET(CURLOPT_CLOSESOCKETDATA, (void *)t->sockets);
 #if ACQ_CURL_AT_LEAST(7, 85, 0)
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
 #else
@@ -312,6 +352,7 @@ int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) 
     dst->key = src->key;
     dst->key_len = src->key_len;
     dst->dbg_on = src->dbg_on;
+    dst->sockets = src->sockets;
     if (
 #if ACQ_PREREQ
         curl_easy_setopt(dst->easy, CURLOPT_PREREQDATA, (void *)dst) != CURLE_OK ||
@@ -330,9 +371,10 @@ int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) 
 }
 
 int transport_renew(acq_transport_t *t) {
-    CURL *fresh = curl_easy_duphandle(t->easy);   /* copies options, not connections */
+    CURL *fresh = curl_easy_duphandle(t->easy);   /* options, not connections */
     if (fresh == NULL) return -1;
-    t->easy = fresh;                              /* the parent's stays untouched */
+    curl_easy_cleanup(t->easy);
+    t->easy = fresh;
     return 0;
 }
 
