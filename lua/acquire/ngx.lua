@@ -99,7 +99,7 @@ function _M.new(config)
     key = cfg.api_key,
     tls = scheme == "https",
     host = host,                       -- as connect wants it (IPv6 in brackets)
-    literal = host:match("^%[") or host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil,  -- nothing to resolve
+    literal = find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil,  -- no DNS
     name = name,
     port = port,
     host_header = port == default and host or host .. ":" .. port,
