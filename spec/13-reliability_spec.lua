@@ -468,12 +468,19 @@ describe("reliability", function()
       return child_said, res, parent_conn
     end
 
+    -- fn(server) against the suite's server, or a TLS one started (and stopped) for it
+    local function against(tls, fn)
+      local s = tls and helper.start_server{ tls = true } or srv
+      local ok, e = pcall(fn, s)
+      if tls then s:stop() end
+      if not ok then error(e, 0) end
+    end
+
     for _, tls in ipairs { false, true } do
       local what = tls and "https" or "http"
 
       it(what .. ": the child gets its own answer on its own connection; the parent keeps its", function()
-        local s = tls and helper.start_server{ tls = true } or srv
-        local ok, e = pcall(function()
+        against(tls, function(s)
           local child_said, res, parent_conn = fork_round(s, "call")
           assert.equal("child", child_said)
           assert.equal("parent-2", res.data.title)
@@ -482,13 +489,10 @@ describe("reliability", function()
           assert.are_not.equal(parent_conn, reqs[2].connection)   -- the child's
           assert.equal(parent_conn, reqs[3].connection)           -- undisturbed
         end)
-        if tls then s:stop() end
-        if not ok then error(e, 0) end
       end)
 
       it(what .. ": a child that only closes the client leaves the parent's connection be", function()
-        local s = tls and helper.start_server{ tls = true } or srv
-        local ok, e = pcall(function()
+        against(tls, function(s)
           local child_said, res, parent_conn = fork_round(s, "close")
           assert.equal("closed", child_said)
           assert.equal("parent-2", res.data.title)
@@ -496,8 +500,6 @@ describe("reliability", function()
           assert.equal(2, #reqs)
           assert.equal(parent_conn, reqs[2].connection)
         end)
-        if tls then s:stop() end
-        if not ok then error(e, 0) end
       end)
     end
   end)
