@@ -193,6 +193,7 @@ typedef struct acq_transport_t {
     size_t             out_len, out_pos;
     int                sends;              /* requests begun by this transfer */
     int                sock_errno;         /* why socket() failed, or 0 */
+    int                head, head_done;    /* answer: 2 final, 1 1xx; its blank line came */
     acq_sockets_t     *sockets;            /* the client's, shared by its handles */
     int                dbg_on;
     acq_dstream_t      dbg[2];             /* debug log: body out, body in */

@@ -67,6 +67,10 @@ static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
     size_t n = size * nitems;
     if (n >= 5 && memcmp(ptr, "HTTP/", 5) == 0) {
         t->retry_after[0] = '\0';              /* a new response begins */
+        t->head = ptr[n > 9 ? 9 : 0] == '1' ? 1 : 2;   /* 1xx: another head follows */
+        t->head_done = 0;
+    } else if ((n == 2 && ptr[0] == '\r' && ptr[1] == '\n') || (n == 1 && ptr[0] == '\n')) {
+        if (t->head == 2) t->head_done = 1;    /* the final answer's head is whole */
     } else if (n > 12 && strncasecmp(ptr, "retry-after:", 12) == 0) {
         size_t i = 12, j = 0;
         while (i < n && (ptr[i] == ' ' || ptr[i] == '\t')) i++;
@@ -313,6 +317,7 @@ void transport_prepare(acq_transport_t *t, const char *url, const char *body,
     t->out_pos = 0;
     t->sends = 0;
     t->sock_errno = 0;
+    t->head = t->head_done = 0;
     curl_easy_setopt(t->easy, CURLOPT_URL, url);          /* libcurl copies it */
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 #if ACQ_PREREQ
@@ -333,6 +338,14 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
     r->maybe_sent = t->sends > 0 || sent > 0 || r->status > 0;
+    /* libcurl 7.88 returns CURLE_OK for an answer cut inside its header
+       block (the status line and some headers, then FIN): that is no
+       answer to act on (a "429 Retry-After: 0" cut short would be resent) */
+    if (code == CURLE_OK && !t->head_done) {
+        r->code = CURLE_PARTIAL_FILE;
+        snprintf(t->errbuf, sizeof t->errbuf,
+                 "the connection closed inside the answer's header block");
+    }
     if (t->dbg_on) debug_flush(t);
 }
 
