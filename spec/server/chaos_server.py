@@ -119,8 +119,10 @@ FULL = {"keepalive", "close", "eof_body", "chunked", "continue100", "trickle", "
 # retry_ok: a 429/503 with Retry-After: 0 went out complete and readable, so a
 # client may send the request again: a FULL delivery; cl_te (RFC 9112 6.3:
 # Transfer-Encoding overrides Content-Length, and the chunked body is whole);
-# garbage(http2), an "HTTP/2 429" status line, which libcurl reads as one.
-READABLE = FULL | {"cl_te"}
+# cl_dup (one of the two Content-Lengths frames the whole body, and libcurl
+# takes the last one); garbage(http2), an "HTTP/2 429" status line, which
+# libcurl reads as one. Not an answer cut anywhere, not even in its head.
+READABLE = FULL | {"cl_te", "cl_dup"}
 READABLE_GARBAGE = {"http2"}
 HEADERS_ONLY = {"headers_only_fin", "headers_only_rst"}
 
