@@ -5,6 +5,8 @@
 --   CHAOS_SEED=n   the seed (default: the time; printed in every failure)
 --   CHAOS_CALLS=n  calls in all, shared among the three paths (default 1000)
 --   CHAOS_VERBOSE=1  prints what the server did, counted by delivery
+--   CHAOS_DUMP=file  on a failure, writes every call and reception there
+--   CHAOS_DEBUG=1    the client's debug = true (the exchanges on stderr)
 local acquire = require "acquire"
 local chaos = require "spec.chaos"
 
@@ -30,6 +32,7 @@ describe("chaos #chaos", function()
     local log = chaos.log(srv)
     if os.getenv("CHAOS_VERBOSE") then io.stderr:write("\n", chaos.tally(log), "\n") end
     local ok, why = chaos.check(calls, log, SEED)
+    if not ok and os.getenv("CHAOS_DUMP") then chaos.dump(os.getenv("CHAOS_DUMP"), calls, log) end
     assert(ok, why)
     return log
   end

@@ -67,7 +67,7 @@ end
 -- The client's configuration against srv.
 function chaos.client_config(srv)
   return { base_url = srv.base_url, api_key = srv.key, timeout = 1, connect_timeout = 1,
-           max_retries = 2 }
+           max_retries = 2, debug = os.getenv("CHAOS_DEBUG") ~= nil }
 end
 
 -- How long one call may take: every attempt's timeout, the backoff's
@@ -229,6 +229,17 @@ function chaos.check(calls, log, seed, max_shown)
       table.insert(by_marker[r.marker], r)
     end
   end
+  -- each reception's predecessor on its connection, for context
+  local before, last_on = {}, {}
+  local ordered = {}
+  for _, r in ipairs(log) do ordered[#ordered + 1] = r end
+  table.sort(ordered, function(x, y) return x.seq < y.seq end)
+  for _, r in ipairs(ordered) do
+    if r.conn then
+      before[r] = last_on[r.conn]
+      last_on[r.conn] = r
+    end
+  end
   local failed, report = 0, {}
   for _, call in ipairs(calls) do
     local recs = by_marker[call.marker] or {}
@@ -241,7 +252,14 @@ function chaos.check(calls, log, seed, max_shown)
         for _, s in ipairs(p) do report[#report + 1] = "    " .. s end
         report[#report + 1] = "    client: " .. describe_client(call)
         if #recs == 0 then report[#report + 1] = "    server: no reception" end
-        for _, r in ipairs(recs) do report[#report + 1] = "    server: " .. describe_rec(r) end
+        for _, r in ipairs(recs) do
+          local prev = before[r]
+          if prev and prev.marker ~= call.marker then
+            report[#report + 1] = ("    server: (before it on conn %s: %s, %s)")
+              :format(num(r.conn), tostring(prev.marker), describe_rec(prev))
+          end
+          report[#report + 1] = "    server: " .. describe_rec(r)
+        end
       end
     end
   end
@@ -253,7 +271,17 @@ function chaos.check(calls, log, seed, max_shown)
   return false, table.concat(report, "\n")
 end
 
--- What the receptions were, counted by decision/delivery: for a summary line.
+-- Appends every call and every reception to path, one a line (CHAOS_DUMP).
+function chaos.dump(path, calls, log)
+  local f = assert(io.open(path, "a"))
+  for _, call in ipairs(calls) do
+    f:write("call ", call.marker, " ", call.path, ": ", describe_client(call), "\n")
+  end
+  for _, r in ipairs(log) do f:write("reception ", tostring(r.marker), " ", describe_rec(r), "\n") end
+  f:close()
+end
+
+-- What the receptions were, counted by delivery: for a summary line.
 function chaos.tally(log)
   local n, by = 0, {}
   for _, r in ipairs(log) do
