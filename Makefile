@@ -57,8 +57,14 @@ check-exports: $(MOD)
 	if ldd $(MOD) | grep -q liblua; then echo "acquire.so links liblua"; exit 1; fi; \
 	echo "exports: $$syms; no liblua: ok"
 
+# fork() and friends for the specs (spec/support/testposix.c), per Lua.
+TESTPOSIX := .tmp/spec-$(LUA)/testposix.so
+$(TESTPOSIX): spec/support/testposix.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC $(LUA_CFLAGS) $< $(LIBFLAG) -o $@
+
 test: deps
-	$(MAKE) build check-exports
+	$(MAKE) build check-exports $(TESTPOSIX)
 	LUA_BIN=$(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
 
 # The whole suite on every Lua; the rock and nginx specs (which do not

@@ -35,6 +35,7 @@ build = {
             "src/config.c",
             "src/error.c",
             "src/policy.c",
+            "src/redact.c",
             "src/request.c",
             "src/response.c",
             "src/transport.c",

@@ -10,6 +10,7 @@
  *   src/response.c   status, headers, body -> res | nil, err (lua-cjson)
  *   src/policy.c     retry or give up
  *   src/error.c      the err table
+ *   src/redact.c     the key out of errors and logs, raw or JSON-escaped
  *   src/client.c     acquire.Client: request -> transport -> response
  *   src/batch.c      create_cases: many at once on a curl multi handle
  *   src/buffer.c     C-owned byte buffers
@@ -32,6 +33,7 @@ static const luaL_Reg module_functions[] = {
     { "build_request", request_l_build },
     { "decode_response", response_l_decode },
     { "retry_after", policy_l_retry_after },
+    { "redact", redact_l_redact },
     { NULL, NULL }
 };
 

@@ -2,8 +2,9 @@
 # Debian's luajit2): it needs acquire.so built against LuaJIT's headers, kept apart from
 # ./acquire.so. Never linked with libluajit: nginx's Lua module provides the symbols.
 #   make .tmp/luajit/acquire.so   that build (acquire-luajit.so is the same target)
-#   make test-ngx                 spec/07-ngx_spec.lua: a real nginx against the local server
-NGX_PKGS          := nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev lua-cjson lua-socket curl
+#   make test-ngx                 spec/07-ngx_spec.lua: a real nginx against the local server;
+#                                 spec/12-h2_spec.lua: batches through nginx's connection rotation
+NGX_PKGS          := nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev lua-cjson lua-socket curl openssl
 NGX_LUAJIT_CFLAGS ?= $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
 
 .tmp/luajit/acquire.so: $(SRC) $(HDR)
@@ -17,4 +18,4 @@ acquire-luajit.so: .tmp/luajit/acquire.so
 test-ngx: deps
 	@./scripts/deps.sh $(NGX_PKGS)
 	$(MAKE) --no-print-directory build .tmp/luajit/acquire.so
-	$(BUSTED) --tags=ngx $(BUSTED_ARGS) spec/07-ngx_spec.lua
+	$(BUSTED) --tags=ngx $(BUSTED_ARGS) spec/07-ngx_spec.lua spec/12-h2_spec.lua

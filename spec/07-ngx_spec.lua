@@ -2,40 +2,18 @@
 -- against the local Acquire server through cosockets: the same results and errors as the
 -- libcurl client (the two are compared call for call), keep-alive pools, retries, TLS, the
 -- server's misbehaviours, and 20 concurrent requests on one worker that do not wait for each
--- other. The handler takes a JSON body { contact, opts, config } and answers
+-- other; nginx's resolver, silent or answering, and timeout holding the call to its bound; the
+-- debug log against a server that echoes the key. The launcher is spec/nginx.lua.
+-- The handler takes a JSON body { contact, opts, config } and answers
 -- { ok, res } | { ok = false, err, text = tostring(err) } | { raised = message }.
 local acquire = require "acquire"
 local helper = require "spec.helper"
+local launcher = require "spec.nginx"
 local cjson = require "cjson"
 local socket = require "socket"
-local http = require "socket.http"
-local ltn12 = require "ltn12"
 
 local ROOT = helper.repo_root
-local MODULES = "/usr/lib/nginx/modules"
-
-local function sh(cmd)
-  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"@@EXIT:$?\""))
-  local out = p:read("*a")
-  p:close()
-  local text, code = out:match("^(.*)@@EXIT:(%d+)\n$")
-  return text, tonumber(code)
-end
-
-local function alive(pid)
-  local r = os.execute("kill -0 " .. pid .. " 2>/dev/null")
-  return r == true or r == 0
-end
-
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
--- ---- nginx ------------------------------------------------------------------------------
+local slurp, sh = launcher.slurp, launcher.sh
 
 -- The handler: one acquire.ngx client per request (the pool is nginx's, per worker).
 local HANDLER = [[
@@ -66,191 +44,25 @@ local HANDLER = [[
     ngx.say(cjson.encode(out))
 ]]
 
--- Started as root, nginx runs its workers as nobody, who may not read a checkout under /root:
--- run them as root (a loopback test server). Otherwise nginx keeps the user it has.
-local function run_as()
-  local p = io.popen("id -u")
-  local uid = p:read("*l")
-  p:close()
-  return uid == "0" and "user root;\n" or ""
-end
-
--- nginx's temporary directories, in the prefix (Debian's defaults are under /var/lib/nginx)
-local function temp_paths(n)
-  local out = {}
-  for _, d in ipairs { "client_body", "proxy", "fastcgi", "uwsgi", "scgi" } do
-    out[#out + 1] = ("  %s_temp_path %s/tmp/%s;"):format(d, n.prefix, d)
-  end
-  return table.concat(out, "\n")
-end
-
 local function conf_text(n, o)
-  return run_as() .. ([[
-load_module %s/ndk_http_module.so;
-load_module %s/ngx_http_lua_module.so;
-daemon off;
-master_process on;
-worker_processes 1;
-error_log %s/error.log info;
-pid %s/nginx.pid;
-env ACQUIRE_API_KEY;
-events { worker_connections 256; }
-http {
-  access_log off;
-%s
-  lua_package_path "%s/lua/?.lua;;";
-  lua_package_cpath "%s/.tmp/luajit/?.so;/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
+  return launcher.config(n, { http = ([[
   lua_ssl_trusted_certificate %s;
   lua_ssl_verify_depth 2;
+%s
   server {
     listen 127.0.0.1:%d;
     set $acquire_base_url "%s";
     location = /case { content_by_lua_block { %s } }
-  }
-}
-]]):format(MODULES, MODULES, n.prefix, n.prefix, temp_paths(n), ROOT, ROOT, o.trusted, n.port, o.base_url, HANDLER)
+  }]]):format(o.trusted, o.http or "", n.port, o.base_url, HANDLER) })
 end
 
--- Stops nginx (master, then any worker left) and removes its prefix. Safe to call twice.
-local function stop_nginx(n)
-  if not n or n.stopped then return end
-  n.stopped = true
-  if n.pid then
-    local kids = slurp(("/proc/%d/task/%d/children"):format(n.pid, n.pid))
-    os.execute("kill " .. n.pid .. " 2>/dev/null")
-    for _ = 1, 100 do
-      if not alive(n.pid) then break end
-      socket.sleep(0.05)
-    end
-    if alive(n.pid) then os.execute("kill -9 " .. n.pid .. " 2>/dev/null") end
-    for kid in kids:gmatch("%d+") do os.execute("kill -9 " .. kid .. " 2>/dev/null") end
-  end
-  if n.prefix and n.prefix:match("/tmp%.%w+$") then os.execute('rm -rf "' .. n.prefix .. '"') end
-end
-
-local function launch(n, conf, env)
-  for _, m in ipairs { "ndk_http_module.so", "ngx_http_lua_module.so" } do
-    assert(io.open(MODULES .. "/" .. m), "no " .. MODULES .. "/" .. m
-      .. ": make test-ngx installs nginx and libnginx-mod-http-lua"):close()
-  end
-  local out, code = sh("cd '" .. ROOT .. "' && make -s .tmp/luajit/acquire.so")
-  assert(code == 0, "building the LuaJIT module failed:\n" .. out)
-  os.execute("chmod 755 " .. n.prefix .. " && mkdir -p " .. n.prefix .. "/tmp")
-  local f = assert(io.open(n.prefix .. "/nginx.conf", "w"))
-  f:write(conf)
-  f:close()
-  local p = assert(io.popen(("%s nginx -p %s/ -c %s/nginx.conf -e %s/error.log </dev/null >%s/stdout 2>&1 & echo $!")
-    :format(env or "", n.prefix, n.prefix, n.prefix, n.prefix)))
-  n.pid = tonumber(p:read("*l"))
-  p:close()
-  assert(n.pid, "nginx did not start")
-  for _ = 1, 200 do
-    if not alive(n.pid) then break end
-    local s = socket.tcp()
-    s:settimeout(0.2)
-    local ok = s:connect("127.0.0.1", n.port)
-    s:close()
-    if ok then return end
-    socket.sleep(0.05)
-  end
-  error("nginx did not come up on port " .. n.port .. ":\n" .. slurp(n.prefix .. "/stdout")
-    .. slurp(n.prefix .. "/error.log"))
-end
-
--- Starts nginx with conf_fn(n) as its config; n = { prefix, port, pid, url }. On any failure
--- it is stopped before the error propagates; otherwise the caller's teardown stops it.
-local function start_nginx(conf_fn, env)
-  local n = { prefix = helper.tmpdir(), port = helper.free_port() }
-  n.url = "http://127.0.0.1:" .. n.port
-  local ok, err = pcall(launch, n, conf_fn(n), env)
-  if not ok then
-    stop_nginx(n)
-    error(err, 0)
-  end
-  return n
-end
-
-local function post(url, body)
-  local chunks = {}
-  local _, code = http.request {
-    url = url, method = "POST",
-    source = ltn12.source.string(body),
-    headers = { ["content-type"] = "application/json", ["content-length"] = #body },
-    sink = ltn12.sink.table(chunks),
-    create = function()                       -- a stuck handler fails the spec in 15 s, not 60
-      local s = socket.tcp()
-      s:settimeout(15)
-      return s
-    end,
-  }
-  return code, table.concat(chunks)
-end
-
--- A raw HTTP server for framings the local Acquire server does not produce: it answers the
--- requests it reads, in order, with the given bytes ({ raw = "...", close = true? }), and
--- counts its connections.
-local RAW_SERVER = [==[
-import json, socket, sys, threading
-answers = json.load(open(sys.argv[1]))
-lock, state = threading.Lock(), {"next": 0, "conns": 0}
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", 0))
-srv.listen(32)
-with open(sys.argv[2] + ".tmp", "w") as f:
-    f.write(str(srv.getsockname()[1]))
-import os; os.rename(sys.argv[2] + ".tmp", sys.argv[2])
-def serve(c):
-    f = c.makefile("rb")
-    while True:
-        line, n = f.readline(), 0
-        if not line:
-            break
-        while line not in (b"\r\n", b"\n", b""):
-            if line.lower().startswith(b"content-length:"):
-                n = int(line.split(b":")[1])
-            line = f.readline()
-        f.read(n)
-        with lock:
-            a = answers[state["next"]]
-            state["next"] += 1
-        c.sendall(a["raw"].encode("latin-1"))
-        if a.get("close"):
-            break
-    c.close()
-while True:
-    c, _ = srv.accept()
-    with lock:
-        state["conns"] += 1
-        with open(sys.argv[3], "w") as f:
-            f.write(str(state["conns"]))
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-]==]
-
-local function raw_server(answers)
-  local dir = helper.tmpdir()
-  local f = assert(io.open(dir .. "/server.py", "w"))
-  f:write(RAW_SERVER)
-  f:close()
-  f = assert(io.open(dir .. "/answers.json", "w"))
-  f:write(cjson.encode(answers))
-  f:close()
-  local p = assert(io.popen(('%s %s/server.py %s/answers.json %s/port %s/conns </dev/null >%s/log 2>&1 & echo $!')
-    :format(os.getenv("PYTHON") or "python3", dir, dir, dir, dir, dir)))
-  local rs = { pid = tonumber(p:read("*l")), dir = dir }
-  p:close()
-  function rs.stop()
-    if rs.pid then os.execute("kill " .. rs.pid .. " 2>/dev/null") end
-    os.execute('rm -rf "' .. dir .. '"')
-  end
-  function rs.conns() return tonumber(slurp(dir .. "/conns")) or 0 end
-  for _ = 1, 250 do
-    rs.port = tonumber(slurp(dir .. "/port"))
-    if rs.port then return rs end
-    socket.sleep(0.02)
-  end
-  rs.stop()
-  error("the raw server did not start: " .. slurp(dir .. "/log"))
+-- The handler's answer to q (a table or JSON text), decoded; any other answer fails the spec.
+local function call_on(nginx, q, timeout)
+  local code, out = nginx:post("/case", type(q) == "string" and q or cjson.encode(q or {}), timeout)
+  local ok, doc = pcall(cjson.decode, out)
+  assert(code == 200 and ok, ("nginx answered %s: %s\n%s"):format(tostring(code), out,
+    slurp(nginx.prefix .. "/error.log"):sub(-3000)))
+  return doc
 end
 
 local SMALL = '{"data":{"id":1}}'
@@ -263,13 +75,7 @@ end
 describe("acquire.ngx in nginx #ngx", function()
   local srv, tls, untrusted, nginx
 
-  local function call(q)
-    local code, out = post(nginx.url .. "/case", type(q) == "string" and q or cjson.encode(q or {}))
-    local ok, doc = pcall(cjson.decode, out)
-    assert(code == 200 and ok, ("nginx answered %s: %s\n%s"):format(tostring(code), out,
-      slurp(nginx.prefix .. "/error.log"):sub(-3000)))
-    return doc
-  end
+  local function call(q) return call_on(nginx, q) end
 
   -- The same call through the libcurl client.
   local function plain(contact, opts, config)
@@ -296,13 +102,13 @@ describe("acquire.ngx in nginx #ngx", function()
     srv = helper.start_server()
     tls = helper.start_server { tls = true }
     untrusted = helper.start_server { tls = true }
-    nginx = start_nginx(function(n)
+    nginx = launcher.start(function(n)
       return conf_text(n, { base_url = srv.base_url, trusted = tls.ca_file })
-    end, "ACQUIRE_API_KEY=" .. srv.key)
+    end, { env = "ACQUIRE_API_KEY=" .. srv.key })
   end)
 
   teardown(function()
-    stop_nginx(nginx)
+    launcher.stop(nginx)
     for _, s in ipairs { srv, tls, untrusted } do if s then s:stop() end end
   end)
 
@@ -541,7 +347,7 @@ describe("acquire.ngx in nginx #ngx", function()
     it("chunked with extensions and trailers, kept alive", function()
       local chunked = ok_answer("Transfer-Encoding: chunked\r\n",
         '5;name="x"\r\n{"dat\r\n0C \r\na":{"id":1}}\r\n0\r\nX-Trailer: yes\r\nX-Other: 1\r\n\r\n')
-      rs = raw_server { chunked, chunked, ok_answer("Content-Length: 17\r\n") }
+      rs = launcher.raw_server { chunked, chunked, ok_answer("Content-Length: 17\r\n") }
       for _ = 1, 3 do
         local doc = via()
         assert.is_true(doc.ok, cjson.encode(doc))
@@ -551,7 +357,7 @@ describe("acquire.ngx in nginx #ngx", function()
     end)
 
     it("skips 1xx answers; HTTP/1.0 and unframed bodies are read to the end, never pooled", function()
-      rs = raw_server {
+      rs = launcher.raw_server {
         { raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n" .. SMALL },
         { raw = "HTTP/1.0 200 OK\r\nContent-Length: 17\r\n\r\n" .. SMALL },
         { raw = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" .. SMALL, close = true },
@@ -567,7 +373,7 @@ describe("acquire.ngx in nginx #ngx", function()
     end)
 
     it("malformed answers are network errors after the request was sent", function()
-      rs = raw_server {
+      rs = launcher.raw_server {
         { raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", close = true },
         { raw = "HTTP/1.1 200 OK\r\nContent-Length: 17\r\nContent-Length: 18\r\n\r\n" .. SMALL, close = true },
         { raw = "HTTP/1.1 200 OK\r\nX-Big: " .. ("x"):rep(70000) .. "\r\n\r\n", close = true },
@@ -584,7 +390,7 @@ describe("acquire.ngx in nginx #ngx", function()
 
     it("max_response_bytes holds for chunked and unframed bodies", function()
       local big = '{"p":"' .. ("x"):rep(2000) .. '"}'
-      rs = raw_server {
+      rs = launcher.raw_server {
         ok_answer("Transfer-Encoding: chunked\r\n", ("%x\r\n%s\r\n0\r\n\r\n"):format(#big, big)),
         { raw = "HTTP/1.1 200 OK\r\n\r\n" .. big, close = true },
         ok_answer("Content-Length: " .. #big .. "\r\n", big),
@@ -594,6 +400,53 @@ describe("acquire.ngx in nginx #ngx", function()
         assert.is_false(doc.ok, cjson.encode(doc))
         assert.equal("acquire: http 200: response body exceeds max_response_bytes (1024)", doc.text)
       end
+    end)
+  end)
+
+  describe("the debug log, against a server that echoes the key", function()
+    local rs
+    after_each(function() if rs then rs.stop() end end)
+
+    -- s with JSON's escapes read (\/ \" \\ \uXXXX), so no spelling of the key hides in it
+    local function unescaped(s)
+      return (s:gsub("\\u(%x%x%x%x)", function(h)
+        local n = tonumber(h, 16)
+        return n < 128 and string.char(n) or nil
+      end):gsub("\\([/\"\\])", "%1"))
+    end
+
+    it("never holds the key in any form, even split across TCP writes and chunks", function()
+      local KEY = "ab/cd+ef=="                                -- JSON writes it ab\/cd+ef==
+      local body = '{"data":{"id":1,"echo":"ab\\/cd+ef==","u":"ab\\u002Fcd+ef==",'
+        .. '"l":"\\u0061b\\u002fcd\\u002bef=="}}'
+      local cut = body:find("cd+", 1, true)                   -- inside the first echo
+      local err = '{"type":"E","message":"bad key ab\\/cd+ef=="}'
+      rs = launcher.raw_server {
+        { parts = { "HTTP/1.1 200 OK\r\nContent-Length: " .. #body .. "\r\nX-Echo: ab\\/c",
+                    "d+ef==\r\n\r\n" .. body:sub(1, cut), body:sub(cut + 1) } },
+        { parts = { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    ("%x\r\n%s\r\n"):format(cut, body:sub(1, cut)),
+                    ("%x\r\n%s\r\n0\r\n\r\n"):format(#body - cut, body:sub(cut + 1)) } },
+        { parts = { "HTTP/1.1 500 Oops\r\nContent-Length: " .. #err .. "\r\n\r\n" .. err:sub(1, 30),
+                    err:sub(31) } },
+      }
+      local before = #nginx:log()
+      local config = { base_url = "http://127.0.0.1:" .. rs.port, api_key = KEY, debug = true }
+      for _ = 1, 2 do
+        local doc = call { config = config }
+        assert.is_true(doc.ok, cjson.encode(doc))
+        assert.equal(KEY, doc.res.data.echo)                  -- the caller gets its data as sent
+      end
+      local doc = call { config = config }
+      assert.same({ false, 500 }, { doc.ok, doc.err.status })
+      assert.equal("acquire: http 500 E: bad key [REDACTED]", doc.text)
+      local text = nginx:log():sub(before + 1)
+      assert.matches("acquire: < 200 ", text, 1, true)         -- the exchanges were logged
+      assert.matches("acquire: < 500 ", text, 1, true)
+      assert.matches("[REDACTED]", text, 1, true)
+      assert.is_nil(text:find(KEY, 1, true), text)
+      assert.is_nil(unescaped(text):find(KEY, 1, true), text)
+      assert.is_nil(text:find("cd+ef", 1, true), text)         -- nor a piece of it
     end)
   end)
 
@@ -651,6 +504,69 @@ describe("acquire.ngx in nginx #ngx", function()
   end)
 end)
 
+describe("acquire.ngx and nginx's resolver #ngx", function()
+  local dns, nginx, srv
+  local BASE = "http://acquire-dns-test.example:9"     -- never resolved: the server is silent
+
+  setup(function()
+    srv = helper.start_server()
+    dns = launcher.dns { ["acquire-dns-ok.example"] = "127.0.0.1" }
+    nginx = launcher.start(function(n)
+      -- resolver_timeout is longer than any timeout below: only acquire.ngx can keep to them
+      return conf_text(n, { base_url = BASE, trusted = "/etc/ssl/certs/ca-certificates.crt",
+        http = ("  resolver 127.0.0.1:%d ipv6=off;\n  resolver_timeout 4s;"):format(dns.port) })
+    end, { env = "ACQUIRE_API_KEY=" .. srv.key })
+  end)
+  teardown(function()
+    launcher.stop(nginx)
+    if dns then dns.stop() end
+    if srv then srv:stop() end
+  end)
+
+  local function timed(config)
+    local t0 = socket.gettime()
+    local doc = call_on(nginx, { config = config }, 30)
+    return doc, socket.gettime() - t0
+  end
+
+  it("timeout bounds the name's resolution: kind timeout, within timeout, no retry past it", function()
+    local doc, took = timed { timeout = 2 }
+    assert.is_false(doc.ok, cjson.encode(doc))
+    assert.same({ "timeout", false, 1 }, { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
+    assert.equal("acquire: timeout: connecting to acquire-dns-test.example:9 timed out", doc.text)
+    assert.is_true(took >= 1.9 and took < 2.5, "took " .. took .. " s")
+    assert.is_true(dns.queries() >= 1, "nginx never asked the DNS server")
+  end)
+
+  it("a shorter connect_timeout is retried, within the timeout", function()
+    local doc, took = timed { timeout = 2, connect_timeout = 0.5 }
+    assert.is_false(doc.ok, cjson.encode(doc))
+    assert.same({ "timeout", false }, { doc.err.kind, doc.err.maybe_created })
+    assert.is_true(doc.err.attempts >= 2, "attempts: " .. doc.err.attempts)
+    assert.is_true(took < 2.5, "took " .. took .. " s")
+  end)
+
+  it("a name that resolves: connected by a light thread, then used and pooled by the call", function()
+    local base = "http://acquire-dns-ok.example:" .. srv.port
+    for _ = 1, 3 do
+      local doc = call_on(nginx, { config = { base_url = base, timeout = 2 } })
+      assert.is_true(doc.ok, cjson.encode(doc))
+      assert.equal(2071, doc.res.data.id)
+    end
+    assert.equal("acquire-dns-ok.example:" .. srv.port, srv:last_request().headers.host)
+    assert.same({ 3, 1 }, { srv:stats().requests, srv:stats().connections })
+  end)
+
+  it("leaves nginx sound: its worker answers, and logged no alert", function()
+    local doc = call_on(nginx, { config = { base_url = "http://127.0.0.1:" .. helper.free_port(),
+                                            max_retries = 0 } })
+    assert.same({ false, "network" }, { doc.ok, doc.err.kind })
+    local log = nginx:log()
+    assert.is_nil(log:find("[alert]", 1, true), log)
+    assert.is_nil(log:find("runtime error", 1, true), log)
+  end)
+end)
+
 describe("examples/nginx.conf #ngx", function()
   local srv, nginx
 
@@ -658,7 +574,7 @@ describe("examples/nginx.conf #ngx", function()
     srv = helper.start_server()
   end)
   teardown(function()
-    stop_nginx(nginx)
+    launcher.stop(nginx)
     if srv then srv:stop() end
   end)
 
@@ -669,24 +585,24 @@ describe("examples/nginx.conf #ngx", function()
       assert(s, "examples/nginx.conf no longer has: " .. from)
       conf = conf:sub(1, s - 1) .. to .. conf:sub(e + 1)
     end
-    nginx = start_nginx(function(n)
+    nginx = launcher.start(function(n)
       sub1("listen 8080;", "listen 127.0.0.1:" .. n.port .. ";")
       sub1('account_id = "mycompany",', ('base_url = "%s",'):format(srv.base_url))
       sub1('"/usr/local/share/lua/5.1/?.lua;;"', '"' .. ROOT .. '/lua/?.lua;;"')
       sub1('"/usr/local/lib/lua/5.1/?.so;', '"' .. ROOT .. '/.tmp/luajit/?.so;')
       sub1("worker_processes auto;", ("%sworker_processes 1;\npid %s/nginx.pid;\ndaemon off;")
-        :format(run_as(), n.prefix))
-      sub1("http {", "http {\n    access_log off;\n" .. temp_paths(n))
+        :format(launcher.run_as(), n.prefix))
+      sub1("http {", "http {\n    access_log off;\n" .. launcher.temp_paths(n))
       return conf
-    end, "ACQUIRE_API_KEY=" .. srv.key)
-    local code, out = post(nginx.url .. "/cases?contact=597752", '{"title":"Refund"}')
+    end, { env = "ACQUIRE_API_KEY=" .. srv.key })
+    local code, out = nginx:post("/cases?contact=597752", '{"title":"Refund"}')
     assert.equal(200, code, out .. slurp(nginx.prefix .. "/error.log"))
     assert.same({ id = 2071, status = "active" }, cjson.decode(out))
     assert.equal('{"title":"Refund"}', srv:last_request().body)
-    code, out = post(nginx.url .. "/cases?contact=1", "{}")
+    code, out = nginx:post("/cases?contact=1", "{}")
     assert.equal(422, code, out)
     assert.same({ error = "http", status = 404, maybe_created = false }, cjson.decode(out))
-    code, out = post(nginx.url .. "/cases?contact=597752", '{"agentId":"x"}')
+    code, out = nginx:post("/cases?contact=597752", '{"agentId":"x"}')
     assert.equal(400, code, out)
     assert.matches("bad field 'agentId'", out, 1, true)
   end)

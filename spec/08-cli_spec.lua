@@ -544,6 +544,278 @@ describe("bin/acquire-case", function()
     end)
   end)
 
+  describe("numbers a double cannot carry", function()
+    -- lua-cjson decodes every JSON number as a double, exact only up to 2^53:
+    -- 9007199254740993 would become ...992, another contact. Each id either
+    -- reaches the server in exactly its digits, or is refused (exit 2, the
+    -- field named, nothing sent): never rounded.
+    local INT64 = math.type ~= nil and math.maxinteger == 9223372036854775807
+    local IDS = {   -- name, digits, carried as a 64-bit integer
+      { "2^53+1", "9007199254740993", true },
+      { "2^63-1", "9223372036854775807", true },
+      { "2^64", "18446744073709551616", false },
+      { "-(2^53+1)", "-9007199254740993", false },
+    }
+
+    local function results(out)
+      local list = {}
+      for line in out:gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
+      return list
+    end
+
+    -- The requests whose raw query or body contain text.
+    local function sent_with(reqs, text)
+      local found = {}
+      for _, q in ipairs(reqs) do
+        if ("?" .. q.raw_query .. "&"):find(text, 1, true) or q.body:find(text, 1, true) then
+          found[#found + 1] = q
+        end
+      end
+      return found
+    end
+
+    -- r exited 2 naming each of what (and the digits) with nothing sent, or
+    -- the digits reached the server as text (once). Returns "refused" or "sent".
+    local function exact_or_refused(r, what, digits, text, label)
+      if r.code == 2 then
+        one_line(r.err)
+        for _, w in ipairs(what) do contains(r.err, w) end
+        contains(r.err, digits)
+        assert.equal("", r.out)
+        nothing_sent()
+        return "refused"
+      end
+      local reqs = srv:requests()
+      assert.is_true(#reqs >= 1, label .. ": nothing sent, exit " .. r.code .. ": " .. r.err)
+      assert.equal(1, #sent_with(reqs, text), label .. ": " .. text .. " not sent exactly once")
+      return "sent"
+    end
+
+    it("a --batch contactId arrives in its exact digits on every Lua, or is refused", function()
+      for _, id in ipairs(IDS) do
+        srv:reset()
+        local r = run({ "--batch" }, env, '597752\n{"contactId": ' .. id[2] .. '}\n')
+        local got = exact_or_refused(r, { "line 2: contactId" }, id[2], "?contactId=" .. id[2] .. "&", id[1])
+        -- the module takes a contact id as digits, up to 2^63-1, on every Lua
+        assert.equal(id[3] and "sent" or "refused", got, id[1])
+        if got == "sent" then
+          assert.equal(3, r.code, r.err)                    -- that contact does not exist: 404
+          local list = results(r.out)
+          assert.equal(id[2], list[2].contactId)            -- the result names it exactly too
+          assert.is_false(list[2].ok)
+          assert.equal(2, #srv:requests())
+        end
+      end
+    end)
+
+    it("a --batch threadId arrives exactly where Lua has 64-bit integers, else is refused", function()
+      for _, id in ipairs(IDS) do
+        srv:reset()
+        local r = run({ "--batch" }, env,
+          '597752\n{"contactId": 597752, "threadId": ' .. id[2] .. ', "sessionId": 1}\n')
+        local got = exact_or_refused(r, { "line 2: ", "threadId" }, id[2], '"threadId":' .. id[2] .. ",", id[1])
+        if id[2]:sub(1, 1) == "-" and got == "refused" then
+          -- refused by the CLI (no integer for it) or by the module (negative)
+          assert.is_truthy(r.err:find("cannot be carried exactly", 1, true)
+            or r.err:find("non-negative integer expected", 1, true), r.err)
+        end
+        assert.equal(INT64 and id[3] and "sent" or "refused", got, id[1])
+      end
+    end)
+
+    it("--json threadId and sessionId: exact where Lua has 64-bit integers, else refused", function()
+      for _, field in ipairs({ "threadId", "sessionId" }) do
+        for _, id in ipairs(IDS) do
+          srv:reset()
+          local other = field == "threadId" and "sessionId" or "threadId"
+          local r = run({ CONTACT, "--json", "-" }, env,
+            ('{"%s": %s, "%s": 1}'):format(field, id[2], other))
+          local got = exact_or_refused(r, { field }, id[2], '"' .. field .. '":' .. id[2], field .. " " .. id[1])
+          if got == "refused" and id[3] then
+            assert.equal("acquire-case: --json -: " .. field .. " " .. id[2]
+              .. " cannot be carried exactly (integers beyond 2^53: this Lua has no 64-bit integers)\n",
+              r.err)
+          end
+          assert.equal(INT64 and id[3] and "sent" or "refused", got, field .. " " .. id[1])
+          if got == "sent" then assert.equal(0, r.code, r.err) end
+        end
+      end
+    end)
+
+    it("mentionUsers: numbers are sent as their digits (a string) on every Lua", function()
+      for _, id in ipairs(IDS) do
+        srv:reset()
+        local r = run({ CONTACT, "--json", "-" }, env, '{"mentionUsers": [7, ' .. id[2] .. ']}')
+        assert.equal(0, r.code, r.err)
+        assert.equal('{"mentionUsers":["7","' .. id[2] .. '"]}', srv:last_request().body)
+      end
+    end)
+
+    it("--agent and --route-agent digits: exact, or refused where Lua has no 64-bit integers", function()
+      for _, flag in ipairs({ "--agent", "--route-agent" }) do
+        local key = flag == "--agent" and "agentId" or "routeAgentId"
+        for _, digits in ipairs({ "9007199254740993", "9223372036854775807", "18446744073709551616" }) do
+          srv:reset()
+          local r = run({ CONTACT, flag, digits }, env)
+          local got = exact_or_refused(r, { flag }, digits, '"' .. key .. '":' .. digits .. "}", flag)
+          assert.equal(INT64 and digits ~= "18446744073709551616" and "sent" or "refused", got, flag .. " " .. digits)
+        end
+        srv:reset()
+        assert.equal(0, run({ CONTACT, flag, "0009007199254740992" }, env).code)
+        assert.equal('{"' .. key .. '":9007199254740992}', srv:last_request().body)
+      end
+    end)
+
+    it("a fraction or exponent where an integer is wanted: the module refuses it, unless it is one", function()
+      local function refused(line, what)
+        local r = run({ "--batch" }, env, '{"contactId": 597752, ' .. line .. '}\n')
+        assert.equal(2, r.code, line .. ": " .. r.err)
+        contains(one_line(r.err), "line 1: " .. what)
+        nothing_sent()
+        return r.err
+      end
+      refused('"agentId": 1.5', "bad field 'agentId' (integer expected")
+      refused('"threadId": 2e-1', "bad field 'threadId' (integer expected")
+      -- not integers, but their doubles are: the CLI refuses them
+      contains(refused('"agentId": 9007199254740992.5', "agentId 9007199254740992.5 cannot be carried exactly"),
+        "a double rounds it to one")
+      refused('"routeAgentId": 1.0000000000000001', "routeAgentId 1.0000000000000001 cannot be carried exactly")
+      refused('"threadId": 1e400', "threadId 1e400 cannot be carried exactly")
+      refused('"mentionUsers": [1, 0.5e-400]', "mentionUsers[2] 0.5e-400 cannot be carried exactly")
+      -- integers written with a fraction or an exponent are integers
+      local r = run({ "--batch" }, env, '{"contactId": 597752, "agentId": 1e3, "routeAgentId": 25.0}\n')
+      assert.equal(0, r.code, r.err)
+      assert.equal('{"routeAgentId":25,"agentId":1000}', srv:last_request().body)
+      srv:reset()
+      r = run({ CONTACT, "--json", "-" }, env, '{"threadId": 9.007199254740993e15, "sessionId": 90071992547409930e-1}')
+      if INT64 then
+        assert.equal(0, r.code, r.err)
+        assert.equal('{"threadId":9007199254740993,"sessionId":9007199254740993}', srv:last_request().body)
+      else
+        assert.equal(2, r.code, r.err)
+        contains(one_line(r.err), "--json -: threadId 9.007199254740993e15 cannot be carried exactly")
+        nothing_sent()
+      end
+    end)
+
+    it("custom fields and unknown nesting are held to the same rule", function()
+      local r = run({ CONTACT, "--json", "-" }, env,
+        '{"fields": {"small": 9007199254740992, "big": 9007199254740993, "f": 0.1, "s": "9007199254740993"}}')
+      if INT64 then
+        assert.equal(0, r.code, r.err)
+        assert.equal('{"fields":{"big":9007199254740993,"f":0.1,"s":"9007199254740993","small":9007199254740992}}',
+          srv:last_request().body)
+      else
+        assert.equal(2, r.code, r.err)
+        contains(one_line(r.err), "fields.big 9007199254740993 cannot be carried exactly")
+        nothing_sent()
+      end
+    end)
+
+    it("digits inside strings and keys are left alone", function()
+      local r = run({ "--batch" }, env,
+        '{"contactId": "9007199254740993", "title": "9007199254740993 \\" 1e400", "fields": {"18446744073709551616": "x"}}\n')
+      assert.equal(3, r.code, r.err)
+      local q = srv:last_request()
+      assert.equal("contactId=9007199254740993", q.raw_query)
+      assert.equal('{"title":"9007199254740993 \\" 1e400","fields":{"18446744073709551616":"x"}}', q.body)
+    end)
+
+    it("ids in the answer print exactly: --output json, summary and --batch results", function()
+      local body = '{"data":{"id":123456789012345,"status":"active","contact":{"id":987654321098765}}}'
+      local function answer()
+        srv:fault{ action = "status", status = 200, body = body, content_type = "application/json", times = 1 }
+      end
+      answer()
+      local r = run({ CONTACT }, env)
+      assert.equal(0, r.code, r.err)
+      contains(r.out, '"id":123456789012345')
+      contains(r.out, '"id":987654321098765')
+      answer()
+      r = run({ CONTACT, "--output", "summary" }, env)
+      contains(r.out, "case: 123456789012345\n")
+      contains(r.out, "contact: 987654321098765\n")
+      answer()
+      r = run({ "--batch" }, env, '{"contactId": 597752}\n')
+      assert.equal(0, r.code, r.err)
+      assert.equal('{"line":1,"contactId":"597752","ok":true,"id":123456789012345,"status":"active"}\n', r.out)
+    end)
+
+    it("random ids of every size: the same digits arrive, or exit 2 and nothing is sent", function()
+      local seed = tonumber(os.getenv("ACQUIRE_CLI_SEED") or "") or os.time()
+      math.randomseed(seed)
+      local why = " (seed " .. seed .. ": ACQUIRE_CLI_SEED=" .. seed .. " repeats this run)"
+      local TWO64 = "18446744073709551616"
+      local function below_or_at(a, b)             -- digits, no leading zeros
+        return #a < #b or (#a == #b and a <= b)
+      end
+      local function random_digits()
+        local n = math.random(1, 20)
+        while true do
+          local t = { tostring(math.random(1, 9)) }
+          for i = 2, n do t[i] = tostring(math.random(0, 9)) end
+          local s = table.concat(t)
+          if below_or_at(s, TWO64) then return s end
+        end
+      end
+      local FIELDS = { "contactId", "threadId", "sessionId", "agentId", "routeAgentId", "mentionUsers" }
+      local entries, seen = {}, {}
+      local edges = { "9007199254740991", "9007199254740992", "9007199254740993", "9007199254740994",
+                      "9223372036854775807", "9223372036854775808", "18446744073709551615", TWO64 }
+      for i = 1, 40 do
+        local digits = edges[i] or random_digits()
+        if not seen[digits] then
+          seen[digits] = true
+          local field = FIELDS[math.random(1, #FIELDS)]
+          local e = { digits = digits, field = field }
+          if field == "contactId" then
+            e.line = '{"contactId": ' .. digits .. '}'
+            e.text, e.contact = "?contactId=" .. digits .. "&", digits
+          elseif field == "mentionUsers" then
+            e.line = '{"contactId": 597752, "mentionUsers": [' .. digits .. ']}'
+            e.text, e.contact = '"mentionUsers":["' .. digits .. '"]', "597752"
+          else
+            e.line = '{"contactId": 597752, "' .. field .. '": ' .. digits .. '}'
+            e.text, e.contact = '"' .. field .. '":' .. digits .. "}", "597752"
+          end
+          entries[#entries + 1] = e
+        end
+      end
+      local refused = 0
+      while true do
+        srv:reset()
+        local input = {}
+        for i, e in ipairs(entries) do input[i] = e.line end
+        local r = run({ "--batch", "--concurrency", "4" }, env, table.concat(input, "\n") .. "\n")
+        if r.code == 2 then
+          -- one line refused: named, with its field and digits; nothing sent
+          local k = tonumber(r.err:match("line (%d+):") or "")
+          assert.is_number(k, "exit 2 without a line: " .. r.err .. why)
+          local e = entries[k]
+          contains(one_line(r.err), e.field)
+          contains(r.err, e.digits)
+          assert.same({}, srv:requests(), "something was sent" .. why)
+          assert.is_false(below_or_at(e.digits, "9007199254740992"),
+            e.field .. " " .. e.digits .. " is exact in a double, yet refused" .. why)
+          table.remove(entries, k)
+          refused = refused + 1
+        else
+          assert.is_true(r.code == 0 or r.code == 3, "exit " .. r.code .. ": " .. r.err .. why)
+          local reqs = srv:requests()
+          assert.equal(#entries, #reqs, why)
+          local list = results(r.out)
+          assert.equal(#entries, #list, why)
+          for i, e in ipairs(entries) do
+            assert.equal(1, #sent_with(reqs, e.text), e.field .. " " .. e.digits .. " did not arrive exactly" .. why)
+            assert.equal(e.contact, list[i].contactId, why)
+          end
+          break
+        end
+      end
+      assert.is_true(#entries > 0, why)
+    end)
+  end)
+
   it("never prints a key it was given, on stdout or stderr", function()
     for _, r in ipairs(outputs) do
       for key in pairs(keys_used) do

@@ -60,6 +60,44 @@ function helper.interpreter()
   return "lua" .. _VERSION:match("%d+%.%d+")
 end
 
+-- fork(), waitpid(), _exit(), getpid() (spec/support/testposix.c), built for this Lua.
+function helper.testposix()
+  local lua = rawget(_G, "jit") and "luajit" or _VERSION:match("%d+%.%d+")
+  local dir = helper.repo_root .. "/.tmp/spec-" .. lua
+  local built = io.open(dir .. "/testposix.so")
+  if built then
+    built:close()
+  else
+    local r = os.execute(("make -s -C %s .tmp/spec-%s/testposix.so LUA=%s >/dev/null"):format(
+      shell_quote(helper.repo_root), lua, lua))
+    assert(r == true or r == 0, "building spec/support/testposix.c failed")
+  end
+  local open = package.loadlib(dir .. "/testposix.so", "luaopen_testposix")
+  return assert(open, "cannot load " .. dir .. "/testposix.so")()
+end
+
+-- Runs a Lua chunk in a child interpreter (this one, with ./acquire.so), killed after
+-- `limit` seconds (default 20) so that a hang fails the spec instead of stalling it.
+-- prefix: shell words before the interpreter (ulimit, env). -> exit status, stdout, stderr
+-- (124: timed out).
+function helper.run_lua(code, limit, prefix)
+  local dir = helper.tmpdir()
+  local f = assert(io.open(dir .. "/chunk.lua", "wb"))
+  f:write(code)
+  f:close()
+  local cmd = ("cd %s && %s LUA_CPATH='./?.so;;' LUA_PATH='./?.lua;./lua/?.lua;;' timeout -s KILL %d %s %s"
+    .. " >%s 2>%s </dev/null; echo $?"):format(
+    shell_quote(helper.repo_root), prefix or "", limit or 20, helper.interpreter(),
+    shell_quote(dir .. "/chunk.lua"), shell_quote(dir .. "/out"), shell_quote(dir .. "/err"))
+  local p = io.popen(cmd)
+  local status = tonumber(p:read("*l"))
+  p:close()
+  local out, err = helper.read_file(dir .. "/out"), helper.read_file(dir .. "/err")
+  os.execute("rm -rf " .. shell_quote(dir))
+  if status == 137 then status = 124 end        -- KILL after the limit
+  return status, out, err
+end
+
 -- A loopback port with nothing listening on it.
 function helper.free_port()
   local s = assert(socket.bind("127.0.0.1", 0))

@@ -118,6 +118,19 @@ typedef struct acq_secret_t {
     const char *p;  size_t len;                /* redacted from every string */
 } acq_secret_t;
 
+/* ---- redact.c: the key out of every string, raw or JSON-escaped ------ */
+#define ACQ_REDACTED         "[REDACTED]"
+#define ACQ_REDACT_TAIL_MIN  4     /* a key cut short at the very end: redacted from this length */
+/* Length of the key spelled at s (raw, or in any JSON escaping), 0 if
+   none, -1 when s ends inside what may be one. */
+long  redact_match(const char *s, size_t n, const char *k, size_t kn);
+/* The first key in s: 1, with its offset and length. 0 when none: *at is
+   n, or (not final) where a key the end of s may cut begins. */
+int   redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
+                  size_t *at, size_t *len);
+void  redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k);
+int   redact_l_redact(lua_State *L);
+
 /* err is the absolute index error_new returned. */
 int   error_new(lua_State *L, const char *kind);   /* pushes err */
 void  error_setstring(lua_State *L, int err, const char *field, const char *s,
@@ -154,6 +167,22 @@ void  policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f);
 int   policy_l_retry_after(lua_State *L);
 
 /* ---- transport.c: libcurl easy handle ------------------------------- */
+#define ACQ_DEBUG_BODY_CAP   16384   /* debug = true logs this much of each body */
+typedef struct acq_dstream_t {       /* a body in the debug log */
+    acq_buf_t pend;                  /* held back: may begin a key */
+    size_t    shown, dropped;
+    int       mid;                   /* inside a line */
+} acq_dstream_t;
+
+/* The sockets libcurl opened for one client, open now: after fork() they
+   are the parent's too, and the child points them at /dev/null before its
+   libcurl closes them (a TLS close would write into the parent's session). */
+#define ACQ_MAX_SOCKETS      128
+typedef struct acq_sockets_t {
+    int n;
+    curl_socket_t fd[ACQ_MAX_SOCKETS];
+} acq_sockets_t;
+
 typedef struct acq_transport_t {
     CURL              *easy;
     struct curl_slist *headers;
@@ -162,7 +191,11 @@ typedef struct acq_transport_t {
     const char        *key;                /* to redact in debug output */
     size_t             key_len;
     size_t             out_len, out_pos;
-    int                sends;              /* requests sent by this transfer */
+    int                sends;              /* requests begun by this transfer */
+    int                sock_errno;         /* why socket() failed, or 0 */
+    acq_sockets_t     *sockets;            /* the client's, shared by its handles */
+    int                dbg_on;
+    acq_dstream_t      dbg[2];             /* debug log: body out, body in */
     size_t             max_bytes;
     int                too_large;
     char               retry_after[64];    /* of the final response */
@@ -186,6 +219,11 @@ void  transport_prepare(acq_transport_t *t, const char *url,
                         const char *body, size_t len);
 void  transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r);
 int   transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv);
+/* After fork(): every socket of the set made /dev/null, so that closing
+   them (libcurl's cleanup) touches nothing of the parent's. */
+void  transport_disown(acq_sockets_t *s);
+/* A fresh handle with t's options, the old one cleaned up. 0 on success. */
+int   transport_renew(acq_transport_t *t);
 void  transport_close(acq_transport_t *t);
 /* Pushes nil, err for a failed transfer; returns 2. */
 int   transport_push_error(lua_State *L, const acq_transport_t *t,
@@ -206,9 +244,14 @@ typedef struct acq_client_t {
     acq_transport_t t;
     CURLM    *multi;                  /* create_cases: made on first use */
     acq_slot_t *slots[64];            /* its transfers, one easy handle each */
+    int       busy;                   /* create_cases is running (on_progress) */
+    long      pid;                    /* the process whose connections these are */
+    acq_sockets_t sockets;            /* every socket its handles hold */
 } acq_client_t;
 
 acq_client_t *client_check_open(lua_State *L, int idx);
+/* After fork(): the connections belong to the parent; start afresh. */
+void  client_check_fork(lua_State *L, acq_client_t *c);
 /* Pushes the default client (configured, or from the environment). */
 acq_client_t *client_default(lua_State *L);
 /* The outcome of one transfer: pushes res (1) or nil, err (2). */

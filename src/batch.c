@@ -266,12 +266,38 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     return 1;
 }
 
+static int run_protected(lua_State *L) {      /* client (light), items, opts */
+    return run(L, (acq_client_t *)lua_touserdata(L, 1), 2, 3);
+}
+
+/* run, with the client marked busy, and whatever run raises (on_progress,
+   out of memory, an interrupt) leaving no transfer attached and the client
+   usable. Inside on_progress, create_cases on the same client raises;
+   create_case works (its handle is not the batch's). */
+static int guarded(lua_State *L, acq_client_t *c, int items, int opts) {
+    int status;
+    if (c->busy)
+        luaL_error(L, "acquire: create_cases is already running on this client "
+                      "(called from on_progress?)");
+    client_check_fork(L, c);
+    lua_pushcfunction(L, run_protected);
+    lua_pushlightuserdata(L, c);
+    lua_pushvalue(L, items);
+    lua_pushvalue(L, opts);
+    c->busy = 1;
+    status = lua_pcall(L, 3, 1, 0);
+    c->busy = 0;
+    if (c->multi) detach_all(c);
+    if (status != 0) return lua_error(L);
+    return 1;
+}
+
 /* client:create_cases(items, opts) -> { { res = … } | { err = … }, … } */
 int batch_create_cases(lua_State *L) {
     acq_client_t *c = client_check_open(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 3);
-    return run(L, c, 2, 3);
+    return guarded(L, c, 2, 3);
 }
 
 /* acquire.create_cases(items, opts) through the default client */
@@ -280,5 +306,5 @@ int batch_default_create_cases(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
     c = client_default(L);
-    return run(L, c, 1, 2);
+    return guarded(L, c, 1, 2);
 }

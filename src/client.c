@@ -8,6 +8,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "acquire.h"
 
 
@@ -19,8 +20,24 @@ acq_client_t *client_check_open(lua_State *L, int idx) {
     return c;
 }
 
+/* A client used after fork() in the child: its kept-alive connections are
+   the parent's too (the child would read the parent's answers, and a TLS
+   close would write into the parent's session). The child points those
+   sockets at /dev/null, lets libcurl close them there, and goes on with
+   fresh handles. */
+void client_check_fork(lua_State *L, acq_client_t *c) {
+    long pid = (long)getpid();
+    if (c->pid == pid) return;
+    transport_disown(&c->sockets);
+    batch_release(c);
+    if (c->t.easy && transport_renew(&c->t) != 0)
+        luaL_error(L, "acquire: cannot set up libcurl after fork()");
+    c->pid = pid;
+}
+
 static void release(acq_client_t *c) {
     c->open = 0;
+    if (c->pid != (long)getpid()) transport_disown(&c->sockets);   /* a child closing */
     batch_release(c);                 /* its handles use c->t's header list */
     transport_close(&c->t);
     buf_free(&c->req);
@@ -46,6 +63,7 @@ static acq_client_t *make(lua_State *L, int idx) {
     c->strict = cfg.strict;
     c->max_retries = cfg.max_retries;
     c->rng = policy_seed(c);
+    c->pid = (long)getpid();
     c->url = (char *)malloc(cfg.base_len + 80);
     c->key = (char *)malloc(cfg.key_len + 1);
     if (c->url == NULL || c->key == NULL) {
@@ -57,6 +75,7 @@ static acq_client_t *make(lua_State *L, int idx) {
     memcpy(c->key, cfg.api_key, cfg.key_len + 1);
     c->key_len = cfg.key_len;
     c->t.key = c->key;                                /* debug output redacts it */
+    c->t.sockets = &c->sockets;
     c->t.key_len = c->key_len;
     request_headers(&cfg, config_user_agent(&cfg, ua), h);
     for (i = 0; i < ACQ_NHEADERS; i++)
@@ -97,6 +116,7 @@ static int create_case(lua_State *L, acq_client_t *c, int arg) {
     long long id = request_check_contact_id(L, arg);
     int attempt, n, base;
     request_encode_body(L, arg + 1, c->strict, &c->req);
+    client_check_fork(L, c);
     snprintf(c->url + c->prefix_len, 24, "%lld", id);
     base = lua_gettop(L);
     for (attempt = 1;; attempt++) {
@@ -120,8 +140,14 @@ int client_create_case(lua_State *L) {
     return create_case(L, client_check_open(L, 1), 2);
 }
 
+/* close(), __gc and __close. Inside create_cases' on_progress it raises:
+   the batch's transfers run on this client's handles. */
 int client_close(lua_State *L) {
-    release((acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT));
+    acq_client_t *c = (acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT);
+    if (c->busy)
+        luaL_error(L, "acquire: cannot close a client while its create_cases runs "
+                      "(called from on_progress?)");
+    release(c);
     return 0;
 }
 

@@ -7,7 +7,9 @@
  * another host, a path, a query or userinfo gets through.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <errno.h>
 #include "acquire.h"
@@ -19,6 +21,45 @@ static const char *const options[] = {
 };
 #define OPTION_LIST "account_id, api_key, base_url, timeout, connect_timeout, " \
     "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes, debug"
+
+/* Does the file hold a PEM certificate: a "-----BEGIN ...CERTIFICATE-----"
+   block of base64 that decodes to a DER SEQUENCE? NULL if so, else why
+   not. A garbage or empty ca_file would otherwise only fail at the first
+   call, as a TLS error that looks like the server's fault. */
+static const char *check_ca_file(const char *path, char why[160]) {
+    static const char begin[] = "-----BEGIN ", tail[] = "CERTIFICATE-----";
+    struct stat st;
+    FILE *f;
+    char line[512];
+    int in = 0, first = 0, found = 0;
+    if (stat(path, &st) != 0 || (f = fopen(path, "r")) == NULL) {
+        snprintf(why, 160, "cannot read it: %s", strerror(errno));
+        return why;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        fclose(f);
+        return "a directory, not a file of PEM certificates";
+    }
+    while (!found && fgets(line, sizeof line, f)) {
+        size_t n = strcspn(line, "\r\n");
+        line[n] = '\0';
+        if (!in) {
+            in = strncmp(line, begin, sizeof begin - 1) == 0 && n >= sizeof tail - 1 &&
+                 strcmp(line + n - (sizeof tail - 1), tail) == 0;
+            first = 1;
+        } else if (strncmp(line, "-----END ", 9) == 0) {
+            in = 0;
+        } else if (first && n >= 4) {
+            /* "MI..." is base64 for 0x30 0x8x: a DER SEQUENCE with a long length */
+            found = line[0] == 'M' && strchr("IJ", line[1]) != NULL &&
+                    strspn(line, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                 "0123456789+/=") == n;
+            first = 0;
+        }
+    }
+    fclose(f);
+    return found ? NULL : "no PEM certificate in it";
+}
 
 /* Raw reads: no metamethod of the caller's table runs while we hold
    pointers into its strings. */
@@ -181,9 +222,11 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
         cfg->ca_file = check_str(L, "ca_file", -1, &len);
         if (len == 0 || strlen(cfg->ca_file) != len)
             luaL_error(L, "bad option 'ca_file' (a file path expected)");
-        if (access(cfg->ca_file, R_OK) != 0)
-            luaL_error(L, "bad option 'ca_file' (cannot read '%s': %s)",
-                       cfg->ca_file, strerror(errno));
+        {
+            char buf[160];
+            const char *why = check_ca_file(cfg->ca_file, buf);
+            if (why) luaL_error(L, "bad option 'ca_file' ('%s': %s)", cfg->ca_file, why);
+        }
     }
 
     rawfield(L, idx, "timeout");

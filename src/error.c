@@ -12,7 +12,6 @@
 #include <string.h>
 #include "acquire.h"
 
-#define ACQ_REDACTED "[REDACTED]"
 
 /* Pushes a new err table; returns its absolute index. */
 int error_new(lua_State *L, const char *kind) {
@@ -23,40 +22,20 @@ int error_new(lua_State *L, const char *kind) {
     return lua_gettop(L);
 }
 
-static const char *find(const char *s, size_t n, const char *w, size_t wn) {
-    const char *end = s + n;
-    if (wn == 0 || wn > n) return NULL;
-    for (; (size_t)(end - s) >= wn; s++) {
-        s = memchr(s, w[0], (size_t)(end - s) - wn + 1);
-        if (s == NULL) return NULL;
-        if (memcmp(s, w, wn) == 0) return s;
-    }
-    return NULL;
-}
-
 /* Sets err[field] (err at the absolute index err) to s with the secret redacted, then cut to
    cap bytes (redacting first, so a cut can't leave half a key behind). */
 void error_setstring(lua_State *L, int err, const char *field, const char *s,
                      size_t len, const acq_secret_t *secret, size_t cap) {
-    const char *hit = secret ? find(s, len, secret->p, secret->len) : NULL;
-    if (hit == NULL) {
+    size_t at, n;
+    if (!redact_next(s, len, secret, 1, &at, &n)) {
         lua_pushlstring(L, s, len < cap ? len : cap);
-    } else {
-        luaL_Buffer b;
-        const char *end = s + len;
-        luaL_buffinit(L, &b);
-        while (hit != NULL) {
-            luaL_addlstring(&b, s, (size_t)(hit - s));
-            luaL_addstring(&b, ACQ_REDACTED);
-            s = hit + secret->len;
-            hit = find(s, (size_t)(end - s), secret->p, secret->len);
-        }
-        luaL_addlstring(&b, s, (size_t)(end - s));
-        luaL_pushresult(&b);
-        if (acq_rawlen(L, -1) > cap) {
-            lua_pushlstring(L, lua_tostring(L, -1), cap);
-            lua_remove(L, -2);
-        }
+        lua_setfield(L, err, field);
+        return;
+    }
+    redact_push(L, s, len, secret);
+    if (acq_rawlen(L, -1) > cap) {
+        lua_pushlstring(L, lua_tostring(L, -1), cap);
+        lua_remove(L, -2);
     }
     lua_setfield(L, err, field);
 }

@@ -9,6 +9,7 @@
  * Knows nothing of libcurl or nginx: every transport asks the same thing.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -78,20 +79,40 @@ void policy_sleep(double seconds) {
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
+/* An integer argument as an int, clamped at INT_MAX: whatever Lua holds
+   (an integer, or on 5.1/5.2 a double of any size), no overflowing cast. */
+static int check_count(lua_State *L, int arg, lua_Integer def, int optional) {
+    if (optional && lua_isnoneornil(L, arg)) return (int)def;
+#if ACQ_HAS_INTEGERS
+    {
+        lua_Integer v = luaL_checkinteger(L, arg);
+        if (v < 0) return -1;
+        return v > INT_MAX ? INT_MAX : (int)v;
+    }
+#else
+    {
+        lua_Number v = luaL_checknumber(L, arg);
+        luaL_argcheck(L, v == floor(v), arg, "number has no integer representation");
+        if (v < 0) return -1;
+        return v > INT_MAX ? INT_MAX : (int)v;
+    }
+#endif
+}
+
 /* acquire.retry_after(err, attempt [, max_retries = 2]) -> seconds | nil */
 int policy_l_retry_after(lua_State *L) {
     acq_failure_t f;
     uint64_t rng = policy_seed(L);
-    lua_Integer attempt, max_retries;
+    int attempt, max_retries;
     double delay;
     luaL_checktype(L, 1, LUA_TTABLE);
-    attempt = luaL_checkinteger(L, 2);
-    max_retries = luaL_optinteger(L, 3, 2);
+    attempt = check_count(L, 2, 0, 0);
+    max_retries = check_count(L, 3, 2, 1);
     luaL_argcheck(L, attempt >= 1, 2, "attempt must be 1 or more");
     luaL_argcheck(L, max_retries >= 0 && max_retries <= 10, 3,
                   "max_retries must be from 0 to 10");
     policy_failure_from_err(L, 1, &f);
-    delay = policy_delay(&f, (int)attempt, (int)max_retries, &rng);
+    delay = policy_delay(&f, attempt, max_retries, &rng);
     if (delay < 0) lua_pushnil(L);
     else lua_pushnumber(L, delay);
     return 1;

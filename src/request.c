@@ -160,6 +160,18 @@ static int to_int(lua_State *L, int idx, long long *out) {
     return 1;
 }
 
+/* An id: an integer, exactly. A float past 2^53 may already be a rounded
+   neighbour (9007199254740993 reads as ...992, another contact): refused,
+   never sent as a different id. Integers (5.3+) and, for contactId, digit
+   strings carry the whole 64-bit range. */
+static int to_id(lua_State *L, int idx, long long *out) {
+    if (!to_int(L, idx, out)) return 0;
+#if ACQ_HAS_INTEGERS
+    if (lua_isinteger(L, idx)) return 1;
+#endif
+    return *out <= 9007199254740992LL && *out >= -9007199254740992LL;
+}
+
 /* Numbers: integers exactly; other floats in the shortest form that reads
    back to the same double; NaN and infinities have no JSON form. */
 static void put_number(lua_State *L, acq_buf_t *b, int idx, const path_t *p) {
@@ -297,7 +309,7 @@ static void put_value(lua_State *L, acq_buf_t *b, int idx, const path_t *p,
 
 static void put_id(lua_State *L, acq_buf_t *b, int idx, const path_t *p) {
     long long v;
-    if (!to_int(L, idx, &v)) bad_field(L, p, "integer", idx);
+    if (!to_id(L, idx, &v)) bad_field(L, p, "integer", idx);
     if (v < 0)
         luaL_error(L, "bad field '%s' (non-negative integer expected, got %s)",
                    p->key, acq_tolstring(L, idx, NULL));
@@ -321,7 +333,7 @@ static void put_users(lua_State *L, acq_buf_t *b, int idx, const path_t *p) {
             size_t len;
             const char *s = lua_tolstring(L, -1, &len);
             put_string(L, b, s, len, &e);
-        } else if (to_int(L, -1, &v)) {       /* ids are sent as strings */
+        } else if (to_id(L, -1, &v)) {        /* ids are sent as strings */
             char tmp[24];
             int len = snprintf(tmp, sizeof tmp, "%lld", v);
             putc_(L, b, '"');
@@ -418,7 +430,7 @@ int request_parse_contact_id(lua_State *L, int idx, long long *out) {
             if (v > (9223372036854775807LL - (s[i] - '0')) / 10) return 0;
             v = v * 10 + (s[i] - '0');
         }
-    } else if (!to_int(L, idx, &v)) {
+    } else if (!to_id(L, idx, &v)) {
         return 0;
     }
     *out = v;

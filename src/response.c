@@ -49,12 +49,28 @@ static void repair(lua_State *L, int idx) {
 }
 #endif
 
+/* Is this lua-cjson's own word that the text is not JSON? Its parse errors
+   say "... at character N", or that it does not read UTF-16/32. */
+static int is_parse_error(lua_State *L, int idx) {
+    const char *m;
+    if (lua_type(L, idx) != LUA_TSTRING) return 0;
+    m = lua_tostring(L, idx);
+    return strstr(m, " at character ") != NULL ||
+           strncmp(m, "JSON parser does not support", 28) == 0;
+}
+
 /* Decodes body; pushes the value and returns 1, or pushes cjson's message
-   and returns 0. */
+   and returns 0. Anything else that goes wrong inside (out of memory, an
+   interrupt from the interpreter's hook: Ctrl-C in lua.c) is not the
+   body's fault and propagates. */
 static int decode(lua_State *L, const char *body, size_t len) {
+    int status;
     acq_rawgetp(L, LUA_REGISTRYINDEX, &decode_key);
     lua_pushlstring(L, body, len);
-    return lua_pcall(L, 1, 1, 0) == 0;
+    status = lua_pcall(L, 1, 1, 0);
+    if (status == 0) return 1;
+    if (status != LUA_ERRRUN || !is_parse_error(L, -1)) lua_error(L);
+    return 0;
 }
 
 /* The first string among t[a], t[b] and t.error[a|b], or NULL. */
@@ -94,12 +110,15 @@ static long days_from_civil(long y, long m, long d) {
 }
 
 /* Retry-After: delay-seconds, or an IMF-fixdate ("Sun, 06 Nov 1994
-   08:49:37 GMT") relative to now. -1 when absent or unreadable. */
+   08:49:37 GMT") relative to now. -1 when absent, unreadable or not a
+   real date: ignored, as if absent. */
 double response_parse_retry_after(const char *v, double now) {
     static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-    char mon[4], zone[4];
+    static const char days[] = "MonTueWedThuFriSatSun";
+    static const int mdays[12] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    char mon[4], zone[4], wday[4];
     int d, y, hh, mm, ss, used = 0;
-    const char *m;
+    const char *m, *w;
     if (v == NULL) return -1;
     while (*v == ' ' || *v == '\t') v++;
     if (*v >= '0' && *v <= '9') {
@@ -108,11 +127,21 @@ double response_parse_retry_after(const char *v, double now) {
         while (*v == ' ' || *v == '\t') v++;
         return *v == '\0' && s < 1e9 ? s : -1;
     }
-    if (sscanf(v, "%*3s, %2d %3s %4d %2d:%2d:%2d %3s%n", &d, mon, &y, &hh,
-               &mm, &ss, zone, &used) != 7 || strcmp(zone, "GMT") != 0)
+    if (sscanf(v, "%3s, %2d %3s %4d %2d:%2d:%2d %3s%n", wday, &d, mon, &y, &hh,
+               &mm, &ss, zone, &used) != 8 || strcmp(zone, "GMT") != 0)
         return -1;
     m = strstr(months, mon);
-    if (m == NULL || strlen(mon) != 3 || (m - months) % 3 != 0) return -1;
+    w = strstr(days, wday);
+    if (m == NULL || strlen(mon) != 3 || (m - months) % 3 != 0 ||
+        w == NULL || strlen(wday) != 3 || (w - days) % 3 != 0)
+        return -1;
+    /* a date that is no date ("99 Nov 1994 99:99:99") is no Retry-After */
+    if (y < 1900 || d < 1 || d > mdays[(m - months) / 3] +
+            ((m - months) / 3 == 1 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)) ||
+        hh > 23 || mm > 59 || ss > 60)
+        return -1;
+    while (v[used] == ' ' || v[used] == '\t') used++;
+    if (v[used] != '\0') return -1;
     {
         double at = (double)days_from_civil(y, (m - months) / 3 + 1, d) * 86400.0
                   + hh * 3600.0 + mm * 60.0 + ss;

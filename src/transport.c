@@ -4,9 +4,13 @@
  * body. The callbacks only copy bytes into C buffers: no Lua API call
  * happens inside libcurl, so no Lua error can unwind through it.
  */
+#include <errno.h>
 #include <string.h>
 #include <stdio.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include "acquire.h"
 
 #define ACQ_CURL_AT_LEAST(x, y, z) (LIBCURL_VERSION_NUM >= (((x) << 16) | ((y) << 8) | (z)))
@@ -45,6 +49,7 @@ static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip,
 static size_t on_read(char *dest, size_t size, size_t nmemb, void *ud) {
     acq_transport_t *t = (acq_transport_t *)ud;
     size_t n = size * nmemb, left = t->out_len - t->out_pos;
+    t->sends = 1;                              /* the request is on its way */
     if (n > left) n = left;
     memcpy(dest, t->out + t->out_pos, n);
     t->out_pos += n;
@@ -73,50 +78,160 @@ static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
     return n;
 }
 
-/* debug = true: the exchange on stderr, "> " out and "< " in, with the
-   Authorization value and any echo of the key replaced. Plain stdio only. */
-static void debug_write(const acq_transport_t *t, const char *prefix,
-                        const char *s, size_t n) {
+/* debug = true: the exchange on stderr, "> " out and "< " in, the
+   Authorization value and every form of the key replaced, control bytes
+   shown as '.'. Bodies come in chunks that may cut the key in two: each
+   body is a stream that holds back a tail that may begin a key until the
+   next chunk (or the end) says. Plain stdio only: no Lua in here. */
+static void debug_plain(acq_dstream_t *d, const char *prefix, const char *s, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\r') continue;
+        if (!d->mid) { fputs(prefix, stderr); d->mid = 1; }
+        if (c == '\n') { fputc('\n', stderr); d->mid = 0; }
+        else fputc(c < 0x20 && c != '\t' ? '.' : c, stderr);
+    }
+}
+
+/* Writes s with the key redacted; returns the bytes written: all of them
+   when final, else up to where a key the end of s may cut begins. */
+static size_t debug_text(const acq_transport_t *t, acq_dstream_t *d, const char *prefix,
+                         const char *s, size_t n, int final) {
+    acq_secret_t k;
+    size_t i = 0, at, len;
+    k.p = t->key;
+    k.len = t->key_len;
+    for (;;) {
+        int found = redact_next(s + i, n - i, &k, final, &at, &len);
+        debug_plain(d, prefix, s + i, at);
+        i += at;
+        if (!found) break;
+        debug_plain(d, prefix, ACQ_REDACTED, sizeof ACQ_REDACTED - 1);
+        i += len;
+    }
+    if (final && d->mid) { fputc('\n', stderr); d->mid = 0; }
+    return i;
+}
+
+/* Header blocks and libcurl's own lines come whole. */
+static void debug_lines(const acq_transport_t *t, const char *prefix, const char *s, size_t n) {
     const char *end = s + n;
+    acq_dstream_t d;
+    memset(&d, 0, sizeof d);
     while (s < end) {
         const char *nl = memchr(s, '\n', (size_t)(end - s));
-        const char *eol = nl ? nl : end;
-        size_t len = (size_t)(eol - s), i = 0;
-        if (len > 0 && s[len - 1] == '\r') len--;
-        fputs(prefix, stderr);
-        if (len >= 14 && strncasecmp(s, "authorization:", 14) == 0) {
-            fputs("Authorization: [REDACTED]", stderr);
-        } else {
-            while (i < len) {
-                if (t->key_len && len - i >= t->key_len &&
-                    memcmp(s + i, t->key, t->key_len) == 0) {
-                    fputs("[REDACTED]", stderr);
-                    i += t->key_len;
-                } else {
-                    unsigned char c = (unsigned char)s[i++];
-                    fputc(c < 0x20 && c != '\t' ? '.' : c, stderr);
-                }
-            }
-        }
-        fputc('\n', stderr);
-        s = nl ? nl + 1 : end;
+        const char *eol = nl ? nl + 1 : end;
+        if ((size_t)(eol - s) >= 14 && strncasecmp(s, "authorization:", 14) == 0)
+            debug_plain(&d, prefix, "Authorization: " ACQ_REDACTED "\n",
+                        sizeof("Authorization: " ACQ_REDACTED "\n") - 1);
+        else
+            debug_text(t, &d, prefix, s, (size_t)(eol - s), 1);
+        s = eol;
     }
+}
+
+static const char *const debug_prefix[2] = { "acquire: >> ", "acquire: << " };
+
+/* A body chunk, dir 0 out, 1 in: at most ACQ_DEBUG_BODY_CAP bytes of each. */
+static void debug_body(acq_transport_t *t, int dir, const char *s, size_t n) {
+    acq_dstream_t *d = &t->dbg[dir];
+    size_t used = d->shown + d->pend.len;
+    size_t take = used < ACQ_DEBUG_BODY_CAP ? ACQ_DEBUG_BODY_CAP - used : 0;
+    if (take > n) take = n;
+    if (take && !buf_reserve(&d->pend, take)) take = 0;
+    d->dropped += n - take;
+    if (take == 0) return;
+    memcpy(d->pend.p + d->pend.len, s, take);
+    d->pend.len += take;
+    used = debug_text(t, d, debug_prefix[dir], d->pend.p, d->pend.len, 0);
+    memmove(d->pend.p, d->pend.p + used, d->pend.len - used);
+    d->pend.len -= used;
+    d->shown += used;
+}
+
+/* The end of a transfer: what was held back, and what was left out. */
+static void debug_flush(acq_transport_t *t) {
+    int dir;
+    for (dir = 0; dir < 2; dir++) {
+        acq_dstream_t *d = &t->dbg[dir];
+        if (d->pend.len) debug_text(t, d, debug_prefix[dir], d->pend.p, d->pend.len, 1);
+        if (d->mid) { fputc('\n', stderr); d->mid = 0; }
+        if (d->dropped)
+            fprintf(stderr, "%s(%lu more bytes not logged)\n", debug_prefix[dir],
+                    (unsigned long)d->dropped);
+        d->pend.len = d->shown = d->dropped = 0;
+    }
+    fflush(stderr);
 }
 
 static int on_debug(CURL *easy, curl_infotype type, char *data, size_t size,
                     void *ud) {
-    const acq_transport_t *t = (const acq_transport_t *)ud;
+    acq_transport_t *t = (acq_transport_t *)ud;
     (void)easy;
     switch (type) {
-    case CURLINFO_TEXT:       debug_write(t, "acquire: * ", data, size); break;
-    case CURLINFO_HEADER_OUT: debug_write(t, "acquire: > ", data, size); break;
-    case CURLINFO_HEADER_IN:  debug_write(t, "acquire: < ", data, size); break;
-    case CURLINFO_DATA_OUT:   debug_write(t, "acquire: >> ", data, size > 4096 ? 4096 : size); break;
-    case CURLINFO_DATA_IN:    debug_write(t, "acquire: << ", data, size > 4096 ? 4096 : size); break;
+    case CURLINFO_TEXT:       debug_lines(t, "acquire: * ", data, size); break;
+    case CURLINFO_HEADER_OUT: debug_lines(t, "acquire: > ", data, size); break;
+    case CURLINFO_HEADER_IN:  debug_lines(t, "acquire: < ", data, size); break;
+    case CURLINFO_DATA_OUT:   debug_body(t, 0, data, size); break;
+    case CURLINFO_DATA_IN:    debug_body(t, 1, data, size); break;
     default: break;
     }
     fflush(stderr);
     return 0;
+}
+
+/* libcurl's own socket(), to learn why one could not be opened (EMFILE
+   reads as "could not connect" otherwise); close-on-exec, so a child that
+   execs does not keep the connection. */
+static curl_socket_t on_opensocket(void *ud, curlsocktype purpose,
+                                   struct curl_sockaddr *a) {
+    acq_transport_t *t = (acq_transport_t *)ud;
+    curl_socket_t fd;
+    (void)purpose;
+#ifdef SOCK_CLOEXEC
+    fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+#else
+    fd = socket(a->family, a->socktype, a->protocol);
+#endif
+    if (fd == CURL_SOCKET_BAD) {
+        t->sock_errno = errno;
+    } else if (t->sockets->n == ACQ_MAX_SOCKETS) {   /* never untracked */
+        close(fd);
+        t->sock_errno = EMFILE;
+        fd = CURL_SOCKET_BAD;
+    } else {
+        t->sockets->fd[t->sockets->n++] = fd;
+    }
+    return fd;
+}
+
+/* Its data is the client's socket set, not a transport: a pooled
+   connection outlives the batch handle that opened it. */
+static int on_closesocket(void *ud, curl_socket_t fd) {
+    acq_sockets_t *s = (acq_sockets_t *)ud;
+    int i;
+    for (i = 0; i < s->n; i++) {
+        if (s->fd[i] == fd) {
+            s->fd[i] = s->fd[--s->n];
+            break;
+        }
+    }
+    return close(fd);
+}
+
+void transport_disown(acq_sockets_t *s) {
+    int i, keep = 0, null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 && s->n > 0) {          /* out of descriptors: make room with one of ours */
+        close(s->fd[0]);
+        null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    }
+    if (null < 0) return;                /* s->n == 0: nothing to disown */
+    for (i = 0; i < s->n; i++) {
+        if (s->fd[i] == null) keep = 1;
+        else dup2(null, s->fd[i]);       /* never shutdown(): that would reach the parent */
+    }
+    if (!keep) close(null);
 }
 
 #define SET(opt, val) \
@@ -160,6 +275,14 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     SET(CURLOPT_TIMEOUT_MS, cfg->timeout_ms);
     SET(CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
     SET(CURLOPT_FOLLOWLOCATION, 0L);           /* a redirect is an answer */
+    /* HTTP/1.1 only. Over HTTP/2 a server rotating its connection (GOAWAY)
+       refuses streams it never processed and libcurl resends them, a resend
+       on_prereq cannot tell from a dangerous one. README: Reliability. */
+    SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    SET(CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
+    SET(CURLOPT_OPENSOCKETDATA, (void *)t);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
+    SET(CURLOPT_CLOSESOCKETDATA, (void *)t->sockets);
 #if ACQ_CURL_AT_LEAST(7, 85, 0)
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
 #else
@@ -171,6 +294,7 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     SET(CURLOPT_SSL_VERIFYHOST, cfg->insecure ? 0L : 2L);
     if (cfg->ca_file) SET(CURLOPT_CAINFO, cfg->ca_file);
     if (cfg->debug) {            /* t->key: the caller's copy, set before init */
+        t->dbg_on = 1;
         SET(CURLOPT_DEBUGFUNCTION, on_debug);
         SET(CURLOPT_DEBUGDATA, (void *)t);
         SET(CURLOPT_VERBOSE, 1L);
@@ -188,6 +312,7 @@ void transport_prepare(acq_transport_t *t, const char *url, const char *body,
     t->out_len = len;
     t->out_pos = 0;
     t->sends = 0;
+    t->sock_errno = 0;
     curl_easy_setopt(t->easy, CURLOPT_URL, url);          /* libcurl copies it */
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 #if ACQ_PREREQ
@@ -195,28 +320,20 @@ void transport_prepare(acq_transport_t *t, const char *url, const char *body,
 #endif
 }
 
+/* Whether the request may have reached the server is read off the
+   transfer, never off the error code (CURLE_UNSUPPORTED_PROTOCOL, for one,
+   also comes back after the whole POST left, when the answer's status line
+   is not HTTP/1.x): on_prereq ran (the connection was up and the request
+   was about to be written), request bytes were counted, or a status came
+   back. Anything else failed before the request existed on the wire. */
 void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
     long sent = 0;
     r->code = code;
     r->status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
-    switch (code) {
-    /* failures before a connection carried any request byte */
-    case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_URL_MALFORMAT:
-    case CURLE_COULDNT_RESOLVE_PROXY: case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_CONNECT: case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
-        r->maybe_sent = 0;
-        break;
-    case CURLE_SEND_FAIL_REWIND:               /* the resend refused: */
-    case CURLE_ABORTED_BY_CALLBACK:            /* see on_prereq */
-        r->maybe_sent = 1;
-        break;
-    default:
-        r->maybe_sent = sent > 0 || r->status > 0;
-    }
+    r->maybe_sent = t->sends > 0 || sent > 0 || r->status > 0;
+    if (t->dbg_on) debug_flush(t);
 }
 
 void transport_perform(acq_transport_t *t, const char *url, const char *body,
@@ -234,6 +351,8 @@ int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) 
     dst->max_bytes = src->max_bytes;
     dst->key = src->key;
     dst->key_len = src->key_len;
+    dst->dbg_on = src->dbg_on;
+    dst->sockets = src->sockets;
     if (
 #if ACQ_PREREQ
         curl_easy_setopt(dst->easy, CURLOPT_PREREQDATA, (void *)dst) != CURLE_OK ||
@@ -245,9 +364,17 @@ int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) 
         curl_easy_setopt(dst->easy, CURLOPT_HEADERDATA, (void *)dst) != CURLE_OK ||
         curl_easy_setopt(dst->easy, CURLOPT_DEBUGDATA, (void *)dst) != CURLE_OK ||
         curl_easy_setopt(dst->easy, CURLOPT_ERRORBUFFER, dst->errbuf) != CURLE_OK ||
-        curl_easy_setopt(dst->easy, CURLOPT_PIPEWAIT, 1L) != CURLE_OK ||
+        curl_easy_setopt(dst->easy, CURLOPT_OPENSOCKETDATA, (void *)dst) != CURLE_OK ||
         curl_easy_setopt(dst->easy, CURLOPT_PRIVATE, priv) != CURLE_OK)
         return -1;
+    return 0;
+}
+
+int transport_renew(acq_transport_t *t) {
+    CURL *fresh = curl_easy_duphandle(t->easy);   /* options, not connections */
+    if (fresh == NULL) return -1;
+    curl_easy_cleanup(t->easy);
+    t->easy = fresh;
     return 0;
 }
 
@@ -279,12 +406,21 @@ int transport_push_error(lua_State *L, const acq_transport_t *t,
         error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
     } else {
         const char *msg = t->errbuf[0] ? t->errbuf : curl_easy_strerror(r->code);
+        char os[160];
         if (r->code == CURLE_SEND_FAIL_REWIND || r->code == CURLE_ABORTED_BY_CALLBACK)
             msg = "the connection closed after the request was sent; "
                   "not sent again, the case may exist";
+        else if (t->sock_errno && !r->maybe_sent) {
+            snprintf(os, sizeof os, "cannot open a socket: %s%s", strerror(t->sock_errno),
+                     t->sock_errno == EMFILE ? " (EMFILE: this process is out of file descriptors)"
+                     : t->sock_errno == ENFILE ? " (ENFILE: the system is out of file descriptors)"
+                     : "");
+            msg = os;
+        }
         err = error_new(L, kind_of(r->code));
         error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
         error_setint(L, err, "code", (long long)r->code);
+        if (t->sock_errno && !r->maybe_sent) error_setint(L, err, "errno", t->sock_errno);
     }
     if (r->status > 0) error_setint(L, err, "status", r->status);
     error_setbool(L, err, "maybe_created", r->maybe_sent);
@@ -300,4 +436,6 @@ void transport_close(acq_transport_t *t) {
     curl_slist_free_all(t->headers);
     t->headers = NULL;
     buf_free(&t->body);
+    buf_free(&t->dbg[0].pend);
+    buf_free(&t->dbg[1].pend);
 }

@@ -3,17 +3,21 @@
 --   local client = require("acquire.ngx").new{ account_id = "mycompany", api_key = key }
 --   local res, err = client:create_case(597752, { title = "Refund" })  -- content, access, timer...
 --
--- Same options, returns and errors as acquire.new (README), over ngx.socket.tcp cosockets.
+-- Same options, returns and errors as acquire.new (README), over ngx.socket.tcp cosockets,
+-- but for one: `timeout` bounds the whole call here (DNS, connect, TLS, send, response, and
+-- the retries with their waits), so a request handler knows how long it can be held.
 -- Never call the libcurl client (acquire.new) in a request handler: curl_easy_perform blocks
 -- the whole worker, and every request that worker serves, for as long as the call takes.
 -- Here every wait yields to nginx's event loop. Only the bytes move here: the request, the
 -- result and the retry decision are the C module's (build_request, decode_response, retry_after).
 local acquire = require "acquire"
+local semaphore = require "ngx.semaphore"             -- lua-resty-core's
 
 local ngx = ngx
 local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.update_time
-local build_request, decode_response, retry_after =
-  acquire.build_request, acquire.decode_response, acquire.retry_after
+local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
+local build_request, decode_response, retry_after, redact =
+  acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
 local concat, sort = table.concat, table.sort
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
@@ -27,6 +31,8 @@ local POOL_SIZE = 32           -- pooled connections per pool and worker
 local HEAD_MAX = 65536         -- status line and headers
 local LINE_MAX = 4096          -- a chunk-size or trailer line
 local READ_MAX = 65536         -- bytes asked of one receiveany
+local LOG_MAX = 8192           -- bytes of one debug message (a body is most of it)
+local LOG_LINE = 1024          -- bytes per log line: nginx cuts a line at 2 KiB
 
 -- err tables carry the module's own metatable, so tostring(err) reads the same everywhere
 local ERR_MT = getmetatable(select(2, decode_response(500, nil, "")))
@@ -51,12 +57,6 @@ local function rethrow(msg, fname)
              :gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
   end
   error(msg, 3)
-end
-
--- Every occurrence of key in s replaced by [REDACTED] (for the debug log; errors are
--- redacted by decode_response).
-local function redact(s, key)
-  return (s:gsub(key:gsub("%p", "%%%0"), "[REDACTED]"))
 end
 
 local Client = {}
@@ -99,6 +99,7 @@ function _M.new(config)
     key = cfg.api_key,
     tls = scheme == "https",
     host = host,                       -- as connect wants it (IPv6 in brackets)
+    literal = find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil,  -- no DNS
     name = name,
     port = port,
     host_header = port == default and host or host .. ":" .. port,
@@ -280,15 +281,47 @@ local function io_fail(st, e, doing, maybe_created, status)
   return fail("network", format("%s %s: %s", doing, st.host_header, tostring(e)), maybe_created, status)
 end
 
-local function debug_log(st, what)
-  ngx.log(ngx.NOTICE, "acquire: ", redact(what, st.key))
+-- One message, whole: acquire.redact reads all of it (the key, raw or in any spelling a JSON
+-- encoder may give it, becomes [REDACTED]) before it is cut to LOG_MAX bytes and into lines,
+-- so no cut can leave a piece of the key on either side.
+local function debug_log(st, ...)
+  local msg = redact(concat { ... }, st.key)
+  if #msg > LOG_MAX then msg = sub(msg, 1, LOG_MAX) .. " [cut]" end
+  for i = 1, #msg, LOG_LINE do
+    ngx.log(ngx.NOTICE, "acquire: ", i > 1 and "... " or "", sub(msg, i, i + LOG_LINE - 1))
+  end
+end
+
+-- sock:connect within ms. A host name goes through nginx's resolver, whose wait is its
+-- resolver_timeout (30 s by default), not the socket's timeouts: then a light thread connects
+-- and is killed if ms pass first (killing it cancels the resolution or the connect). The
+-- parent may use the socket afterwards: a cosocket belongs to its request, not to a thread.
+local function connect(st, sock, ms)
+  if st.literal then return sock:connect(st.host, st.port, st.connect_opts) end
+  local done = semaphore.new()
+  local th, e = spawn(function()
+    local called, ok, err = pcall(sock.connect, sock, st.host, st.port, st.connect_opts)
+    done:post(1)
+    if not called then return nil, tostring(ok) end
+    return ok, err
+  end)
+  if not th then return nil, e end
+  if not done:wait(ms / 1000) then
+    if not kill(th) then wait(th) end        -- it ended just now: reap it all the same
+    sock:close()
+    return nil, "timeout"
+  end
+  local _, ok, err = wait(th)                -- it has ended: its results, and it is reaped
+  return ok, err
 end
 
 local function once(st, payload, deadline)
   local sock = tcp()
-  local ms = max(1, left_ms(deadline))
-  sock:settimeouts(min(st.connect_ms, ms), ms, ms)
-  local ok, e = sock:connect(st.host, st.port, st.connect_opts)
+  local ms = left_ms(deadline)
+  if ms < 1 then return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false) end
+  local cms = min(st.connect_ms, ms)
+  sock:settimeouts(cms, ms, ms)
+  local ok, e = connect(st, sock, cms)
   if not ok then
     if e == "timeout" then
       return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false)
@@ -336,11 +369,11 @@ local function once(st, payload, deadline)
     return nil, io_fail(st, e, "reading the response from", true, status)
   end
   if reuse then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
-  if st.debug then
+  if st.debug then                            -- the response, whole, in one message
     local h = {}
     for k, v in pairs(headers) do h[#h + 1] = k .. ": " .. v end
     sort(h)
-    debug_log(st, format("< %d (%d bytes) %s", status, #body, concat(h, "; ")))
+    debug_log(st, format("< %d (%d bytes) ", status, #body), concat(h, "; "), " << ", body)
   end
   -- the key, given, is redacted from err as the libcurl client redacts it
   return decode_response(status, headers, body, st.key)
@@ -371,9 +404,9 @@ local function payload(st, req)
   local head = { req.method, " ", path, " HTTP/1.1\r\n" }
   for _, name in ipairs(names) do head[#head + 1] = name .. ": " .. given[name] .. "\r\n" end
   head[#head + 1] = "Content-Length: " .. #req.body .. "\r\nConnection: keep-alive\r\n\r\n"
-  if st.debug then
-    debug_log(st, "> " .. concat(head):gsub("\r\n$", ""):gsub("Authorization: Bearer [^\r]*",
-              "Authorization: Bearer [REDACTED]"):gsub("\r\n", "; ") .. " (" .. #req.body .. " bytes)")
+  if st.debug then                            -- the request, whole, in one message
+    local text = concat(head):gsub("\r\n\r\n$", ""):gsub("\r\n", "; ")
+    debug_log(st, "> ", text, " (", #req.body, " bytes) >> ", req.body)
   end
   head[#head + 1] = req.body
   return concat(head)
@@ -387,19 +420,27 @@ function Client:create_case(contactId, opts)
   local ok, req = pcall(build_request, contactId, opts, st.cfg)     -- misuse raises, nothing sent
   if not ok then rethrow(req, "create_case") end
   local bytes = payload(st, req)
+  update_time()
+  local deadline = now() + st.timeout          -- the whole call's, retries included
   local attempt = 0
   while true do
     attempt = attempt + 1
-    update_time()
-    local res, err = once(st, bytes, now() + st.timeout)
+    local res, err = once(st, bytes, deadline)
     if res then return res end
-    local wait = retry_after(err, attempt, st.max_retries)
-    if not wait then
+    local delay = retry_after(err, attempt, st.max_retries)
+    if delay then                              -- a retry starts before the deadline, or never
+      update_time()
+      if now() + delay >= deadline then delay = nil end
+    end
+    if st.debug then
+      debug_log(st, format("attempt %d failed: %s", attempt, tostring(err)),
+                delay and format("; retrying in %.3f s", delay) or "")
+    end
+    if not delay then
       err.attempts = attempt
       return nil, err
     end
-    if st.debug then debug_log(st, format("retrying in %.3f s after: %s", wait, tostring(err))) end
-    sleep(wait)
+    sleep(delay)
   end
 end
 

@@ -180,7 +180,7 @@ def validate(body):
 # Faults
 
 ACTIONS = ("delay", "status", "html", "invalid_json", "reset", "truncate", "hang",
-           "trickle", "chunked", "gzip", "redirect", "big", "close")
+           "trickle", "chunked", "gzip", "redirect", "big", "close", "raw")
 
 HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
             b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -234,6 +234,10 @@ def check_rule(rule):
             raise Invalid("header values must be strings or numbers")
         out["headers"] = {str(k): (v if isinstance(v, str) else json.dumps(v))
                           for k, v in headers.items()}
+    chunks = rule.get("chunks")
+    if chunks is not None and (not isinstance(chunks, list) or
+                               not all(isinstance(c, str) for c in chunks)):
+        raise Invalid("chunks must be a list of strings")
     for k in ("body", "content_type", "location"):
         if rule.get(k) is not None and not isinstance(rule[k], str):
             raise Invalid("%s must be a string" % k)
@@ -520,6 +524,17 @@ class Handler(BaseHTTPRequestHandler):
         if action == "big":
             return self.send(200, self.big_body(rule.get("size") or (1 << 20), body),
                              headers=rule.get("headers"))
+        if action == "raw":
+            # bytes as given (latin-1), in "chunks" written "interval" s apart,
+            # then the connection closed: what no HTTP server would answer
+            self.close_connection = True
+            chunks = rule.get("chunks") or [rule.get("body") or ""]
+            for i, part in enumerate(chunks):
+                if i:
+                    time.sleep(rule.get("interval") or 0.05)
+                self.wfile.write(part.encode("latin-1"))
+                self.wfile.flush()
+            return None
         if action == "reset":
             return self.reset_connection()
         if action == "hang":

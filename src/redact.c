@@ -1,0 +1,179 @@
+/*
+ * redact.c: the API key out of every string the module hands back or logs.
+ *
+ * A server may echo the key raw, or as a JSON encoder writes it: "/" as
+ * "\/" (PHP's json_encode), any character as "\uXXXX" (either hex case,
+ * UTF-16 surrogate pairs for 4-byte UTF-8), '"' and '\' escaped, control
+ * characters as \b \f \n \r \t. The matcher reads every one of those forms,
+ * byte by byte, so no encoder's choice can hide the key. It also says when
+ * the text ends inside what may be the key, so a stream cut into chunks
+ * (the debug log) holds that tail back instead of printing half a key.
+ */
+#include <string.h>
+#include "acquire.h"
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Four hex digits at s (n bytes available): 0..0xFFFF, -1 not hex, -2 cut. */
+static long hex4(const char *s, size_t n) {
+    long v = 0;
+    size_t i;
+    for (i = 0; i < 4; i++) {
+        int h;
+        if (i >= n) return -2;
+        h = hexval((unsigned char)s[i]);
+        if (h < 0) return -1;
+        v = v * 16 + h;
+    }
+    return v;
+}
+
+/* UTF-8 of code point cp into out; returns its length. */
+static size_t utf8(unsigned long cp, unsigned char out[4]) {
+    if (cp < 0x80) { out[0] = (unsigned char)cp; return 1; }
+    if (cp < 0x800) {
+        out[0] = (unsigned char)(0xC0 | (cp >> 6));
+        out[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (unsigned char)(0xE0 | (cp >> 12));
+        out[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xF0 | (cp >> 18));
+    out[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+#define CUT (-1L)
+
+/* One JSON escape at s (s[0] == '\\'): the bytes it stands for into out,
+   their count into *olen; returns the escape's length, 0 when it is not
+   an escape, CUT when s ends inside it. */
+static long escape(const char *s, size_t n, unsigned char out[4], size_t *olen) {
+    long hi, lo;
+    if (n < 2) return CUT;
+    *olen = 1;
+    switch (s[1]) {
+    case '/': case '"': case '\\': out[0] = (unsigned char)s[1]; return 2;
+    case 'b': out[0] = '\b'; return 2;
+    case 'f': out[0] = '\f'; return 2;
+    case 'n': out[0] = '\n'; return 2;
+    case 'r': out[0] = '\r'; return 2;
+    case 't': out[0] = '\t'; return 2;
+    case 'u': break;
+    default: return 0;
+    }
+    hi = hex4(s + 2, n - 2);
+    if (hi == -2) return CUT;
+    if (hi < 0) return 0;
+    if (hi < 0xD800 || hi > 0xDFFF) {
+        *olen = utf8((unsigned long)hi, out);
+        return 6;
+    }
+    if (hi > 0xDBFF) return 0;                 /* a lone low surrogate */
+    if (n < 8) return CUT;
+    if (s[6] != '\\' || s[7] != 'u') return 0;
+    lo = hex4(s + 8, n - 8);
+    if (lo == -2) return CUT;
+    if (lo < 0xDC00 || lo > 0xDFFF) return 0;
+    *olen = utf8(0x10000 + (((unsigned long)hi - 0xD800) << 10) + ((unsigned long)lo - 0xDC00), out);
+    return 12;
+}
+
+/* Does s spell k from its first byte? The length spelled, 0, or CUT.
+   A backslash where the key holds one could be the key's own byte or the
+   start of an escape: both readings are tried (a key with many of them
+   stops branching at depth 8 and is read raw). */
+static long match(const char *s, size_t n, const char *k, size_t kn, int depth) {
+    size_t i = 0, p = 0;
+    int cut = 0;
+    while (i < kn) {
+        if (p >= n) return CUT;
+        if (s[p] == '\\') {
+            unsigned char out[4];
+            size_t olen = 0;
+            long e = escape(s + p, n - p, out, &olen);
+            int fits = e > 0 && olen <= kn - i && memcmp(out, k + i, olen) == 0;
+            if (e == CUT) cut = 1;
+            if (fits && i + olen == kn) return (long)p + e;
+            if (fits && k[i] != '\\') {           /* the only reading */
+                p += (size_t)e;
+                i += olen;
+                continue;
+            }
+            if (fits && depth < 8) {
+                long rest = match(s + p + e, n - p - (size_t)e, k + i + olen,
+                                  kn - i - olen, depth + 1);
+                if (rest > 0) return (long)p + e + rest;
+                if (rest == CUT) cut = 1;
+            }
+        }
+        if (s[p] != k[i]) return cut ? CUT : 0;
+        p++;
+        i++;
+    }
+    return (long)p;
+}
+
+long redact_match(const char *s, size_t n, const char *k, size_t kn) {
+    if (kn == 0 || n == 0) return 0;
+    if (s[0] != k[0] && s[0] != '\\') return 0;
+    return match(s, n, k, kn, 0);
+}
+
+int redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
+                size_t *at, size_t *len) {
+    size_t p;
+    *at = n;
+    *len = 0;
+    if (k == NULL || k->len == 0) return 0;
+    for (p = 0; p < n; p++) {
+        long m;
+        if (s[p] != k->p[0] && s[p] != '\\') continue;
+        m = redact_match(s + p, n - p, k->p, k->len);
+        if (m > 0) { *at = p; *len = (size_t)m; return 1; }
+        if (m == CUT && !final) { *at = p; return 0; }
+        if (m == CUT && n - p >= ACQ_REDACT_TAIL_MIN) {   /* a key cut short */
+            *at = p; *len = n - p; return 1;
+        }
+    }
+    return 0;
+}
+
+void redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k) {
+    luaL_Buffer b;
+    size_t at, len;
+    if (!redact_next(s, n, k, 1, &at, &len)) {
+        lua_pushlstring(L, s, n);
+        return;
+    }
+    luaL_buffinit(L, &b);
+    do {
+        luaL_addlstring(&b, s, at);
+        luaL_addstring(&b, ACQ_REDACTED);
+        s += at + len;
+        n -= at + len;
+    } while (redact_next(s, n, k, 1, &at, &len));
+    luaL_addlstring(&b, s, n);
+    luaL_pushresult(&b);
+}
+
+/* acquire.redact(s, secret) -> s with every form of secret replaced */
+int redact_l_redact(lua_State *L) {
+    acq_secret_t k;
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    k.p = luaL_checklstring(L, 2, &k.len);
+    redact_push(L, s, n, &k);
+    return 1;
+}
