@@ -285,6 +285,8 @@ end
 
 -- opts.tls: serve https with a certificate made now (srv.ca_file).
 -- opts.verbose: the server logs every exchange to its log (srv.dir .. "/log").
+-- opts.script, opts.args: another server with the same command line (port
+-- file, parent pid, control calls) and its extra arguments, e.g. chaos_server.py.
 function helper.start_server(opts)
   opts = opts or {}
   local dir = helper.tmpdir()
@@ -303,12 +305,13 @@ function helper.start_server(opts)
     self.ca_file = cert
   end
   if opts.verbose then args = args .. " --verbose" end
+  for _, a in ipairs(opts.args or {}) do args = args .. " " .. shell_quote(a) end
   local pid = my_pid()
   if pid then args = args .. " --parent-pid " .. pid end
   local python = os.getenv("PYTHON") or "python3"
   local port_file, log = dir .. "/port", dir .. "/log"
   local cmd = ("%s %s --port-file %s%s </dev/null >%s 2>&1 & echo $!"):format(
-    python, shell_quote(helper.repo_root .. "/spec/server/acquire_server.py"),
+    python, shell_quote(opts.script or (helper.repo_root .. "/spec/server/acquire_server.py")),
     shell_quote(port_file), args, shell_quote(log))
   local p = io.popen(cmd)
   local launched = tonumber(p:read("*l") or "")

@@ -1,0 +1,300 @@
+-- The chaos driver and checker (spec/11-chaos_spec.lua): starts the chaos
+-- server (spec/server/chaos_server.py), makes calls through the client while
+-- it misbehaves at random, and checks every call against the server's log of
+-- what it received. Lua 5.1-5.4 and LuaJIT.
+--
+--   local chaos = require "spec.chaos"
+--   local srv = chaos.start(seed)              -- srv:stop() in teardown
+--   chaos.reset(srv); chaos.force(srv, { { answer = "ok", delivery = "garbage", variant = "hello" } })
+--   local calls = { chaos.call("create_case", marker, function() return c:create_case(id, { title = marker }) end, bound) }
+--   local ok, why = chaos.check(calls, chaos.log(srv), seed)
+--
+-- The invariant, per call (its marker is the request's title):
+--   (a) at most one reception was created: never created twice;
+--   (b) a reception after the first follows a fully delivered 429/503 with
+--       Retry-After: 0 (retry_ok): nothing that reached the server is sent
+--       again otherwise;
+--   (c) err.maybe_created == false: no reception was created;
+--   (d) res: exactly one reception was created, a 2xx with a JSON object
+--       body, and res.data.id is its case id;
+--   (e) err is a table with a known kind and a one-line tostring, nothing
+--       raised, the call returned within its time bound.
+local helper = require "spec.helper"
+local cjson = require "cjson"
+local socket = require "socket"
+
+local chaos = {}
+
+chaos.KINDS = { network = true, timeout = true, tls = true, http = true, decode = true }
+chaos.SLACK = tonumber(os.getenv("CHAOS_SLACK")) or 0.5
+
+function chaos.start(seed)
+  local srv = helper.start_server{
+    script = helper.repo_root .. "/spec/server/chaos_server.py",
+    args = { "--seed", ("%d"):format(seed) },
+  }
+  srv.seed = seed
+  return srv
+end
+
+-- Clears the server's log, forced behaviours and weights (its draws go on).
+function chaos.reset(srv) return srv:call("POST", "/_control/reset", "{}") end
+
+-- { answers = { name = weight }, deliveries = { ... }, force = { ... }, seed = n }
+function chaos.config(srv, t) return srv:call("POST", "/_control/config", cjson.encode(t)) end
+
+-- The next behaviours, in order: { answer =, delivery =, variant =, cut =, count = }.
+function chaos.force(srv, list) return chaos.config(srv, { force = list }) end
+
+local function denull(v)
+  if v == cjson.null then return nil end
+  return v
+end
+
+-- The receptions, in order, JSON nulls as nil.
+function chaos.log(srv)
+  local log = srv:call("GET", "/_control/log")
+  local out = {}
+  for i, r in ipairs(log.receptions) do
+    local rec = {}
+    for k, v in pairs(r) do rec[k] = denull(v) end
+    out[i] = rec
+  end
+  out.seed, out.pending = log.seed, log.pending
+  return out
+end
+
+-- The client's configuration against srv.
+function chaos.client_config(srv)
+  return { base_url = srv.base_url, api_key = srv.key, timeout = 1, connect_timeout = 1,
+           max_retries = 2, debug = os.getenv("CHAOS_DEBUG") ~= nil }
+end
+
+-- How long one call may take: every attempt's timeout, the backoff's
+-- ceilings (0.5 s doubling, capped at 8 s; Retry-After 0 waits nothing), slack.
+function chaos.bound(cfg)
+  local backoff = 0
+  for a = 1, cfg.max_retries do backoff = backoff + math.min(8, 0.5 * 2 ^ (a - 1)) end
+  return (1 + cfg.max_retries) * cfg.timeout + backoff + chaos.SLACK
+end
+
+-- A batch of n at concurrency k: the work spread over k slots, plus the
+-- longest single item (greedy scheduling's bound).
+function chaos.batch_bound(cfg, n, k)
+  return n * (1 + cfg.max_retries) * cfg.timeout / k + chaos.bound(cfg)
+end
+
+-- Runs fn (which returns res | nil, err) and records what came back.
+function chaos.call(path, marker, fn, bound)
+  local t0 = socket.gettime()
+  local ok, res, err = pcall(fn)
+  local call = { path = path, marker = marker, elapsed = socket.gettime() - t0, bound = bound }
+  if ok then call.res, call.err = res, err else call.raised = tostring(res) end
+  return call
+end
+
+-- create_cases over items { { contactId, { title = marker } }, ... }: one
+-- call record per item, the batch's time and bound for each.
+function chaos.batch(client, items, concurrency, bound)
+  local t0 = socket.gettime()
+  local ok, results = pcall(client.create_cases, client, items, { concurrency = concurrency })
+  local dt = socket.gettime() - t0
+  local calls = {}
+  for i, item in ipairs(items) do
+    local call = { path = ("create_cases[%d/%d c=%d]"):format(i, #items, concurrency),
+                   marker = item[2].title, elapsed = dt, bound = bound }
+    if not ok then
+      call.raised = tostring(results)
+    elseif type(results) ~= "table" or type(results[i]) ~= "table" then
+      call.raised = "create_cases returned no result #" .. i
+    else
+      call.res, call.err = results[i].res, results[i].err
+    end
+    calls[i] = call
+  end
+  return calls
+end
+
+-- ---- reading ------------------------------------------------------------
+
+local function num(v) return type(v) == "number" and ("%d"):format(v) or tostring(v) end
+
+local function describe_rec(r)
+  local what = (r.answer or "-") .. "/" .. tostring(r.delivery)
+  if r.variant then what = what .. "(" .. r.variant .. ")" end
+  if r.retry_after then what = what .. " Retry-After=" .. ("%q"):format(r.retry_after) end
+  return ("#%s conn %s %s %s %s status %s case %s%s%s t=%.3f"):format(
+    num(r.seq), num(r.conn), r.full and "full" or "PARTIAL", r.decision, what,
+    num(r.status), num(r.case_id), r.retry_ok and " retry_ok" or "",
+    r.delivered and "" or " (not all delivered)", r.t or 0)
+end
+
+local function describe_client(call)
+  if call.raised then return "raised: " .. call.raised end
+  local s
+  if call.res ~= nil then
+    local data = type(call.res) == "table" and type(call.res.data) == "table" and call.res.data or {}
+    s = ("res data.id=%s title=%s"):format(tostring(data.id), tostring(data.title))
+  elseif type(call.err) == "table" then
+    local e = call.err
+    local msg = tostring(e.message or "")
+    if #msg > 160 then msg = msg:sub(1, 160) .. "..." end
+    s = ("nil, err{kind=%s status=%s code=%s attempts=%s maybe_created=%s retry_after=%s message=%q}")
+      :format(tostring(e.kind), tostring(e.status), tostring(e.code), tostring(e.attempts),
+              tostring(e.maybe_created), tostring(e.retry_after), msg)
+  else
+    s = ("nil, %s"):format(tostring(call.err))
+  end
+  return ("%s in %.3f s (bound %.1f s)"):format(s, call.elapsed, call.bound or 0)
+end
+
+-- ---- the invariant ------------------------------------------------------
+
+-- The problems with one call, given its receptions in order.
+local function problems(call, recs)
+  local out = {}
+  local function bad(s) out[#out + 1] = s end
+  local created = {}
+  for _, r in ipairs(recs) do
+    if r.decision == "created" then created[#created + 1] = r end
+  end
+  -- (a)
+  if #created > 1 then bad(("(a) created %d times: a case created twice"):format(#created)) end
+  -- (b)
+  for i = 2, #recs do
+    if not recs[i - 1].retry_ok then
+      bad(("(b) reception #%s was sent again after #%s, which reached the server and was not a fully "
+        .. "delivered 429/503 with Retry-After: 0"):format(num(recs[i].seq), num(recs[i - 1].seq)))
+    end
+  end
+  -- (e), the shape
+  if call.raised then
+    bad("(e) raised: " .. call.raised)
+  elseif call.res ~= nil then
+    if call.err ~= nil then bad("(e) returned both res and err") end
+    if type(call.res) ~= "table" then bad("(e) res is a " .. type(call.res)) end
+  else
+    local e = call.err
+    if type(e) ~= "table" then
+      bad("(e) err is a " .. type(e) .. ", not a table")
+    else
+      if type(e.kind) ~= "string" or not chaos.KINDS[e.kind] then
+        bad("(e) err.kind is " .. tostring(e.kind))
+      end
+      if type(e.maybe_created) ~= "boolean" then
+        bad("(e) err.maybe_created is " .. tostring(e.maybe_created))
+      end
+      local ok, line = pcall(tostring, e)
+      if not ok or type(line) ~= "string" or line:find("\n") then
+        bad("(e) tostring(err) is not one line: " .. tostring(line))
+      end
+      -- (c)
+      if e.maybe_created == false and #created > 0 then
+        bad(("(c) maybe_created is false, but the server created case %s"):format(num(created[1].case_id)))
+      end
+    end
+  end
+  -- (d)
+  if not call.raised and type(call.res) == "table" then
+    if #created ~= 1 then
+      bad(("(d) res returned, but the server created %d cases for this call"):format(#created))
+    else
+      local r = created[1]
+      local data = type(call.res.data) == "table" and call.res.data or {}
+      if not (type(r.status) == "number" and r.status >= 200 and r.status <= 299 and r.body_json) then
+        bad(("(d) res returned, but the created reception's answer was %s, not a 2xx JSON object")
+          :format(num(r.status)))
+      end
+      if tonumber(data.id) == nil or tonumber(data.id) ~= tonumber(r.case_id) then
+        bad(("(d) res.data.id is %s, the server's case id %s"):format(tostring(data.id), num(r.case_id)))
+      end
+    end
+  end
+  -- (e), the time
+  if call.bound and call.elapsed > call.bound then
+    bad(("(e) took %.3f s, over its bound %.1f s"):format(call.elapsed, call.bound))
+  end
+  return out
+end
+
+-- Checks every call against the log: true, or false and a readable report
+-- naming the seed, and for each failing call its marker, the client's
+-- result and the server's receptions.
+function chaos.check(calls, log, seed, max_shown)
+  max_shown = max_shown or 8
+  local by_marker = {}
+  for _, r in ipairs(log) do
+    if r.marker then
+      by_marker[r.marker] = by_marker[r.marker] or {}
+      table.insert(by_marker[r.marker], r)
+    end
+  end
+  -- each reception's predecessor on its connection, for context
+  local before, last_on = {}, {}
+  local ordered = {}
+  for _, r in ipairs(log) do ordered[#ordered + 1] = r end
+  table.sort(ordered, function(x, y) return x.seq < y.seq end)
+  for _, r in ipairs(ordered) do
+    if r.conn then
+      before[r] = last_on[r.conn]
+      last_on[r.conn] = r
+    end
+  end
+  local failed, report = 0, {}
+  for _, call in ipairs(calls) do
+    local recs = by_marker[call.marker] or {}
+    table.sort(recs, function(x, y) return x.seq < y.seq end)
+    local p = problems(call, recs)
+    if #p > 0 then
+      failed = failed + 1
+      if failed <= max_shown then
+        report[#report + 1] = ("  %s (%s):"):format(call.marker, call.path)
+        for _, s in ipairs(p) do report[#report + 1] = "    " .. s end
+        report[#report + 1] = "    client: " .. describe_client(call)
+        if #recs == 0 then report[#report + 1] = "    server: no reception" end
+        for _, r in ipairs(recs) do
+          local prev = before[r]
+          if prev and prev.marker ~= call.marker then
+            report[#report + 1] = ("    server: (before it on conn %s: %s, %s)")
+              :format(num(r.conn), tostring(prev.marker), describe_rec(prev))
+          end
+          report[#report + 1] = "    server: " .. describe_rec(r)
+        end
+      end
+    end
+  end
+  if failed == 0 then return true end
+  if failed > max_shown then report[#report + 1] = ("  ... and %d more"):format(failed - max_shown) end
+  table.insert(report, 1, ("chaos seed %s: %d of %d calls broke the promise (rerun with CHAOS_SEED=%s)%s")
+    :format(num(seed), failed, #calls, num(seed),
+            (log.pending or 0) > 0 and (" [%s answers still pending]"):format(num(log.pending)) or ""))
+  return false, table.concat(report, "\n")
+end
+
+-- Appends every call and every reception to path, one a line (CHAOS_DUMP).
+function chaos.dump(path, calls, log)
+  local f = assert(io.open(path, "a"))
+  for _, call in ipairs(calls) do
+    f:write("call ", call.marker, " ", call.path, ": ", describe_client(call), "\n")
+  end
+  for _, r in ipairs(log) do f:write("reception ", tostring(r.marker), " ", describe_rec(r), "\n") end
+  f:close()
+end
+
+-- What the receptions were, counted by delivery: for a summary line.
+function chaos.tally(log)
+  local n, by = 0, {}
+  for _, r in ipairs(log) do
+    n = n + 1
+    local k = r.delivery == "garbage" and ("garbage(" .. tostring(r.variant) .. ")") or tostring(r.delivery)
+    by[k] = (by[k] or 0) + 1
+  end
+  local keys = {}
+  for k in pairs(by) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = {}
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. by[k] end
+  return ("%d receptions: %s"):format(n, table.concat(parts, " "))
+end
+
+return chaos
