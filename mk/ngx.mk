@@ -18,4 +18,4 @@ acquire-luajit.so: .tmp/luajit/acquire.so
 test-ngx: deps
 	@./scripts/deps.sh $(NGX_PKGS)
 	$(MAKE) --no-print-directory build .tmp/luajit/acquire.so
-	$(BUSTED) --tags=ngx $(BUSTED_ARGS) spec/07-ngx_spec.lua spec/12-h2_spec.lua
+	$(BUSTED) --tags=ngx $(BUSTED_ARGS) spec/07-ngx_spec.lua spec/12-h2_spec.lua spec/14-chaos_ngx_spec.lua
