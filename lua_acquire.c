@@ -16,7 +16,7 @@
  *   src/buffer.c     C-owned byte buffers
  *   src/compat.h     Lua 5.1-5.4 / LuaJIT differences
  */
-#include "src/acquire.h"
+#include "src/transport.h"
 
 #if defined(__GNUC__)
 #define ACQ_EXPORT __attribute__((visibility("default")))
@@ -27,6 +27,7 @@
 static const luaL_Reg module_functions[] = {
     { "new", client_new },
     { "configure", client_configure },
+    { "config", config_l_config },
     { "create_case", client_default_create_case },
     { "create_cases", batch_default_create_cases },
     { "fields", response_l_fields },

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "acquire.h"
+#include "transport.h"
 
 #define MAX_CONCURRENCY 64
 

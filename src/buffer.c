@@ -7,7 +7,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include "acquire.h"
+#include "core.h"
 
 int buf_reserve(acq_buf_t *b, size_t extra) {
     size_t need, cap;

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "acquire.h"
+#include "transport.h"
 
 
 static const char default_key = 'c';  /* registry: the default client */
@@ -55,7 +55,7 @@ static acq_client_t *make(lua_State *L, int idx) {
     const char *lines[ACQ_NHEADERS + 1], *what;
     char ua[ACQ_UA_MAX];
     acq_client_t *c;
-    int i;
+    int i, n;
     config_check(L, idx, &cfg);                       /* pushes base_url */
     c = (acq_client_t *)acq_newuserdata(L, sizeof *c);
     memset(c, 0, sizeof *c);
@@ -64,7 +64,7 @@ static acq_client_t *make(lua_State *L, int idx) {
     c->max_retries = cfg.max_retries;
     c->rng = policy_seed(c);
     c->pid = (long)getpid();
-    c->url = (char *)malloc(cfg.base_len + 80);
+    c->url = (char *)malloc(ACQ_URL_MAX);
     c->key = (char *)malloc(cfg.key_len + 1);
     if (c->url == NULL || c->key == NULL) {
         release(c);
@@ -77,15 +77,15 @@ static acq_client_t *make(lua_State *L, int idx) {
     c->t.key = c->key;                                /* debug output redacts it */
     c->t.sockets = &c->sockets;
     c->t.key_len = c->key_len;
-    request_headers(&cfg, config_user_agent(&cfg, ua), h);
-    for (i = 0; i < ACQ_NHEADERS; i++)
+    n = request_headers(&cfg, transport_user_agent(&cfg, ua), h);
+    for (i = 0; i < n; i++)
         lines[i] = lua_pushfstring(L, "%s: %s%s", h[i].name, h[i].prefix, h[i].value);
-    lines[ACQ_NHEADERS] = NULL;
+    lines[n] = NULL;
     if (transport_init(&c->t, &cfg, lines, &what) != 0) {
         release(c);
         luaL_error(L, "acquire: cannot set up libcurl (%s)", what);
     }
-    lua_pop(L, ACQ_NHEADERS);
+    lua_pop(L, n);
     c->open = 1;
     lua_remove(L, -2);                                /* base_url */
     return c;
@@ -156,7 +156,7 @@ int client_tostring(lua_State *L) {
     if (!c->open)
         lua_pushfstring(L, "acquire.Client (closed): %p", (void *)c);
     else {
-        lua_pushlstring(L, c->url, c->prefix_len - strlen(ACQ_API_PATH "?contactId="));
+        lua_pushlstring(L, c->url, c->prefix_len - (sizeof(ACQ_URL_PREFIX) - 1));
         lua_pushfstring(L, "acquire.Client (%s): %p", lua_tostring(L, -1), (void *)c);
     }
     return 1;

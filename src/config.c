@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <errno.h>
-#include "acquire.h"
+#include "core.h"
 
 static const char *const options[] = {
     "account_id", "api_key", "base_url", "timeout", "connect_timeout",
@@ -164,6 +164,27 @@ static int check_bool(lua_State *L, const char *opt, int idx) {
     return lua_toboolean(L, idx);
 }
 
+/* The parts of base_url (already checked by is_base_url). */
+static void split_url(acq_config_t *cfg) {
+    const char *s = cfg->base_url, *end = s + cfg->base_len, *h, *colon = NULL;
+    cfg->tls = cfg->base_len >= 8 && memcmp(s, "https://", 8) == 0;
+    h = s + (cfg->tls ? 8 : 7);
+    if (*h == '[') {
+        const char *close = memchr(h, ']', (size_t)(end - h));
+        if (close && close + 1 < end) colon = close + 1;
+    } else {
+        colon = memchr(h, ':', (size_t)(end - h));
+    }
+    cfg->host = h;
+    cfg->host_len = (size_t)((colon ? colon : end) - h);
+    cfg->port = cfg->tls ? 443 : 80;
+    if (colon) {
+        const char *p;
+        cfg->port = 0;
+        for (p = colon + 1; p < end; p++) cfg->port = cfg->port * 10 + (*p - '0');
+    }
+}
+
 void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     const char *account = NULL;
     size_t alen = 0, len;
@@ -253,7 +274,7 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     if (!lua_isnil(L, -1)) {
         size_t keep = 0;
         const char *u = check_str(L, "base_url", -1, &len);
-        if (len > 1024 || !is_base_url(u, len, &keep))
+        if (len > ACQ_BASE_URL_MAX || !is_base_url(u, len, &keep))
             luaL_error(L, "bad option 'base_url' (http(s)://host[:port] "
                           "expected, without path, query or userinfo)");
         lua_pushlstring(L, u, keep);
@@ -265,17 +286,56 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
         luaL_error(L, "option 'account_id' (or 'base_url') is required");
     }
     cfg->base_url = lua_tolstring(L, -1, &cfg->base_len);
+    cfg->account_id = account;
+    split_url(cfg);
     /* The strings stay referenced by the table at idx; only the derived
        base_url needs the stack, so drop the rest and keep exactly one. */
     lua_replace(L, top + 1);
     lua_settop(L, top + 1);
 }
 
-const char *config_user_agent(const acq_config_t *cfg, char buf[ACQ_UA_MAX]) {
-    curl_version_info_data *v;
-    if (cfg->user_agent) return cfg->user_agent;
-    v = curl_version_info(CURLVERSION_NOW);
-    snprintf(buf, ACQ_UA_MAX, "lua-acquire/%s libcurl/%s", ACQ_VERSION,
-             v && v->version ? v->version : "unknown");
-    return buf;
+/* acquire.config(t) -> the normalised configuration every transport reads:
+   t's options checked as acquire.new checks them (raising the same way),
+   every default filled in, and what they imply: base_url, scheme, host,
+   port, host_header and the request target before the contact id. */
+int config_l_config(lua_State *L) {
+    acq_config_t cfg;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    config_check(L, 1, &cfg);                                 /* 2: base_url */
+    lua_createtable(L, 0, 20);
+#define SETSTR(k, v)  do { lua_pushstring(L, (v)); lua_setfield(L, -2, k); } while (0)
+#define SETNUM(k, v)  do { lua_pushnumber(L, (v)); lua_setfield(L, -2, k); } while (0)
+#define SETINT(k, v)  do { acq_pushint64(L, (v)); lua_setfield(L, -2, k); } while (0)
+#define SETBOOL(k, v) do { lua_pushboolean(L, (v)); lua_setfield(L, -2, k); } while (0)
+    lua_pushlstring(L, cfg.api_key, cfg.key_len);
+    lua_setfield(L, -2, "api_key");
+    if (cfg.account_id) SETSTR("account_id", cfg.account_id);
+    lua_pushlstring(L, cfg.base_url, cfg.base_len);
+    lua_setfield(L, -2, "base_url");
+    SETSTR("scheme", cfg.tls ? "https" : "http");
+    lua_pushlstring(L, cfg.host, cfg.host_len);
+    lua_setfield(L, -2, "host");
+    SETINT("port", cfg.port);
+    lua_pushlstring(L, cfg.host, cfg.host_len);
+    if (cfg.port != (cfg.tls ? 443 : 80)) {               /* Host: names a port only then */
+        lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), cfg.port);
+        lua_remove(L, -2);
+    }
+    lua_setfield(L, -2, "host_header");
+    SETSTR("target", ACQ_URL_PREFIX);
+    SETNUM("timeout", (double)cfg.timeout_ms / 1000.0);
+    SETNUM("connect_timeout", (double)cfg.connect_timeout_ms / 1000.0);
+    SETINT("max_retries", cfg.max_retries);
+    SETINT("max_response_bytes", cfg.max_response_bytes);
+    if (cfg.user_agent) SETSTR("user_agent", cfg.user_agent);
+    if (cfg.ca_file) SETSTR("ca_file", cfg.ca_file);
+    SETBOOL("insecure", cfg.insecure);
+    SETBOOL("strict", cfg.strict);
+    SETBOOL("debug", cfg.debug);
+#undef SETSTR
+#undef SETNUM
+#undef SETINT
+#undef SETBOOL
+    return 1;
 }

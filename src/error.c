@@ -10,7 +10,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include "acquire.h"
+#include "core.h"
 
 
 /* Pushes a new err table; returns its absolute index. */

@@ -13,7 +13,7 @@
 #include <math.h>
 #include <string.h>
 #include <time.h>
-#include "acquire.h"
+#include "core.h"
 
 #define BACKOFF_BASE 0.5
 #define BACKOFF_CAP  8.0

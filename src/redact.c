@@ -10,7 +10,7 @@
  * (the debug log) holds that tail back instead of printing half a key.
  */
 #include <string.h>
-#include "acquire.h"
+#include "core.h"
 
 static int hexval(int c) {
     if (c >= '0' && c <= '9') return c - '0';

@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "acquire.h"
+#include "core.h"
 
 #define MAX_DEPTH 32
 
@@ -530,20 +530,22 @@ void request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b) {
     lua_settop(L, base);
 }
 
-void request_headers(const acq_config_t *cfg, const char *ua,
-                     acq_header_t h[ACQ_NHEADERS]) {
+int request_headers(const acq_config_t *cfg, const char *ua,
+                    acq_header_t h[ACQ_NHEADERS]) {
     h[0].name = "Content-Type";  h[0].prefix = ""; h[0].value = "application/json";
     h[1].name = "Accept";        h[1].prefix = ""; h[1].value = "application/json";
     h[2].name = "Authorization"; h[2].prefix = "Bearer "; h[2].value = cfg->api_key;
+    if (ua == NULL) return 3;
     h[3].name = "User-Agent";    h[3].prefix = ""; h[3].value = ua;
+    return 4;
 }
 
-/* Writes base_url + path + "?contactId=" + id; out holds base_len + 80. */
+/* Writes base_url + path + "?contactId=" + id; out holds ACQ_URL_MAX. */
 size_t request_url(const acq_config_t *cfg, long long id, char *out) {
     size_t n = cfg->base_len;
     memcpy(out, cfg->base_url, n);
-    memcpy(out + n, ACQ_API_PATH "?contactId=", sizeof(ACQ_API_PATH "?contactId=") - 1);
-    n += sizeof(ACQ_API_PATH "?contactId=") - 1;
+    memcpy(out + n, ACQ_URL_PREFIX, sizeof(ACQ_URL_PREFIX) - 1);
+    n += sizeof(ACQ_URL_PREFIX) - 1;
     return n + (size_t)snprintf(out + n, 24, "%lld", id);
 }
 
@@ -552,11 +554,10 @@ size_t request_url(const acq_config_t *cfg, long long id, char *out) {
 int request_l_build(lua_State *L) {
     acq_config_t cfg;
     acq_header_t h[ACQ_NHEADERS];
-    char ua[ACQ_UA_MAX];
     long long id;
     acq_buf_t *b;
     char *url;
-    int i;
+    int i, n;
     lua_settop(L, 3);
     config_check(L, 3, &cfg);                               /* 4: base_url */
     id = request_check_contact_id(L, 1);
@@ -565,13 +566,13 @@ int request_l_build(lua_State *L) {
     lua_createtable(L, 0, 4);
     lua_pushliteral(L, "POST");
     lua_setfield(L, -2, "method");
-    url = (char *)acq_newuserdata(L, cfg.base_len + 80);
+    url = (char *)acq_newuserdata(L, ACQ_URL_MAX);
     lua_pushlstring(L, url, request_url(&cfg, id, url));
     lua_setfield(L, -3, "url");
     lua_pop(L, 1);
-    request_headers(&cfg, config_user_agent(&cfg, ua), h);
+    n = request_headers(&cfg, cfg.user_agent, h);   /* a default User-Agent is the transport's */
     lua_createtable(L, 0, ACQ_NHEADERS);
-    for (i = 0; i < ACQ_NHEADERS; i++) {
+    for (i = 0; i < n; i++) {
         lua_pushstring(L, h[i].prefix);
         lua_pushstring(L, h[i].value);
         lua_concat(L, 2);

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-#include "acquire.h"
+#include "core.h"
 
 static const char decode_key = 'd';     /* registry: the decode function */
 #if ACQ_HAS_INTEGERS

@@ -11,7 +11,7 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "acquire.h"
+#include "transport.h"
 
 #define ACQ_CURL_AT_LEAST(x, y, z) (LIBCURL_VERSION_NUM >= (((x) << 16) | ((y) << 8) | (z)))
 
@@ -236,6 +236,15 @@ void transport_disown(acq_sockets_t *s) {
         else dup2(null, s->fd[i]);       /* never shutdown(): that would reach the parent */
     }
     if (!keep) close(null);
+}
+
+const char *transport_user_agent(const acq_config_t *cfg, char buf[ACQ_UA_MAX]) {
+    curl_version_info_data *v;
+    if (cfg->user_agent) return cfg->user_agent;
+    v = curl_version_info(CURLVERSION_NOW);
+    snprintf(buf, ACQ_UA_MAX, "lua-acquire/%s libcurl/%s", ACQ_VERSION,
+             v && v->version ? v->version : "unknown");
+    return buf;
 }
 
 #define SET(opt, val) \

@@ -1,21 +1,22 @@
 /*
- * acquire.h: the seams between the areas of the module.
+ * core.h: the seams between the areas of the core, which never sees a
+ * network library (make check-layers fails the build if one includes
+ * <curl/curl.h>; transports get transport.h).
  *
- *   request   contactId + opts        -> url, body bytes   (raises on misuse)
- *   transport url, headers, body      -> status, body      (libcurl, no schema)
- *   response  status, headers, body  -> res | nil, err
+ *   config    acquire.new's table     -> acq_config_t      (raises on misuse)
+ *   request   contactId + opts        -> url, headers, body bytes (json.c writes)
+ *   response  status, headers, body  -> res | nil, err    (error.c, redact.c)
  *   policy    err, attempt            -> wait and retry, or give up
  *
  * Everything here is hidden (-fvisibility=hidden); only luaopen_acquire
  * is exported.
  */
-#ifndef ACQUIRE_H
-#define ACQUIRE_H
+#ifndef ACQUIRE_CORE_H
+#define ACQUIRE_CORE_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <curl/curl.h>
 #include "compat.h"
 
 /* Everything declared from here on stays inside acquire.so, whatever the
@@ -78,24 +79,32 @@ static inline int acq_equals(lua_State *L, int idx, const char *lit) {
     return acq_lstreq(s, n, lit);
 }
 
-/* ---- config.c: the options of acquire.new --------------------------- */
+/* ---- config.c: the options of acquire.new, normalised ---------------- */
+#define ACQ_BASE_URL_MAX     1024          /* longest base_url accepted */
+#define ACQ_URL_PREFIX       ACQ_API_PATH "?contactId="
+/* base_url + path + "?contactId=" + 19 digits + NUL */
+#define ACQ_URL_MAX          (ACQ_BASE_URL_MAX + sizeof(ACQ_URL_PREFIX) + 20)
+
 typedef struct acq_config_t {
     const char *base_url;  size_t base_len;    /* no trailing '/' */
     const char *api_key;   size_t key_len;
-    const char *user_agent;                    /* NULL: the default */
+    const char *account_id;                    /* NULL when base_url was given */
+    const char *user_agent;                    /* NULL: the transport's own */
     const char *ca_file;                       /* NULL: system store */
     long   timeout_ms, connect_timeout_ms;
     long   max_response_bytes;
     int    max_retries;
     int    insecure, strict, debug;
+    /* derived from base_url */
+    int    tls;                                /* https */
+    const char *host;      size_t host_len;    /* into base_url; IPv6 in [ ] */
+    int    port;                               /* explicit or the scheme's */
 } acq_config_t;
 
 /* Validates the table at idx (raising on misuse). Strings point into Lua
    strings; a derived base_url is pushed, so exactly one value is pushed. */
 void  config_check(lua_State *L, int idx, acq_config_t *cfg);
-#define ACQ_UA_MAX 128
-/* cfg->user_agent, or "lua-acquire/V libcurl/V" written into buf. */
-const char *config_user_agent(const acq_config_t *cfg, char buf[ACQ_UA_MAX]);
+int   config_l_config(lua_State *L);
 
 /* ---- request.c: contactId and opts into bytes ----------------------- */
 /* The request's headers, the same for every transport. */
@@ -103,9 +112,10 @@ const char *config_user_agent(const acq_config_t *cfg, char buf[ACQ_UA_MAX]);
 typedef struct acq_header_t {
     const char *name, *prefix, *value;       /* name: prefix value */
 } acq_header_t;
-void  request_headers(const acq_config_t *cfg, const char *ua,
+/* Fills h; a User-Agent only when ua is not NULL. Returns how many. */
+int   request_headers(const acq_config_t *cfg, const char *ua,
                       acq_header_t h[ACQ_NHEADERS]);
-/* base_url + path + "?contactId=" + id into out (base_len + 80 bytes). */
+/* base_url + path + "?contactId=" + id into out (ACQ_URL_MAX bytes). */
 size_t request_url(const acq_config_t *cfg, long long id, char *out);
 int   request_l_build(lua_State *L);
 long long request_check_contact_id(lua_State *L, int arg);
@@ -165,108 +175,6 @@ uint64_t policy_seed(const void *salt);
 /* Reads the failure out of the err table at idx. */
 void  policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f);
 int   policy_l_retry_after(lua_State *L);
-
-/* ---- transport.c: libcurl easy handle ------------------------------- */
-#define ACQ_DEBUG_BODY_CAP   16384   /* debug = true logs this much of each body */
-typedef struct acq_dstream_t {       /* a body in the debug log */
-    acq_buf_t pend;                  /* held back: may begin a key */
-    size_t    shown, dropped;
-    int       mid;                   /* inside a line */
-} acq_dstream_t;
-
-/* The sockets libcurl opened for one client, open now: after fork() they
-   are the parent's too, and the child points them at /dev/null before its
-   libcurl closes them (a TLS close would write into the parent's session). */
-#define ACQ_MAX_SOCKETS      128
-typedef struct acq_sockets_t {
-    int n;
-    curl_socket_t fd[ACQ_MAX_SOCKETS];
-} acq_sockets_t;
-
-typedef struct acq_transport_t {
-    CURL              *easy;
-    struct curl_slist *headers;
-    acq_buf_t          body;               /* response body */
-    const char        *out;                /* request body being sent */
-    const char        *key;                /* to redact in debug output */
-    size_t             key_len;
-    size_t             out_len, out_pos;
-    int                sends;              /* requests begun by this transfer */
-    int                sock_errno;         /* why socket() failed, or 0 */
-    int                head, head_done;    /* answer: 2 final, 1 1xx; its blank line came */
-    acq_sockets_t     *sockets;            /* the client's, shared by its handles */
-    int                dbg_on;
-    acq_dstream_t      dbg[2];             /* debug log: body out, body in */
-    size_t             max_bytes;
-    int                too_large;
-    char               retry_after[64];    /* of the final response */
-    char               errbuf[CURL_ERROR_SIZE];
-} acq_transport_t;
-
-typedef struct acq_result_t {
-    CURLcode code;
-    long     status;
-    int      maybe_sent;                   /* some request bytes may have left */
-} acq_result_t;
-
-/* 0 on success; on failure *what says what could not be set up. */
-/* header_lines: NULL-terminated "Name: value" lines. */
-int   transport_init(acq_transport_t *t, const acq_config_t *cfg,
-                     const char *const *header_lines, const char **what);
-void  transport_perform(acq_transport_t *t, const char *url,
-                        const char *body, size_t len, acq_result_t *r);
-/* perform in two halves, for a multi handle */
-void  transport_prepare(acq_transport_t *t, const char *url,
-                        const char *body, size_t len);
-void  transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r);
-int   transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv);
-/* After fork(): every socket of the set made /dev/null, so that closing
-   them (libcurl's cleanup) touches nothing of the parent's. */
-void  transport_disown(acq_sockets_t *s);
-/* A fresh handle with t's options, the old one cleaned up. 0 on success. */
-int   transport_renew(acq_transport_t *t);
-void  transport_close(acq_transport_t *t);
-/* Pushes nil, err for a failed transfer; returns 2. */
-int   transport_push_error(lua_State *L, const acq_transport_t *t,
-                           const acq_result_t *r, const acq_secret_t *secret);
-
-/* ---- client.c: the acquire.Client userdata -------------------------- */
-typedef struct acq_slot_t acq_slot_t;           /* batch.c */
-
-typedef struct acq_client_t {
-    int       open;
-    int       strict, max_retries;
-    uint64_t  rng;                    /* backoff jitter */
-    char     *url;                    /* base + path + "?contactId=", then the id */
-    size_t    prefix_len;
-    char     *key;                    /* kept only to redact it from errors */
-    size_t    key_len;
-    acq_buf_t req;                    /* request body, reused */
-    acq_transport_t t;
-    CURLM    *multi;                  /* create_cases: made on first use */
-    acq_slot_t *slots[64];            /* its transfers, one easy handle each */
-    int       busy;                   /* create_cases is running (on_progress) */
-    long      pid;                    /* the process whose connections these are */
-    acq_sockets_t sockets;            /* every socket its handles hold */
-} acq_client_t;
-
-acq_client_t *client_check_open(lua_State *L, int idx);
-/* After fork(): the connections belong to the parent; start afresh. */
-void  client_check_fork(lua_State *L, acq_client_t *c);
-/* Pushes the default client (configured, or from the environment). */
-acq_client_t *client_default(lua_State *L);
-/* The outcome of one transfer: pushes res (1) or nil, err (2). */
-int   client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
-                     const acq_result_t *r);
-int   batch_create_cases(lua_State *L);
-int   batch_default_create_cases(lua_State *L);
-void  batch_release(acq_client_t *c);
-int   client_new(lua_State *L);
-int   client_create_case(lua_State *L);
-int   client_close(lua_State *L);
-int   client_tostring(lua_State *L);
-int   client_configure(lua_State *L);
-int   client_default_create_case(lua_State *L);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

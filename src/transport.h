@@ -1,0 +1,126 @@
+/*
+ * transport.h: what moves bytes (libcurl), on top of the core: the easy
+ * handle of one call (transport.c), the Client (client.c) and the batch
+ * on a multi handle (batch.c). Only these and lua_acquire.c see libcurl.
+ */
+#ifndef ACQUIRE_TRANSPORT_H
+#define ACQUIRE_TRANSPORT_H
+
+#include <curl/curl.h>
+#include "core.h"
+
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
+/* ---- transport.c: libcurl easy handle ------------------------------- */
+#define ACQ_DEBUG_BODY_CAP   16384   /* debug = true logs this much of each body */
+typedef struct acq_dstream_t {       /* a body in the debug log */
+    acq_buf_t pend;                  /* held back: may begin a key */
+    size_t    shown, dropped;
+    int       mid;                   /* inside a line */
+} acq_dstream_t;
+
+/* The sockets libcurl opened for one client, open now: after fork() they
+   are the parent's too, and the child points them at /dev/null before its
+   libcurl closes them (a TLS close would write into the parent's session). */
+#define ACQ_MAX_SOCKETS      128
+typedef struct acq_sockets_t {
+    int n;
+    curl_socket_t fd[ACQ_MAX_SOCKETS];
+} acq_sockets_t;
+
+typedef struct acq_transport_t {
+    CURL              *easy;
+    struct curl_slist *headers;
+    acq_buf_t          body;               /* response body */
+    const char        *out;                /* request body being sent */
+    const char        *key;                /* to redact in debug output */
+    size_t             key_len;
+    size_t             out_len, out_pos;
+    int                sends;              /* requests begun by this transfer */
+    int                sock_errno;         /* why socket() failed, or 0 */
+    int                head, head_done;    /* answer: 2 final, 1 1xx; its blank line came */
+    acq_sockets_t     *sockets;            /* the client's, shared by its handles */
+    int                dbg_on;
+    acq_dstream_t      dbg[2];             /* debug log: body out, body in */
+    size_t             max_bytes;
+    int                too_large;
+    char               retry_after[64];    /* of the final response */
+    char               errbuf[CURL_ERROR_SIZE];
+} acq_transport_t;
+
+typedef struct acq_result_t {
+    CURLcode code;
+    long     status;
+    int      maybe_sent;                   /* some request bytes may have left */
+} acq_result_t;
+
+#define ACQ_UA_MAX 160
+/* cfg->user_agent, or "lua-acquire/V libcurl/V" written into buf: the
+   User-Agent belongs to the transport that sends it. */
+const char *transport_user_agent(const acq_config_t *cfg, char buf[ACQ_UA_MAX]);
+/* 0 on success; on failure *what says what could not be set up. */
+/* header_lines: NULL-terminated "Name: value" lines. */
+int   transport_init(acq_transport_t *t, const acq_config_t *cfg,
+                     const char *const *header_lines, const char **what);
+void  transport_perform(acq_transport_t *t, const char *url,
+                        const char *body, size_t len, acq_result_t *r);
+/* perform in two halves, for a multi handle */
+void  transport_prepare(acq_transport_t *t, const char *url,
+                        const char *body, size_t len);
+void  transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r);
+int   transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv);
+/* After fork(): every socket of the set made /dev/null, so that closing
+   them (libcurl's cleanup) touches nothing of the parent's. */
+void  transport_disown(acq_sockets_t *s);
+/* A fresh handle with t's options, the old one cleaned up. 0 on success. */
+int   transport_renew(acq_transport_t *t);
+void  transport_close(acq_transport_t *t);
+/* Pushes nil, err for a failed transfer; returns 2. */
+int   transport_push_error(lua_State *L, const acq_transport_t *t,
+                           const acq_result_t *r, const acq_secret_t *secret);
+
+/* ---- client.c: the acquire.Client userdata -------------------------- */
+typedef struct acq_slot_t acq_slot_t;           /* batch.c */
+
+typedef struct acq_client_t {
+    int       open;
+    int       strict, max_retries;
+    uint64_t  rng;                    /* backoff jitter */
+    char     *url;                    /* base + path + "?contactId=", then the id */
+    size_t    prefix_len;
+    char     *key;                    /* kept only to redact it from errors */
+    size_t    key_len;
+    acq_buf_t req;                    /* request body, reused */
+    acq_transport_t t;
+    CURLM    *multi;                  /* create_cases: made on first use */
+    acq_slot_t *slots[64];            /* its transfers, one easy handle each */
+    int       busy;                   /* create_cases is running (on_progress) */
+    long      pid;                    /* the process whose connections these are */
+    acq_sockets_t sockets;            /* every socket its handles hold */
+} acq_client_t;
+
+acq_client_t *client_check_open(lua_State *L, int idx);
+/* After fork(): the connections belong to the parent; start afresh. */
+void  client_check_fork(lua_State *L, acq_client_t *c);
+/* Pushes the default client (configured, or from the environment). */
+acq_client_t *client_default(lua_State *L);
+/* The outcome of one transfer: pushes res (1) or nil, err (2). */
+int   client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
+                     const acq_result_t *r);
+int   batch_create_cases(lua_State *L);
+int   batch_default_create_cases(lua_State *L);
+void  batch_release(acq_client_t *c);
+int   client_new(lua_State *L);
+int   client_create_case(lua_State *L);
+int   client_close(lua_State *L);
+int   client_tostring(lua_State *L);
+int   client_configure(lua_State *L);
+int   client_default_create_case(lua_State *L);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#endif
