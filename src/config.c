@@ -294,6 +294,12 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     lua_settop(L, top + 1);
 }
 
+/* Whole seconds as an integer (30, not 30.0), others as they are. */
+static void push_seconds(lua_State *L, long ms) {
+    if (ms % 1000 == 0) acq_pushint64(L, ms / 1000);
+    else lua_pushnumber(L, (lua_Number)ms / 1000.0);
+}
+
 /* acquire.config(t) -> the normalised configuration every transport reads:
    t's options checked as acquire.new checks them (raising the same way),
    every default filled in, and what they imply: base_url, scheme, host,
@@ -305,7 +311,6 @@ int config_l_config(lua_State *L) {
     config_check(L, 1, &cfg);                                 /* 2: base_url */
     lua_createtable(L, 0, 20);
 #define SETSTR(k, v)  do { lua_pushstring(L, (v)); lua_setfield(L, -2, k); } while (0)
-#define SETNUM(k, v)  do { lua_pushnumber(L, (v)); lua_setfield(L, -2, k); } while (0)
 #define SETINT(k, v)  do { acq_pushint64(L, (v)); lua_setfield(L, -2, k); } while (0)
 #define SETBOOL(k, v) do { lua_pushboolean(L, (v)); lua_setfield(L, -2, k); } while (0)
     lua_pushlstring(L, cfg.api_key, cfg.key_len);
@@ -324,8 +329,10 @@ int config_l_config(lua_State *L) {
     }
     lua_setfield(L, -2, "host_header");
     SETSTR("target", ACQ_URL_PREFIX);
-    SETNUM("timeout", (double)cfg.timeout_ms / 1000.0);
-    SETNUM("connect_timeout", (double)cfg.connect_timeout_ms / 1000.0);
+    push_seconds(L, cfg.timeout_ms);
+    lua_setfield(L, -2, "timeout");
+    push_seconds(L, cfg.connect_timeout_ms);
+    lua_setfield(L, -2, "connect_timeout");
     SETINT("max_retries", cfg.max_retries);
     SETINT("max_response_bytes", cfg.max_response_bytes);
     if (cfg.user_agent) SETSTR("user_agent", cfg.user_agent);
@@ -334,7 +341,6 @@ int config_l_config(lua_State *L) {
     SETBOOL("strict", cfg.strict);
     SETBOOL("debug", cfg.debug);
 #undef SETSTR
-#undef SETNUM
 #undef SETINT
 #undef SETBOOL
     return 1;
