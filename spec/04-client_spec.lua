@@ -147,6 +147,14 @@ describe("a client against the local server", function()
       assert.matches(UA_PATTERN, req.headers["user-agent"])
     end)
 
+    it("names lua-acquire 0.1.0 and the libcurl version in its default User-Agent", function()
+      -- the libcurl the module was built against (curl-config, from its -dev package)
+      local p = assert(io.popen("curl-config --version"))
+      local v = p:read("*a"):match("libcurl (%d+%.%d+%.%d+)")
+      p:close()
+      assert.equal("lua-acquire/0.1.0 libcurl/" .. v, req.headers["user-agent"])
+    end)
+
     it("carries each of those headers once", function()
       local count = {}
       for _, h in ipairs(req.header_list) do

@@ -48,21 +48,12 @@ static inline void acq_rawsetp(lua_State *L, int t, const void *p) {
     lua_insert(L, -2);
     lua_rawset(L, t);
 }
-static inline void *acq_testudata(lua_State *L, int i, const char *tname) {
-    void *p = lua_touserdata(L, i);
-    if (p == NULL || !lua_getmetatable(L, i)) return NULL;
-    luaL_getmetatable(L, tname);
-    if (!lua_rawequal(L, -1, -2)) p = NULL;
-    lua_pop(L, 2);
-    return p;
-}
 #else
 #define acq_rawlen(L, i)          lua_rawlen(L, (i))
 #define acq_absindex(L, i)        lua_absindex(L, (i))
 #define acq_setfuncs(L, l, n)     luaL_setfuncs(L, (l), (n))
 #define acq_rawgetp(L, t, p)      ((void)lua_rawgetp(L, (t), (p)))
 #define acq_rawsetp(L, t, p)      lua_rawsetp(L, (t), (p))
-#define acq_testudata(L, i, n)    luaL_testudata(L, (i), (n))
 #endif
 
 #if LUA_VERSION_NUM == 501
@@ -90,11 +81,14 @@ static inline void acq_setmetatable(lua_State *L, const char *tname) {
     lua_setmetatable(L, -2);
 }
 
+/* acquire.null (lua-cjson's null: a NULL light userdata)? */
+static inline int acq_isnull(lua_State *L, int i) {
+    return lua_type(L, i) == LUA_TLIGHTUSERDATA && lua_touserdata(L, i) == NULL;
+}
+
 /* "got X" in messages: acquire.null reads better than "userdata". */
 static inline const char *acq_typename(lua_State *L, int i) {
-    if (lua_type(L, i) == LUA_TLIGHTUSERDATA && lua_touserdata(L, i) == NULL)
-        return "null";
-    return luaL_typename(L, i);
+    return acq_isnull(L, i) ? "null" : luaL_typename(L, i);
 }
 
 /* Pushes an integer so that it reads back exactly: a Lua integer on 5.3+,

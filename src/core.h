@@ -106,6 +106,37 @@ typedef struct acq_config_t {
 void  config_check(lua_State *L, int idx, acq_config_t *cfg);
 int   config_l_config(lua_State *L);
 
+/* ---- json.c: the one JSON writer ------------------------------------ */
+#define ACQ_JSON_MAX_DEPTH   32
+/* Where a value sits, for messages: "agentId", "mentionUsers[2]",
+   "fields.plan", "message.message". */
+typedef struct acq_path_t {
+    const char *parent, *key;
+    long index;                  /* > 0: parent[index] */
+} acq_path_t;
+typedef struct acq_key_t { const char *s; size_t n; } acq_key_t;
+
+const char *json_pushpath(lua_State *L, const acq_path_t *p);
+/* Raises "bad field 'PATH' (EXPECTED expected, got TYPE)". */
+ACQ_NORETURN void json_bad(lua_State *L, const acq_path_t *p, const char *expected, int idx);
+void  json_raw(lua_State *L, acq_buf_t *b, const char *s, size_t n);
+#define JSON_LIT(L, b, s) json_raw(L, b, s, sizeof(s) - 1)
+void  json_char(lua_State *L, acq_buf_t *b, char c);
+void  json_string(lua_State *L, acq_buf_t *b, const char *s, size_t n, const acq_path_t *p);
+void  json_int(lua_State *L, acq_buf_t *b, long long v);
+void  json_number(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p);
+/* Any Lua value, tables as arrays or sorted objects, at most
+   ACQ_JSON_MAX_DEPTH deep; acquire.null is null. Raises on what has no JSON. */
+void  json_value(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p, int depth);
+/* An integer-valued number: a Lua integer, or a float with an exact
+   integral value inside the 64-bit range. 0 if not. */
+int   json_to_int(lua_State *L, int idx, long long *out);
+/* The string keys of the table at idx, sorted, in a userdata left on the
+   stack (raises on other keys). */
+acq_key_t *json_sorted_keys(lua_State *L, int idx, size_t *count, const acq_path_t *p);
+/* n if the table at idx is exactly the sequence 1..n, else -1. */
+long  json_sequence_len(lua_State *L, int idx);
+
 /* ---- request.c: contactId and opts into bytes ----------------------- */
 /* The request's headers, the same for every transport. */
 #define ACQ_NHEADERS 4

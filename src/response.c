@@ -251,7 +251,7 @@ int response_l_fields(lua_State *L) {
             lua_getfield(L, 4, "field");                      /* 5 */
             lua_getfield(L, 4, "value");                      /* 6 */
             if (lua_istable(L, 5) && !lua_isnil(L, 6) &&
-                !(lua_type(L, 6) == LUA_TLIGHTUSERDATA && lua_touserdata(L, 6) == NULL)) {
+                !acq_isnull(L, 6)) {
                 lua_getfield(L, 5, "key");                    /* 7 */
                 if (lua_type(L, 7) == LUA_TSTRING) {
                     lua_pushvalue(L, 6);
