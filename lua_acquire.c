@@ -25,11 +25,11 @@
 #endif
 
 static const luaL_Reg module_functions[] = {
-    { "new", client_new },
-    { "configure", client_configure },
+    { "new", client_l_new },
+    { "configure", client_l_configure },
     { "config", config_l_config },
-    { "create_case", client_default_create_case },
-    { "create_cases", batch_default_create_cases },
+    { "create_case", client_l_default_create_case },
+    { "create_cases", batch_l_default_create_cases },
     { "fields", response_l_fields },
     { "build_request", request_l_build },
     { "decode_response", response_l_decode },
@@ -39,18 +39,18 @@ static const luaL_Reg module_functions[] = {
 };
 
 static const luaL_Reg client_methods[] = {
-    { "create_case", client_create_case },
-    { "create_cases", batch_create_cases },
-    { "close", client_close },
+    { "create_case", client_l_create_case },
+    { "create_cases", batch_l_create_cases },
+    { "close", client_l_close },
     { NULL, NULL }
 };
 
 static const luaL_Reg client_metamethods[] = {
-    { "__gc", client_close },
+    { "__gc", client_l_close },
 #if LUA_VERSION_NUM >= 504
-    { "__close", client_close },
+    { "__close", client_l_close },
 #endif
-    { "__tostring", client_tostring },
+    { "__tostring", client_l_tostring },
     { NULL, NULL }
 };
 
@@ -62,7 +62,7 @@ static void client_open(lua_State *L) {
     lua_setfield(L, -2, "__index");
     lua_pushliteral(L, ACQ_MT_CLIENT);
     lua_setfield(L, -2, "__name");
-    lua_pushliteral(L, "not your business");
+    lua_pushliteral(L, ACQ_MT_CLIENT);                /* getmetatable(client): its type, locked */
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
 }
@@ -70,9 +70,10 @@ static void client_open(lua_State *L) {
 ACQ_EXPORT int luaopen_acquire(lua_State *L);
 
 ACQ_EXPORT int luaopen_acquire(lua_State *L) {
-    /* curl_global_init is idempotent and thread-safe in the libcurl we
-       require (7.84+ with a thread-safe TLS backend); done here, once per
-       state, rather than implicitly by the first easy handle. */
+    /* curl_global_init counts its calls, once per state that loads the
+       module (libcurl 7.84+ makes it thread-safe; older ones want it called
+       before any thread starts, which a Lua host does when it loads us
+       from its main thread). */
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return luaL_error(L, "acquire: curl_global_init failed");
     buf_open(L);

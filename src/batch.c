@@ -16,7 +16,12 @@
 #include <time.h>
 #include "transport.h"
 
-#define MAX_CONCURRENCY 64
+
+/* A client's batch state, made by its first create_cases. */
+struct acq_batch_t {
+    CURLM      *multi;
+    acq_slot_t *slots[ACQ_MAX_CONCURRENCY];    /* one easy handle each */
+};
 
 struct acq_slot_t {
     acq_transport_t t;
@@ -39,55 +44,62 @@ static double now(void) {
    error left one behind. */
 static void detach_all(acq_client_t *c) {
     int i;
-    for (i = 0; i < MAX_CONCURRENCY; i++) {
-        if (c->slots[i] && c->slots[i]->item >= 0) {
-            curl_multi_remove_handle(c->multi, c->slots[i]->t.easy);
-            c->slots[i]->item = -1;
+    if (c->batch == NULL) return;
+    for (i = 0; i < ACQ_MAX_CONCURRENCY; i++) {
+        if (c->batch->slots[i] && c->batch->slots[i]->item >= 0) {
+            curl_multi_remove_handle(c->batch->multi, c->batch->slots[i]->t.easy);
+            c->batch->slots[i]->item = -1;
         }
     }
 }
 
 void batch_release(acq_client_t *c) {
     int i;
-    if (c->multi) detach_all(c);
-    for (i = 0; i < MAX_CONCURRENCY; i++) {
-        if (c->slots[i] == NULL) continue;
-        c->slots[i]->t.headers = NULL;          /* c->t owns the list */
-        transport_close(&c->slots[i]->t);
-        free(c->slots[i]);
-        c->slots[i] = NULL;
+    if (c->batch == NULL) return;
+    detach_all(c);
+    for (i = 0; i < ACQ_MAX_CONCURRENCY; i++) {
+        if (c->batch->slots[i] == NULL) continue;
+        c->batch->slots[i]->t.headers = NULL;          /* c->t owns the list */
+        transport_close(&c->batch->slots[i]->t);
+        free(c->batch->slots[i]);
+        c->batch->slots[i] = NULL;
     }
-    if (c->multi) curl_multi_cleanup(c->multi);
-    c->multi = NULL;
+    if (c->batch->multi) curl_multi_cleanup(c->batch->multi);
+    free(c->batch);
+    c->batch = NULL;
 }
 
 static void setup(lua_State *L, acq_client_t *c, int concurrency) {
     int i;
-    if (c->multi == NULL) {
-        c->multi = curl_multi_init();
-        if (c->multi == NULL) luaL_error(L, "acquire: curl_multi_init failed");
+    if (c->batch == NULL) {
+        c->batch = (acq_batch_t *)calloc(1, sizeof *c->batch);
+        if (c->batch == NULL) luaL_error(L, "not enough memory");
+    }
+    if (c->batch->multi == NULL) {
+        c->batch->multi = curl_multi_init();
+        if (c->batch->multi == NULL) luaL_error(L, "acquire: curl_multi_init failed");
     }
     detach_all(c);
     for (i = 0; i < concurrency; i++) {
-        if (c->slots[i]) continue;
-        c->slots[i] = (acq_slot_t *)calloc(1, sizeof(acq_slot_t));
-        if (c->slots[i] == NULL) {
+        if (c->batch->slots[i]) continue;
+        c->batch->slots[i] = (acq_slot_t *)calloc(1, sizeof(acq_slot_t));
+        if (c->batch->slots[i] == NULL) {
             luaL_error(L, "not enough memory");
             return;
         }
-        if (transport_dup(&c->slots[i]->t, &c->t, c->slots[i]) != 0) {
-            transport_close(&c->slots[i]->t);
-            free(c->slots[i]);
-            c->slots[i] = NULL;
+        if (transport_dup(&c->batch->slots[i]->t, &c->t, c->batch->slots[i]) != 0) {
+            transport_close(&c->batch->slots[i]->t);
+            free(c->batch->slots[i]);
+            c->batch->slots[i] = NULL;
             luaL_error(L, "acquire: cannot set up a libcurl handle");
             return;
         }
-        c->slots[i]->item = -1;
+        c->batch->slots[i]->item = -1;
     }
 }
 
 /* Encodes item i (the table at idx) under pcall, so a misuse names it. */
-static int encode_item(lua_State *L) {
+static int batch_l_encode_item(lua_State *L) {
     acq_client_t *c = (acq_client_t *)lua_touserdata(L, 1);
     item_t *it = (item_t *)lua_touserdata(L, 2);
     luaL_checktype(L, 3, LUA_TTABLE);
@@ -112,10 +124,10 @@ static void parse_opts(lua_State *L, int idx, int *concurrency, int *progress) {
     while (lua_next(L, idx)) {
         if (acq_equals(L, -2, "concurrency")) {
             lua_Number v = lua_tonumber(L, -1);
-            if (lua_type(L, -1) != LUA_TNUMBER || !(v >= 1 && v <= MAX_CONCURRENCY) ||
+            if (lua_type(L, -1) != LUA_TNUMBER || !(v >= 1 && v <= ACQ_MAX_CONCURRENCY) ||
                 v != floor(v))
                 luaL_error(L, "bad option 'concurrency' (integer from 1 to %d expected)",
-                           MAX_CONCURRENCY);
+                           ACQ_MAX_CONCURRENCY);
             *concurrency = (int)v;
         } else if (acq_equals(L, -2, "on_progress")) {
             if (!lua_isfunction(L, -1))
@@ -143,7 +155,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     long n = (long)acq_rawlen(L, items), i, fresh = 0, done = 0, nwait = 0;
     item_t *it;
     long *waiting;                             /* items waiting to retry */
-    char url[1200];
+    char url[ACQ_URL_MAX];
 
     parse_opts(L, opts, &concurrency, &progress);
     if (progress) {
@@ -156,7 +168,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     lua_createtable(L, (int)n, 0);
     bodies = lua_gettop(L);
     for (i = 0; i < n; i++) {                  /* all of them, before any is sent */
-        lua_pushcfunction(L, encode_item);
+        lua_pushcfunction(L, batch_l_encode_item);
         lua_pushlightuserdata(L, c);
         lua_pushlightuserdata(L, &it[i]);
         lua_rawgeti(L, items, (int)i + 1);
@@ -179,7 +191,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             long pick = -1;
             size_t len;
             const char *body;
-            if (c->slots[s] == NULL || c->slots[s]->item >= 0) continue;  /* setup made 0..concurrency-1 */
+            if (c->batch->slots[s] == NULL || c->batch->slots[s]->item >= 0) continue;  /* setup made 0..concurrency-1 */
             for (i = 0; i < nwait; i++) {
                 if (it[waiting[i]].ready_at <= t) {
                     pick = waiting[i];
@@ -193,10 +205,10 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             body = lua_tolstring(L, -1, &len);      /* anchored in bodies */
             lua_pop(L, 1);
             snprintf(url + c->prefix_len, 24, "%lld", it[pick].id);
-            transport_prepare(&c->slots[s]->t, url, body, len);
-            c->slots[s]->item = pick;
-            if (curl_multi_add_handle(c->multi, c->slots[s]->t.easy) != CURLM_OK) {
-                c->slots[s]->item = -1;
+            transport_prepare(&c->batch->slots[s]->t, url, body, len);
+            c->batch->slots[s]->item = pick;
+            if (curl_multi_add_handle(c->batch->multi, c->batch->slots[s]->t.easy) != CURLM_OK) {
+                c->batch->slots[s]->item = -1;
                 detach_all(c);
                 luaL_error(L, "acquire: curl_multi_add_handle failed");
             }
@@ -210,33 +222,30 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             policy_sleep(next_ready - now());
             continue;
         }
-        curl_multi_perform(c->multi, &running);
-        while ((msg = curl_multi_info_read(c->multi, &queued)) != NULL) {
+        curl_multi_perform(c->batch->multi, &running);
+        while ((msg = curl_multi_info_read(c->batch->multi, &queued)) != NULL) {
             acq_slot_t *slot = NULL;
             acq_result_t r;
-            acq_failure_t f;
             double wait;
             long k;
             if (msg->msg != CURLMSG_DONE) continue;
             curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&slot);
             k = slot->item;
             transport_finish(&slot->t, msg->data.result, &r);
-            curl_multi_remove_handle(c->multi, slot->t.easy);  /* msg is gone now */
+            curl_multi_remove_handle(c->batch->multi, slot->t.easy);  /* msg is gone now */
             slot->item = -1;
             active--;
             it[k].attempts++;
             if (client_outcome(L, c, &slot->t, &r) == 1) {
                 store(L, results, k, "res");
             } else {
-                policy_failure_from_err(L, -1, &f);
-                wait = policy_delay(&f, it[k].attempts, c->max_retries, &c->rng);
+                wait = policy_next(L, -1, it[k].attempts, c->max_retries, &c->rng);
                 if (wait >= 0) {
                     lua_pop(L, 2);
                     it[k].ready_at = now() + wait;
                     waiting[nwait++] = k;
                     continue;
                 }
-                error_setint(L, lua_gettop(L), "attempts", it[k].attempts);
                 lua_remove(L, -2);
                 store(L, results, k, "err");
             }
@@ -258,7 +267,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
                 double ms = (next_ready - now()) * 1000.0;
                 timeout = ms < 0 ? 0 : ms < 1000 ? (int)ms + 1 : 1000;
             }
-            curl_multi_poll(c->multi, NULL, 0, timeout, NULL);
+            curl_multi_poll(c->batch->multi, NULL, 0, timeout, NULL);
         }
     }
     detach_all(c);
@@ -266,7 +275,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     return 1;
 }
 
-static int run_protected(lua_State *L) {      /* client (light), items, opts */
+static int batch_l_run(lua_State *L) {      /* client (light), items, opts */
     return run(L, (acq_client_t *)lua_touserdata(L, 1), 2, 3);
 }
 
@@ -280,20 +289,20 @@ static int guarded(lua_State *L, acq_client_t *c, int items, int opts) {
         luaL_error(L, "acquire: create_cases is already running on this client "
                       "(called from on_progress?)");
     client_check_fork(L, c);
-    lua_pushcfunction(L, run_protected);
+    lua_pushcfunction(L, batch_l_run);
     lua_pushlightuserdata(L, c);
     lua_pushvalue(L, items);
     lua_pushvalue(L, opts);
     c->busy = 1;
     status = lua_pcall(L, 3, 1, 0);
     c->busy = 0;
-    if (c->multi) detach_all(c);
+    detach_all(c);
     if (status != 0) return lua_error(L);
     return 1;
 }
 
 /* client:create_cases(items, opts) -> { { res = … } | { err = … }, … } */
-int batch_create_cases(lua_State *L) {
+int batch_l_create_cases(lua_State *L) {
     acq_client_t *c = client_check_open(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 3);
@@ -301,7 +310,7 @@ int batch_create_cases(lua_State *L) {
 }
 
 /* acquire.create_cases(items, opts) through the default client */
-int batch_default_create_cases(lua_State *L) {
+int batch_l_default_create_cases(lua_State *L) {
     acq_client_t *c;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);

@@ -34,7 +34,7 @@ void buf_lreserve(lua_State *L, acq_buf_t *b, size_t extra) {
     if (!buf_reserve(b, extra)) luaL_error(L, "not enough memory");
 }
 
-static int buf_gc(lua_State *L) {
+static int buf_l_gc(lua_State *L) {
     buf_free((acq_buf_t *)luaL_checkudata(L, 1, ACQ_MT_BUFFER));
     return 0;
 }
@@ -48,7 +48,7 @@ acq_buf_t *buf_push(lua_State *L) {
 
 void buf_open(lua_State *L) {
     if (luaL_newmetatable(L, ACQ_MT_BUFFER)) {
-        lua_pushcfunction(L, buf_gc);
+        lua_pushcfunction(L, buf_l_gc);
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);

@@ -92,7 +92,7 @@ static acq_client_t *make(lua_State *L, int idx) {
 }
 
 /* acquire.new(config) -> client */
-int client_new(lua_State *L) {
+int client_l_new(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     make(L, 1);
     return 1;
@@ -112,7 +112,6 @@ int client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
 /* The loop every call takes. contactId at arg, opts at arg + 1. */
 static int create_case(lua_State *L, acq_client_t *c, int arg) {
     acq_result_t r;
-    acq_failure_t f;
     long long id = request_check_contact_id(L, arg);
     int attempt, n, base;
     request_encode_body(L, arg + 1, c->strict, &c->req);
@@ -124,25 +123,21 @@ static int create_case(lua_State *L, acq_client_t *c, int arg) {
         transport_perform(&c->t, c->url, c->req.p, c->req.len, &r);
         n = client_outcome(L, c, &c->t, &r);
         if (n == 1) return 1;
-        policy_failure_from_err(L, -1, &f);
-        wait = policy_delay(&f, attempt, c->max_retries, &c->rng);
-        if (wait < 0) {
-            error_setint(L, lua_gettop(L), "attempts", attempt);
-            return 2;
-        }
+        wait = policy_next(L, -1, attempt, c->max_retries, &c->rng);
+        if (wait < 0) return 2;
         lua_settop(L, base);
         policy_sleep(wait);
     }
 }
 
 /* client:create_case(contactId, opts) -> res | nil, err */
-int client_create_case(lua_State *L) {
+int client_l_create_case(lua_State *L) {
     return create_case(L, client_check_open(L, 1), 2);
 }
 
 /* close(), __gc and __close. Inside create_cases' on_progress it raises:
    the batch's transfers run on this client's handles. */
-int client_close(lua_State *L) {
+int client_l_close(lua_State *L) {
     acq_client_t *c = (acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT);
     if (c->busy)
         luaL_error(L, "acquire: cannot close a client while its create_cases runs "
@@ -151,7 +146,7 @@ int client_close(lua_State *L) {
     return 0;
 }
 
-int client_tostring(lua_State *L) {
+int client_l_tostring(lua_State *L) {
     acq_client_t *c = (acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT);
     if (!c->open)
         lua_pushfstring(L, "acquire.Client (closed): %p", (void *)c);
@@ -163,7 +158,7 @@ int client_tostring(lua_State *L) {
 }
 
 /* acquire.configure(config) -> client; the client acquire.create_case uses */
-int client_configure(lua_State *L) {
+int client_l_configure(lua_State *L) {
     luaL_checktype(L, 1, LUA_TTABLE);
     make(L, 1);
     lua_pushvalue(L, -1);
@@ -205,7 +200,7 @@ acq_client_t *client_default(lua_State *L) {
 }
 
 /* acquire.create_case(contactId, opts) through the default client */
-int client_default_create_case(lua_State *L) {
+int client_l_default_create_case(lua_State *L) {
     acq_client_t *c;
     lua_settop(L, 2);
     c = client_default(L);                                    /* 3 */

@@ -203,6 +203,10 @@ double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
                     uint64_t *rng);
 void  policy_sleep(double seconds);
 uint64_t policy_seed(const void *salt);
+/* The one retry step, for every loop: after attempt failed with the err
+   table at idx, the seconds to wait before trying again, or -1 to give up,
+   having set err.attempts. */
+double policy_next(lua_State *L, int idx, int attempt, int max_retries, uint64_t *rng);
 /* Reads the failure out of the err table at idx. */
 void  policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f);
 int   policy_l_retry_after(lua_State *L);

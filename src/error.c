@@ -88,7 +88,7 @@ static void add_number_at(luaL_Buffer *b, lua_State *L, int idx) {
 
 /* acquire: http 401 ERROR_UNAUTHORIZED: Invalid API key
    acquire: network: Failed to connect to 127.0.0.1 port 9: ... (curl 7) */
-static int error_tostring(lua_State *L) {
+static int error_l_tostring(lua_State *L) {
     luaL_Buffer b;
     const char *kind, *type, *msg;
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -148,7 +148,7 @@ const char *error_pushname(lua_State *L, int idx) {
 
 void error_open(lua_State *L) {
     if (luaL_newmetatable(L, ACQ_MT_ERROR)) {
-        lua_pushcfunction(L, error_tostring);
+        lua_pushcfunction(L, error_l_tostring);
         lua_setfield(L, -2, "__tostring");
         lua_pushstring(L, ACQ_MT_ERROR);     /* __name before 5.3 too */
         lua_setfield(L, -2, "__name");

@@ -71,6 +71,15 @@ void policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f) {
     lua_pop(L, 4);
 }
 
+double policy_next(lua_State *L, int err, int attempt, int max_retries, uint64_t *rng) {
+    acq_failure_t f;
+    double wait;
+    policy_failure_from_err(L, err, &f);
+    wait = policy_delay(&f, attempt, max_retries, rng);
+    if (wait < 0) error_setint(L, acq_absindex(L, err), "attempts", attempt);
+    return wait;
+}
+
 void policy_sleep(double seconds) {
     struct timespec ts;
     if (!(seconds > 0)) return;

@@ -82,7 +82,9 @@ int   transport_push_error(lua_State *L, const acq_transport_t *t,
                            const acq_result_t *r, const acq_secret_t *secret);
 
 /* ---- client.c: the acquire.Client userdata -------------------------- */
+#define ACQ_MAX_CONCURRENCY 64                  /* create_cases' transfers at once */
 typedef struct acq_slot_t acq_slot_t;           /* batch.c */
+typedef struct acq_batch_t acq_batch_t;         /* batch.c: the multi handle and its slots */
 
 typedef struct acq_client_t {
     int       open;
@@ -94,8 +96,7 @@ typedef struct acq_client_t {
     size_t    key_len;
     acq_buf_t req;                    /* request body, reused */
     acq_transport_t t;
-    CURLM    *multi;                  /* create_cases: made on first use */
-    acq_slot_t *slots[64];            /* its transfers, one easy handle each */
+    acq_batch_t *batch;               /* create_cases: made on first use */
     int       busy;                   /* create_cases is running (on_progress) */
     long      pid;                    /* the process whose connections these are */
     acq_sockets_t sockets;            /* every socket its handles hold */
@@ -109,15 +110,15 @@ acq_client_t *client_default(lua_State *L);
 /* The outcome of one transfer: pushes res (1) or nil, err (2). */
 int   client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
                      const acq_result_t *r);
-int   batch_create_cases(lua_State *L);
-int   batch_default_create_cases(lua_State *L);
+int   batch_l_create_cases(lua_State *L);
+int   batch_l_default_create_cases(lua_State *L);
 void  batch_release(acq_client_t *c);
-int   client_new(lua_State *L);
-int   client_create_case(lua_State *L);
-int   client_close(lua_State *L);
-int   client_tostring(lua_State *L);
-int   client_configure(lua_State *L);
-int   client_default_create_case(lua_State *L);
+int   client_l_new(lua_State *L);
+int   client_l_create_case(lua_State *L);
+int   client_l_close(lua_State *L);
+int   client_l_tostring(lua_State *L);
+int   client_l_configure(lua_State *L);
+int   client_l_default_create_case(lua_State *L);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop
