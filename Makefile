@@ -34,14 +34,19 @@ SRC  := lua_acquire.c $(wildcard src/*.c)
 HDR  := $(wildcard src/*.h)
 MOD  := acquire.so
 
-.PHONY: all deps build test test-all demo install clean memcheck check-exports
+.PHONY: all deps build test test-all demo install clean memcheck check-exports check-layers
 
 all: build
 build: $(MOD)
 
+# The module's one compile command, for every build of it (this one, the
+# LuaJIT one for nginx in mk/ngx.mk, the sanitized one in mk/quality.mk):
+# $(call compile_module,CC,FLAGS,LUA_CFLAGS) writes $@.
+compile_module = $(1) $(2) $(WARN) -std=gnu99 -fPIC -fvisibility=hidden \
+	$(3) $(CURL_CFLAGS) $(SRC) $(LIBFLAG) -o $@ $(CURL_LIBS)
+
 $(MOD): $(SRC) $(HDR) .tmp/built-for-$(LUA)
-	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC -fvisibility=hidden \
-	  $(LUA_CFLAGS) $(CURL_CFLAGS) $(SRC) $(LIBFLAG) -o $@ $(CURL_LIBS)
+	$(call compile_module,$(CC),$(CFLAGS),$(LUA_CFLAGS))
 
 # Which Lua acquire.so was built for: switching LUA forces a rebuild.
 .tmp/built-for-$(LUA):
@@ -50,6 +55,18 @@ $(MOD): $(SRC) $(HDR) .tmp/built-for-$(LUA)
 # Installs the Debian packages the project needs, only those missing.
 deps:
 	@./scripts/deps.sh $(LUA_PKGS)
+
+# The core (config, request, json, response, policy, error, redact, buffer)
+# never sees libcurl: each core file is compiled against a <curl/curl.h>
+# that is an #error, so including it, directly or through a header, fails.
+CORE_SRC := $(filter-out src/transport.c src/client.c src/batch.c,$(wildcard src/*.c))
+check-layers:
+	@mkdir -p .tmp/poison/curl
+	@echo '#error "a core file includes <curl/curl.h> (core files include core.h; see src/transport.h)"' \
+	  > .tmp/poison/curl/curl.h
+	@for f in $(CORE_SRC); do \
+	  $(CC) -fsyntax-only $(WARN) -std=gnu99 -I.tmp/poison $(LUA_CFLAGS) $$f || exit 1; done
+	@echo "check-layers: $(notdir $(CORE_SRC)) compile without libcurl: ok"
 
 check-exports: $(MOD)
 	@syms=$$(nm -D --defined-only $(MOD) | awk '$$2 ~ /^[TDBR]$$/ {print $$3}'); \
@@ -64,7 +81,7 @@ $(TESTPOSIX): spec/support/testposix.c
 	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC $(LUA_CFLAGS) $< $(LIBFLAG) -o $@
 
 test: deps
-	$(MAKE) build check-exports $(TESTPOSIX)
+	$(MAKE) build check-exports check-layers $(TESTPOSIX)
 	LUA_BIN=$(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
 
 # The whole suite on every Lua; the rock and nginx specs (which do not
@@ -97,5 +114,7 @@ install: $(MOD)
 	install -m 0755 $(MOD) $(DESTDIR)$(INST_LIBDIR)/$(MOD)
 	install -m 0755 bin/acquire-case $(DESTDIR)$(PREFIX)/bin/acquire-case
 
+# Everything the build makes: the module, .tmp/ (other builds, the specs'
+# helpers, fuzzers), objects LuaRocks leaves, fuzz corpora.
 clean:
-	rm -f $(MOD) *.o
+	rm -rf $(MOD) *.o src/*.o .tmp fuzz/corpus-response fuzz/corpus-request

@@ -9,8 +9,7 @@ NGX_LUAJIT_CFLAGS ?= $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/u
 
 .tmp/luajit/acquire.so: $(SRC) $(HDR)
 	@mkdir -p .tmp/luajit
-	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC -fvisibility=hidden \
-	  $(NGX_LUAJIT_CFLAGS) $(CURL_CFLAGS) $(SRC) -shared -o $@ $(CURL_LIBS)
+	$(call compile_module,$(CC),$(CFLAGS),$(NGX_LUAJIT_CFLAGS))
 
 .PHONY: acquire-luajit.so test-ngx
 acquire-luajit.so: .tmp/luajit/acquire.so

@@ -14,7 +14,8 @@
 const char *json_pushpath(lua_State *L, const acq_path_t *p) {
     if (p->index > 0) return lua_pushfstring(L, "%s[%d]", p->parent, (int)p->index);
     if (p->parent) return lua_pushfstring(L, "%s.%s", p->parent, p->key);
-    return lua_pushstring(L, p->key);
+    lua_pushstring(L, p->key);                 /* void before 5.2 */
+    return lua_tostring(L, -1);
 }
 
 void json_bad(lua_State *L, const acq_path_t *p, const char *expected, int idx) {
