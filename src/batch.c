@@ -73,7 +73,10 @@ static void setup(lua_State *L, acq_client_t *c, int concurrency) {
     int i;
     if (c->batch == NULL) {
         c->batch = (acq_batch_t *)calloc(1, sizeof *c->batch);
-        if (c->batch == NULL) luaL_error(L, "not enough memory");
+        if (c->batch == NULL) {
+            luaL_error(L, "not enough memory");
+            return;
+        }
     }
     if (c->batch->multi == NULL) {
         c->batch->multi = curl_multi_init();
