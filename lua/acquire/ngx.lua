@@ -9,15 +9,16 @@
 -- Never call the libcurl client (acquire.new) in a request handler: curl_easy_perform blocks
 -- the whole worker, and every request that worker serves, for as long as the call takes.
 -- Here every wait yields to nginx's event loop. Only the bytes move here: the request, the
--- result and the retry decision are the C module's (build_request, decode_response, retry_after).
+-- result and the retry decision are the C module's (build_request, decode_response, retry_after),
+-- and so is every option: the client's state is acquire.config's normalised table.
 local acquire = require "acquire"
 local semaphore = require "ngx.semaphore"             -- lua-resty-core's
 
 local ngx = ngx
 local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.update_time
 local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
-local build_request, decode_response, retry_after, redact =
-  acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
+local normalise, build_request, decode_response, retry_after, redact =
+  acquire.config, acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
 local concat, sort = table.concat, table.sort
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
@@ -62,57 +63,40 @@ end
 local Client = {}
 Client.__index = Client
 Client.__metatable = "not your business"
-local state = setmetatable({}, { __mode = "k" })   -- client -> its config, key and all
+local state = setmetatable({}, { __mode = "k" })   -- client -> its config, key and all (new())
 
 function Client.__tostring(self)
   local st = state[self]
-  return format("acquire.ngx client (%s://%s)", st and (st.tls and "https" or "http") or "?",
-                st and st.host_header or "?")
+  return format("acquire.ngx client (%s://%s)", st and st.scheme or "?", st and st.host_header or "?")
 end
 
 --- new(config) -> client. The options of acquire.new, checked by the same code; raises on misuse.
 -- ca_file raises: a cosocket verifies against nginx's lua_ssl_trusted_certificate only.
+-- The client's state is acquire.config's normalised table (defaults, scheme, host, port,
+-- host_header...), plus what only this transport needs.
 function _M.new(config)
   if type(config) ~= "table" then
     error("bad argument #1 to 'new' (table expected, got " .. type(config) .. ")", 2)
   end
-  local cfg = {}
-  for k, v in pairs(config) do cfg[k] = v end
-  if cfg.ca_file ~= nil then
+  if config.ca_file ~= nil then
     error("bad option 'ca_file' (not supported by acquire.ngx: nginx verifies with "
       .. "lua_ssl_trusted_certificate)", 2)
   end
-  local ok, probe = pcall(build_request, 1, nil, cfg)
-  if not ok then rethrow(probe, "new") end
-  local scheme, authority = probe.url:match("^(https?)://([^/?#]+)/")
-  local host, port = authority:match("^(%[[^%]]+%])(.*)$")          -- an IPv6 literal
-  if not host then host, port = authority:match("^([^:]+)(.*)$") end
-  local default = scheme == "https" and 443 or 80
-  port = port == "" and default or tonumber(port:match("^:(%d+)$"))
-  if not port then error("bad option 'base_url' (bad port)", 2) end
-  local name = host:match("^%[(.*)%]$") or host                       -- verified, sent as SNI
-  local verify = not cfg.insecure
-  local timeout = cfg.timeout or 30
+  local ok, st = pcall(normalise, config)
+  if not ok then rethrow(st, "new") end
+  local options = {}                 -- as given, for build_request; the caller's table may change
+  for k, v in pairs(config) do options[k] = v end
+  local host = st.host               -- as connect wants it (an IPv6 literal in brackets)
+  st.options = options
+  st.name = host:match("^%[(.*)%]$") or host                        -- verified, sent as SNI
+  st.literal = find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil  -- no DNS
+  st.verify = not st.insecure
+  st.connect_ms = max(1, floor(min(st.connect_timeout, st.timeout) * 1000))
+  -- never hand a connection made without verification to a client that verifies
+  st.connect_opts = { pool = format("acquire:%s:%s:%d:%s:%s", st.scheme, host, st.port, st.name,
+                                    st.verify and "verify" or "noverify") }
   local self = setmetatable({}, Client)
-  state[self] = {
-    cfg = cfg,
-    key = cfg.api_key,
-    tls = scheme == "https",
-    host = host,                       -- as connect wants it (IPv6 in brackets)
-    literal = find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil,  -- no DNS
-    name = name,
-    port = port,
-    host_header = port == default and host or host .. ":" .. port,
-    verify = verify,
-    timeout = timeout,
-    connect_ms = max(1, floor(min(cfg.connect_timeout or 10, timeout) * 1000)),
-    max_retries = cfg.max_retries or 2,
-    max_bytes = cfg.max_response_bytes or 8388608,
-    debug = cfg.debug,
-    -- never hand a connection made without verification to a client that verifies
-    connect_opts = { pool = format("acquire:%s:%s:%d:%s:%s", scheme, host, port, name,
-                                   verify and "verify" or "noverify") },
-  }
+  state[self] = st
   return self
 end
 
@@ -285,7 +269,7 @@ end
 -- encoder may give it, becomes [REDACTED]) before it is cut to LOG_MAX bytes and into lines,
 -- so no cut can leave a piece of the key on either side.
 local function debug_log(st, ...)
-  local msg = redact(concat { ... }, st.key)
+  local msg = redact(concat { ... }, st.api_key)
   if #msg > LOG_MAX then msg = sub(msg, 1, LOG_MAX) .. " [cut]" end
   for i = 1, #msg, LOG_LINE do
     ngx.log(ngx.NOTICE, "acquire: ", i > 1 and "... " or "", sub(msg, i, i + LOG_LINE - 1))
@@ -328,7 +312,7 @@ local function once(st, payload, deadline)
     end
     return nil, fail("network", format("could not connect to %s: %s", st.host_header, tostring(e)), false)
   end
-  if st.tls and sock:getreusedtimes() == 0 then
+  if st.scheme == "https" and sock:getreusedtimes() == 0 then
     ms = left_ms(deadline)
     if ms < 1 then
       sock:close()
@@ -356,12 +340,12 @@ local function once(st, payload, deadline)
     return nil, io_fail(st, e, "sending the request to", true)
   end
   local status, headers, body, reuse = read_response({ sock = sock, buf = "", deadline = deadline },
-                                                    st.max_bytes)
+                                                    st.max_response_bytes)
   if not status then
     sock:close()
     e, status = headers, body
     if e == "too large" then
-      return nil, fail("http", format("response body exceeds max_response_bytes (%d)", st.max_bytes),
+      return nil, fail("http", format("response body exceeds max_response_bytes (%d)", st.max_response_bytes),
                        true, status)
     end
     if e == "timeout" then return nil, io_fail(st, e, "waiting for the response", true, status) end
@@ -376,18 +360,18 @@ local function once(st, payload, deadline)
     debug_log(st, format("< %d (%d bytes) ", status, #body), concat(h, "; "), " << ", body)
   end
   -- the key, given, is redacted from err as the libcurl client redacts it
-  return decode_response(status, headers, body, st.key)
+  return decode_response(status, headers, body, st.api_key)
 end
 
 local FIRST = { "Host", "Content-Type", "Accept", "Authorization", "User-Agent" }
 
 -- The request's bytes, the same for every attempt.
 local function payload(st, req)
-  local path = req.url:match("^https?://[^/]+(/.*)$")
+  local path = sub(req.url, #st.base_url + 1)          -- the url is base_url .. target .. id
   local given = {}
   for name, value in pairs(req.headers) do given[name] = value end
   given.Host = st.host_header
-  if not st.cfg.user_agent then given["User-Agent"] = USER_AGENT end       -- not libcurl here
+  if given["User-Agent"] == nil then given["User-Agent"] = USER_AGENT end  -- the transport's own
   local names, seen = {}, {}
   for _, name in ipairs(FIRST) do
     if given[name] then names[#names + 1] = name; seen[name] = true end
@@ -417,7 +401,7 @@ function Client:create_case(contactId, opts)
   local st = state[self]
   if not st then error("bad argument #1 to 'create_case' (client expected; call client:create_case)", 2) end
   if st.closed then error("client is closed", 2) end
-  local ok, req = pcall(build_request, contactId, opts, st.cfg)     -- misuse raises, nothing sent
+  local ok, req = pcall(build_request, contactId, opts, st.options)  -- misuse raises, nothing sent
   if not ok then rethrow(req, "create_case") end
   local bytes = payload(st, req)
   update_time()
