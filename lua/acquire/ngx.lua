@@ -100,19 +100,28 @@ function _M.new(config)
   return self
 end
 
--- ---- reading a response, within the attempt's deadline ----------------------
--- r = { sock, buf (read, not yet used), deadline }
+-- ---- the call's deadline ------------------------------------------------------
 
-local function left_ms(deadline)
+local function clock()                            -- now, not the cached time of this tick
   update_time()
-  return floor((deadline - now()) * 1000)
+  return now()
 end
+
+-- The milliseconds left before deadline, set as sock's timeout for its next step; nil when
+-- less than 1 ms is left (a timeout of 0 would mean nginx's default): that step times out.
+local function arm(sock, deadline)
+  local ms = floor((deadline - clock()) * 1000)
+  if ms < 1 then return nil end
+  sock:settimeout(ms)
+  return ms
+end
+
+-- ---- reading a response, within the call's deadline -------------------------
+-- r = { sock, buf (read, not yet used), deadline }
 
 -- Up to READ_MAX more bytes: data, or nil and the cosocket's error ("timeout", "closed"...).
 local function more(r, want)
-  local ms = left_ms(r.deadline)
-  if ms < 1 then return nil, "timeout" end        -- 0 would mean nginx's default
-  r.sock:settimeout(ms)
+  if not arm(r.sock, r.deadline) then return nil, "timeout" end
   return r.sock:receiveany(want or READ_MAX)
 end
 
@@ -299,41 +308,37 @@ local function connect(st, sock, ms)
   return ok, err
 end
 
+-- Before the request is sent: sock closed, the attempt failed, the case not created.
+local function not_sent(sock, kind, message)
+  sock:close()
+  return nil, fail(kind, message, false)
+end
+
 local function once(st, payload, deadline)
   local sock = tcp()
-  local ms = left_ms(deadline)
-  if ms < 1 then return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false) end
+  local connecting = "connecting to " .. st.host_header
+  local ms = arm(sock, deadline)
+  if not ms then return not_sent(sock, "timeout", connecting .. " timed out") end
   local cms = min(st.connect_ms, ms)
   sock:settimeouts(cms, ms, ms)
   local ok, e = connect(st, sock, cms)
   if not ok then
-    if e == "timeout" then
-      return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false)
-    end
-    return nil, fail("network", format("could not connect to %s: %s", st.host_header, tostring(e)), false)
+    if e == "timeout" then return not_sent(sock, "timeout", connecting .. " timed out") end
+    return not_sent(sock, "network", format("could not connect to %s: %s", st.host_header, tostring(e)))
   end
   if st.scheme == "https" and sock:getreusedtimes() == 0 then
-    ms = left_ms(deadline)
-    if ms < 1 then
-      sock:close()
-      return nil, fail("timeout", format("connecting to %s timed out", st.host_header), false)
-    end
-    sock:settimeout(ms)
+    if not arm(sock, deadline) then return not_sent(sock, "timeout", connecting .. " timed out") end
     ok, e = sock:sslhandshake(nil, st.name, st.verify)
     if not ok then
-      sock:close()
       if e == "timeout" then
-        return nil, fail("timeout", format("TLS handshake with %s timed out", st.host_header), false)
+        return not_sent(sock, "timeout", format("TLS handshake with %s timed out", st.host_header))
       end
-      return nil, fail("tls", format("TLS handshake with %s failed: %s", st.host_header, tostring(e)), false)
+      return not_sent(sock, "tls", format("TLS handshake with %s failed: %s", st.host_header, tostring(e)))
     end
   end
-  ms = left_ms(deadline)
-  if ms < 1 then
-    sock:close()
-    return nil, fail("timeout", format("timed out before sending (timeout %g s)", st.timeout), false)
+  if not arm(sock, deadline) then
+    return not_sent(sock, "timeout", format("timed out before sending (timeout %g s)", st.timeout))
   end
-  sock:settimeout(ms)
   ok, e = sock:send(payload)
   if not ok then                        -- a cosocket cannot tell how much left: the case may exist
     sock:close()
@@ -396,6 +401,20 @@ local function payload(st, req)
   return concat(head)
 end
 
+-- The retry step, after attempt failed with err: the seconds to wait before the next
+-- attempt, or nil (err.attempts stamped) to give up. acquire.retry_after decides, and a retry
+-- starts only if its wait ends before the call's deadline.
+local function next_delay(st, err, attempt, deadline)
+  local delay = retry_after(err, attempt, st.max_retries)
+  if delay and clock() + delay >= deadline then delay = nil end
+  if st.debug then
+    debug_log(st, format("attempt %d failed: %s", attempt, tostring(err)),
+              delay and format("; retrying in %.3f s", delay) or "")
+  end
+  if not delay then err.attempts = attempt end
+  return delay
+end
+
 --- client:create_case(contactId, opts) -> res | nil, err: as acquire's (README).
 function Client:create_case(contactId, opts)
   local st = state[self]
@@ -404,26 +423,14 @@ function Client:create_case(contactId, opts)
   local ok, req = pcall(build_request, contactId, opts, st.options)  -- misuse raises, nothing sent
   if not ok then rethrow(req, "create_case") end
   local bytes = payload(st, req)
-  update_time()
-  local deadline = now() + st.timeout          -- the whole call's, retries included
+  local deadline = clock() + st.timeout        -- the whole call's, retries included
   local attempt = 0
   while true do
     attempt = attempt + 1
     local res, err = once(st, bytes, deadline)
     if res then return res end
-    local delay = retry_after(err, attempt, st.max_retries)
-    if delay then                              -- a retry starts before the deadline, or never
-      update_time()
-      if now() + delay >= deadline then delay = nil end
-    end
-    if st.debug then
-      debug_log(st, format("attempt %d failed: %s", attempt, tostring(err)),
-                delay and format("; retrying in %.3f s", delay) or "")
-    end
-    if not delay then
-      err.attempts = attempt
-      return nil, err
-    end
+    local delay = next_delay(st, err, attempt, deadline)
+    if not delay then return nil, err end
     sleep(delay)
   end
 end
