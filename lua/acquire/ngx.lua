@@ -62,7 +62,7 @@ end
 
 local Client = {}
 Client.__index = Client
-Client.__metatable = "not your business"
+Client.__metatable = "acquire.ngx.Client"          -- getmetatable(client): its type, locked
 local state = setmetatable({}, { __mode = "k" })   -- client -> its config, key and all (new())
 
 function Client.__tostring(self)
