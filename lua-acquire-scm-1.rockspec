@@ -34,6 +34,7 @@ build = {
             "src/client.c",
             "src/config.c",
             "src/error.c",
+            "src/json.c",
             "src/policy.c",
             "src/redact.c",
             "src/request.c",
