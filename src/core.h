@@ -162,11 +162,10 @@ typedef struct acq_secret_t {
 /* ---- redact.c: the key out of every string, raw or JSON-escaped ------ */
 #define ACQ_REDACTED         "[REDACTED]"
 #define ACQ_REDACT_TAIL_MIN  4     /* a key cut short at the very end: redacted from this length */
-/* Length of the key spelled at s (raw, or in any JSON escaping), 0 if
-   none, -1 when s ends inside what may be one. */
-long  redact_match(const char *s, size_t n, const char *k, size_t kn);
-/* The first key in s: 1, with its offset and length. 0 when none: *at is
-   n, or (not final) where a key the end of s may cut begins. */
+/* The first key in s, raw or in any JSON escaping: 1, with its offset
+   and length (final: a key cut short by the end of s counts from
+   ACQ_REDACT_TAIL_MIN of its bytes). 0 when none: *at is n, or (not final)
+   where a key the end of s may cut begins. */
 int   redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
                   size_t *at, size_t *len);
 void  redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k);

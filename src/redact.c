@@ -90,21 +90,22 @@ static long escape(const char *s, size_t n, unsigned char out[4], size_t *olen) 
     return 12;
 }
 
-/* Does s spell k from its first byte? The length spelled, 0, or CUT.
-   A backslash where the key holds one could be the key's own byte or the
-   start of an escape: both readings are tried (a key with many of them
-   stops branching at depth 8 and is read raw). */
-static long match(const char *s, size_t n, const char *k, size_t kn, int depth) {
+/* Does s spell k from its first byte? The length spelled, 0, or CUT when
+   s ends first (*got: how many of k's bytes were spelled by then, the most
+   of any reading). A backslash where the key holds one could be the key's
+   own byte or the start of an escape: both readings are tried (a key with
+   many of them stops branching at depth 8 and is read raw). */
+static long match(const char *s, size_t n, const char *k, size_t kn, int depth, size_t *got) {
     size_t i = 0, p = 0;
     int cut = 0;
     while (i < kn) {
-        if (p >= n) return CUT;
+        if (p >= n) { if (i > *got) *got = i; return CUT; }
         if (s[p] == '\\') {
             unsigned char out[4];
             size_t olen = 0;
             long e = escape(s + p, n - p, out, &olen);
             int fits = e > 0 && olen <= kn - i && memcmp(out, k + i, olen) == 0;
-            if (e == CUT) cut = 1;
+            if (e == CUT) { cut = 1; if (i > *got) *got = i; }
             if (fits && i + olen == kn) return (long)p + e;
             if (fits && k[i] != '\\') {           /* the only reading */
                 p += (size_t)e;
@@ -112,10 +113,14 @@ static long match(const char *s, size_t n, const char *k, size_t kn, int depth) 
                 continue;
             }
             if (fits && depth < 8) {
+                size_t sub = 0;
                 long rest = match(s + p + e, n - p - (size_t)e, k + i + olen,
-                                  kn - i - olen, depth + 1);
+                                  kn - i - olen, depth + 1, &sub);
                 if (rest > 0) return (long)p + e + rest;
-                if (rest == CUT) cut = 1;
+                if (rest == CUT) {
+                    cut = 1;
+                    if (i + olen + sub > *got) *got = i + olen + sub;
+                }
             }
         }
         if (s[p] != k[i]) return cut ? CUT : 0;
@@ -125,25 +130,27 @@ static long match(const char *s, size_t n, const char *k, size_t kn, int depth) 
     return (long)p;
 }
 
-long redact_match(const char *s, size_t n, const char *k, size_t kn) {
+/* The length of the key spelled at s, 0, or CUT with *got key bytes. */
+static long match_at(const char *s, size_t n, const char *k, size_t kn, size_t *got) {
+    *got = 0;
     if (kn == 0 || n == 0) return 0;
     if (s[0] != k[0] && s[0] != '\\') return 0;
-    return match(s, n, k, kn, 0);
+    return match(s, n, k, kn, 0, got);
 }
 
 int redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
                 size_t *at, size_t *len) {
-    size_t p;
+    size_t p, got;
     *at = n;
     *len = 0;
     if (k == NULL || k->len == 0) return 0;
     for (p = 0; p < n; p++) {
         long m;
         if (s[p] != k->p[0] && s[p] != '\\') continue;
-        m = redact_match(s + p, n - p, k->p, k->len);
+        m = match_at(s + p, n - p, k->p, k->len, &got);
         if (m > 0) { *at = p; *len = (size_t)m; return 1; }
         if (m == CUT && !final) { *at = p; return 0; }
-        if (m == CUT && n - p >= ACQ_REDACT_TAIL_MIN) {   /* a key cut short */
+        if (m == CUT && got >= ACQ_REDACT_TAIL_MIN) {     /* a key cut short */
             *at = p; *len = n - p; return 1;
         }
     }
