@@ -21,6 +21,9 @@ Control endpoints (no auth, never recorded):
     GET  /_control/faults     {"faults": [...]}  (the rules, with the times left)
     POST /_control/reset      clears records, counters and faults
     POST /_control/fault      appends a rule: {"action", "contactId"?, "times"?, "delay"?, ...}
+                              (the first rule that matches and has times left answers;
+                              "raw" writes {"body"} or {"chunks"} "interval" s apart, then
+                              closes the connection unless "close": false)
     POST /_control/shutdown   answers, then stops the server
 """
 import argparse
@@ -238,6 +241,8 @@ def check_rule(rule):
     if chunks is not None and (not isinstance(chunks, list) or
                                not all(isinstance(c, str) for c in chunks)):
         raise Invalid("chunks must be a list of strings")
+    if not isinstance(rule.get("close", True), bool):
+        raise Invalid("close must be true or false")
     for k in ("body", "content_type", "location"):
         if rule.get(k) is not None and not isinstance(rule[k], str):
             raise Invalid("%s must be a string" % k)
@@ -526,8 +531,10 @@ class Handler(BaseHTTPRequestHandler):
                              headers=rule.get("headers"))
         if action == "raw":
             # bytes as given (latin-1), in "chunks" written "interval" s apart,
-            # then the connection closed: what no HTTP server would answer
-            self.close_connection = True
+            # then the connection closed (unless "close": false, when the next
+            # request on it gets the next rule): what no HTTP server would answer
+            if rule.get("close", True):
+                self.close_connection = True
             chunks = rule.get("chunks") or [rule.get("body") or ""]
             for i, part in enumerate(chunks):
                 if i:
