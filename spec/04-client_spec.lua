@@ -46,21 +46,10 @@ local function assert_no_key(err, key)
 end
 
 describe("a client against the local server", function()
-  local srv, client
-
-  lazy_setup(function()
-    srv = helper.start_server()
-    client = acquire.new{ base_url = srv.base_url, api_key = srv.key }
-  end)
-
-  lazy_teardown(function()
-    if client then client:close() end
-    if srv then srv:stop() end
-  end)
-
-  before_each(function()
-    srv:reset()
-  end)
+  local srv = helper.server()
+  local client
+  setup(function() client = acquire.new{ base_url = srv.base_url, api_key = srv.key } end)
+  teardown(function() if client then client:close() end end)
 
   describe("the documented request", function()
     local res, err, req

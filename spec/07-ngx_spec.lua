@@ -19,7 +19,8 @@ local SMALL = '{"data":{"id":1}}'
 -- ---- the specs ---------------------------------------------------------------------------
 
 describe("acquire.ngx in nginx #ngx", function()
-  local srv, tls, untrusted, nginx
+  local srv = helper.server()
+  local tls, untrusted, nginx
 
   local function call(q) return nginx:case(q) end
 
@@ -43,7 +44,6 @@ describe("acquire.ngx in nginx #ngx", function()
   end
 
   setup(function()
-    srv = helper.start_server()
     tls = helper.start_server { tls = true }
     untrusted = helper.start_server { tls = true }
     nginx = launcher.start_cases { base_url = srv.base_url, key = srv.key, trusted = tls.ca_file }
@@ -51,11 +51,7 @@ describe("acquire.ngx in nginx #ngx", function()
 
   teardown(function()
     launcher.stop(nginx)
-    for _, s in ipairs { srv, tls, untrusted } do if s then s:stop() end end
-  end)
-
-  before_each(function()
-    srv:reset()
+    for _, s in ipairs { tls, untrusted } do if s then s:stop() end end
   end)
 
   it("sends the documented request and decodes it as the libcurl client does", function()

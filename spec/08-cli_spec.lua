@@ -42,21 +42,16 @@ end
 local contains, excludes = helper.contains, helper.not_contains
 
 describe("bin/acquire-case", function()
-  local srv, env
+  local srv = helper.server()
+  local env
 
   setup(function()
-    srv = helper.start_server()
     keys_used[srv.key] = true
     env = { ACQUIRE_API_KEY = srv.key, ACQUIRE_BASE_URL = srv.base_url }
   end)
 
   teardown(function()
-    if srv then srv:stop() end
     for _, p in ipairs(temps) do os.remove(p) end
-  end)
-
-  before_each(function()
-    srv:reset()
   end)
 
   local function with(extra)

@@ -6,16 +6,10 @@ local helper = require "spec.helper"
 local CONTACT = 597752
 
 describe("hostile input", function()
-  local srv, c
-  setup(function()
-    srv = helper.start_server()
-    c = acquire.new{ base_url = srv.base_url, api_key = srv.key, max_retries = 0 }
-  end)
-  teardown(function()
-    c:close()
-    srv:stop()
-  end)
-  before_each(function() srv:reset() end)
+  local srv = helper.server()
+  local c
+  setup(function() c = acquire.new{ base_url = srv.base_url, api_key = srv.key, max_retries = 0 } end)
+  teardown(function() c:close() end)
 
   local function rejected(contact, opts, needle)
     local ok, err = pcall(c.create_case, c, contact, opts)

@@ -14,7 +14,7 @@
 --   helper.sh(cmd) -> output, exit status; helper.shell_quote(s)
 --   helper.read_file(path), helper.slurp(path) (or ""), helper.write_file(path, s),
 --   helper.tmpdir(), helper.tmpfile(content), helper.rmrf(path), helper.alive(pid), helper.my_pid()
---   helper.free_port(), helper.fixture(name), helper.repo_root, helper.self_signed(dir)
+--   helper.free_port(), helper.unanswered_port(), helper.fixture(name), helper.repo_root, helper.self_signed(dir)
 local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
@@ -196,6 +196,25 @@ function helper.free_port()
   local _, port = s:getsockname()
   s:close()
   return tonumber(port)
+end
+
+-- A loopback port whose connections never complete: a listener whose backlog is full (never
+-- accepted, so the kernel drops further SYNs), for connect timeouts. -> port, close()
+function helper.unanswered_port()
+  local l = assert(socket.tcp())
+  assert(l:bind("127.0.0.1", 0))
+  assert(l:listen(0))
+  local _, port = l:getsockname()
+  local fill = {}
+  for i = 1, 4 do
+    fill[i] = socket.tcp()
+    fill[i]:settimeout(0)
+    fill[i]:connect("127.0.0.1", port)
+  end
+  return tonumber(port), function()
+    for _, s in ipairs(fill) do s:close() end
+    l:close()
+  end
 end
 
 -- 1 rather than 1.0 on 5.3+ (lua-cjson 2.1.0 decodes every number as a float).
