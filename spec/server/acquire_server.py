@@ -733,6 +733,31 @@ def watch_parent(pid):
             os._exit(0)
 
 
+def spec_server_arguments(description):
+    """The command line every server in spec/server/ shares, the one spec/helper.lua
+    starts them with: --host, --port, --port-file, --parent-pid."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--port-file")
+    p.add_argument("--parent-pid", type=int)
+    return p
+
+
+def write_port_file(path, line):
+    """line and a newline to path, atomically (the launcher polls for it)."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(line + "\n")
+    os.rename(tmp, path)
+
+
+def follow_parent(pid):
+    """With a pid: exit when that process is gone (a daemon thread watches it)."""
+    if pid:
+        threading.Thread(target=watch_parent, args=(pid,), daemon=True).start()
+
+
 def close_inherited_fds():
     """The Lua process that starts us may leak its sockets into us (no
     FD_CLOEXEC): holding them would keep them open after the spec closes them."""
@@ -751,11 +776,7 @@ def close_inherited_fds():
 def main():
     close_inherited_fds()
     here = os.path.dirname(os.path.abspath(__file__))
-    p = argparse.ArgumentParser(description="The local Acquire server.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--port-file")
-    p.add_argument("--parent-pid", type=int)
+    p = spec_server_arguments("The local Acquire server.")
     p.add_argument("--key", default="test-key")
     p.add_argument("--readonly-key", default="readonly-key")
     p.add_argument("--fixtures", default=os.path.normpath(os.path.join(here, "..", "fixtures", "api")))
@@ -810,16 +831,12 @@ def main():
         line = "%d %d" % (port, os.getpid())
         if control_port:
             line += " %d" % control_port
-        tmp = "%s.%d.tmp" % (a.port_file, os.getpid())
-        with open(tmp, "w") as f:
-            f.write(line + "\n")
-        os.rename(tmp, a.port_file)
+        write_port_file(a.port_file, line)
     host = "[%s]" % a.host if ":" in a.host else a.host
     print("listening on %s://%s:%d" % (scheme, host, port), flush=True)
     if control_port:
         print("control on http://%s:%d" % (host, control_port), flush=True)
-    if a.parent_pid:
-        threading.Thread(target=watch_parent, args=(a.parent_pid,), daemon=True).start()
+    follow_parent(a.parent_pid)
     if len(group) > 1:
         threading.Thread(target=group[1].serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()

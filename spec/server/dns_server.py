@@ -11,21 +11,15 @@ only (Debian's python3); the command line of the other spec servers.
 The port file gets "PORT PID\\n", written atomically once the socket is bound;
 the count file, how many queries were read so far (rewritten atomically on each).
 """
-import argparse
 import os
 import signal
 import socket
 import struct
 import sys
-import threading
-import time
 
-
-def write_atomically(path, text):
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from acquire_server import (  # noqa: E402  (the spec servers' command line)
+    follow_parent, spec_server_arguments, write_port_file)
 
 
 def question(q):
@@ -45,23 +39,8 @@ def answer(q, end, ip):
     return head + q[12:end] + rr
 
 
-def watch_parent(pid):
-    while True:
-        time.sleep(0.5)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:
-            pass
-
-
 def main():
-    p = argparse.ArgumentParser(description="A DNS server that answers only the names it is given.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--port-file")
-    p.add_argument("--parent-pid", type=int)
+    p = spec_server_arguments("A DNS server that answers only the names it is given.")
     p.add_argument("--count-file")
     p.add_argument("--answer", action="append", default=[], metavar="NAME=IP")
     a = p.parse_args()
@@ -76,15 +55,14 @@ def main():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((a.host, a.port))
     if a.port_file:
-        write_atomically(a.port_file, "%d %d\n" % (s.getsockname()[1], os.getpid()))
-    if a.parent_pid:
-        threading.Thread(target=watch_parent, args=(a.parent_pid,), daemon=True).start()
+        write_port_file(a.port_file, "%d %d" % (s.getsockname()[1], os.getpid()))
+    follow_parent(a.parent_pid)
     n = 0
     while True:
         q, peer = s.recvfrom(4096)
         n += 1
         if a.count_file:
-            write_atomically(a.count_file, str(n))
+            write_port_file(a.count_file, str(n))
         name, qtype, end = question(q)
         ip = answers.get(name)
         if ip is None or qtype != 1:
