@@ -145,7 +145,8 @@ function helper.run(words, opts)
   for k in pairs(opts.env or {}) do names[#names + 1] = k end
   table.sort(names)
   for _, k in ipairs(names) do cmd[#cmd + 1] = k .. "=" .. shell_quote(opts.env[k]) end
-  cmd[#cmd + 1] = ("timeout -s KILL %d"):format(opts.limit or 20)
+  -- --foreground: timeout stays in our process group, and passes a SIGINT on once, not twice
+  cmd[#cmd + 1] = ("timeout --foreground -s KILL %d"):format(opts.limit or 20)
   for _, w in ipairs(words) do cmd[#cmd + 1] = shell_quote(w) end
   local stdin = opts.stdin and helper.write_file(dir .. "/in", opts.stdin) or "/dev/null"
   cmd[#cmd + 1] = ("<%s >%s 2>%s"):format(shell_quote(stdin), shell_quote(dir .. "/out"),
