@@ -29,10 +29,7 @@ M.self_signed = helper.self_signed
 -- Started as root, nginx runs its workers as nobody, who may not read a checkout under /root:
 -- run them as root (a loopback test server). Otherwise nginx keeps the user it has.
 function M.run_as()
-  local p = io.popen("id -u")
-  local uid = p:read("*l")
-  p:close()
-  return uid == "0" and "user root;\n" or ""
+  return sh("id -u"):match("^0%s") and "user root;\n" or ""
 end
 
 -- nginx's temporary directories, in the prefix (Debian's defaults are under /var/lib/nginx)

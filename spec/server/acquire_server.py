@@ -733,6 +733,18 @@ def watch_parent(pid):
             os._exit(0)
 
 
+def checked_fixtures(directory, name):
+    """The fixtures in directory, checked by self_check; on any disagreement the
+    server says so (as name) and exits 2: it never runs against fixtures it doubts."""
+    try:
+        fixtures = Fixtures(directory)
+        self_check(fixtures)
+    except (OSError, FixtureError, Invalid, ValueError) as e:
+        sys.stderr.write("%s: fixtures: %s\n" % (name, e))
+        sys.exit(2)
+    return fixtures
+
+
 def spec_server_arguments(description):
     """The command line every server in spec/server/ shares, the one spec/helper.lua
     starts them with: --host, --port, --port-file, --parent-pid."""
@@ -789,12 +801,7 @@ def main():
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
 
-    try:
-        fixtures = Fixtures(a.fixtures)
-        self_check(fixtures)
-    except (OSError, FixtureError, Invalid, ValueError) as e:
-        sys.stderr.write("acquire_server: fixtures: %s\n" % e)
-        sys.exit(2)
+    fixtures = checked_fixtures(a.fixtures, "acquire_server")
     if a.self_check:
         print("self-check ok: %s" % fixtures.dir, flush=True)
         return

@@ -56,9 +56,8 @@ from http.server import BaseHTTPRequestHandler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from acquire_server import (  # noqa: E402  (the documented answer, parent watching)
-    API_PATH, HTML_502, JSON_ERR, JSON_OK, FixtureError, Fixtures, Invalid,
-    Server as PlainServer, close_inherited_fds, follow_parent, parse_body, self_check,
-    spec_server_arguments, write_port_file)
+    API_PATH, HTML_502, JSON_ERR, JSON_OK, Invalid, Server as PlainServer, checked_fixtures,
+    close_inherited_fds, follow_parent, parse_body, spec_server_arguments, write_port_file)
 
 # ---------------------------------------------------------------------------
 # What the server decides: answers. Each is created (the server processed the
@@ -751,12 +750,7 @@ def main():
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args()
     seed = a.seed if a.seed is not None else int(time.time())
-    try:
-        fixtures = Fixtures(a.fixtures)
-        self_check(fixtures)
-    except (OSError, FixtureError, Invalid, ValueError) as e:
-        sys.stderr.write("chaos_server: fixtures: %s\n" % e)
-        sys.exit(2)
+    fixtures = checked_fixtures(a.fixtures, "chaos_server")
 
     stopping = threading.Event()
     state = State(seed)
