@@ -5,6 +5,7 @@ local acquire = require "acquire"
 local helper = require "spec.helper"
 local raises, contains = helper.raises, helper.contains
 local cjson = require "cjson"
+local socket = require "socket"
 
 local ENDPOINT = "/api/v1/crm/messenger/chat/create"
 local UA_PATTERN = "^lua%-acquire/0%.1%.0 libcurl/%d+%.%d+%.%d+$"
@@ -44,55 +45,11 @@ local function assert_no_key(err, key)
   assert.is_nil(tostring(err):find(key, 1, true), "tostring(err) contains the API key")
 end
 
-local function sh_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- Runs lua code in a child interpreter (the one running the specs) that loads the repository's acquire.so,
--- with exactly the ACQUIRE_* variables of env; returns its output and status.
-local function child(code, env)
-  local root = helper.repo_root or "."
-  local script = os.tmpname()
-  local f = assert(io.open(script, "wb"))
-  f:write("package.cpath = ", string.format("%q", root .. "/?.so;"), " .. package.cpath\n")
-  f:write("package.path = ", string.format("%q", root .. "/?.lua;"), " .. package.path\n")
-  f:write(code)
-  f:close()
-  local vars = {}
-  for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. sh_quote(v) end
-  local cmd = ("env -u ACQUIRE_BASE_URL -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID %s " .. helper.interpreter() .. " %s 2>&1; echo \"@@EXIT:$?\"")
-    :format(table.concat(vars, " "), sh_quote(script))
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  os.remove(script)
-  local body, rc = out:match("^(.*)@@EXIT:(%d+)%s*$")
-  return body or out, tonumber(rc)
-end
-
-local function now()
-  local p = io.popen("date +%s.%N")
-  local t = tonumber(p:read("*a"))
-  p:close()
-  return t
-end
-
 describe("a client against the local server", function()
-  local srv, client
-
-  lazy_setup(function()
-    srv = helper.start_server()
-    client = acquire.new{ base_url = srv.base_url, api_key = srv.key }
-  end)
-
-  lazy_teardown(function()
-    if client then client:close() end
-    if srv then srv:stop() end
-  end)
-
-  before_each(function()
-    srv:reset()
-  end)
+  local srv = helper.server()
+  local client
+  setup(function() client = acquire.new{ base_url = srv.base_url, api_key = srv.key } end)
+  teardown(function() if client then client:close() end end)
 
   describe("the documented request", function()
     local res, err, req
@@ -339,9 +296,9 @@ describe("a client against the local server", function()
     it("a response slower than timeout is curl code 28, sent once (the case may exist)", function()
       srv:fault{ action = "delay", seconds = 6 }
       local c = acquire.new{ base_url = srv.base_url, api_key = srv.key, timeout = 0.5, max_retries = 2 }
-      local t0 = now()
+      local t0 = socket.gettime()
       local err = is_error(c:create_case(597752, { title = "slow" }))
-      local elapsed = now() - t0
+      local elapsed = socket.gettime() - t0
       c:close()
       assert.equal(28, err.code)
       assert.equal("timeout", err.kind)
@@ -594,12 +551,12 @@ describe("a client against the local server", function()
     end)
 
     it("is made from ACQUIRE_BASE_URL and ACQUIRE_API_KEY when never configured", function()
-      local out, rc = child([[
+      local rc, out = helper.run_lua([[
         local acquire = require "acquire"
         local res, err = acquire.create_case(597752, { title = "from env" })
         if not res then print("ERR " .. tostring(err)) os.exit(1) end
         print(res.data.id .. " " .. res.data.title)
-      ]], { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key })
+      ]], { env = { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key }, merge = true })
       assert.equal(0, rc, out)
       assert.equal("2071 from env\n", out)
       local req = srv:last_request()
@@ -608,21 +565,21 @@ describe("a client against the local server", function()
     end)
 
     it("uses the environment's key (read-only key: 403)", function()
-      local out, rc = child([[
+      local rc, out = helper.run_lua([[
         local acquire = require "acquire"
         local res, err = acquire.create_case(597752)
         print(res and "OK" or (err.kind .. " " .. tostring(err.status) .. " " .. tostring(err.type)))
-      ]], { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.readonly_key })
+      ]], { env = { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.readonly_key }, merge = true })
       assert.equal(0, rc, out)
       assert.equal("http 403 ERROR_UNAUTHORIZED_ACCESS\n", out)
     end)
 
     it("raises naming the API key (ACQUIRE_API_KEY) when it is not set, and sends nothing", function()
-      local out, rc = child([[
+      local rc, out = helper.run_lua([[
         local acquire = require "acquire"
         local ok, msg = pcall(acquire.create_case, 597752)
         print(tostring(ok) .. " " .. tostring(msg))
-      ]], { ACQUIRE_BASE_URL = srv.base_url })
+      ]], { env = { ACQUIRE_BASE_URL = srv.base_url }, merge = true })
       assert.equal(0, rc, out)
       assert.matches("^false ", out)
       -- the option is the environment variable here: api_key or ACQUIRE_API_KEY
@@ -631,23 +588,24 @@ describe("a client against the local server", function()
     end)
 
     it("raises naming account_id when ACQUIRE_ACCOUNT_ID is not a DNS label", function()
-      local out, rc = child([[
+      local rc, out = helper.run_lua([[
         local acquire = require "acquire"
         local ok, msg = pcall(acquire.create_case, 597752)
         print(tostring(ok) .. " " .. tostring(msg))
-      ]], { ACQUIRE_ACCOUNT_ID = "evil.com/x?", ACQUIRE_API_KEY = "k" })
+      ]], { env = { ACQUIRE_ACCOUNT_ID = "evil.com/x?", ACQUIRE_API_KEY = "k" }, merge = true })
       assert.equal(0, rc, out)
       assert.matches("^false ", out)
       contains(out, "account_id")
     end)
 
     it("is the configured one even when the environment is set", function()
-      local out, rc = child(([[
+      local rc, out = helper.run_lua(([[
         local acquire = require "acquire"
         acquire.configure{ base_url = %q, api_key = %q }
         local res, err = acquire.create_case(597752, { title = "configured" })
         print(res and res.data.title or tostring(err))
-      ]]):format(srv.base_url, srv.key), { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = "wrong-env-key" })
+      ]]):format(srv.base_url, srv.key),
+        { env = { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = "wrong-env-key" }, merge = true })
       assert.equal(0, rc, out)
       assert.equal("configured\n", out)
       assert.equal("Bearer " .. srv.key, srv:last_request().headers.authorization)

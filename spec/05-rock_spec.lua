@@ -9,20 +9,8 @@
 -- build products.
 local helper = require "spec.helper"
 
-local ROOT = helper.repo_root or "."
-
-local function sh_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- Runs a shell command; returns its combined output and exit status.
-local function run(cmd)
-  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"@@EXIT:$?\""))
-  local out = p:read("*a")
-  p:close()
-  local body, code = out:match("^(.*)@@EXIT:(%d+)%s*$")
-  return body or out, tonumber(code)
-end
+local ROOT = helper.repo_root
+local sh, q = helper.sh, helper.shell_quote
 
 local function exists(path)
   local f = io.open(path, "rb")
@@ -35,42 +23,32 @@ describe("the rock #rock", function()
 
   lazy_setup(function()
     srv = helper.start_server()
-    local out, code = run("mktemp -d")
-    assert.equal(0, code)
-    tmp = out:match("^%s*(.-)%s*$")
-    assert.matches("^/", tmp)
+    tmp = helper.tmpdir()
     tree = tmp .. "/tree"
     local src = tmp .. "/src"
     local copy = ("mkdir -p %s && cd %s && tar --exclude=./.git --exclude='*.o' --exclude='*.so' "
       .. "--exclude=./luarocks-tree --exclude=./.tmp -cf - . | tar -xf - -C %s")
-      :format(sh_quote(src), sh_quote(ROOT), sh_quote(src))
-    local cout, ccode = run(copy)
+      :format(q(src), q(ROOT), q(src))
+    local cout, ccode = sh(copy)
     assert.equal(0, ccode, cout)
-    build_out, build_code = run(("cd %s && luarocks make --lua-version=5.4 --deps-mode=none --tree=%s "
+    build_out, build_code = sh(("cd %s && luarocks make --lua-version=5.4 --deps-mode=none --tree=%s "
       .. "CURL_INCDIR=/usr/include/x86_64-linux-gnu lua-acquire-scm-1.rockspec")
-      :format(sh_quote(src), sh_quote(tree)))
+      :format(q(src), q(tree)))
     so_path = tree .. "/lib/lua/5.4/acquire.so"
   end)
 
   lazy_teardown(function()
     if srv then srv:stop() end
-    if tmp and tmp:match("^/tmp/") then
-      os.execute("rm -rf " .. sh_quote(tmp))
-    end
+    helper.rmrf(tmp)
   end)
 
   -- Runs Lua code in a fresh lua5.4 whose package.cpath starts with the
   -- tree's, from a directory where ./?.so finds nothing; env: name -> value.
   local function child(code, env)
-    local script = tmp .. "/child.lua"
-    local f = assert(io.open(script, "wb"))
-    f:write("package.cpath = ", string.format("%q", tree .. "/lib/lua/5.4/?.so;"), " .. package.cpath\n")
-    f:write(code)
-    f:close()
-    local vars = {}
-    for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. sh_quote(v) end
-    return run(("cd %s && env -u ACQUIRE_BASE_URL -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID %s lua5.4 %s")
-      :format(sh_quote(tmp), table.concat(vars, " "), sh_quote(script)))
+    local script = helper.write_file(tmp .. "/child.lua", ("package.cpath = %q .. package.cpath\n%s")
+      :format(tree .. "/lib/lua/5.4/?.so;", code))
+    local r = helper.run({ "lua5.4", script }, { dir = tmp, env = env, merge = true })
+    return r.out, r.code
   end
 
   it("builds and installs with luarocks make", function()

@@ -11,13 +11,6 @@ local SLACK = 0.5            -- timeouts hold within +0.5 s
 
 local srv
 
-local function client(over)
-  local cfg = { base_url = srv.base_url, api_key = srv.key, timeout = 5,
-                connect_timeout = 2, max_retries = 2 }
-  for k, v in pairs(over or {}) do cfg[k] = v end
-  return acquire.new(cfg)
-end
-
 -- Runs create_case and returns res, err, elapsed seconds.
 local function timed(c, contact, opts)
   local t0 = socket.gettime()
@@ -38,9 +31,7 @@ local function assert_err(err, kind, status, maybe_created)
 end
 
 describe("fault matrix", function()
-  setup(function() srv = helper.start_server() end)
-  teardown(function() srv:stop() end)
-  before_each(function() srv:reset() end)
+  srv = helper.server()
 
   describe("before anything is sent: retried with backoff", function()
     it("refused port: network, code 7, tried 1 + max_retries times", function()
@@ -65,21 +56,11 @@ describe("fault matrix", function()
     end)
 
     it("connect timeout (a listener whose backlog is full): timeout, retried, within connect_timeout", function()
-      local l = assert(socket.tcp())
-      assert(l:bind("127.0.0.1", 0))
-      assert(l:listen(0))
-      local _, port = l:getsockname()
-      local fill = {}
-      for i = 1, 4 do          -- never accepted: the backlog stays full, SYNs are dropped
-        fill[i] = socket.tcp()
-        fill[i]:settimeout(0)
-        fill[i]:connect("127.0.0.1", port)
-      end
+      local port, close = helper.unanswered_port()
       local c = acquire.new{ base_url = "http://127.0.0.1:" .. port, api_key = "k",
                              connect_timeout = 1, max_retries = 1 }
       local res, err, dt = timed(c)
-      for _, s in ipairs(fill) do s:close() end
-      l:close()
+      close()
       assert.is_nil(res)
       assert_err(err, "timeout", nil, false)
       assert.equal(28, err.code)
@@ -91,7 +72,7 @@ describe("fault matrix", function()
   describe("after the request was sent: never sent again", function()
     it("a server that accepts and never answers: timeout after `timeout`", function()
       srv:fault{ action = "hang" }
-      local res, err, dt = timed(client{ timeout = 1 })
+      local res, err, dt = timed(srv:client{ timeout = 1 })
       assert.is_nil(res)
       assert_err(err, "timeout", nil, true)
       assert.equal(28, err.code)
@@ -102,7 +83,7 @@ describe("fault matrix", function()
 
     it("a response that trickles past the timeout: timeout, the status seen", function()
       srv:fault{ action = "trickle", interval = 0.2 }
-      local res, err, dt = timed(client{ timeout = 1 })
+      local res, err, dt = timed(srv:client{ timeout = 1 })
       assert.is_nil(res)
       assert_err(err, "timeout", 200, true)
       assert.equal(1, requests())
@@ -111,7 +92,7 @@ describe("fault matrix", function()
 
     it("reset after the request: network, once", function()
       srv:fault{ action = "reset" }
-      local res, err = timed(client())
+      local res, err = timed(srv:client())
       assert.is_nil(res)
       assert_err(err, "network", nil, true)
       assert.equal(1, err.attempts)
@@ -119,7 +100,7 @@ describe("fault matrix", function()
     end)
 
     it("reset on a reused connection: libcurl does not resend it either", function()
-      local c = client()
+      local c = srv:client()
       assert.is_table(c:create_case(CONTACT))
       srv:fault{ action = "reset", times = 1 }
       local res, err = c:create_case(CONTACT)
@@ -134,7 +115,7 @@ describe("fault matrix", function()
 
     it("a body shorter than its Content-Length: network, status 200", function()
       srv:fault{ action = "truncate" }
-      local res, err = timed(client())
+      local res, err = timed(srv:client())
       assert.is_nil(res)
       assert_err(err, "network", 200, true)
       assert.equal(18, err.code)
@@ -145,7 +126,7 @@ describe("fault matrix", function()
   describe("answers", function()
     it("invalid JSON with 200: decode, the case exists", function()
       srv:fault{ action = "invalid_json" }
-      local res, err = timed(client())
+      local res, err = timed(srv:client())
       assert.is_nil(res)
       assert_err(err, "decode", 200, true)
       assert.equal("<html>not json", err.body)
@@ -154,7 +135,7 @@ describe("fault matrix", function()
 
     it("an HTML 502 from a proxy: http 502, not retried", function()
       srv:fault{ action = "html" }
-      local res, err = timed(client())
+      local res, err = timed(srv:client())
       assert.is_nil(res)
       assert_err(err, "http", 502, true)
       assert.is_nil(err.type)
@@ -163,7 +144,7 @@ describe("fault matrix", function()
     end)
 
     it("401: http, ERROR_UNAUTHORIZED, nothing created", function()
-      local res, err = timed(client{ api_key = "wrong-key" })
+      local res, err = timed(srv:client{ api_key = "wrong-key" })
       assert.is_nil(res)
       assert_err(err, "http", 401, false)
       assert.equal("ERROR_UNAUTHORIZED", err.type)
@@ -172,7 +153,7 @@ describe("fault matrix", function()
     end)
 
     it("403: http, ERROR_UNAUTHORIZED_ACCESS", function()
-      local res, err = timed(client{ api_key = srv.readonly_key })
+      local res, err = timed(srv:client{ api_key = srv.readonly_key })
       assert.is_nil(res)
       assert_err(err, "http", 403, false)
       assert.equal("ERROR_UNAUTHORIZED_ACCESS", err.type)
@@ -180,7 +161,7 @@ describe("fault matrix", function()
     end)
 
     it("404: http, unknown contact", function()
-      local res, err = timed(client(), 1)
+      local res, err = timed(srv:client(), 1)
       assert.is_nil(res)
       assert_err(err, "http", 404, false)
       assert.equal("Contact not found", err.message)
@@ -189,7 +170,7 @@ describe("fault matrix", function()
 
     it("500: http, ERROR_SERVER_ERROR, never retried", function()
       srv:fault{ action = "status", status = 500 }
-      local res, err = timed(client())
+      local res, err = timed(srv:client())
       assert.is_nil(res)
       assert_err(err, "http", 500, true)
       assert.equal("ERROR_SERVER_ERROR", err.type)
@@ -199,7 +180,7 @@ describe("fault matrix", function()
 
     it("a 302 is not followed", function()
       srv:fault{ action = "redirect" }
-      local res, err = timed(client())
+      local res, err = timed(srv:client())
       assert.is_nil(res)
       assert_err(err, "http", 302, false)
       assert.equal(1, requests())
@@ -208,20 +189,20 @@ describe("fault matrix", function()
 
     it("a chunked response decodes", function()
       srv:fault{ action = "chunked" }
-      local res = timed(client())
+      local res = timed(srv:client())
       assert.equal(2071, res.data.id)
       assert.equal(5, #res.data.contact.visits)
     end)
 
     it("a gzip response: Accept-Encoding sent, libcurl decodes", function()
       srv:fault{ action = "gzip" }
-      local res = timed(client())
+      local res = timed(srv:client())
       assert.equal(2071, res.data.id)
       helper.contains(srv:last_request().headers["accept-encoding"], "gzip")
     end)
 
     it("a response over max_response_bytes: http, cut off", function()
-      local res, err = timed(client{ max_response_bytes = 1000 })
+      local res, err = timed(srv:client{ max_response_bytes = 1000 })
       assert.is_nil(res)
       assert_err(err, "http", 200, true)
       helper.contains(err.message, "max_response_bytes")
@@ -233,7 +214,7 @@ describe("fault matrix", function()
     for _, status in ipairs{ 429, 503 } do
       it(status .. " with Retry-After: 1, then success: two requests, one case", function()
         srv:fault{ action = "status", status = status, headers = { ["Retry-After"] = "1" }, times = 1 }
-        local res, err, dt = timed(client())
+        local res, err, dt = timed(srv:client())
         assert.is_nil(err)
         assert.equal(2071, res.data.id)
         assert.equal(2, requests())
@@ -244,7 +225,7 @@ describe("fault matrix", function()
     it("Retry-After as an HTTP date is honoured too", function()
       local at = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 2)
       srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = at }, times = 1 }
-      local res, _, dt = timed(client())
+      local res, _, dt = timed(srv:client())
       assert.equal(2071, res.data.id)
       assert.equal(2, requests())
       assert.is_true(dt >= 0.9 and dt < 2 + SLACK, "waited " .. dt)
@@ -252,7 +233,7 @@ describe("fault matrix", function()
 
     it("Retry-After above 30 s: given up at once and returned", function()
       srv:fault{ action = "status", status = 429, headers = { ["Retry-After"] = "60" }, times = 1 }
-      local res, err, dt = timed(client())
+      local res, err, dt = timed(srv:client())
       assert.is_nil(res)
       assert_err(err, "http", 429, false)
       assert.equal(60, err.retry_after)
@@ -263,7 +244,7 @@ describe("fault matrix", function()
 
     it("503 without Retry-After: not retried", function()
       srv:fault{ action = "status", status = 503, times = 1 }
-      local res, err = timed(client())
+      local res, err = timed(srv:client())
       assert.is_nil(res)
       assert_err(err, "http", 503, false)
       assert.equal(1, requests())
@@ -271,7 +252,7 @@ describe("fault matrix", function()
 
     it("max_retries = 0 turns retries off", function()
       srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "1" }, times = 1 }
-      local res, err = timed(client{ max_retries = 0 })
+      local res, err = timed(srv:client{ max_retries = 0 })
       assert.is_nil(res)
       assert.equal(503, err.status)
       assert.equal(1, requests())

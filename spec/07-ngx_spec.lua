@@ -3,85 +3,30 @@
 -- libcurl client (the two are compared call for call), keep-alive pools, retries, TLS, the
 -- server's misbehaviours, and 20 concurrent requests on one worker that do not wait for each
 -- other; nginx's resolver, silent or answering, and timeout holding the call to its bound; the
--- debug log against a server that echoes the key. The launcher is spec/nginx.lua.
--- The handler takes a JSON body { contact, opts, config } and answers
--- { ok, res } | { ok = false, err, text = tostring(err) } | { raised = message }.
+-- debug log against a server that echoes the key. The launcher and the handler (POST /case
+-- { contact, opts, config } -> { ok, res } | { ok = false, err, text } | { raised }) are
+-- spec/nginx.lua's; the raw answers, the local Acquire server's "raw" faults.
 local acquire = require "acquire"
 local helper = require "spec.helper"
 local launcher = require "spec.nginx"
+local keys = require "spec.keys"
 local cjson = require "cjson"
 local socket = require "socket"
 
 local ROOT = helper.repo_root
-local slurp, sh = launcher.slurp, launcher.sh
-
--- The handler: one acquire.ngx client per request (the pool is nginx's, per worker).
-local HANDLER = [[
-    local cjson = require "cjson"
-    ngx.req.read_body()
-    local raw = ngx.req.get_body_data()
-    local q = raw and cjson.decode(raw) or {}
-    local config = { base_url = ngx.var.acquire_base_url, api_key = os.getenv("ACQUIRE_API_KEY"),
-                     timeout = 5, connect_timeout = 2 }
-    for k, v in pairs(q.config or {}) do config[k] = v end
-    local opts = q.opts
-    if opts == cjson.null then opts = nil end
-    local out
-    local ok, raised = pcall(function()
-      local client = require("acquire.ngx").new(config)
-      if q.close then client:close() end
-      local res, err = client:create_case(q.contact or 597752, opts)
-      if res then
-        out = { ok = true, res = res }
-      else
-        local copy = {}
-        for k, v in pairs(err) do copy[k] = v end
-        out = { ok = false, err = copy, text = tostring(err), mt = getmetatable(err) ~= nil }
-      end
-    end)
-    if not ok then out = { raised = tostring(raised) } end
-    ngx.header["Content-Type"] = "application/json"
-    ngx.say(cjson.encode(out))
-]]
-
-local function conf_text(n, o)
-  return launcher.config(n, { http = ([[
-  lua_ssl_trusted_certificate %s;
-  lua_ssl_verify_depth 2;
-%s
-  server {
-    listen 127.0.0.1:%d;
-    set $acquire_base_url "%s";
-    location = /case { content_by_lua_block { %s } }
-  }]]):format(o.trusted, o.http or "", n.port, o.base_url, HANDLER) })
-end
-
--- The handler's answer to q (a table or JSON text), decoded; any other answer fails the spec.
-local function call_on(nginx, q, timeout)
-  local code, out = nginx:post("/case", type(q) == "string" and q or cjson.encode(q or {}), timeout)
-  local ok, doc = pcall(cjson.decode, out)
-  assert(code == 200 and ok, ("nginx answered %s: %s\n%s"):format(tostring(code), out,
-    slurp(nginx.prefix .. "/error.log"):sub(-3000)))
-  return doc
-end
-
 local SMALL = '{"data":{"id":1}}'
-local function ok_answer(headers, body)
-  return { raw = "HTTP/1.1 200 OK\r\n" .. headers .. "\r\n" .. (body or SMALL) }
-end
 
 -- ---- the specs ---------------------------------------------------------------------------
 
 describe("acquire.ngx in nginx #ngx", function()
-  local srv, tls, untrusted, nginx
+  local srv = helper.server()
+  local tls, untrusted, nginx
 
-  local function call(q) return call_on(nginx, q) end
+  local function call(q) return nginx:case(q) end
 
   -- The same call through the libcurl client.
   local function plain(contact, opts, config)
-    local cfg = { base_url = srv.base_url, api_key = srv.key, timeout = 5, connect_timeout = 2 }
-    for k, v in pairs(config or {}) do cfg[k] = v end
-    local c = acquire.new(cfg)
+    local c = srv:client(config)
     local res, err = c:create_case(contact or 597752, opts)
     c:close()
     return res, err
@@ -99,21 +44,14 @@ describe("acquire.ngx in nginx #ngx", function()
   end
 
   setup(function()
-    srv = helper.start_server()
     tls = helper.start_server { tls = true }
     untrusted = helper.start_server { tls = true }
-    nginx = launcher.start(function(n)
-      return conf_text(n, { base_url = srv.base_url, trusted = tls.ca_file })
-    end, { env = "ACQUIRE_API_KEY=" .. srv.key })
+    nginx = launcher.start_cases { base_url = srv.base_url, key = srv.key, trusted = tls.ca_file }
   end)
 
   teardown(function()
     launcher.stop(nginx)
-    for _, s in ipairs { srv, tls, untrusted } do if s then s:stop() end end
-  end)
-
-  before_each(function()
-    srv:reset()
+    for _, s in ipairs { tls, untrusted } do if s then s:stop() end end
   end)
 
   it("sends the documented request and decodes it as the libcurl client does", function()
@@ -199,10 +137,9 @@ describe("acquire.ngx in nginx #ngx", function()
   end)
 
   it("logs the exchange with debug = true, the key redacted; a closed client raises", function()
-    local log = nginx.prefix .. "/error.log"
-    local before = #slurp(log)
+    local before = #nginx:log()
     assert.is_true(call({ config = { debug = true }, opts = { title = "T" } }).ok)
-    local text = slurp(log):sub(before + 1)
+    local text = nginx:log():sub(before + 1)
     assert.matches("acquire: > POST /api/v1/crm/messenger/chat/create?contactId=597752 HTTP/1.1", text, 1, true)
     assert.matches("Authorization: Bearer [REDACTED]", text, 1, true)
     assert.matches("acquire: < 200 ", text, 1, true)
@@ -334,30 +271,32 @@ describe("acquire.ngx in nginx #ngx", function()
     assert.equal(1, untrusted:stats().requests)
   end)
 
-  describe("HTTP/1.1 framing", function()
-    local rs
-    after_each(function() if rs then rs.stop() end end)
-
-    local function via(config)
-      config = config or {}
-      config.base_url = "http://127.0.0.1:" .. rs.port
-      return call { config = config }
+  -- The server's next answers, in order, whatever was asked: { raw = bytes } or { parts =
+  -- { bytes, ... } } written 50 ms apart, on a connection kept open unless close = true.
+  local function answers(list)
+    for _, a in ipairs(list) do
+      srv:fault { action = "raw", body = a.raw, chunks = a.parts, close = a.close or false, times = 1 }
     end
+  end
+  local function ok_answer(headers, body)
+    return { raw = "HTTP/1.1 200 OK\r\n" .. headers .. "\r\n" .. (body or SMALL) }
+  end
 
+  describe("HTTP/1.1 framing", function()
     it("chunked with extensions and trailers, kept alive", function()
       local chunked = ok_answer("Transfer-Encoding: chunked\r\n",
         '5;name="x"\r\n{"dat\r\n0C \r\na":{"id":1}}\r\n0\r\nX-Trailer: yes\r\nX-Other: 1\r\n\r\n')
-      rs = launcher.raw_server { chunked, chunked, ok_answer("Content-Length: 17\r\n") }
+      answers { chunked, chunked, ok_answer("Content-Length: 17\r\n") }
       for _ = 1, 3 do
-        local doc = via()
+        local doc = call {}
         assert.is_true(doc.ok, cjson.encode(doc))
         assert.equal(1, doc.res.data.id)
       end
-      assert.equal(1, rs.conns())
+      assert.equal(1, srv:stats().connections)
     end)
 
     it("skips 1xx answers; HTTP/1.0 and unframed bodies are read to the end, never pooled", function()
-      rs = launcher.raw_server {
+      answers {
         { raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n" .. SMALL },
         { raw = "HTTP/1.0 200 OK\r\nContent-Length: 17\r\n\r\n" .. SMALL },
         { raw = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" .. SMALL, close = true },
@@ -365,15 +304,15 @@ describe("acquire.ngx in nginx #ngx", function()
         ok_answer("Content-Length: 17\r\n"),
       }
       for _ = 1, 5 do
-        local doc = via()
+        local doc = call {}
         assert.is_true(doc.ok, cjson.encode(doc))
         assert.equal(1, doc.res.data.id)
       end
-      assert.equal(4, rs.conns())
+      assert.equal(4, srv:stats().connections)
     end)
 
     it("malformed answers are network errors after the request was sent", function()
-      rs = launcher.raw_server {
+      answers {
         { raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", close = true },
         { raw = "HTTP/1.1 200 OK\r\nContent-Length: 17\r\nContent-Length: 18\r\n\r\n" .. SMALL, close = true },
         { raw = "HTTP/1.1 200 OK\r\nX-Big: " .. ("x"):rep(70000) .. "\r\n\r\n", close = true },
@@ -381,7 +320,7 @@ describe("acquire.ngx in nginx #ngx", function()
         { raw = "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{", close = true },
       }
       for i = 1, 5 do
-        local doc = via()
+        local doc = call {}
         assert.is_false(doc.ok, cjson.encode(doc))
         assert.same({ "network", true, 1 }, { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
         assert.equal(i ~= 4 and 200 or nil, doc.err.status)
@@ -390,13 +329,13 @@ describe("acquire.ngx in nginx #ngx", function()
 
     it("max_response_bytes holds for chunked and unframed bodies", function()
       local big = '{"p":"' .. ("x"):rep(2000) .. '"}'
-      rs = launcher.raw_server {
+      answers {
         ok_answer("Transfer-Encoding: chunked\r\n", ("%x\r\n%s\r\n0\r\n\r\n"):format(#big, big)),
         { raw = "HTTP/1.1 200 OK\r\n\r\n" .. big, close = true },
         ok_answer("Content-Length: " .. #big .. "\r\n", big),
       }
       for _ = 1, 3 do
-        local doc = via { max_response_bytes = 1024 }
+        local doc = call { config = { max_response_bytes = 1024 } }
         assert.is_false(doc.ok, cjson.encode(doc))
         assert.equal("acquire: http 200: response body exceeds max_response_bytes (1024)", doc.text)
       end
@@ -404,24 +343,13 @@ describe("acquire.ngx in nginx #ngx", function()
   end)
 
   describe("the debug log, against a server that echoes the key", function()
-    local rs
-    after_each(function() if rs then rs.stop() end end)
-
-    -- s with JSON's escapes read (\/ \" \\ \uXXXX), so no spelling of the key hides in it
-    local function unescaped(s)
-      return (s:gsub("\\u(%x%x%x%x)", function(h)
-        local n = tonumber(h, 16)
-        return n < 128 and string.char(n) or nil
-      end):gsub("\\([/\"\\])", "%1"))
-    end
-
     it("never holds the key in any form, even split across TCP writes and chunks", function()
       local KEY = "ab/cd+ef=="                                -- JSON writes it ab\/cd+ef==
       local body = '{"data":{"id":1,"echo":"ab\\/cd+ef==","u":"ab\\u002Fcd+ef==",'
         .. '"l":"\\u0061b\\u002fcd\\u002bef=="}}'
       local cut = body:find("cd+", 1, true)                   -- inside the first echo
       local err = '{"type":"E","message":"bad key ab\\/cd+ef=="}'
-      rs = launcher.raw_server {
+      answers {
         { parts = { "HTTP/1.1 200 OK\r\nContent-Length: " .. #body .. "\r\nX-Echo: ab\\/c",
                     "d+ef==\r\n\r\n" .. body:sub(1, cut), body:sub(cut + 1) } },
         { parts = { "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -431,7 +359,7 @@ describe("acquire.ngx in nginx #ngx", function()
                     err:sub(31) } },
       }
       local before = #nginx:log()
-      local config = { base_url = "http://127.0.0.1:" .. rs.port, api_key = KEY, debug = true }
+      local config = { api_key = KEY, debug = true }
       for _ = 1, 2 do
         local doc = call { config = config }
         assert.is_true(doc.ok, cjson.encode(doc))
@@ -445,32 +373,19 @@ describe("acquire.ngx in nginx #ngx", function()
       assert.matches("acquire: < 500 ", text, 1, true)
       assert.matches("[REDACTED]", text, 1, true)
       assert.is_nil(text:find(KEY, 1, true), text)
-      assert.is_nil(unescaped(text):find(KEY, 1, true), text)
+      assert.is_nil(keys.unescape(text):find(KEY, 1, true), text)
       assert.is_nil(text:find("cd+ef", 1, true), text)         -- nor a piece of it
     end)
   end)
 
   it("connects to an IPv6 literal", function()
-    local dir = helper.tmpdir()
-    os.execute(('%s "%s/spec/server/acquire_server.py" --host ::1 --port 0 --port-file "%s/port" '
-      .. '--parent-pid %d >"%s/log" 2>&1 &'):format(os.getenv("PYTHON") or "python3", ROOT, dir,
-      tonumber(slurp("/proc/self/stat"):match("^%d+")), dir))
-    local line
-    for _ = 1, 250 do
-      line = slurp(dir .. "/port"):match("^[^\n]+")
-      if line then break end
-      socket.sleep(0.02)
-    end
-    local port, pid = (line or ""):match("^(%d+) (%d+)")
-    finally(function()
-      if pid then os.execute("kill " .. pid .. " 2>/dev/null") end
-      os.execute('rm -rf "' .. dir .. '"')
-    end)
-    if not port then
-      pending("no IPv6 loopback here: " .. slurp(dir .. "/log"))
+    local ok, v6 = pcall(helper.start_server, { host = "::1" })
+    if not ok then
+      pending("no IPv6 loopback here: " .. tostring(v6))
       return
     end
-    local doc = call { config = { base_url = "http://[::1]:" .. port } }
+    finally(function() v6:stop() end)
+    local doc = call { config = { base_url = v6.base_url } }
     assert.is_true(doc.ok, cjson.encode(doc))
     assert.equal(2071, doc.res.data.id)
   end)
@@ -479,7 +394,7 @@ describe("acquire.ngx in nginx #ngx", function()
     srv:fault { action = "delay", seconds = 0.5 }
     local dir = helper.tmpdir()
     local t0 = socket.gettime()
-    local _, code = sh(("for i in $(seq 1 20); do curl -s --max-time 10 -d '{}' -o %s/$i '%s/case' & done; wait")
+    local _, code = helper.sh(("for i in $(seq 1 20); do curl -s --max-time 10 -d '{}' -o %s/$i '%s/case' & done; wait")
       :format(dir, nginx.url))
     local elapsed = socket.gettime() - t0
     assert.equal(0, code)
@@ -488,7 +403,7 @@ describe("acquire.ngx in nginx #ngx", function()
       assert.is_true(doc.ok, cjson.encode(doc))
       assert.equal(2071, doc.res.data.id)
     end
-    os.execute('rm -rf "' .. dir .. '"')
+    helper.rmrf(dir)
     local stats = srv:stats()
     assert.equal(20, stats.requests)
     assert.is_true(stats.max_in_flight >= 10, "in flight at once: " .. stats.max_in_flight)
@@ -497,7 +412,7 @@ describe("acquire.ngx in nginx #ngx", function()
   end)
 
   it("never crashed a handler (nginx's error log)", function()
-    local log = slurp(nginx.prefix .. "/error.log")
+    local log = nginx:log()
     assert.is_nil(log:find("runtime error", 1, true), log)
     assert.is_nil(log:find("[alert]", 1, true), log)
     assert.is_nil(log:find(srv.key, 1, true))
@@ -510,12 +425,10 @@ describe("acquire.ngx and nginx's resolver #ngx", function()
 
   setup(function()
     srv = helper.start_server()
-    dns = launcher.dns { ["acquire-dns-ok.example"] = "127.0.0.1" }
-    nginx = launcher.start(function(n)
-      -- resolver_timeout is longer than any timeout below: only acquire.ngx can keep to them
-      return conf_text(n, { base_url = BASE, trusted = "/etc/ssl/certs/ca-certificates.crt",
-        http = ("  resolver 127.0.0.1:%d ipv6=off;\n  resolver_timeout 4s;"):format(dns.port) })
-    end, { env = "ACQUIRE_API_KEY=" .. srv.key })
+    dns = helper.start_dns { ["acquire-dns-ok.example"] = "127.0.0.1" }
+    -- resolver_timeout is longer than any timeout below: only acquire.ngx can keep to them
+    nginx = launcher.start_cases { base_url = BASE, key = srv.key,
+      http = ("  resolver 127.0.0.1:%d ipv6=off;\n  resolver_timeout 4s;"):format(dns.port) }
   end)
   teardown(function()
     launcher.stop(nginx)
@@ -525,7 +438,7 @@ describe("acquire.ngx and nginx's resolver #ngx", function()
 
   local function timed(config)
     local t0 = socket.gettime()
-    local doc = call_on(nginx, { config = config }, 30)
+    local doc = nginx:case({ config = config }, 30)
     return doc, socket.gettime() - t0
   end
 
@@ -549,7 +462,7 @@ describe("acquire.ngx and nginx's resolver #ngx", function()
   it("a name that resolves: connected by a light thread, then used and pooled by the call", function()
     local base = "http://acquire-dns-ok.example:" .. srv.port
     for _ = 1, 3 do
-      local doc = call_on(nginx, { config = { base_url = base, timeout = 2 } })
+      local doc = nginx:case { config = { base_url = base, timeout = 2 } }
       assert.is_true(doc.ok, cjson.encode(doc))
       assert.equal(2071, doc.res.data.id)
     end
@@ -558,8 +471,8 @@ describe("acquire.ngx and nginx's resolver #ngx", function()
   end)
 
   it("leaves nginx sound: its worker answers, and logged no alert", function()
-    local doc = call_on(nginx, { config = { base_url = "http://127.0.0.1:" .. helper.free_port(),
-                                            max_retries = 0 } })
+    local doc = nginx:case { config = { base_url = "http://127.0.0.1:" .. helper.free_port(),
+                                        max_retries = 0 } }
     assert.same({ false, "network" }, { doc.ok, doc.err.kind })
     local log = nginx:log()
     assert.is_nil(log:find("[alert]", 1, true), log)
@@ -596,7 +509,7 @@ describe("examples/nginx.conf #ngx", function()
       return conf
     end, { env = "ACQUIRE_API_KEY=" .. srv.key })
     local code, out = nginx:post("/cases?contact=597752", '{"title":"Refund"}')
-    assert.equal(200, code, out .. slurp(nginx.prefix .. "/error.log"))
+    assert.equal(200, code, out .. nginx:log())
     assert.same({ id = 2071, status = "active" }, cjson.decode(out))
     assert.equal('{"title":"Refund"}', srv:last_request().body)
     code, out = nginx:post("/cases?contact=1", "{}")

@@ -3,35 +3,16 @@
 local cjson = require "cjson"
 local helper = require "spec.helper"
 
-local LUA = helper.interpreter()
 local ENDPOINT = "/api/v1/crm/messenger/chat/create"
 local CONTACT = "597752"
 local IP = "2402:8100:21f5:3d13:d9da:18ea:aa28:f778"
 local LAST_VISIT = "https://5mkg3t.uat.env.acquire.io/simulate"
 
-local function sh(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
+-- Temporary files a spec wrote (--json, --key-file), removed in teardown.
 local temps = {}
 local function tmpfile(content)
-  local path = os.tmpname()
-  temps[#temps + 1] = path
-  if content then spit(path, content) end
-  return path
+  temps[#temps + 1] = helper.tmpfile(content or "")
+  return temps[#temps]
 end
 
 -- Every key any run was given; none may appear in any output (checked
@@ -39,31 +20,12 @@ end
 local keys_used = {}
 local outputs = {}
 
--- run(args [, env [, stdin]]) -> { code, out, err }. The environment is
--- emptied of ACQUIRE_* first, so only what a test sets is seen.
+-- run(args [, env [, stdin]]) -> { code, out, err }: bin/acquire-case with only the
+-- ACQUIRE_* variables of env (helper.run_cli).
 local function run(args, env, stdin)
-  local errfile = tmpfile()
-  local cmd = { "env -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID -u ACQUIRE_BASE_URL",
-                "LUA_CPATH='./?.so;;' LUA_PATH='./lua/?.lua;;'" }
-  local names = {}
-  for k in pairs(env or {}) do names[#names + 1] = k end
-  table.sort(names)
-  for _, k in ipairs(names) do
-    cmd[#cmd + 1] = k .. "=" .. sh(env[k])
-    if k == "ACQUIRE_API_KEY" then keys_used[env[k]] = true end
-  end
-  cmd[#cmd + 1] = LUA .. " bin/acquire-case"
-  for _, a in ipairs(args) do cmd[#cmd + 1] = sh(a) end
-  cmd[#cmd + 1] = "<" .. sh(stdin and tmpfile(stdin) or "/dev/null")
-  cmd[#cmd + 1] = "2>" .. sh(errfile)
-  -- the exit status is echoed after the output: Lua 5.1's popen():close()
-  -- does not return it
-  local p = assert(io.popen(table.concat(cmd, " ") .. '; echo "@@EXIT:$?"', "r"))
-  local all = p:read("*a")
-  p:close()
-  local out, code = all:match("^(.*)@@EXIT:(%d+)\n$")
-  assert.is_string(out, "the CLI did not exit: " .. all)
-  local r = { code = tonumber(code), out = out, err = slurp(errfile) }
+  if env and env.ACQUIRE_API_KEY then keys_used[env.ACQUIRE_API_KEY] = true end
+  local r = helper.run_cli(args, { env = env, stdin = stdin })
+  assert.is_number(r.code, "the CLI did not exit: " .. r.out .. r.err)
   for key in pairs(keys_used) do
     assert.is_nil(r.out:find(key, 1, true), "the key is on stdout: " .. r.out)
     assert.is_nil(r.err:find(key, 1, true), "the key is on stderr: " .. r.err)
@@ -77,32 +39,19 @@ local function one_line(s)
   return s
 end
 
-local function contains(haystack, needle)
-  assert.is_true(haystack:find(needle, 1, true) ~= nil,
-    ("expected %q to contain %q"):format(haystack, needle))
-end
-
-local function excludes(haystack, needle)
-  assert.is_nil(haystack:find(needle, 1, true),
-    ("expected %q not to contain %q"):format(haystack, needle))
-end
+local contains, excludes = helper.contains, helper.not_contains
 
 describe("bin/acquire-case", function()
-  local srv, env
+  local srv = helper.server()
+  local env
 
   setup(function()
-    srv = helper.start_server()
     keys_used[srv.key] = true
     env = { ACQUIRE_API_KEY = srv.key, ACQUIRE_BASE_URL = srv.base_url }
   end)
 
   teardown(function()
-    if srv then srv:stop() end
     for _, p in ipairs(temps) do os.remove(p) end
-  end)
-
-  before_each(function()
-    srv:reset()
   end)
 
   local function with(extra)

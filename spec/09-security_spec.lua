@@ -6,16 +6,10 @@ local helper = require "spec.helper"
 local CONTACT = 597752
 
 describe("hostile input", function()
-  local srv, c
-  setup(function()
-    srv = helper.start_server()
-    c = acquire.new{ base_url = srv.base_url, api_key = srv.key, max_retries = 0 }
-  end)
-  teardown(function()
-    c:close()
-    srv:stop()
-  end)
-  before_each(function() srv:reset() end)
+  local srv = helper.server()
+  local c
+  setup(function() c = acquire.new{ base_url = srv.base_url, api_key = srv.key, max_retries = 0 } end)
+  teardown(function() c:close() end)
 
   local function rejected(contact, opts, needle)
     local ok, err = pcall(c.create_case, c, contact, opts)
@@ -92,24 +86,13 @@ describe("the key", function()
 
   it("never shows in the debug log, whose Authorization line is redacted", function()
     local srv = helper.start_server()
-    local dir = helper.tmpdir()
-    local script = dir .. "/debug.lua"
-    local f = assert(io.open(script, "w"))
-    f:write(([[
-package.cpath = "%s/?.so;" .. package.cpath
+    local _, out, log = helper.run_lua(([[
 local acquire = require "acquire"
 local c = acquire.new{ base_url = %q, api_key = %q, debug = true, max_retries = 0 }
 local res, err = c:create_case(597752, { title = %q })
 print(res and "created" or tostring(err))
-]]):format(helper.repo_root, srv.base_url, KEY, KEY))
-    f:close()
-    local lua = helper.interpreter()
-    local p = io.popen(("%s %s 2>%s/stderr"):format(lua, script, dir))
-    local out = p:read("*a")
-    p:close()
-    local log = helper.read_file(dir .. "/stderr")
+]]):format(srv.base_url, KEY, KEY))
     srv:stop()
-    os.execute('rm -rf "' .. dir .. '"')
     -- the server answers 401 for this key and echoes the title back
     helper.contains(out, "acquire: http 401")
     helper.contains(log, "acquire: > POST /api/v1/crm/messenger/chat/create?contactId=597752 HTTP/1.1")

@@ -7,16 +7,10 @@ local helper = require "spec.helper"
 local CONTACT = 597752
 
 describe("client:create_cases", function()
-  local srv, c
-  setup(function()
-    srv = helper.start_server()
-    c = acquire.new{ base_url = srv.base_url, api_key = srv.key }
-  end)
-  teardown(function()
-    c:close()
-    srv:stop()
-  end)
-  before_each(function() srv:reset() end)
+  local srv = helper.server()
+  local c
+  setup(function() c = acquire.new{ base_url = srv.base_url, api_key = srv.key } end)
+  teardown(function() c:close() end)
 
   local function items(n, f)
     local list = {}

@@ -5,133 +5,24 @@
 -- every failure message.
 local acquire = require "acquire"
 local helper = require "spec.helper"
+local keys = require "spec.keys"
 
 local CONTACT = 597752
 local SEED = tonumber(os.getenv("SPEC_SEED")) or os.time()
 math.randomseed(SEED)
 
 local srv
-
-local function client(over)
-  local cfg = { base_url = srv.base_url, api_key = srv.key, timeout = 5, connect_timeout = 2,
-                max_retries = 2 }
-  for k, v in pairs(over or {}) do cfg[k] = v end
-  return acquire.new(cfg)
-end
-
 local function requests() return srv:stats().requests end
-
--- JSON string escapes read back (invalid ones kept as they are): what a JSON reader sees.
-local function utf8char(cp)
-  if cp < 0x80 then return string.char(cp) end
-  if cp < 0x800 then
-    return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64)
-  end
-  if cp < 0x10000 then
-    return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-  end
-  return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
-                     0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-end
-
-local SIMPLE = { ["/"] = "/", ['"'] = '"', ["\\"] = "\\", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
-
-local function unescape(s)
-  local out, i = {}, 1
-  while i <= #s do
-    local c = s:sub(i, i)
-    if c == "\\" then
-      local e = s:sub(i + 1, i + 1)
-      local hi = s:match("^u(%x%x%x%x)", i + 1)
-      if SIMPLE[e] then
-        out[#out + 1] = SIMPLE[e]; i = i + 2
-      elseif hi then
-        local cp = tonumber(hi, 16)
-        local lo = cp >= 0xD800 and cp <= 0xDBFF and s:match("^\\u([dD][c-fC-F]%x%x)", i + 6)
-        if lo then
-          cp = 0x10000 + (cp - 0xD800) * 1024 + (tonumber(lo, 16) - 0xDC00)
-          i = i + 12
-        else
-          i = i + 6
-        end
-        out[#out + 1] = utf8char(cp)
-      else
-        out[#out + 1] = c; i = i + 1
-      end
-    else
-      out[#out + 1] = c; i = i + 1
-    end
-  end
-  return table.concat(out)
-end
 
 -- s holds key in no form a reader could see: neither raw nor once unescaped.
 local function assert_no_key(s, key, context)
-  if s:find(key, 1, true) or unescape(s):find(key, 1, true) then
+  if s:find(key, 1, true) or keys.unescape(s):find(key, 1, true) then
     error(("the key %q is readable in %q (%s, seed %d)"):format(key, s, context or "", SEED), 2)
   end
 end
 
--- A random key: base64 (as API keys are), sometimes with a quote, a backslash or non-ASCII.
-local KEYCHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-local EXTRA = { '"', "\\", "\195\169", "\240\159\152\128", "<", "&" }
-local function random_key()
-  local parts = {}
-  for i = 1, math.random(6, 40) do
-    if i > 1 and math.random() < 0.08 then
-      parts[#parts + 1] = EXTRA[math.random(#EXTRA)]
-    else
-      local k = math.random(#KEYCHARS)
-      parts[#parts + 1] = KEYCHARS:sub(k, k)
-    end
-  end
-  return table.concat(parts)
-end
-
--- key written as some JSON encoder might: each character raw (where JSON allows it), with
--- its short escape, or as \uXXXX in either case (surrogate pairs past the BMP).
-local function encode_key(key)
-  local out, i = {}, 1
-  while i <= #key do
-    local b = key:byte(i)
-    local len = b < 0x80 and 1 or b < 0xE0 and 2 or b < 0xF0 and 3 or 4
-    local ch = key:sub(i, i + len - 1)
-    local cp = b
-    if len == 2 then cp = (b - 0xC0) * 64 + key:byte(i + 1) - 0x80
-    elseif len == 3 then cp = (b - 0xE0) * 4096 + (key:byte(i + 1) - 0x80) * 64 + key:byte(i + 2) - 0x80
-    elseif len == 4 then
-      cp = (b - 0xF0) * 262144 + (key:byte(i + 1) - 0x80) * 4096 + (key:byte(i + 2) - 0x80) * 64
-        + key:byte(i + 3) - 0x80
-    end
-    local hex = math.random() < 0.5 and "%04x" or "%04X"
-    local r = math.random(3)
-    if (ch == '"' or ch == "\\") and r == 1 then r = 2 end
-    if r == 1 then
-      out[#out + 1] = ch
-    elseif r == 2 and (ch == "/" or ch == '"' or ch == "\\") then
-      out[#out + 1] = "\\" .. ch
-    elseif cp >= 0x10000 then
-      local v = cp - 0x10000
-      out[#out + 1] = ("\\u" .. hex .. "\\u" .. hex):format(0xD800 + math.floor(v / 1024), 0xDC00 + v % 1024)
-    else
-      out[#out + 1] = ("\\u" .. hex):format(cp)
-    end
-    i = i + len
-  end
-  return table.concat(out)
-end
-
-local JUNK = { "a", "b", "/", "\\", "\\/", "\\u00", '"', " ", "\n", "x", "{", "}" }
-local function junk()
-  local t = {}
-  for _ = 1, math.random(0, 6) do t[#t + 1] = JUNK[math.random(#JUNK)] end
-  return table.concat(t)
-end
-
 describe("reliability", function()
-  setup(function() srv = helper.start_server() end)
-  teardown(function() srv:stop() end)
-  before_each(function() srv:reset() end)
+  srv = helper.server()
 
   describe("1: an answer libcurl rejects, after the whole POST was read", function()
     local GARBAGE = { "hello there", "HTTP/1.2 200 OK", "HTTP/1.1 abc", "FOO/1.1 200 OK", "\1\2\3\4" }
@@ -140,7 +31,7 @@ describe("reliability", function()
       for _, line in ipairs(GARBAGE) do
         srv:reset()
         srv:fault{ action = "raw", body = line .. "\r\n\r\n", times = 3 }
-        local res, err = client():create_case(CONTACT)
+        local res, err = srv:client():create_case(CONTACT)
         assert.is_nil(res)
         assert.is_true(err.maybe_created, line .. ": " .. tostring(err))
         assert.equal(1, err.attempts)
@@ -150,7 +41,7 @@ describe("reliability", function()
 
     it("create_cases: each item sent once, each maybe_created", function()
       srv:fault{ action = "raw", body = "hello there\r\n\r\n", times = 9 }
-      local results = client():create_cases({ { CONTACT }, { CONTACT }, { CONTACT } })
+      local results = srv:client():create_cases({ { CONTACT }, { CONTACT }, { CONTACT } })
       for i = 1, 3 do
         assert.is_true(results[i].err.maybe_created, tostring(results[i].err))
         assert.equal(1, results[i].err.attempts)
@@ -160,14 +51,10 @@ describe("reliability", function()
 
     it("acquire-case: exit 4, once, and says the case may exist", function()
       srv:fault{ action = "raw", body = "HTTP/1.2 200 OK\r\n\r\n", times = 3 }
-      local cmd = ("cd %s && ACQUIRE_BASE_URL=%s ACQUIRE_API_KEY=%s LUA_CPATH='./?.so;;' "
-        .. "LUA_PATH='./lua/?.lua;;' %s bin/acquire-case %d 2>&1 </dev/null; echo \"@$?\"")
-        :format(helper.shell_quote(helper.repo_root), srv.base_url, srv.key, helper.interpreter(), CONTACT)
-      local p = io.popen(cmd)
-      local out = p:read("*a")
-      p:close()
-      assert.equal("4", out:match("@(%d+)%s*$"), out)
-      helper.contains(out, "may have been created")
+      local r = helper.run_cli({ tostring(CONTACT) },
+        { env = { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key }, merge = true })
+      assert.equal(4, r.code, r.out)
+      helper.contains(r.out, "may have been created")
       assert.equal(1, requests())
     end)
   end)
@@ -179,7 +66,7 @@ describe("reliability", function()
         local acquire = require "acquire"
         local c = acquire.new{ base_url = %q, api_key = %q, timeout = 5 }
         %s
-      ]]):format(srv.base_url, srv.key, body), 20)
+      ]]):format(srv.base_url, srv.key, body))
     end
 
     it("close() raises a clear error; nothing hangs; the client stays usable", function()
@@ -235,13 +122,13 @@ describe("reliability", function()
   describe("4: the key cannot be split or escaped around", function()
     it("acquire.redact: a generated key, echoed in generated JSON escapings, never readable", function()
       for n = 1, 3000 do
-        local key = random_key()
+        local key = keys.random()
         local text = {}
         for _ = 1, math.random(1, 4) do
-          text[#text + 1] = junk()
-          text[#text + 1] = encode_key(key)
+          text[#text + 1] = keys.junk()
+          text[#text + 1] = keys.encode(key)
         end
-        text[#text + 1] = junk()
+        text[#text + 1] = keys.junk()
         text = table.concat(text)
         local out = acquire.redact(text, key)
         assert_no_key(out, key, "case " .. n .. " of " .. text)
@@ -251,9 +138,9 @@ describe("reliability", function()
 
     it("acquire.redact leaves text without the key as it was", function()
       for _ = 1, 500 do
-        local key = random_key()
-        local text = junk() .. key:sub(1, 1) .. junk() .. key:sub(2, -2) .. junk()
-        if not unescape(text):find(key, 1, true) and not text:find(key, 1, true) then
+        local key = keys.random()
+        local text = keys.junk() .. key:sub(1, 1) .. keys.junk() .. key:sub(2, -2) .. keys.junk()
+        if not keys.unescape(text):find(key, 1, true) and not text:find(key, 1, true) then
           local out = acquire.redact(text, key)
           -- only a cut key at the very end may be redacted beyond the text's own
           if out ~= text then
@@ -281,7 +168,7 @@ describe("reliability", function()
     it("the debug log: a key the server echoes across reads, raw and escaped, never whole", function()
       local key = srv.key
       for round = 1, 6 do
-        local forms = { key, encode_key(key) }
+        local forms = { key, keys.encode(key) }
         local echoed = forms[round % 2 + 1]
         local body = '{"echo":"' .. echoed .. '","pad":"' .. ("x"):rep(math.random(0, 40)) .. '"}'
         local head = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: "
@@ -335,7 +222,7 @@ describe("reliability", function()
 
     it("the audit's date: a 429 with it is not retried", function()
       srv:fault{ action = "status", status = 429, headers = { ["Retry-After"] = "Sun, 99 Nov 1994 99:99:99 GMT" } }
-      local res, err = client():create_case(CONTACT)
+      local res, err = srv:client():create_case(CONTACT)
       assert.is_nil(res)
       assert.is_nil(err.retry_after)
       assert.equal(1, err.attempts)
@@ -407,21 +294,11 @@ describe("reliability", function()
 
     it("Ctrl-C during a slow call stops the script", function()
       srv:fault{ action = "delay", seconds = 1.5 }
-      local dir = helper.tmpdir()
-      local f = assert(io.open(dir .. "/c.lua", "w"))
-      f:write(([[
+      local status, out = helper.run_lua(([[
         local c = require("acquire").new{ base_url = %q, api_key = %q }
         local res, err = c:create_case(597752)
         print("still running", res, err)
-      ]]):format(srv.base_url, srv.key))
-      f:close()
-      local p = io.popen(("cd %s && LUA_CPATH='./?.so;;' %s %s >%s/out 2>&1 & pid=$!; sleep 0.5; "
-        .. "kill -INT $pid; wait $pid; echo $?"):format(helper.shell_quote(helper.repo_root),
-        helper.interpreter(), helper.shell_quote(dir .. "/c.lua"), dir))
-      local status = tonumber(p:read("*l"))
-      p:close()
-      local out = helper.read_file(dir .. "/out")
-      os.execute("rm -rf " .. helper.shell_quote(dir))
+      ]]):format(srv.base_url, srv.key), { interrupt = 0.5, merge = true })
       assert.are_not.equal(0, status, out)
       helper.not_contains(out, "still running")
       helper.contains(out, "interrupted")
@@ -444,7 +321,7 @@ describe("reliability", function()
       local res = assert(c:create_case(CONTACT, { title = "parent-1" }))
       assert.equal("parent-1", res.data.title)
       local parent_conn = s:last_request().connection
-      local out = os.tmpname()
+      local out = helper.tmpfile()
       local pid = posix.fork()
       if pid == 0 then
         local ok, msg = pcall(function()
@@ -516,7 +393,7 @@ describe("reliability", function()
         end
         local res, e = c:create_case(597752)
         print(res, e.kind, e.errno, e.maybe_created, tostring(e))
-      ]]):format(srv.base_url, srv.key), 20, "ulimit -n 64;")
+      ]]):format(srv.base_url, srv.key), { prefix = "ulimit -n 64;" })
       assert.equal(0, status, err)
       helper.contains(out, "nil\tnetwork\t24\tfalse\t")
       helper.contains(out, "EMFILE")
@@ -532,16 +409,14 @@ describe("reliability", function()
         broken = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
       }
       for name, text in pairs(files) do
-        local f = assert(io.open(dir .. "/" .. name, "wb"))
-        f:write(text)
-        f:close()
-        local msg = helper.raises(acquire.new, { base_url = srv.base_url, api_key = "k", ca_file = dir .. "/" .. name })
+        local path = helper.write_file(dir .. "/" .. name, text)
+        local msg = helper.raises(acquire.new, { base_url = srv.base_url, api_key = "k", ca_file = path })
         helper.contains(msg, "bad option 'ca_file'")
         helper.contains(msg, "no PEM certificate")
       end
       helper.contains(helper.raises(acquire.new, { base_url = srv.base_url, api_key = "k", ca_file = dir }),
                       "a directory")
-      os.execute("rm -rf " .. helper.shell_quote(dir))
+      helper.rmrf(dir)
       assert.equal(0, requests())
     end)
   end)

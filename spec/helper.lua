@@ -1,12 +1,20 @@
 -- Starts, controls and stops the local Acquire server (spec/server/acquire_server.py)
 -- for specs; and a few assertions the specs share. Lua 5.1-5.4 and LuaJIT.
 --
+-- The specs' shell, files and child processes live here too, once.
+--
 --   local helper = require "spec.helper"
---   local srv = helper.start_server()        -- or { tls = true }: https, srv.ca_file
+--   local srv = helper.start_server()        -- or { tls = true }: https, srv.ca_file; { host = "::1" }
+--   local srv = helper.server()              -- in a describe: started in setup, reset before each
 --   srv.port, srv.base_url, srv.key ("test-key"), srv.readonly_key ("readonly-key")
 --   srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "1" }, times = 1 }
---   srv:requests(), srv:last_request(), srv:stats(), srv:reset(), srv:stop()
---   helper.free_port(), helper.read_file(path), helper.fixture(name), helper.repo_root
+--   srv:requests(), srv:last_request(), srv:stats(), srv:reset(), srv:stop(), srv:client(over)
+--   helper.start_dns{ [name] = ip } -> dns.port, dns.queries(), dns.stop()
+--   helper.run(words, opts) -> { code, out, err }; helper.run_lua(code, opts); helper.run_cli(args, opts)
+--   helper.sh(cmd) -> output, exit status; helper.shell_quote(s)
+--   helper.read_file(path), helper.slurp(path) (or ""), helper.write_file(path, s),
+--   helper.tmpdir(), helper.tmpfile(content), helper.rmrf(path), helper.alive(pid), helper.my_pid()
+--   helper.free_port(), helper.unanswered_port(), helper.fixture(name), helper.repo_root, helper.self_signed(dir)
 local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
@@ -35,6 +43,8 @@ end
 
 helper.repo_root = find_root()
 
+-- ---- files and the shell ---------------------------------------------------
+
 function helper.read_file(path)
   local f = assert(io.open(path, "rb"))
   local s = f:read("*a")
@@ -42,16 +52,59 @@ function helper.read_file(path)
   return s
 end
 
+-- The file's contents, or "" when there is none (yet).
+function helper.slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("*a") or ""
+  f:close()
+  return s
+end
+
+function helper.write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+  return path
+end
+
 function helper.fixture(name)
   return helper.read_file(helper.repo_root .. "/spec/fixtures/api/" .. name)
+end
+
+-- Runs a shell command: its output (stdout and stderr) and exit status (the status is
+-- echoed after the output: Lua 5.1's popen():close() does not return it).
+function helper.sh(cmd)
+  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"@@EXIT:$?\""))
+  local out = p:read("*a")
+  p:close()
+  local text, code = out:match("^(.*)@@EXIT:(%d+)%s*$")
+  return text or out, tonumber(code)
 end
 
 function helper.tmpdir()
   local p = io.popen("mktemp -d")
   local dir = p:read("*l")
   p:close()
+  assert(dir and dir:match("^/"), "mktemp -d failed")
   return dir
 end
+
+-- A new temporary file (with content, if given); helper.rmrf it when done.
+function helper.tmpfile(content)
+  local path = os.tmpname()
+  if content then helper.write_file(path, content) end
+  return path
+end
+
+-- Removes a file or a directory tree; only what mktemp or os.tmpname made.
+function helper.rmrf(path)
+  if path and path:match("^/tmp/") and not path:find("/%.%.") then
+    os.execute("rm -rf " .. shell_quote(path))
+  end
+end
+
+-- ---- processes --------------------------------------------------------------
 
 -- The interpreter running the specs, for child processes.
 function helper.interpreter()
@@ -76,26 +129,66 @@ function helper.testposix()
   return assert(open, "cannot load " .. dir .. "/testposix.so")()
 end
 
--- Runs a Lua chunk in a child interpreter (this one, with ./acquire.so), killed after
--- `limit` seconds (default 20) so that a hang fails the spec instead of stalling it.
--- prefix: shell words before the interpreter (ulimit, env). -> exit status, stdout, stderr
--- (124: timed out).
-function helper.run_lua(code, limit, prefix)
+-- Runs a command (words, each quoted here) as a child process, killed after opts.limit
+-- seconds (default 20: a hang fails the spec instead of stalling it). The child's
+-- environment has no ACQUIRE_* variable but those in opts.env ({ NAME = value }).
+--   opts.dir: its directory (default the repository); opts.stdin: text for its standard input;
+--   opts.prefix: shell words before it (ulimit); opts.merge: stderr into out;
+--   opts.interrupt: seconds after which it gets SIGINT (Ctrl-C).
+-- -> { code = exit status (124: timed out), out = stdout, err = stderr }
+function helper.run(words, opts)
+  opts = opts or {}
   local dir = helper.tmpdir()
-  local f = assert(io.open(dir .. "/chunk.lua", "wb"))
-  f:write(code)
-  f:close()
-  local cmd = ("cd %s && %s LUA_CPATH='./?.so;;' LUA_PATH='./?.lua;./lua/?.lua;;' timeout -s KILL %d %s %s"
-    .. " >%s 2>%s </dev/null; echo $?"):format(
-    shell_quote(helper.repo_root), prefix or "", limit or 20, helper.interpreter(),
-    shell_quote(dir .. "/chunk.lua"), shell_quote(dir .. "/out"), shell_quote(dir .. "/err"))
-  local p = io.popen(cmd)
-  local status = tonumber(p:read("*l"))
+  local cmd = { opts.prefix or "", "cd", shell_quote(opts.dir or helper.repo_root), "|| exit 1;",
+                "env -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID -u ACQUIRE_BASE_URL" }
+  local names = {}
+  for k in pairs(opts.env or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do cmd[#cmd + 1] = k .. "=" .. shell_quote(opts.env[k]) end
+  -- --foreground: timeout stays in our process group, and passes a SIGINT on once, not twice
+  cmd[#cmd + 1] = ("timeout --foreground -s KILL %d"):format(opts.limit or 20)
+  for _, w in ipairs(words) do cmd[#cmd + 1] = shell_quote(w) end
+  local stdin = opts.stdin and helper.write_file(dir .. "/in", opts.stdin) or "/dev/null"
+  cmd[#cmd + 1] = ("<%s >%s 2>%s"):format(shell_quote(stdin), shell_quote(dir .. "/out"),
+    opts.merge and "&1" or shell_quote(dir .. "/err"))
+  local line = table.concat(cmd, " ")
+  if opts.interrupt then
+    line = ("%s & pid=$!; sleep %s; kill -INT $pid; wait $pid"):format(line, opts.interrupt)
+  end
+  local p = assert(io.popen(line .. "; echo $?"))
+  local code = tonumber(p:read("*l"))
   p:close()
-  local out, err = helper.read_file(dir .. "/out"), helper.read_file(dir .. "/err")
-  os.execute("rm -rf " .. shell_quote(dir))
-  if status == 137 then status = 124 end        -- KILL after the limit
-  return status, out, err
+  local r = { code = code, out = helper.slurp(dir .. "/out"), err = helper.slurp(dir .. "/err") }
+  helper.rmrf(dir)
+  if r.code == 137 then r.code = 124 end        -- KILL after the limit
+  return r
+end
+
+-- opts with base's variables under opts.env's, for a runner that needs some of its own.
+local function with_env(opts, base)
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.env = {}
+  for k, v in pairs(base) do o.env[k] = v end
+  for k, v in pairs(opts and opts.env or {}) do o.env[k] = v end
+  return o
+end
+
+-- Runs a Lua chunk in a child interpreter (this one, with ./acquire.so and ./lua/),
+-- with helper.run's opts. -> exit status, stdout, stderr
+function helper.run_lua(code, opts)
+  local path = helper.tmpfile(code)
+  local r = helper.run({ helper.interpreter(), path },
+    with_env(opts, { LUA_CPATH = "./?.so;;", LUA_PATH = "./?.lua;./lua/?.lua;;" }))
+  os.remove(path)
+  return r.code, r.out, r.err
+end
+
+-- Runs bin/acquire-case args with this interpreter, with helper.run's opts. -> { code, out, err }
+function helper.run_cli(args, opts)
+  local words = { helper.interpreter(), "bin/acquire-case" }
+  for _, a in ipairs(args) do words[#words + 1] = a end
+  return helper.run(words, with_env(opts, { LUA_CPATH = "./?.so;;", LUA_PATH = "./lua/?.lua;;" }))
 end
 
 -- A loopback port with nothing listening on it.
@@ -106,12 +199,32 @@ function helper.free_port()
   return tonumber(port)
 end
 
+-- A loopback port whose connections never complete: a listener whose backlog is full (never
+-- accepted, so the kernel drops further SYNs), for connect timeouts. -> port, close()
+function helper.unanswered_port()
+  local l = assert(socket.tcp())
+  assert(l:bind("127.0.0.1", 0))
+  assert(l:listen(0))
+  local _, port = l:getsockname()
+  local fill = {}
+  for i = 1, 4 do
+    fill[i] = socket.tcp()
+    fill[i]:settimeout(0)
+    fill[i]:connect("127.0.0.1", port)
+  end
+  return tonumber(port), function()
+    for _, s in ipairs(fill) do s:close() end
+    l:close()
+  end
+end
+
 -- 1 rather than 1.0 on 5.3+ (lua-cjson 2.1.0 decodes every number as a float).
 local function int(n)
   if type(n) == "number" and math.tointeger then return math.tointeger(n) or n end
   return n
 end
 
+-- This process's id (nil without /proc).
 local function my_pid()
   local f = io.open("/proc/self/stat")
   if not f then return nil end
@@ -161,6 +274,28 @@ local function alive(pid)
   local r = os.execute("kill -0 " .. pid .. " 2>/dev/null")
   return r == true or r == 0          -- 5.2+ / 5.1
 end
+helper.my_pid, helper.alive = my_pid, alive
+
+-- Stops a process we started: SIGTERM, then SIGKILL if it is still there after `grace` s.
+local function terminate(pid, grace)
+  if not pid then return end
+  os.execute("kill " .. pid .. " 2>/dev/null")
+  for _ = 1, math.ceil((grace or 1) / 0.02) do
+    if not alive(pid) then return end
+    socket.sleep(0.02)
+  end
+  os.execute("kill -9 " .. pid .. " 2>/dev/null")
+end
+helper.terminate = terminate
+
+-- A self-signed certificate for 127.0.0.1 (its own CA: pass cert as ca_file), made in dir.
+function helper.self_signed(dir)
+  local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
+  local out, code = helper.sh(("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 "
+    .. "-addext subjectAltName=IP:127.0.0.1 -keyout %s -out %s"):format(shell_quote(key), shell_quote(cert)))
+  assert(code == 0, "openssl could not make a certificate:\n" .. out)
+  return cert, key
+end
 
 -- ---- shared assertions (plain error(), so they work anywhere) ----------
 
@@ -202,7 +337,7 @@ helper.DOCUMENTED_BODY = '{"title":"string","source":"firstMessage","mentionUser
 local Server = {}
 Server.__index = Server
 
--- A control call: plain HTTP to 127.0.0.1 (with TLS, the plain control port).
+-- A control call: plain HTTP (with TLS, to the plain control port).
 function Server:call(method, path, body)
   local chunks = {}
   local headers
@@ -210,7 +345,7 @@ function Server:call(method, path, body)
     headers = { ["content-type"] = "application/json", ["content-length"] = tostring(#body) }
   end
   local ok, code = http.request{
-    url = "http://127.0.0.1:" .. self.control_port .. path,
+    url = "http://" .. self.host .. ":" .. self.control_port .. path,
     method = method,
     source = body and ltn12.source.string(body) or nil,
     headers = headers,
@@ -257,87 +392,131 @@ function Server:fault(rule)
   return self:call("POST", "/_control/fault", cjson.encode(rule))
 end
 
+-- A libcurl client of this server: timeout 5, connect_timeout 2, max_retries 2, ca_file
+-- (with TLS), and over's options on top.
+function Server:client(over)
+  local cfg = { base_url = self.base_url, api_key = self.key, timeout = 5, connect_timeout = 2,
+                max_retries = 2, ca_file = self.ca_file }
+  for k, v in pairs(over or {}) do cfg[k] = v end
+  return require("acquire").new(cfg)
+end
+
 -- Idempotent: asks the server to stop, kills it after 2 s, removes its files.
 function Server:stop()
   if self.stopped then return end
   self.stopped = true
   pcall(http.request, {
-    url = "http://127.0.0.1:" .. self.control_port .. "/_control/shutdown", method = "POST",
+    url = "http://" .. self.host .. ":" .. self.control_port .. "/_control/shutdown", method = "POST",
     source = ltn12.source.string("{}"),
     headers = { ["content-type"] = "application/json", ["content-length"] = "2" },
     sink = ltn12.sink.null(),
   })
-  local gone = false
   for _ = 1, 100 do
-    if not alive(self.pid) then gone = true break end
+    if not alive(self.pid) then break end
     socket.sleep(0.02)
   end
-  if not gone then
-    os.execute("kill " .. self.pid .. " 2>/dev/null")
-    for _ = 1, 50 do
-      if not alive(self.pid) then gone = true break end
-      socket.sleep(0.02)
-    end
-    if not gone then os.execute("kill -9 " .. self.pid .. " 2>/dev/null") end
+  terminate(self.pid)
+  helper.rmrf(self.dir)
+end
+
+-- Starts `python3 script --port-file F --parent-pid P args...` (the command line of every
+-- server in spec/server/) and waits for its port file: -> the file's first line, "PORT PID ...".
+-- On failure the server is killed, dir removed, and the error names `what` and has its log.
+local function launch(what, script, args, dir)
+  local words = { os.getenv("PYTHON") or "python3", script, "--port-file", dir .. "/port" }
+  if my_pid() then
+    words[#words + 1] = "--parent-pid"
+    words[#words + 1] = tostring(my_pid())
   end
-  os.execute("rm -rf " .. shell_quote(self.dir))
+  for _, a in ipairs(args or {}) do words[#words + 1] = a end
+  for i, w in ipairs(words) do words[i] = shell_quote(w) end
+  local p = io.popen(("%s </dev/null >%s 2>&1 & echo $!"):format(table.concat(words, " "),
+    shell_quote(dir .. "/log")))
+  local launched = tonumber(p:read("*l") or "")
+  p:close()
+  for _ = 1, 500 do                  -- 10 s
+    local line = helper.slurp(dir .. "/port"):match("^[^\n]+")
+    if line and line:match("^%d+ %d+") then return line end
+    if launched and not alive(launched) then break end
+    socket.sleep(0.02)
+  end
+  local log = helper.slurp(dir .. "/log")
+  terminate(launched)
+  helper.rmrf(dir)
+  error(what .. " did not start:\n" .. log, 3)
 end
 
 -- opts.tls: serve https with a certificate made now (srv.ca_file).
+-- opts.host: listen there (default 127.0.0.1; "::1" for IPv6).
 -- opts.verbose: the server logs every exchange to its log (srv.dir .. "/log").
 -- opts.script, opts.args: another server with the same command line (port
 -- file, parent pid, control calls) and its extra arguments, e.g. chaos_server.py.
 function helper.start_server(opts)
   opts = opts or {}
   local dir = helper.tmpdir()
-  assert(dir and dir ~= "", "mktemp -d failed")
-  local self = setmetatable({ dir = dir, key = "test-key", readonly_key = "readonly-key" }, Server)
-  local args = ""
+  local host = opts.host or "127.0.0.1"
+  local url_host = host:find(":") and ("[" .. host .. "]") or host
+  local self = setmetatable({ dir = dir, key = "test-key", readonly_key = "readonly-key",
+                              host = url_host }, Server)
+  local args = { "--host", host }
   if opts.tls then
-    local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
-    local r = os.execute(("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 "
-      .. "-addext subjectAltName=IP:127.0.0.1 -keyout %s -out %s >%s 2>&1")
-      :format(shell_quote(key), shell_quote(cert), shell_quote(dir .. "/openssl.log")))
-    if not (r == true or r == 0) then
-      error("openssl could not make a certificate:\n" .. helper.read_file(dir .. "/openssl.log"))
-    end
-    args = (" --tls-cert %s --tls-key %s"):format(shell_quote(cert), shell_quote(key))
+    local cert, key = helper.self_signed(dir)
+    args[#args + 1], args[#args + 2] = "--tls-cert", cert
+    args[#args + 1], args[#args + 2] = "--tls-key", key
     self.ca_file = cert
   end
-  if opts.verbose then args = args .. " --verbose" end
-  for _, a in ipairs(opts.args or {}) do args = args .. " " .. shell_quote(a) end
-  local pid = my_pid()
-  if pid then args = args .. " --parent-pid " .. pid end
-  local python = os.getenv("PYTHON") or "python3"
-  local port_file, log = dir .. "/port", dir .. "/log"
-  local cmd = ("%s %s --port-file %s%s </dev/null >%s 2>&1 & echo $!"):format(
-    python, shell_quote(opts.script or (helper.repo_root .. "/spec/server/acquire_server.py")),
-    shell_quote(port_file), args, shell_quote(log))
-  local p = io.popen(cmd)
-  local launched = tonumber(p:read("*l") or "")
-  p:close()
-  local line
-  for _ = 1, 500 do                  -- 10 s
-    local f = io.open(port_file)
-    if f then line = f:read("*l") f:close() end
-    if line and line:match("^%d+ %d+") then break end
-    line = nil
-    if launched and not alive(launched) then break end
-    socket.sleep(0.02)
-  end
-  if not line then
-    local f = io.open(log)
-    local text = f and f:read("*a") or ""
-    if f then f:close() end
-    if launched then os.execute("kill " .. launched .. " 2>/dev/null") end
-    os.execute("rm -rf " .. shell_quote(dir))
-    error("the local Acquire server did not start:\n" .. text, 2)
-  end
+  if opts.verbose then args[#args + 1] = "--verbose" end
+  for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
+  local line = launch("the local Acquire server",
+    opts.script or (helper.repo_root .. "/spec/server/acquire_server.py"), args, dir)
   local port, spid, control = line:match("^(%d+) (%d+) ?(%d*)")
   self.port, self.pid = tonumber(port), tonumber(spid)
   self.control_port = tonumber(control) or self.port
-  self.base_url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. self.port
+  self.base_url = (opts.tls and "https" or "http") .. "://" .. url_host .. ":" .. self.port
   return self
+end
+
+-- In a describe block: the local Acquire server for its specs (opts as start_server's),
+-- started in setup, reset before each spec, stopped in teardown. It stands for the server
+-- from setup on (srv.base_url, srv:fault{...}, ...).
+function helper.server(opts)
+  local busted = require "busted"
+  local real
+  local srv = setmetatable({}, {
+    __index = function(_, k)
+      if not real then error("the local Acquire server starts in setup, not before", 2) end
+      return real[k]
+    end,
+    __newindex = function(_, k, v) real[k] = v end,
+  })
+  busted.setup(function() real = helper.start_server(opts) end)
+  busted.teardown(function() if real then real:stop() end end)
+  busted.before_each(function() real:reset() end)
+  return srv
+end
+
+-- A DNS server on 127.0.0.1 (UDP, spec/server/dns_server.py) for nginx's
+-- `resolver 127.0.0.1:<port>`: it answers A queries for the names in answers
+-- ({ [name] = "127.0.0.1" }) and no other query, so the resolver waits its timeout.
+-- -> { port, pid, queries() (how many it read), stop() }
+function helper.start_dns(answers)
+  local dir = helper.tmpdir()
+  local args = { "--count-file", dir .. "/queries" }
+  local names = {}
+  for name in pairs(answers or {}) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    args[#args + 1], args[#args + 2] = "--answer", name .. "=" .. answers[name]
+  end
+  local line = launch("the DNS server", helper.repo_root .. "/spec/server/dns_server.py", args, dir)
+  local port, pid = line:match("^(%d+) (%d+)")
+  local dns = { port = tonumber(port), pid = tonumber(pid) }
+  function dns.queries() return tonumber(helper.slurp(dir .. "/queries")) or 0 end
+  function dns.stop()
+    terminate(dns.pid)
+    helper.rmrf(dir)
+  end
+  return dns
 end
 
 return helper

@@ -21,6 +21,9 @@ Control endpoints (no auth, never recorded):
     GET  /_control/faults     {"faults": [...]}  (the rules, with the times left)
     POST /_control/reset      clears records, counters and faults
     POST /_control/fault      appends a rule: {"action", "contactId"?, "times"?, "delay"?, ...}
+                              (the first rule that matches and has times left answers;
+                              "raw" writes {"body"} or {"chunks"} "interval" s apart, then
+                              closes the connection unless "close": false)
     POST /_control/shutdown   answers, then stops the server
 """
 import argparse
@@ -238,6 +241,8 @@ def check_rule(rule):
     if chunks is not None and (not isinstance(chunks, list) or
                                not all(isinstance(c, str) for c in chunks)):
         raise Invalid("chunks must be a list of strings")
+    if not isinstance(rule.get("close", True), bool):
+        raise Invalid("close must be true or false")
     for k in ("body", "content_type", "location"):
         if rule.get(k) is not None and not isinstance(rule[k], str):
             raise Invalid("%s must be a string" % k)
@@ -526,8 +531,10 @@ class Handler(BaseHTTPRequestHandler):
                              headers=rule.get("headers"))
         if action == "raw":
             # bytes as given (latin-1), in "chunks" written "interval" s apart,
-            # then the connection closed: what no HTTP server would answer
-            self.close_connection = True
+            # then the connection closed (unless "close": false, when the next
+            # request on it gets the next rule): what no HTTP server would answer
+            if rule.get("close", True):
+                self.close_connection = True
             chunks = rule.get("chunks") or [rule.get("body") or ""]
             for i, part in enumerate(chunks):
                 if i:
@@ -726,6 +733,43 @@ def watch_parent(pid):
             os._exit(0)
 
 
+def checked_fixtures(directory, name):
+    """The fixtures in directory, checked by self_check; on any disagreement the
+    server says so (as name) and exits 2: it never runs against fixtures it doubts."""
+    try:
+        fixtures = Fixtures(directory)
+        self_check(fixtures)
+    except (OSError, FixtureError, Invalid, ValueError) as e:
+        sys.stderr.write("%s: fixtures: %s\n" % (name, e))
+        sys.exit(2)
+    return fixtures
+
+
+def spec_server_arguments(description):
+    """The command line every server in spec/server/ shares, the one spec/helper.lua
+    starts them with: --host, --port, --port-file, --parent-pid."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--port-file")
+    p.add_argument("--parent-pid", type=int)
+    return p
+
+
+def write_port_file(path, line):
+    """line and a newline to path, atomically (the launcher polls for it)."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(line + "\n")
+    os.rename(tmp, path)
+
+
+def follow_parent(pid):
+    """With a pid: exit when that process is gone (a daemon thread watches it)."""
+    if pid:
+        threading.Thread(target=watch_parent, args=(pid,), daemon=True).start()
+
+
 def close_inherited_fds():
     """The Lua process that starts us may leak its sockets into us (no
     FD_CLOEXEC): holding them would keep them open after the spec closes them."""
@@ -744,11 +788,7 @@ def close_inherited_fds():
 def main():
     close_inherited_fds()
     here = os.path.dirname(os.path.abspath(__file__))
-    p = argparse.ArgumentParser(description="The local Acquire server.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--port-file")
-    p.add_argument("--parent-pid", type=int)
+    p = spec_server_arguments("The local Acquire server.")
     p.add_argument("--key", default="test-key")
     p.add_argument("--readonly-key", default="readonly-key")
     p.add_argument("--fixtures", default=os.path.normpath(os.path.join(here, "..", "fixtures", "api")))
@@ -761,12 +801,7 @@ def main():
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
 
-    try:
-        fixtures = Fixtures(a.fixtures)
-        self_check(fixtures)
-    except (OSError, FixtureError, Invalid, ValueError) as e:
-        sys.stderr.write("acquire_server: fixtures: %s\n" % e)
-        sys.exit(2)
+    fixtures = checked_fixtures(a.fixtures, "acquire_server")
     if a.self_check:
         print("self-check ok: %s" % fixtures.dir, flush=True)
         return
@@ -803,16 +838,12 @@ def main():
         line = "%d %d" % (port, os.getpid())
         if control_port:
             line += " %d" % control_port
-        tmp = "%s.%d.tmp" % (a.port_file, os.getpid())
-        with open(tmp, "w") as f:
-            f.write(line + "\n")
-        os.rename(tmp, a.port_file)
+        write_port_file(a.port_file, line)
     host = "[%s]" % a.host if ":" in a.host else a.host
     print("listening on %s://%s:%d" % (scheme, host, port), flush=True)
     if control_port:
         print("control on http://%s:%d" % (host, control_port), flush=True)
-    if a.parent_pid:
-        threading.Thread(target=watch_parent, args=(a.parent_pid,), daemon=True).start()
+    follow_parent(a.parent_pid)
     if len(group) > 1:
         threading.Thread(target=group[1].serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()

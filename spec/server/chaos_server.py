@@ -41,7 +41,6 @@ variant, status, case_id, body_json (the answer's body is a JSON object),
 retry_ok (a 429/503 with Retry-After: 0 delivered complete and readable: see
 READABLE), delivered, t}.
 """
-import argparse
 import json
 import os
 import random
@@ -57,8 +56,8 @@ from http.server import BaseHTTPRequestHandler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from acquire_server import (  # noqa: E402  (the documented answer, parent watching)
-    API_PATH, HTML_502, JSON_ERR, JSON_OK, FixtureError, Fixtures, Invalid,
-    Server as PlainServer, close_inherited_fds, parse_body, self_check, watch_parent)
+    API_PATH, HTML_502, JSON_ERR, JSON_OK, Invalid, Server as PlainServer, checked_fixtures,
+    close_inherited_fds, follow_parent, parse_body, spec_server_arguments, write_port_file)
 
 # ---------------------------------------------------------------------------
 # What the server decides: answers. Each is created (the server processed the
@@ -742,33 +741,16 @@ class ControlHandler(BaseHTTPRequestHandler):
         return self.reply(404, {"message": "no such control call"})
 
 
-def write_port_file(path, line):
-    """Atomically (acquire_server.py does this inline in its main())."""
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(line + "\n")
-    os.rename(tmp, path)
-
-
 def main():
     close_inherited_fds()
     here = os.path.dirname(os.path.abspath(__file__))
-    p = argparse.ArgumentParser(description="The chaos server.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--port-file")
-    p.add_argument("--parent-pid", type=int)
+    p = spec_server_arguments("The chaos server.")
     p.add_argument("--seed", type=int)
     p.add_argument("--fixtures", default=os.path.normpath(os.path.join(here, "..", "fixtures", "api")))
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args()
     seed = a.seed if a.seed is not None else int(time.time())
-    try:
-        fixtures = Fixtures(a.fixtures)
-        self_check(fixtures)
-    except (OSError, FixtureError, Invalid, ValueError) as e:
-        sys.stderr.write("chaos_server: fixtures: %s\n" % e)
-        sys.exit(2)
+    fixtures = checked_fixtures(a.fixtures, "chaos_server")
 
     stopping = threading.Event()
     state = State(seed)
@@ -788,8 +770,7 @@ def main():
         write_port_file(a.port_file, "%d %d %d" % (port, os.getpid(), control_port))
     print("chaos_server: listening on http://%s:%d, control on http://%s:%d"
           % (a.host, port, a.host, control_port), flush=True)
-    if a.parent_pid:
-        threading.Thread(target=watch_parent, args=(a.parent_pid,), daemon=True).start()
+    follow_parent(a.parent_pid)
     threading.Thread(target=ctl.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     try:
         chaos.serve_forever(poll_interval=0.1)
