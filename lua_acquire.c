@@ -10,6 +10,7 @@
  *   src/response.c   status, headers, body -> res | nil, err (lua-cjson)
  *   src/policy.c     retry or give up
  *   src/error.c      the err table
+ *   src/reconcile.c  reading cases back: the list's URL, matching what was sent
  *   src/redact.c     the key out of errors and logs, raw or JSON-escaped
  *   src/client.c     acquire.Client: request -> transport -> response
  *   src/batch.c      create_cases: many at once on a curl multi handle
@@ -35,12 +36,17 @@ static const luaL_Reg module_functions[] = {
     { "decode_response", response_l_decode },
     { "retry_after", policy_l_retry_after },
     { "redact", redact_l_redact },
+    { "find_cases", client_l_default_find_cases },
+    { "build_list_request", reconcile_l_build },
+    { "match_cases", reconcile_l_match },
+    { "reconcile", reconcile_l_reconcile },
     { NULL, NULL }
 };
 
 static const luaL_Reg client_methods[] = {
     { "create_case", client_l_create_case },
     { "create_cases", batch_l_create_cases },
+    { "find_cases", client_l_find_cases },
     { "close", client_l_close },
     { NULL, NULL }
 };

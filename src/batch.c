@@ -32,6 +32,7 @@ typedef struct item_t {
     long long id;
     int attempts;
     double ready_at;                  /* monotonic seconds, while waiting to retry */
+    double started;                   /* wall clock, when first sent (reconcile) */
 } item_t;
 
 static double now(void) {
@@ -153,6 +154,33 @@ static void store(lua_State *L, int results, long i, const char *field) {
     lua_rawseti(L, results, (int)i + 1);
 }
 
+/* reconcile: after the batch, one wait, then every item that may have been
+   created is looked up (one after another: lookups are few and short). */
+static void reconcile_all(lua_State *L, acq_client_t *c, int items, int results,
+                          const item_t *it, long n) {
+    long i;
+    int waited = 0;
+    for (i = 0; i < n; i++) {
+        int top = lua_gettop(L), maybe;
+        lua_rawgeti(L, results, (int)i + 1);
+        lua_getfield(L, -1, "err");
+        if (!lua_istable(L, -1)) { lua_settop(L, top); continue; }
+        lua_getfield(L, -1, "maybe_created");
+        maybe = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (!maybe) { lua_settop(L, top); continue; }
+        if (!waited) {
+            policy_sleep((double)c->reconcile_ms / 1000.0);
+            waited = 1;
+        }
+        lua_rawgeti(L, items, (int)i + 1);
+        lua_rawgeti(L, -1, 2);                             /* the item's opts */
+        if (client_reconcile(L, c, it[i].id, -1, it[i].started, top + 2) == 1)
+            store(L, results, i, "res");
+        lua_settop(L, top);
+    }
+}
+
 static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     int concurrency, progress, bodies, results, fn = 0, active = 0;
     long n = (long)acq_rawlen(L, items), i, fresh = 0, done = 0, nwait = 0;
@@ -210,6 +238,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             snprintf(url + c->prefix_len, 24, "%lld", it[pick].id);
             transport_prepare(&c->batch->slots[s]->t, url, body, len);
             c->batch->slots[s]->item = pick;
+            if (it[pick].started == 0) it[pick].started = client_clock();
             if (curl_multi_add_handle(c->batch->multi, c->batch->slots[s]->t.easy) != CURLM_OK) {
                 c->batch->slots[s]->item = -1;
                 detach_all(c);
@@ -274,6 +303,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
         }
     }
     detach_all(c);
+    if (c->reconcile_ms >= 0) reconcile_all(L, c, items, results, it, n);
     lua_settop(L, results);
     return 1;
 }

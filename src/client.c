@@ -8,6 +8,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include "transport.h"
 
@@ -62,6 +63,7 @@ static acq_client_t *make(lua_State *L, int idx) {
     acq_setmetatable(L, ACQ_MT_CLIENT);
     c->strict = cfg.strict;
     c->max_retries = cfg.max_retries;
+    c->reconcile_ms = cfg.reconcile_ms;
     c->rng = policy_seed(c);
     c->pid = (long)getpid();
     c->url = (char *)malloc(ACQ_URL_MAX);
@@ -109,25 +111,131 @@ int client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
     return transport_push_error(L, t, r, &secret);
 }
 
+double client_clock(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 /* The loop every call takes. contactId at arg, opts at arg + 1. */
 static int create_case(lua_State *L, acq_client_t *c, int arg) {
     acq_result_t r;
     long long id = request_check_contact_id(L, arg);
     int attempt, n, base;
+    double started;
     request_encode_body(L, arg + 1, c->strict, &c->req);
     client_check_fork(L, c);
     snprintf(c->url + c->prefix_len, 24, "%lld", id);
     base = lua_gettop(L);
+    started = client_clock();
     for (attempt = 1;; attempt++) {
         double wait;
         transport_perform(&c->t, c->url, c->req.p, c->req.len, &r);
         n = client_outcome(L, c, &c->t, &r);
         if (n == 1) return 1;
         wait = policy_next(L, -1, attempt, c->max_retries, &c->rng);
-        if (wait < 0) return 2;
+        if (wait < 0) {
+            if (c->reconcile_ms < 0) return 2;
+            policy_sleep((double)c->reconcile_ms / 1000.0);
+            return client_reconcile(L, c, id, arg + 1, started, lua_gettop(L));
+        }
         lua_settop(L, base);
         policy_sleep(wait);
     }
+}
+
+/* ---- reading cases back --------------------------------------------- */
+
+/* One page of the list, retried as the policy allows: a read creates
+   nothing, so whatever happened on the wire, maybe_created is false.
+   Pushes res (1) or nil, err (2). */
+static int list_page(lua_State *L, acq_client_t *c, long long id, int page) {
+    char url[ACQ_LIST_URL_MAX];
+    acq_config_t base;
+    acq_result_t r;
+    int attempt, top = lua_gettop(L);
+    memset(&base, 0, sizeof base);
+    base.base_url = c->url;
+    base.base_len = c->prefix_len - (sizeof(ACQ_URL_PREFIX) - 1);
+    reconcile_list_url(&base, id, page, url);
+    for (attempt = 1;; attempt++) {
+        double wait;
+        transport_perform(&c->t, url, NULL, 0, &r);
+        if (client_outcome(L, c, &c->t, &r) == 1) return 1;
+        error_setbool(L, lua_gettop(L), "maybe_created", 0);
+        wait = policy_next(L, -1, attempt, c->max_retries, &c->rng);
+        if (wait < 0) return 2;
+        lua_settop(L, top);
+        policy_sleep(wait);
+    }
+}
+
+int client_find(lua_State *L, acq_client_t *c, long long id, const acq_filter_t *f) {
+    int page, more = 1, out;
+    lua_newtable(L);
+    out = lua_gettop(L);
+    for (page = 0; more && page < ACQ_LIST_MAX_PAGES; page++) {
+        if (list_page(L, c, id, page) == 2) {
+            lua_remove(L, out);
+            return 2;
+        }
+        more = reconcile_collect(L, -1, page, f, out);
+        lua_settop(L, out);
+    }
+    return 1;
+}
+
+/* find(filter) for acquire.reconcile: this client's lookup. */
+static int find_for_reconcile(lua_State *L) {
+    acq_client_t *c = (acq_client_t *)lua_touserdata(L, lua_upvalueindex(1));
+    acq_filter_t f;
+    reconcile_check_filter(L, 1, &f);
+    return client_find(L, c, f.contact, &f);
+}
+
+int client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
+                     double started, int err) {
+    sent = acq_absindex(L, sent);
+    err = acq_absindex(L, err);
+    lua_pushcfunction(L, reconcile_l_reconcile);
+    lua_pushvalue(L, err);
+    acq_pushint64(L, id);
+    lua_pushvalue(L, sent);
+    lua_pushnumber(L, started);
+    lua_pushlightuserdata(L, c);
+    lua_pushcclosure(L, find_for_reconcile, 1);
+    lua_call(L, 5, 2);
+    if (!lua_isnil(L, -2)) {
+        lua_pop(L, 1);
+        return 1;
+    }
+    return 2;
+}
+
+/* client:find_cases(contactId [, filter]) -> { case, … } | nil, err */
+int client_l_find_cases(lua_State *L) {
+    acq_client_t *c = client_check_open(L, 1);
+    acq_filter_t f;
+    long long id = request_check_contact_id(L, 2);
+    reconcile_check_filter(L, 3, &f);
+    f.contact = id;
+    lua_settop(L, 3);
+    client_check_fork(L, c);
+    return client_find(L, c, id, &f);
+}
+
+/* acquire.find_cases(contactId [, filter]) through the default client */
+int client_l_default_find_cases(lua_State *L) {
+    acq_client_t *c;
+    acq_filter_t f;
+    long long id;
+    lua_settop(L, 2);
+    c = client_default(L);                                    /* 3 */
+    id = request_check_contact_id(L, 1);
+    reconcile_check_filter(L, 2, &f);
+    f.contact = id;
+    client_check_fork(L, c);
+    return client_find(L, c, id, &f);
 }
 
 /* client:create_case(contactId, opts) -> res | nil, err */

@@ -17,10 +17,10 @@
 static const char *const options[] = {
     "account_id", "api_key", "base_url", "timeout", "connect_timeout",
     "max_retries", "user_agent", "ca_file", "insecure", "strict",
-    "max_response_bytes", "debug", NULL
+    "max_response_bytes", "debug", "reconcile", NULL
 };
 #define OPTION_LIST "account_id, api_key, base_url, timeout, connect_timeout, " \
-    "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes, debug"
+    "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes, debug, reconcile"
 
 /* Does the file hold a PEM certificate: a "-----BEGIN ...CERTIFICATE-----"
    block of base64 that decodes to a DER SEQUENCE? NULL if so, else why
@@ -268,6 +268,17 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     if (!lua_isnil(L, -1)) cfg->strict = check_bool(L, "strict", -1);
     rawfield(L, idx, "debug");
     if (!lua_isnil(L, -1)) cfg->debug = check_bool(L, "debug", -1);
+    rawfield(L, idx, "reconcile");
+    cfg->reconcile_ms = -1;
+    if (lua_isboolean(L, -1)) {
+        cfg->reconcile_ms = lua_toboolean(L, -1) ? ACQ_RECONCILE_WAIT_MS : -1;
+    } else if (!lua_isnil(L, -1)) {
+        lua_Number v = lua_tonumber(L, -1);
+        if (lua_type(L, -1) != LUA_TNUMBER || !(v >= 0 && v <= 60))
+            luaL_error(L, "bad option 'reconcile' (boolean, or seconds from 0 to 60 expected)");
+        cfg->reconcile_ms = (long)ceil(v * 1000.0);
+    }
+    lua_pop(L, 1);
     lua_settop(L, top + 4);           /* keep the strings pointed into */
 
     rawfield(L, idx, "base_url");
@@ -340,6 +351,8 @@ int config_l_config(lua_State *L) {
     SETBOOL("insecure", cfg.insecure);
     SETBOOL("strict", cfg.strict);
     SETBOOL("debug", cfg.debug);
+    if (cfg.reconcile_ms < 0) SETBOOL("reconcile", 0);
+    else { push_seconds(L, cfg.reconcile_ms); lua_setfield(L, -2, "reconcile"); }
 #undef SETSTR
 #undef SETINT
 #undef SETBOOL

@@ -95,6 +95,7 @@ typedef struct acq_config_t {
     long   max_response_bytes;
     int    max_retries;
     int    insecure, strict, debug;
+    long   reconcile_ms;                       /* wait before looking; -1: off */
     /* derived from base_url */
     int    tls;                                /* https */
     const char *host;      size_t host_len;    /* into base_url; IPv6 in [ ] */
@@ -180,6 +181,29 @@ void  error_setbool(lua_State *L, int err, const char *field, int v);
 void  error_setnumber(lua_State *L, int err, const char *field, double v);
 const char *error_pushname(lua_State *L, int idx);  /* pushes it too */
 void  error_open(lua_State *L);
+
+/* ---- reconcile.c: reading cases back ---------------------------------- */
+#define ACQ_LIST_PATH        "/api/v1/crm/objects/case"
+#define ACQ_LIST_LIMIT       100
+#define ACQ_LIST_MAX_PAGES   10            /* a lookup reads at most this many pages */
+#define ACQ_LIST_URL_MAX     (ACQ_BASE_URL_MAX + sizeof(ACQ_LIST_PATH) + 80)
+#define ACQ_RECONCILE_WAIT_MS 1000         /* reconcile = true: wait this long, then look */
+#define ACQ_RECONCILE_SKEW   300.0         /* seconds of clock difference allowed */
+typedef struct acq_filter_t {
+    int    table;                          /* the filter table's index, or 0 */
+    int    has_since, has_title, has_desc;
+    double since;                          /* seconds since the epoch */
+    long long contact;                     /* > 0: the case must be this contact's */
+} acq_filter_t;
+size_t reconcile_list_url(const acq_config_t *cfg, long long contact, int page, char *out);
+void  reconcile_check_filter(lua_State *L, int idx, acq_filter_t *f);
+int   reconcile_matches(lua_State *L, int c, const acq_filter_t *f);
+/* Appends the cases of one page of the list (res at idx) that match f to
+   the table at out; returns whether another page may follow. */
+int   reconcile_collect(lua_State *L, int res, int page, const acq_filter_t *f, int out);
+int   reconcile_l_match(lua_State *L);
+int   reconcile_l_build(lua_State *L);
+int   reconcile_l_reconcile(lua_State *L);
 
 /* ---- response.c: status, headers, body into res | nil, err ---------- */
 /* Pushes res (returns 1) or nil, err (returns 2). retry_after may be NULL. */

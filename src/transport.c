@@ -328,6 +328,11 @@ void transport_prepare(acq_transport_t *t, const char *url, const char *body,
     t->sock_errno = 0;
     t->head = t->head_done = 0;
     curl_easy_setopt(t->easy, CURLOPT_URL, url);          /* libcurl copies it */
+    if (body == NULL) {                                   /* a read: GET */
+        curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+        return;
+    }
+    curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 #if ACQ_PREREQ
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);  /* one write with the headers */

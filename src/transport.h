@@ -66,7 +66,7 @@ int   transport_init(acq_transport_t *t, const acq_config_t *cfg,
                      const char *const *header_lines, const char **what);
 void  transport_perform(acq_transport_t *t, const char *url,
                         const char *body, size_t len, acq_result_t *r);
-/* perform in two halves, for a multi handle */
+/* perform in two halves, for a multi handle; body NULL: a GET */
 void  transport_prepare(acq_transport_t *t, const char *url,
                         const char *body, size_t len);
 void  transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r);
@@ -98,6 +98,7 @@ typedef struct acq_client_t {
     acq_transport_t t;
     acq_batch_t *batch;               /* create_cases: made on first use */
     int       busy;                   /* create_cases is running (on_progress) */
+    long      reconcile_ms;           /* -1: off */
     long      pid;                    /* the process whose connections these are */
     acq_sockets_t sockets;            /* every socket its handles hold */
 } acq_client_t;
@@ -110,6 +111,18 @@ acq_client_t *client_default(lua_State *L);
 /* The outcome of one transfer: pushes res (1) or nil, err (2). */
 int   client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
                      const acq_result_t *r);
+/* Looks cases up (the list, page by page, retried as the policy allows:
+   a read creates nothing). Pushes the matching cases (1) or nil, err (2). */
+int   client_find(lua_State *L, acq_client_t *c, long long id, const acq_filter_t *f);
+/* After a call failed with maybe_created (err at idx): when the client
+   reconciles, looks for the case and replaces nil, err by res (returns 1)
+   or notes in err what it found (returns 2). sent: the opts at that index;
+   started: when the first attempt began (seconds since the epoch). */
+int   client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
+                       double started, int err);
+double client_clock(void);
+int   client_l_find_cases(lua_State *L);
+int   client_l_default_find_cases(lua_State *L);
 int   batch_l_create_cases(lua_State *L);
 int   batch_l_default_create_cases(lua_State *L);
 void  batch_release(acq_client_t *c);
