@@ -299,6 +299,7 @@ static int page_cases(lua_State *L, int res, int page, int *more) {
         return 0;
     }
     n = (int)acq_rawlen(L, -1);
-    *more = n >= ACQ_LIST_LIMIT && (count < 0 || (double)(page + 1) * ACQ_LIST_LIMIT < count);
+    *more = n >= ACQ_LIST_LIMIT && (count < 0 || (double)(page + 1) * ACQ_LIST_LIMIT < count) &&
+            page + 1 < ACQ_LIST_MAX_PAGES;
     return n;
 }

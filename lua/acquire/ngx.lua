@@ -19,6 +19,8 @@ local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.upd
 local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
 local normalise, build_request, decode_response, retry_after, redact =
   acquire.config, acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
+local build_list_request, match_cases, reconcile =
+  acquire.build_list_request, acquire.match_cases, acquire.reconcile
 local concat, sort = table.concat, table.sort
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
@@ -392,12 +394,14 @@ local function payload(st, req)
   for _, name in ipairs(rest) do names[#names + 1] = name end
   local head = { req.method, " ", path, " HTTP/1.1\r\n" }
   for _, name in ipairs(names) do head[#head + 1] = name .. ": " .. given[name] .. "\r\n" end
-  head[#head + 1] = "Content-Length: " .. #req.body .. "\r\nConnection: keep-alive\r\n\r\n"
+  local body = req.body or ""                 -- a GET (the case list) has none
+  if req.body then head[#head + 1] = "Content-Length: " .. #body .. "\r\n" end
+  head[#head + 1] = "Connection: keep-alive\r\n\r\n"
   if st.debug then                            -- the request, whole, in one message
     local text = concat(head):gsub("\r\n\r\n$", ""):gsub("\r\n", "; ")
-    debug_log(st, "> ", text, " (", #req.body, " bytes) >> ", req.body)
+    debug_log(st, "> ", text, " (", #body, " bytes) >> ", body)
   end
-  head[#head + 1] = req.body
+  head[#head + 1] = body
   return concat(head)
 end
 
@@ -415,24 +419,74 @@ local function next_delay(st, err, attempt, deadline)
   return delay
 end
 
+-- The case list for contactId, page by page, the cases matching filter: { case, ... } | nil,
+-- err. A read creates nothing: whatever happened on the wire it is retried as the policy
+-- allows, within its own deadline (timeout).
+local function find_cases(st, contactId, filter)
+  local found, page, more = {}, 0, true
+  local deadline = clock() + st.timeout
+  while more do
+    local bytes = payload(st, build_list_request(contactId, page, st.options))
+    local attempt, res, err = 0, nil, nil
+    repeat
+      attempt = attempt + 1
+      res, err = once(st, bytes, deadline)
+      if not res then
+        err.maybe_created = false
+        local delay = next_delay(st, err, attempt, deadline)
+        if not delay then return nil, err end
+        sleep(delay)
+      end
+    until res
+    local cases
+    cases, more = match_cases(res, filter, page)
+    for i = 1, #cases do found[#found + 1] = cases[i] end
+    page = page + 1
+  end
+  return found
+end
+
+local function checked(self, fname)
+  local st = state[self]
+  if not st then error(format("bad argument #1 to '%s' (client expected; call client:%s)", fname, fname), 3) end
+  if st.closed then error("client is closed", 3) end
+  return st
+end
+
 --- client:create_case(contactId, opts) -> res | nil, err: as acquire's (README).
 function Client:create_case(contactId, opts)
-  local st = state[self]
-  if not st then error("bad argument #1 to 'create_case' (client expected; call client:create_case)", 2) end
-  if st.closed then error("client is closed", 2) end
+  local st = checked(self, "create_case")
   local ok, req = pcall(build_request, contactId, opts, st.options)  -- misuse raises, nothing sent
   if not ok then rethrow(req, "create_case") end
   local bytes = payload(st, req)
-  local deadline = clock() + st.timeout        -- the whole call's, retries included
+  local started = clock()
+  local deadline = started + st.timeout        -- the whole call's, retries included
   local attempt = 0
   while true do
     attempt = attempt + 1
     local res, err = once(st, bytes, deadline)
     if res then return res end
     local delay = next_delay(st, err, attempt, deadline)
-    if not delay then return nil, err end
+    if not delay then
+      if not (st.reconcile and err.maybe_created) then return nil, err end
+      sleep(st.reconcile)                      -- reconcile: look the case up, never resend
+      return reconcile(err, contactId, opts, started, function(filter)
+        return find_cases(st, contactId, filter)
+      end)
+    end
     sleep(delay)
   end
+end
+
+--- client:find_cases(contactId [, filter]) -> { case, ... } | nil, err: as acquire's (README).
+function Client:find_cases(contactId, filter)
+  local st = checked(self, "find_cases")
+  local ok, e = pcall(build_list_request, contactId, 0, st.options)  -- misuse raises, nothing sent
+  if ok then ok, e = pcall(match_cases, {}, filter) end
+  if not ok then rethrow(e, "find_cases") end
+  local f = { contactId = contactId }
+  for k, v in pairs(filter or {}) do f[k] = v end
+  return find_cases(st, contactId, f)
 end
 
 --- client:close(): as acquire's (idempotent; pooled connections stay nginx's).
