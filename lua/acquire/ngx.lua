@@ -423,13 +423,14 @@ end
 -- err. A read creates nothing: whatever happened on the wire it is retried as the policy
 -- allows, within its own deadline (timeout).
 local function find_cases(st, contactId, filter)
-  local found, page, more = {}, 0, true
+  local found, page, next_page = {}, 0, true
   local deadline = clock() + st.timeout
-  while more do
+  while next_page do
     local bytes = payload(st, build_list_request(contactId, page, st.options))
-    local attempt, res, err = 0, nil, nil
+    local attempt, res = 0, nil
     repeat
       attempt = attempt + 1
+      local err
       res, err = once(st, bytes, deadline)
       if not res then
         err.maybe_created = false
@@ -439,7 +440,7 @@ local function find_cases(st, contactId, filter)
       end
     until res
     local cases
-    cases, more = match_cases(res, filter, page)
+    cases, next_page = match_cases(res, filter, page)
     for i = 1, #cases do found[#found + 1] = cases[i] end
     page = page + 1
   end
