@@ -427,7 +427,7 @@ local function find_cases(st, contactId, filter)
   local deadline = clock() + st.timeout
   while next_page do
     local bytes = payload(st, build_list_request(contactId, page, st.options))
-    local attempt, res = 0, nil
+    local attempt, res = 0
     repeat
       attempt = attempt + 1
       local err
