@@ -9,6 +9,8 @@
 --   srv.port, srv.base_url, srv.key ("test-key"), srv.readonly_key ("readonly-key")
 --   srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "1" }, times = 1 }
 --   srv:requests(), srv:last_request(), srv:stats(), srv:reset(), srv:stop(), srv:client(over)
+--   srv:cases() (every stored case), srv:cases_config{ lag_ms = N, hide = { id }, unhide = { id } },
+--   srv:config{ unique_ids = true }, srv.create_only_key ("create-only-key": creates, may not read)
 --   helper.start_dns{ [name] = ip } -> dns.port, dns.queries(), dns.stop()
 --   helper.run(words, opts) -> { code, out, err }; helper.run_lua(code, opts); helper.run_cli(args, opts)
 --   helper.sh(cmd) -> output, exit status; helper.shell_quote(s)
@@ -387,6 +389,37 @@ end
 
 function Server:reset() return self:call("POST", "/_control/reset", "{}") end
 
+local function int_ids(list)
+  for i, v in ipairs(list) do list[i] = int(v) end
+  return list
+end
+
+-- Every case the server stored, hidden or not, ascending ids -> cases, { lag_ms, hidden, visible }
+-- (the ids a read sees now).
+function Server:cases()
+  local r = self:call("GET", "/_control/cases")
+  for _, c in ipairs(r.cases) do
+    for _, k in ipairs({ "id", "contactId", "threadId", "parentId" }) do c[k] = int(c[k]) end
+  end
+  int_ids(r.hidden)
+  int_ids(r.visible)
+  r.lag_ms = int(r.lag_ms)
+  return r.cases, r
+end
+
+-- t: { lag_ms = N } (a case is read back only N ms after its creation), { hide = { ids } },
+-- { unhide = { ids } } (paged out of every read, or back in). -> as srv:cases()
+function Server:cases_config(t)
+  local r = self:call("POST", "/_control/cases", cjson.encode(t or {}))
+  return r.cases, r
+end
+
+-- t: { unique_ids = true }: a create's 200 carries the stored case's id (threadId, dateCreated)
+-- instead of the documented 2071. Cleared by srv:reset().
+function Server:config(t)
+  return self:call("POST", "/_control/config", cjson.encode(t or {}))
+end
+
 -- rule: { action = ..., contactId = N?, times = N?, delay = s?, ...params }
 function Server:fault(rule)
   return self:call("POST", "/_control/fault", cjson.encode(rule))
@@ -457,7 +490,7 @@ function helper.start_server(opts)
   local host = opts.host or "127.0.0.1"
   local url_host = host:find(":") and ("[" .. host .. "]") or host
   local self = setmetatable({ dir = dir, key = "test-key", readonly_key = "readonly-key",
-                              host = url_host }, Server)
+                              create_only_key = "create-only-key", host = url_host }, Server)
   local args = { "--host", host }
   if opts.tls then
     local cert, key = helper.self_signed(dir)

@@ -8,7 +8,8 @@ through POST /_control/fault. Standard library only (Debian's python3).
 
     acquire_server.py [--host 127.0.0.1] [--port 0] [--port-file F]
                       [--parent-pid P] [--key test-key]
-                      [--readonly-key readonly-key] [--fixtures DIR]
+                      [--readonly-key readonly-key] [--create-only-key create-only-key]
+                      [--fixtures DIR]
                       [--tls-cert C --tls-key K] [--verbose] [--self-check]
 
 The port file gets "PORT PID\\n" (with TLS: "PORT PID CONTROL_PORT\\n", the
@@ -17,14 +18,34 @@ that cannot speak TLS), written atomically once the socket is bound.
 
 Control endpoints (no auth, never recorded):
     GET  /_control/requests   {"requests": [...]}
-    GET  /_control/stats      {"connections", "requests", "max_in_flight", "in_flight"}
+    GET  /_control/stats      {"connections", "requests", "max_in_flight", "in_flight", "cases"}
     GET  /_control/faults     {"faults": [...]}  (the rules, with the times left)
-    POST /_control/reset      clears records, counters and faults
+    POST /_control/reset      clears records, counters, faults, cases and their settings
     POST /_control/fault      appends a rule: {"action", "contactId"?, "times"?, "delay"?, ...}
                               (the first rule that matches and has times left answers;
                               "raw" writes {"body"} or {"chunks"} "interval" s apart, then
                               closes the connection unless "close": false)
     POST /_control/shutdown   answers, then stops the server
+    GET  /_control/config     {"unique_ids"}; POST sets it: {"unique_ids": true} makes a
+                              create's 200 carry the stored case's id, threadId and dateCreated
+    GET  /_control/cases      {"cases": [every stored case], "hidden", "visible", "lag_ms"}
+    POST /_control/cases      {"lag_ms": N}: a case is read back only N ms after its creation;
+                              {"hide": [ids]} / {"unhide": [ids]}: pages cases out of every read
+
+Cases: every create the server processes (a valid request it answers 200, no fault) stores a
+case (ids from 100001 up, again after a reset; dateCreated from the server's clock). A fault
+rule stores the case first, then misbehaves, only with "create": true (default false for every
+action but "delay", whose answer is the normal one); "endpoint": "create" or "read" limits a
+rule to the create call or to the two reads (rules without it match every API request; rules
+with a contactId never match a read, which has no contactId parameter). The reads (any of
+the three keys but the create-only one; 401 otherwise):
+    GET /api/v1/crm/objects/case      {"data": {"page", "offset", "limit", "count", "data": [...]}}
+        where=column|eq|value (repeated, as where=, where[]= or where[N]=, AND-ed; the value is
+        the rest after the second |; columns contactId, id, title, status, channel; anything
+        else is 400 ERROR_INVALID_INPUT), select=a|b (default: every column), relations=contact
+        (others ignored), limit (default 20, at most 100), offset, page (0-based; offset wins
+        over page). Ascending ids; count is every visible match. Unknown parameters: 400.
+    GET /api/v1/crm/objects/case/{id} {"data": case}, select, relations; 404 ERROR_NOT_FOUND
 """
 import argparse
 import base64
@@ -42,7 +63,7 @@ import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 API_PATH = "/api/v1/crm/messenger/chat/create"
 CONTACT = 597752
@@ -107,16 +128,44 @@ class Fixtures:
         for old, new in REOPEN:
             reopen = replace_once(reopen, old, new, what + " (reopen)")
         self.reopen = reopen
+        for doc in (self.doc, self.reopen):
+            for key in CASE_LINES:
+                if len(case_line(key).findall(doc)) != 1:
+                    raise FixtureError("%s: expected exactly one data.%s" % (what, key))
+        try:
+            self.contact = json.loads(self.doc)["data"]["contact"]
+        except (ValueError, KeyError, TypeError):
+            raise FixtureError("%s: no data.contact object" % what)
+        if not isinstance(self.contact, dict) or self.contact.get("id") != CONTACT:
+            raise FixtureError("%s: data.contact.id is not %d" % (what, CONTACT))
 
-    def render(self, data):
-        """The 200 body for a valid request body (a dict)."""
-        doc = self.reopen if ("threadId" in data and "sessionId" in data) else self.doc
+    def render(self, data, case=None):
+        """The 200 body for a valid request body (a dict); with a stored case, its
+        id, threadId and dateCreated instead of the documented ones (unique_ids)."""
+        doc = self.reopen if is_reopen(data) else self.doc
         title = data.get("title")
         message = data.get("message")
         text = message.get("message") if isinstance(message, dict) else None
         doc = doc.replace(TITLE, '"title": ' + dumps_value(title), 1)
         doc = doc.replace(DESCRIPTION, '"description": ' + dumps_value(text), 1)
+        if case is not None:
+            for key in CASE_LINES:
+                doc = case_line(key).sub(
+                    lambda m, k=key: '\n        "%s": %s%s\n' % (k, dumps_value(case[k]), m.group(1)),
+                    doc, count=1)
         return doc.encode("utf-8")
+
+
+# the data-level lines (8 spaces in) that unique_ids rewrites
+CASE_LINES = ("id", "threadId", "dateCreated")
+
+
+def case_line(key):
+    return re.compile(r'\n        "%s": [^\n]*?(,?)\n' % re.escape(key))
+
+
+def is_reopen(data):
+    return "threadId" in data and "sessionId" in data
 
 
 # ---------------------------------------------------------------------------
@@ -241,12 +290,146 @@ def check_rule(rule):
     if chunks is not None and (not isinstance(chunks, list) or
                                not all(isinstance(c, str) for c in chunks)):
         raise Invalid("chunks must be a list of strings")
-    if not isinstance(rule.get("close", True), bool):
-        raise Invalid("close must be true or false")
+    for k in ("close", "create"):
+        if not isinstance(rule.get(k, True), bool):
+            raise Invalid("%s must be true or false" % k)
+    if rule.get("endpoint") not in (None, "create", "read"):
+        raise Invalid("endpoint must be \"create\" or \"read\"")
     for k in ("body", "content_type", "location"):
         if rule.get(k) is not None and not isinstance(rule[k], str):
             raise Invalid("%s must be a string" % k)
     return {k: v for k, v in out.items() if v is not None}
+
+
+# ---------------------------------------------------------------------------
+# Cases (case-list.md): what the server stores for every create it processes,
+# and the two reads. Pure functions of the query, so the self-check runs them.
+
+CASE_PATH_RE = re.compile(r"/api/v1/crm/objects/case(?:/([^/]*))?")
+FIRST_CASE_ID = 100001
+# every column a case has, in the order it is written: the documented select
+# columns of the list and of the single read, and threadId (in every documented case)
+CASE_COLUMNS = ("id", "contactId", "title", "description", "status", "channel",
+                "dateCreated", "dateUpdated", "dateQueue", "datePending", "dateActive",
+                "dateClosed", "closedBy", "closingState", "visitId", "queueId", "queueOrder",
+                "userId", "waitTime", "meta", "parentId", "threadId")
+WHERE_COLUMNS = {"contactId": int, "id": int, "title": str, "status": str, "channel": str}
+LIST_LIMIT, MAX_LIMIT = 20, 100
+DIGITS_RE = re.compile(r"[0-9]+")
+WHERE_KEY_RE = re.compile(r"where(?:\[[0-9]*\])?")
+
+
+def iso_ms(t):
+    """2020-08-11T07:25:59.000Z: UTC, milliseconds, as every documented date."""
+    ms = int(t * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + ".%03dZ" % (ms % 1000)
+
+
+def new_case(case_id, contact, data, now):
+    """The case a valid create body (a dict) makes, created at time.time() now."""
+    message = data.get("message")
+    text = message.get("message") if isinstance(message, dict) else None
+    thread = data["threadId"] if is_reopen(data) else None
+    stamp = iso_ms(now)
+    case = dict.fromkeys(CASE_COLUMNS)
+    case.update(id=case_id, contactId=contact, title=data.get("title"), description=text,
+                status="active", channel=data["channel"] if "channel" in data else "chat",
+                dateCreated=stamp, dateQueue=stamp, parentId=thread,
+                threadId=case_id if thread is None else thread)
+    return case
+
+
+def _one(params, key):
+    values = params.get(key, [])
+    if len(values) > 1:
+        raise Invalid("%s is given %d times" % (key, len(values)))
+    return values[0] if values else None
+
+
+def _count(params, key, minimum):
+    v = _one(params, key)
+    if v is None:
+        return None
+    if not DIGITS_RE.fullmatch(v) or int(v) < minimum:
+        raise Invalid("%s must be an integer >= %d" % (key, minimum))
+    return int(v)
+
+
+def parse_case_query(pairs, single=False):
+    """The query of a case read, as (name, value) pairs (URL-decoded), checked:
+    {"where": [(column, value)], "select": [columns] | None, "contact": bool,
+    "page", "offset", "limit"}. Raises Invalid for what this server would not
+    read as the caller meant: an unknown parameter, column or expression."""
+    params, where = {}, []
+    for k, v in pairs:
+        if WHERE_KEY_RE.fullmatch(k) and not single:
+            where.append(v)
+        elif k in (("select", "relations") if single else
+                   ("select", "relations", "page", "offset", "limit")):
+            params.setdefault(k, []).append(v)
+        else:
+            raise Invalid("unknown query parameter %r" % k)
+    q = {"where": [], "select": None, "contact": False}
+    for cond in where:
+        parts = cond.split("|", 2)
+        if len(parts) != 3:
+            raise Invalid("where %r is not column|expression|value" % cond)
+        column, expr, value = parts
+        if column not in WHERE_COLUMNS:
+            raise Invalid("where: unknown column %r (one of %s)"
+                          % (column, ", ".join(sorted(WHERE_COLUMNS))))
+        if expr != "eq":
+            raise Invalid("where: unknown expression %r (only eq)" % expr)
+        if WHERE_COLUMNS[column] is int:
+            if not DIGITS_RE.fullmatch(value):
+                raise Invalid("where: %s must be an integer" % column)
+            value = int(value)
+        q["where"].append((column, value))
+    select = _one(params, "select")
+    if select:
+        columns = select.split("|")
+        for c in columns:
+            if c not in CASE_COLUMNS:
+                raise Invalid("select: unknown column %r" % c)
+        q["select"] = [c for c in CASE_COLUMNS if c in columns]
+    relations = _one(params, "relations")
+    q["contact"] = "contact" in (relations or "").split("|")
+    if not single:
+        limit = _count(params, "limit", 1)
+        limit = LIST_LIMIT if limit is None else min(limit, MAX_LIMIT)
+        offset, page = _count(params, "offset", 0), _count(params, "page", 0)
+        if offset is None:
+            page = page or 0
+            offset = page * limit
+        else:
+            page = offset // limit
+        q.update(limit=limit, offset=offset, page=page)
+    return q
+
+
+def case_view(case, q, contact):
+    """A stored case as a read answers it: the selected columns, the contact."""
+    out = {c: case[c] for c in (q["select"] or CASE_COLUMNS)}
+    if q["contact"]:
+        out["contact"] = contact
+    return out
+
+
+def list_cases(cases, q, contact):
+    """The list answer's "data" for the visible cases (ascending ids)."""
+    found = [c for c in cases if all(c[col] == v for col, v in q["where"])]
+    found.sort(key=lambda c: c["id"])
+    rows = found[q["offset"]:q["offset"] + q["limit"]]
+    return {"page": q["page"], "offset": q["offset"], "limit": q["limit"], "count": len(found),
+            "data": [case_view(c, q, contact) for c in rows]}
+
+
+def check_ids(v, key):
+    if v == {}:             # an empty Lua table, as lua-cjson writes it
+        return []
+    if not isinstance(v, list) or not all(is_int(i) for i in v):
+        raise Invalid("%s must be a list of case ids" % key)
+    return v
 
 
 # ---------------------------------------------------------------------------
@@ -264,6 +447,33 @@ class State:
         self.in_flight = 0
         self.max_in_flight = 0
         self.epoch += 1          # connections are counted again after a reset
+        self.cases = []          # [(time.monotonic() at creation, case)], ascending ids
+        self.next_case_id = FIRST_CASE_ID
+        self.unique_ids = False
+        self.lag_ms = 0
+        self.hidden = set()
+
+    def store_case(self, contact, data):
+        """A new case for a valid create body: -> (case, unique_ids)."""
+        with self.lock:
+            case = new_case(self.next_case_id, contact, data, time.time())
+            self.next_case_id += 1
+            self.cases.append((time.monotonic(), case))
+            return case, self.unique_ids
+
+    def visible_cases(self):
+        """The cases a read sees now: not hidden, older than lag_ms."""
+        with self.lock:
+            now, lag = time.monotonic(), self.lag_ms / 1000.0
+            return [c for t, c in self.cases if c["id"] not in self.hidden and now - t >= lag]
+
+    def cases_report(self):
+        with self.lock:
+            now, lag = time.monotonic(), self.lag_ms / 1000.0
+            return {"cases": [dict(c) for _, c in self.cases], "lag_ms": self.lag_ms,
+                    "hidden": sorted(self.hidden),
+                    "visible": [c["id"] for t, c in self.cases
+                                if c["id"] not in self.hidden and now - t >= lag]}
 
     def reset(self):
         # requests still being answered (a hang, a delay) belong to the old
@@ -271,11 +481,14 @@ class State:
         with self.lock:
             self._clear()
 
-    def take_fault(self, contact):
+    def take_fault(self, contact, endpoint):
         with self.lock:
             for rule in self.faults:
                 want = rule.get("contactId")
                 if want is not None and want != contact:
+                    continue
+                want = rule.get("endpoint")
+                if want is not None and want != endpoint:
                     continue
                 times = rule.get("times")
                 if times is not None:
@@ -288,6 +501,13 @@ class State:
 
 class BadRequest(Exception):
     pass
+
+
+def err(status, type_, message, headers=None):
+    """An error answer: (status, body, content type, headers)."""
+    obj = {"type": type_, "message": message} if type_ else {"message": message}
+    out = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return status, out, JSON_ERR, headers
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -399,7 +619,8 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and path == "/_control/stats":
             with st.lock:
                 stats = {"connections": st.connections, "requests": len(st.requests),
-                         "max_in_flight": st.max_in_flight, "in_flight": st.in_flight}
+                         "max_in_flight": st.max_in_flight, "in_flight": st.in_flight,
+                         "cases": len(st.cases)}
             return self.send_json(200, stats, ctype=JSON_OK)
         if method == "GET" and path == "/_control/faults":
             with st.lock:
@@ -420,11 +641,52 @@ class Handler(BaseHTTPRequestHandler):
                 n = len(st.faults)
             self.log_message("fault #%d: %s", n, json.dumps(rule))
             return self.send_json(200, {"ok": True, "faults": n}, ctype=JSON_OK)
+        if path in ("/_control/config", "/_control/cases") and method in ("GET", "POST"):
+            return self.control_cases(path, method, body)
         if method == "POST" and path == "/_control/shutdown":
             self.send_json(200, {"ok": True}, ctype=JSON_OK, close=True)
             threading.Thread(target=self.server.stop, daemon=True).start()
             return None
         return self.send_json(404, {"message": "Not found"})
+
+    def control_cases(self, path, method, body):
+        st = self.server.state
+        if method == "POST":
+            try:
+                conf = json.loads(body.decode("utf-8") or "{}")
+                if not isinstance(conf, dict):
+                    raise Invalid("a JSON object")
+                if path == "/_control/config":
+                    known = ("unique_ids",)
+                    if not isinstance(conf.get("unique_ids", False), bool):
+                        raise Invalid("unique_ids must be true or false")
+                else:
+                    known = ("lag_ms", "hide", "unhide")
+                    lag = _number(conf, "lag_ms")
+                    hide = check_ids(conf.get("hide", []), "hide")
+                    unhide = check_ids(conf.get("unhide", []), "unhide")
+                for k in conf:
+                    if k not in known:
+                        raise Invalid("unknown setting %r (one of %s)" % (k, ", ".join(known)))
+            except (UnicodeDecodeError, ValueError) as e:
+                return self.send_json(400, {"message": "%s: not JSON: %s" % (path, e)})
+            except Invalid as e:
+                return self.send_json(400, {"message": "%s: %s" % (path, e)})
+            with st.lock:
+                if "unique_ids" in conf:
+                    st.unique_ids = conf["unique_ids"]
+                if path == "/_control/cases":
+                    if lag is not None:
+                        st.lag_ms = lag
+                    st.hidden.update(hide)
+                    st.hidden.difference_update(unhide)
+            self.log_message("%s: %s", path, json.dumps(conf))
+        if path == "/_control/config":
+            with st.lock:
+                out = {"unique_ids": st.unique_ids}
+        else:
+            out = st.cases_report()
+        return self.send_json(200, out, ctype=JSON_OK)
 
     # ---- the API ----------------------------------------------------------
     def api_request(self, url, body):
@@ -447,11 +709,24 @@ class Handler(BaseHTTPRequestHandler):
             st.in_flight += 1
             st.max_in_flight = max(st.max_in_flight, st.in_flight)
             epoch = st.epoch
+        # answer() computes the answer once per request; on a valid create it
+        # stores the case, unless a rule says the fault came first (create: false)
+        self.computed, self.store = None, True
         try:
-            rule = st.take_fault(query.get("contactId"))
+            if url.path == API_PATH:
+                endpoint = "create"
+            elif CASE_PATH_RE.fullmatch(url.path):
+                endpoint = "read"
+            else:
+                endpoint = None
+            rule = st.take_fault(query.get("contactId"), endpoint)
             if rule is None:
                 return self.send(*self.answer(url, query, body))
             self.log_message("applying fault %s", rule["action"])
+            create = rule.get("create")
+            self.store = (rule["action"] == "delay") if create is None else create
+            if create:
+                self.answer(url, query, body)       # the case first, then the fault
             return self.misbehave(rule, url, query, body)
         except (ConnectionError, ssl.SSLError, TimeoutError):
             self.close_connection = True
@@ -462,21 +737,36 @@ class Handler(BaseHTTPRequestHandler):
                     st.in_flight -= 1
 
     def answer(self, url, query, body):
-        """(status, body, content type, headers) for a request, no faults."""
-        def err(status, type_, message, headers=None):
-            obj = {"type": type_, "message": message} if type_ else {"message": message}
-            out = json.dumps(obj, separators=(",", ":")).encode("utf-8")
-            return status, out, JSON_ERR, headers
+        """(status, body, content type, headers) for a request, no faults;
+        computed once per request (a valid create stores its case then)."""
+        if self.computed is None:
+            self.computed = self.compute_answer(url, query, body)
+        return self.computed
+
+    def denied(self, write):
+        """The error for this request's key (None: it may), for a create (write)
+        or a read: the read-only key may not create, the create-only key not read."""
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        token = token.strip(" \t") if scheme.lower() == "bearer" else None
+        if token == self.server.readonly_key and write:
+            return err(403, "ERROR_UNAUTHORIZED_ACCESS", "This API key may not create cases")
+        if token == self.server.create_only_key and not write:
+            return err(403, "ERROR_UNAUTHORIZED_ACCESS", "This API key may not read cases")
+        if token not in (self.server.key, self.server.readonly_key, self.server.create_only_key):
+            return err(401, "ERROR_UNAUTHORIZED", "Invalid API key")
+        return None
+
+    def compute_answer(self, url, query, body):
+        read = CASE_PATH_RE.fullmatch(url.path)
+        if read:
+            return self.read_answer(read.group(1), url)
         if url.path != API_PATH:
             return err(404, None, "Not found")
         if self.command != "POST":
             return err(405, None, "Method not allowed", {"Allow": "POST"})
-        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-        token = token.strip(" \t") if scheme.lower() == "bearer" else None
-        if token == self.server.readonly_key:
-            return err(403, "ERROR_UNAUTHORIZED_ACCESS", "This API key may not create cases")
-        if token != self.server.key:
-            return err(401, "ERROR_UNAUTHORIZED", "Invalid API key")
+        refused = self.denied(write=True)
+        if refused:
+            return refused
         contact = query.get("contactId")
         if contact is None or not CONTACT_RE.fullmatch(contact):
             return err(400, "ERROR_INVALID_INPUT", "contactId must be a positive integer")
@@ -487,7 +777,37 @@ class Handler(BaseHTTPRequestHandler):
             return err(400, "ERROR_INVALID_INPUT", str(e))
         if int(contact) != CONTACT:
             return err(404, None, "Contact not found")
-        return 200, self.server.fixtures.render(data), JSON_OK, None
+        if not self.store:
+            return 200, self.server.fixtures.render(data), JSON_OK, None
+        case, unique = self.server.state.store_case(int(contact), data)
+        self.log_message("stored case %d", case["id"])
+        return 200, self.server.fixtures.render(data, case if unique else None), JSON_OK, None
+
+    def read_answer(self, case_id, url):
+        """GET /api/v1/crm/objects/case (case_id None) or .../case/{case_id}."""
+        if self.command not in ("GET", "HEAD"):
+            return err(405, None, "Method not allowed", {"Allow": "GET, HEAD"})
+        refused = self.denied(write=False)
+        if refused:
+            return refused
+        single = case_id is not None
+        try:
+            if single and not (DIGITS_RE.fullmatch(case_id) and int(case_id) > 0):
+                raise Invalid("the case id must be a positive integer")
+            q = parse_case_query(parse_qsl(url.query, keep_blank_values=True), single)
+        except Invalid as e:
+            return err(400, "ERROR_INVALID_INPUT", str(e))
+        cases = self.server.state.visible_cases()
+        contact = self.server.fixtures.contact
+        if single:
+            found = [c for c in cases if c["id"] == int(case_id)]
+            if not found:
+                return err(404, "ERROR_NOT_FOUND", "Case not found")
+            out = {"data": case_view(found[0], q, contact)}
+        else:
+            out = {"data": list_cases(cases, q, contact)}
+        return 200, json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode("utf-8"), \
+            JSON_OK, None
 
     def misbehave(self, rule, url, query, body):
         action = rule["action"]
@@ -527,7 +847,7 @@ class Handler(BaseHTTPRequestHandler):
             hs.update(rule.get("headers") or {})
             return self.send(status, page, ctype="text/html", headers=hs)
         if action == "big":
-            return self.send(200, self.big_body(rule.get("size") or (1 << 20), body),
+            return self.send(200, self.big_body(rule.get("size") or (1 << 20), url, query, body),
                              headers=rule.get("headers"))
         if action == "raw":
             # bytes as given (latin-1), in "chunks" written "interval" s apart,
@@ -588,14 +908,16 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(status, out, ctype=None, headers=dict(hs), close=True)
         raise AssertionError("unhandled action %r" % action)   # check_rule prevents this
 
-    def big_body(self, size, body):
+    def big_body(self, size, url, query, body):
         """The documented answer with a padding member: valid JSON, >= size bytes."""
-        try:
-            data = parse_body(body)
-            validate(data)
-            doc = self.server.fixtures.render(data)
-        except Invalid:
-            doc = self.server.fixtures.response_bytes
+        status, doc, _, _ = self.answer(url, query, body)
+        if status != 200 or not doc.startswith(b"{\n"):    # not the create's answer
+            try:
+                data = parse_body(body)
+                validate(data)
+                doc = self.server.fixtures.render(data)
+            except Invalid:
+                doc = self.server.fixtures.response_bytes
         head = b'{\n    "padding": "'
         tail = b'",' + doc[doc.index(b"{") + 1:]
         pad = max(0, size - len(head) - len(tail))
@@ -709,6 +1031,44 @@ def self_check(fx):
     for raw in (b"", b"  ", b'{"unknown": [1, {"a": 2}]}', b'{"sessionId": 3711819272}',
                 b'{"fields": {"a": 1.5, "b": null, "c": true, "d": "x"}}'):
         validate(parse_body(raw))
+    check_cases(fx, data)
+
+
+ISO_MS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
+def check_cases(fx, data):
+    """Stored cases, the unique_ids answer and the case list's query rules."""
+    st = State()
+    case, _ = st.store_case(CONTACT, data)
+    other, _ = st.store_case(CONTACT, dict(data, title="other", threadId=7, sessionId=8))
+    if (case["id"], other["id"]) != (FIRST_CASE_ID, FIRST_CASE_ID + 1) or \
+            not ISO_MS_RE.fullmatch(case["dateCreated"]) or case["title"] != "string" or \
+            case["description"] != "I'm reopening the closed case" or case["threadId"] != case["id"] \
+            or (other["threadId"], other["parentId"]) != (7, 7):
+        raise FixtureError("a stored case is not the one created: %r" % case)
+    got, want = json.loads(fx.render(data, case)), json.loads(fx.response_bytes)
+    want["data"].update(id=case["id"], threadId=case["id"], dateCreated=case["dateCreated"])
+    if got != want:
+        raise FixtureError("the unique_ids answer differs from the documented one beyond id, "
+                           "threadId and dateCreated")
+    q = parse_case_query([("where", "contactId|eq|%d" % CONTACT), ("where[]", "title|eq|string"),
+                          ("select", "id|title"), ("relations", "contact"), ("limit", "1")])
+    listed = list_cases(st.visible_cases(), q, fx.contact)
+    if listed != {"page": 0, "offset": 0, "limit": 1, "count": 1,
+                  "data": [{"id": case["id"], "title": "string", "contact": fx.contact}]}:
+        raise FixtureError("the case list: %r" % listed)
+    q = parse_case_query([("offset", "1"), ("page", "5"), ("limit", "1")])
+    if [c["id"] for c in list_cases(st.visible_cases(), q, None)["data"]] != [other["id"]]:
+        raise FixtureError("the case list's offset")
+    for pairs in ([("where", "foo|eq|1")], [("where", "title|like|x")], [("where", "id|eq|x")],
+                  [("where", "title")], [("limit", "0")], [("page", "-1")], [("sort", "id")],
+                  [("select", "id|nope")], [("limit", "1"), ("limit", "2")]):
+        try:
+            parse_case_query(pairs)
+        except Invalid:
+            continue
+        raise FixtureError("the case list accepted %r" % pairs)
 
 
 def parent_alive(pid):
@@ -791,6 +1151,8 @@ def main():
     p = spec_server_arguments("The local Acquire server.")
     p.add_argument("--key", default="test-key")
     p.add_argument("--readonly-key", default="readonly-key")
+    p.add_argument("--create-only-key", default="create-only-key",
+                   help="a key that may create cases but not read them (403 on the reads)")
     p.add_argument("--fixtures", default=os.path.normpath(os.path.join(here, "..", "fixtures", "api")))
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
@@ -815,7 +1177,7 @@ def main():
         cls = type("Server", (Server,), {"address_family": family})
         s = cls((a.host, port), Handler)
         s.state, s.fixtures, s.verbose, s.stopping = state, fixtures, a.verbose, stopping
-        s.key, s.readonly_key = a.key, a.readonly_key
+        s.key, s.readonly_key, s.create_only_key = a.key, a.readonly_key, a.create_only_key
         return s
 
     state, stopping = State(), threading.Event()
