@@ -39,7 +39,8 @@ static const luaL_Reg module_functions[] = {
     { "find_cases", client_l_default_find_cases },
     { "build_list_request", reconcile_l_build },
     { "match_cases", reconcile_l_match },
-    { "reconcile", reconcile_l_reconcile },
+    { "sent_filter", reconcile_l_filter },
+    { "settle", reconcile_l_settle },
     { NULL, NULL }
 };
 

@@ -185,31 +185,21 @@ int client_find(lua_State *L, acq_client_t *c, long long id, const acq_filter_t 
     return 1;
 }
 
-/* find(filter) for acquire.reconcile: this client's lookup. */
-static int find_for_reconcile(lua_State *L) {
-    acq_client_t *c = (acq_client_t *)lua_touserdata(L, lua_upvalueindex(1));
-    acq_filter_t f;
-    reconcile_check_filter(L, 1, &f);
-    return client_find(L, c, f.contact, &f);
-}
-
 int client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
                      double started, int err) {
+    acq_filter_t f;
+    int filter, maybe;
     sent = acq_absindex(L, sent);
     err = acq_absindex(L, err);
-    lua_pushcfunction(L, reconcile_l_reconcile);
-    lua_pushvalue(L, err);
-    acq_pushint64(L, id);
-    lua_pushvalue(L, sent);
-    lua_pushnumber(L, started);
-    lua_pushlightuserdata(L, c);
-    lua_pushcclosure(L, find_for_reconcile, 1);
-    lua_call(L, 5, 2);
-    if (!lua_isnil(L, -2)) {
-        lua_pop(L, 1);
-        return 1;
-    }
-    return 2;
+    lua_getfield(L, err, "maybe_created");
+    maybe = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (!maybe) return 2;
+    reconcile_push_filter(L, id, sent, started);
+    filter = lua_gettop(L);
+    reconcile_check_filter(L, filter, &f);
+    if (client_find(L, c, id, &f) == 1) lua_pushnil(L);       /* cases, nil | nil, lookup err */
+    return reconcile_settle(L, err, filter + 1, filter + 2);
 }
 
 /* client:find_cases(contactId [, filter]) -> { case, … } | nil, err */

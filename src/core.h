@@ -201,9 +201,15 @@ int   reconcile_matches(lua_State *L, int c, const acq_filter_t *f);
 /* Appends the cases of one page of the list (res at idx) that match f to
    the table at out; returns whether another page may follow. */
 int   reconcile_collect(lua_State *L, int res, int page, const acq_filter_t *f, int out);
+/* Pushes the filter of what a call sent (opts at idx). */
+void  reconcile_push_filter(lua_State *L, long long id, int opts, double started);
+/* The decision, given err, the cases found (a table, or nil) and the
+   lookup's err: pushes res (returns 1) or nil, err (returns 2). */
+int   reconcile_settle(lua_State *L, int err, int found, int lookup_err);
 int   reconcile_l_match(lua_State *L);
 int   reconcile_l_build(lua_State *L);
-int   reconcile_l_reconcile(lua_State *L);
+int   reconcile_l_filter(lua_State *L);
+int   reconcile_l_settle(lua_State *L);
 
 /* ---- response.c: status, headers, body into res | nil, err ---------- */
 /* Pushes res (returns 1) or nil, err (returns 2). retry_after may be NULL. */

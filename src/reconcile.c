@@ -162,9 +162,10 @@ int reconcile_l_match(lua_State *L) {
 
 /* The filter of what a call sent: its contact, title, message (the case's
    description) and when its first attempt began. Pushes it. */
-static void push_sent_filter(lua_State *L, long long id, int opts, double started) {
+void reconcile_push_filter(lua_State *L, long long id, int opts, double started) {
     static const char *const fields[2][2] = { { "title", "title" }, { "message", "description" } };
     int i;
+    opts = acq_absindex(L, opts);
     lua_createtable(L, 0, 4);
     for (i = 0; i < 2; i++) {
         if (lua_istable(L, opts)) lua_getfield(L, opts, fields[i][0]); else lua_pushnil(L);
@@ -184,63 +185,63 @@ static void push_sent_filter(lua_State *L, long long id, int opts, double starte
     lua_setfield(L, -2, "contactId");
 }
 
-/* acquire.reconcile(err, contactId, opts, started, find) -> res | nil, err.
-   After a call failed with err: if err.maybe_created, find(filter) (the
-   transport's lookup: cases | nil, lookup_err) is asked for the cases of
-   what was sent; exactly one makes the call a success ({ data = case,
-   reconciled = true }); otherwise err says why not (err.reconcile: "not
-   found", "ambiguous" with err.candidates, "lookup failed" with
-   err.lookup). Never "not created": a list can lag or page. */
-int reconcile_l_reconcile(lua_State *L) {
-    long long id;
-    double started;
+/* acquire.sent_filter(contactId, opts, started) -> the filter reconcile looks with */
+int reconcile_l_filter(lua_State *L) {
+    long long id = request_check_contact_id(L, 1);
+    double started = (double)luaL_checknumber(L, 3);
+    reconcile_push_filter(L, id, 2, started);
+    return 1;
+}
+
+int reconcile_settle(lua_State *L, int err, int found, int lookup_err) {
     int n;
-    luaL_checktype(L, 1, LUA_TTABLE);
-    id = request_check_contact_id(L, 2);
-    started = luaL_checknumber(L, 4);
-    luaL_checktype(L, 5, LUA_TFUNCTION);
-    lua_settop(L, 5);
-    lua_getfield(L, 1, "maybe_created");
-    n = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (!n) {
-        lua_pushnil(L);
-        lua_pushvalue(L, 1);
-        return 2;
-    }
-    lua_pushvalue(L, 5);
-    push_sent_filter(L, id, 3, started);
-    lua_call(L, 1, 2);                                            /* 6, 7 */
-    if (!lua_istable(L, 6)) {
-        lua_setfield(L, 1, "lookup");
+    err = acq_absindex(L, err);
+    found = acq_absindex(L, found);
+    lookup_err = acq_absindex(L, lookup_err);
+    if (!lua_istable(L, found)) {
+        lua_pushvalue(L, lookup_err);
+        lua_setfield(L, err, "lookup");
         lua_pushliteral(L, "lookup failed");
-        lua_setfield(L, 1, "reconcile");
-    } else if ((n = (int)acq_rawlen(L, 6)) == 1) {
+        lua_setfield(L, err, "reconcile");
+    } else if ((n = (int)acq_rawlen(L, found)) == 1) {
         lua_createtable(L, 0, 2);
-        lua_rawgeti(L, 6, 1);
+        lua_rawgeti(L, found, 1);
         lua_setfield(L, -2, "data");
         lua_pushboolean(L, 1);
         lua_setfield(L, -2, "reconciled");
         return 1;
     } else if (n == 0) {
         lua_pushliteral(L, "not found");
-        lua_setfield(L, 1, "reconcile");
+        lua_setfield(L, err, "reconcile");
     } else {
         int i;
         lua_pushliteral(L, "ambiguous");
-        lua_setfield(L, 1, "reconcile");
+        lua_setfield(L, err, "reconcile");
         lua_createtable(L, n, 0);
         for (i = 1; i <= n; i++) {
-            lua_rawgeti(L, 6, i);
+            lua_rawgeti(L, found, i);
             if (lua_istable(L, -1)) lua_getfield(L, -1, "id"); else lua_pushnil(L);
             lua_remove(L, -2);
             lua_rawseti(L, -2, i);
         }
-        lua_setfield(L, 1, "candidates");
+        lua_setfield(L, err, "candidates");
     }
     lua_pushnil(L);
-    lua_pushvalue(L, 1);
+    lua_pushvalue(L, err);
     return 2;
+}
+
+/* acquire.settle(err, cases | nil [, lookup_err]) -> res | nil, err: the
+   reconcile decision, once the lookup for what was sent (sent_filter) is
+   done. Exactly one case makes the call a success ({ data = case,
+   reconciled = true }); otherwise err says why not (err.reconcile: "not
+   found", "ambiguous" with err.candidates, "lookup failed" with
+   err.lookup). Never "not created": a list can lag or page. */
+int reconcile_l_settle(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 3);
+    if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+    return reconcile_settle(L, 1, 2, 3);
 }
 
 /* acquire.build_list_request(contactId, page, config)

@@ -19,8 +19,8 @@ local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.upd
 local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
 local normalise, build_request, decode_response, retry_after, redact =
   acquire.config, acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
-local build_list_request, match_cases, reconcile =
-  acquire.build_list_request, acquire.match_cases, acquire.reconcile
+local build_list_request, match_cases, sent_filter, settle =
+  acquire.build_list_request, acquire.match_cases, acquire.sent_filter, acquire.settle
 local concat, sort = table.concat, table.sort
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
@@ -471,9 +471,8 @@ function Client:create_case(contactId, opts)
     if not delay then
       if not (st.reconcile and err.maybe_created) then return nil, err end
       sleep(st.reconcile)                      -- reconcile: look the case up, never resend
-      return reconcile(err, contactId, opts, started, function(filter)
-        return find_cases(st, contactId, filter)
-      end)
+      local found, lookup_err = find_cases(st, contactId, sent_filter(contactId, opts, started))
+      return settle(err, found, lookup_err)
     end
     sleep(delay)
   end
