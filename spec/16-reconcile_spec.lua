@@ -38,7 +38,7 @@ local transports = {
       c:close()
       return res, err
     end },
-  { name = "acquire.ngx #ngx", call = function(srv, over, opts, n)
+  { name = "acquire.ngx #ngx", call = function(_, over, opts, n)
       local config = { timeout = 2, max_retries = 0, reconcile = 0 }
       for k, v in pairs(over or {}) do config[k] = v end
       local doc = n:case{ contact = CONTACT, opts = opts, config = config }
