@@ -3,7 +3,10 @@
 -- cut short, garbled, badly framed, or not at all: spec/server/chaos_server.py);
 -- spec/chaos.lua checks every call against what the server received.
 --   CHAOS_SEED=n   the seed (default: the time; printed in every failure)
---   CHAOS_CALLS=n  calls in all, shared among the three paths (default 1000)
+--   CHAOS_CALLS=n  calls in all, shared among the three paths (default 1000),
+--                  and n/2 more with reconcile = 0 (create_case, create_cases)
+--   CHAOS_READ_CHAOS=p  with reconcile, the probability that a read of the case
+--                  list misbehaves (default 0.1), so "lookup failed" happens too
 --   CHAOS_VERBOSE=1  prints what the server did, counted by delivery
 --   CHAOS_DUMP=file  on a failure, writes every call and reception there
 --   CHAOS_DEBUG=1    the client's debug = true (the exchanges on stderr)
@@ -12,7 +15,12 @@ local chaos = require "spec.chaos"
 
 local SEED = tonumber(os.getenv("CHAOS_SEED")) or os.time()
 local CALLS = tonumber(os.getenv("CHAOS_CALLS")) or 1000
+local READ_CHAOS = tonumber(os.getenv("CHAOS_READ_CHAOS")) or 0.1
 local CONTACT = 597752
+-- with reconcile, a contact per PER_CONTACT calls: its list stays within
+-- PAGES pages (a lookup reads 10 at most; (f) counts on finding every case)
+local PER_CONTACT = 250
+local PAGES = math.ceil(PER_CONTACT / 100)
 
 describe("chaos #chaos", function()
   local srv, cfg, client
@@ -28,10 +36,13 @@ describe("chaos #chaos", function()
                       chaos.bound(cfg))
   end
   local function on_client(...) return client:create_case(...) end
-  local function assert_promise(calls)
+  local function assert_promise(calls, reconcile)
     local log = chaos.log(srv)
-    if os.getenv("CHAOS_VERBOSE") then io.stderr:write("\n", chaos.tally(log), "\n") end
-    local ok, why = chaos.check(calls, log, SEED)
+    if os.getenv("CHAOS_VERBOSE") then
+      io.stderr:write("\n", chaos.tally(log), "\n")
+      if reconcile then io.stderr:write(select(2, chaos.outcomes(calls, log)), "\n") end
+    end
+    local ok, why = chaos.check(calls, log, SEED, nil, { reconcile = reconcile })
     if not ok and os.getenv("CHAOS_DUMP") then chaos.dump(os.getenv("CHAOS_DUMP"), calls, log) end
     assert(ok, why)
     return log
@@ -75,6 +86,158 @@ describe("chaos #chaos", function()
     local calls = {}
     for i = 1, CALLS - 2 * math.floor(CALLS * 0.4) do calls[i] = one(acquire.create_case, "acquire.create_case") end
     assert_promise(calls)
+  end)
+
+  describe("with reconcile = 0", function()
+    local rcfg, rclient
+    setup(function()
+      rcfg = chaos.client_config(srv)
+      rcfg.reconcile = 0                       -- no wait: look at once
+      rclient = acquire.new(rcfg)
+    end)
+    teardown(function() if rclient then rclient:close() end end)
+    before_each(function() chaos.config(srv, { read_chaos = READ_CHAOS }) end)
+
+    -- The i-th call's contact and opts: a message (as a string or as the table) on some,
+    -- none on others (the case's description is then null)
+    local function sent(i)
+      local contact = CONTACT + 1 + math.floor(i / PER_CONTACT)
+      local opts, r = { title = marker() }, math.random(3)
+      if r == 2 then
+        opts.message = ("chaos message %d: \"quoted\", caf\195\169 \226\156\147\n"):format(i)
+      elseif r == 3 then
+        opts.message = { message = ("chaos table message %d"):format(i) }
+      end
+      return contact, opts
+    end
+    local function assert_reconciled(calls)
+      local log = assert_promise(calls, true)
+      local by, line = chaos.outcomes(calls, log)
+      assert(by.reconciled > 0, ("no call was reconciled: the spec proved nothing (seed %d): %s"):format(SEED, line))
+      local looked = by.reconciled + by["not found"] + by["lookup failed"] + by.ambiguous
+      assert(#log.reads >= looked, ("%d lookups, %d reads (seed %d)"):format(looked, #log.reads, SEED))
+      return log, by
+    end
+
+    it("client:create_case: a processed request succeeds or says maybe_created; a reconciled "
+       .. "success is the case the server created (seed " .. SEED .. ")", function()
+      local calls = {}
+      for i = 1, math.floor(CALLS / 4) do
+        local contact, opts = sent(i)
+        calls[i] = chaos.call("create_case reconcile", opts.title,
+                              function() return rclient:create_case(contact, opts) end,
+                              chaos.bound(rcfg, PAGES))
+      end
+      assert_reconciled(calls)
+    end)
+
+    it("client:create_cases, random batches: the same, one wait then the lookups (seed " .. SEED .. ")", function()
+      local calls, left, i = {}, math.floor(CALLS / 4), 0
+      local lookup = { wait = chaos.reconcile_wait(rcfg), each = chaos.lookup_bound(rcfg, PAGES) }
+      while left > 0 do
+        local size = math.min(left, math.random(1, 40))
+        local conc = math.random(1, 16)
+        local items = {}
+        for k = 1, size do
+          i = i + 1
+          items[k] = { sent(i) }
+        end
+        for _, call in ipairs(chaos.batch(rclient, items, conc, chaos.batch_bound(rcfg, size, conc), lookup)) do
+          call.path = call.path .. " reconcile"
+          calls[#calls + 1] = call
+        end
+        left = left - size
+      end
+      assert_reconciled(calls)
+    end)
+
+    describe("pinned", function()
+      before_each(function() chaos.config(srv, { read_chaos = 0 }) end)
+      local function one_r(opts)
+        opts = opts or { title = marker() }
+        return chaos.call("create_case reconcile", opts.title,
+                          function() return rclient:create_case(CONTACT, opts) end, chaos.bound(rcfg))
+      end
+
+      for _, f in ipairs{ { delivery = "trunc_rst", cut = "headers" }, { delivery = "rst_now" },
+                          { delivery = "garbage", variant = "hello" } } do
+        it("created, then " .. f.delivery .. (f.cut and "(" .. f.cut .. ")" or "")
+           .. ": found by the lookup, res.reconciled, the server's case, sent once", function()
+          chaos.force(srv, { { answer = "ok", delivery = f.delivery, cut = f.cut, variant = f.variant, count = 3 } })
+          local call = one_r{ title = marker(), message = "pinned \226\156\147" }
+          local log = assert_promise({ call }, true)
+          assert.equal(1, #log, "receptions (seed " .. SEED .. ")")
+          assert.is_nil(call.err)
+          assert.is_true(call.res.reconciled)
+          assert.equal(log[1].case_id, call.res.data.id)
+          assert.equal("pinned \226\156\147", call.res.data.description)
+          assert.equal(1, #log.reads)
+        end)
+      end
+
+      it("not created (headers read, body not, reset): maybe_created, reconcile = \"not found\"", function()
+        chaos.force(srv, { { delivery = "headers_only_rst", count = 3 } })
+        local call = one_r()
+        local log = assert_promise({ call }, true)
+        assert.equal(1, #log)
+        assert.is_true(call.err.maybe_created)
+        assert.equal("not found", call.err.reconcile)
+        assert.equal(1, #log.reads)
+      end)
+
+      it("created, reset, the read answered 500: maybe_created, reconcile = \"lookup failed\", sent once", function()
+        chaos.force(srv, { { answer = "ok", delivery = "rst_now", count = 3 } })
+        chaos.config(srv, { read_force = { "s500" } })
+        local call = one_r()
+        local log = assert_promise({ call }, true)
+        assert.equal(1, #log)
+        assert.is_true(call.err.maybe_created)
+        assert.equal("lookup failed", call.err.reconcile)
+        assert.equal(500, call.err.lookup.status)
+        assert.is_false(call.err.lookup.maybe_created)
+        assert.equal(1, #log.reads)
+      end)
+
+      it("created, reset, the read reset twice then answered: retried, res.reconciled", function()
+        chaos.force(srv, { { answer = "s502", delivery = "rst_now", count = 3 } })
+        chaos.config(srv, { read_force = { "rst_now", "trunc_rst" } })
+        local call = one_r()
+        local log = assert_promise({ call }, true)
+        assert.equal(1, #log)
+        assert.is_true(call.res.reconciled)
+        assert.equal(log[1].case_id, call.res.data.id)
+        assert.equal(3, #log.reads)
+      end)
+
+      it("the same title and text twice: reconcile = \"ambiguous\", both case ids", function()
+        local m = marker()
+        chaos.force(srv, { { answer = "ok", delivery = "keepalive" }, { answer = "ok", delivery = "rst_now", count = 3 } })
+        local first = one_r{ title = m }
+        local second = one_r{ title = m }
+        local log = chaos.log(srv)
+        assert.equal(2, #log)
+        assert.equal(log[1].case_id, first.res.data.id)
+        assert.is_true(second.err.maybe_created)
+        assert.equal("ambiguous", second.err.reconcile)
+        assert.same({ log[1].case_id, log[2].case_id }, second.err.candidates)
+      end)
+
+      it("create_cases: a whole answer, a reset after creating, nothing created: ok, reconciled, not found", function()
+        chaos.force(srv, { { answer = "ok", delivery = "keepalive" }, { answer = "created_201", delivery = "trunc_fin", cut = 0.5 },
+                           { delivery = "headers_only_fin" } })
+        local items = { { CONTACT, { title = marker() } }, { CONTACT, { title = marker() } }, { CONTACT, { title = marker() } } }
+        local calls = chaos.batch(rclient, items, 1, chaos.batch_bound(rcfg, 3, 1),
+                                  { wait = 0, each = chaos.lookup_bound(rcfg) })
+        local log = assert_promise(calls, true)
+        assert.equal(3, #log)
+        assert.is_nil(calls[1].res.reconciled)
+        assert.equal(log[1].case_id, calls[1].res.data.id)
+        assert.is_true(calls[2].res.reconciled)
+        assert.equal(log[2].case_id, calls[2].res.data.id)
+        assert.equal("not found", calls[3].err.reconcile)
+        assert.equal(2, #log.reads)
+      end)
+    end)
   end)
 
   describe("pinned behaviours", function()

@@ -1,14 +1,18 @@
 -- Chaos through acquire.ngx: the same invariant as 11-chaos_spec.lua (spec/chaos.lua checks it),
 -- with the bytes moved by cosockets inside a real nginx. The handler takes { markers = {...},
--- config = {...} }, runs one create_case per marker in light threads at once (so pooled
--- connections are shared and reused across behaviours), and answers each result as JSON.
---   CHAOS_SEED=n, CHAOS_NGX_CALLS=n (default 300)
+-- config = {...}, contacts = {...}?, messages = {...}? }, runs one create_case per marker in
+-- light threads at once (so pooled connections are shared and reused across behaviours), and
+-- answers each result as JSON. Then the same with config.reconcile = 0 (n/2 calls).
+--   CHAOS_SEED=n, CHAOS_NGX_CALLS=n (default 300), CHAOS_READ_CHAOS=p (default 0.1)
 local chaos = require "spec.chaos"
 local nginx = require "spec.nginx"
 local cjson = require "cjson"
 
 local SEED = tonumber(os.getenv("CHAOS_SEED")) or os.time()
 local CALLS = tonumber(os.getenv("CHAOS_NGX_CALLS")) or 300
+local READ_CHAOS = tonumber(os.getenv("CHAOS_READ_CHAOS")) or 0.1
+local CONTACT = 597752
+local PER_CONTACT = 250                  -- with reconcile: a contact's list within 3 pages
 
 local HANDLER = [[
   local cjson = require "cjson"
@@ -16,16 +20,26 @@ local HANDLER = [[
   local q = cjson.decode(ngx.req.get_body_data())
   local client = require("acquire.ngx").new(q.config)
   local threads, out = {}, {}
+  local function opt(list, i)
+    local v = list and list[i]
+    if v == cjson.null then return nil end
+    return v
+  end
   for i, m in ipairs(q.markers) do
     threads[i] = ngx.thread.spawn(function()
+      local contact = opt(q.contacts, i) or 597752
+      local opts = { title = m, message = opt(q.messages, i) }
+      ngx.update_time()
       local t0 = ngx.now()
-      local ok, res, err = pcall(client.create_case, client, 597752, { title = m })
+      local ok, res, err = pcall(client.create_case, client, contact, opts)
       ngx.update_time()
       local r = { marker = m, elapsed = ngx.now() - t0 }
       if not ok then
         r.raised = tostring(res)
       elseif res then
-        r.res = { data = { id = res.data and res.data.id, title = res.data and res.data.title } }
+        local d = type(res.data) == "table" and res.data or {}
+        r.res = { data = { id = d.id, title = d.title, description = d.description,
+                           contactId = d.contactId }, reconciled = res.reconciled }
       else
         local copy = {}
         for k, v in pairs(err) do copy[k] = v end
@@ -47,6 +61,29 @@ local function err_of(r)
   if type(r.err) ~= "table" then return nil end
   for k, v in pairs(r.err) do if v == cjson.null then r.err[k] = nil end end
   return setmetatable(r.err, { __tostring = function() return r.text end })
+end
+
+-- Runs calls markers in requests of 1-12 calls at once; { path, marker, elapsed, bound, res, err }.
+local function run(n, cfg, prefix, count, bound, extra)
+  local calls, done = {}, 0
+  while done < count do
+    local k = math.min(count - done, math.random(1, 12))
+    local q = { markers = {}, config = cfg }
+    for i = 1, k do
+      q.markers[i] = ("%s-%d-%d"):format(prefix, SEED, done + i)
+      if extra then extra(q, i, done + i) end
+    end
+    done = done + k
+    local code, text = n:post("/cases", cjson.encode(q), 30)
+    assert(code == 200, ("nginx answered %s: %s (seed %d)"):format(tostring(code), tostring(text), SEED))
+    for _, r in ipairs(cjson.decode(text)) do
+      if type(r.res) == "table" and r.res.reconciled == cjson.null then r.res.reconciled = nil end
+      calls[#calls + 1] = { path = "acquire.ngx", marker = r.marker, elapsed = r.elapsed,
+                            bound = bound, res = r.res, err = err_of(r),
+                            raised = r.raised ~= cjson.null and r.raised or nil }
+    end
+  end
+  return calls
 end
 
 describe("chaos through acquire.ngx #ngx #chaos", function()
@@ -72,24 +109,70 @@ describe("chaos through acquire.ngx #ngx #chaos", function()
 
   it("never created twice, maybe_created whenever it may be (seed " .. SEED .. ")", function()
     chaos.reset(srv)
-    local calls, done = {}, 0
     -- acquire.ngx's timeout bounds the whole call, retries included
-    local bound = cfg.timeout + chaos.SLACK
-    while done < CALLS do
-      local k = math.min(CALLS - done, math.random(1, 12))
-      local markers = {}
-      for i = 1, k do markers[i] = ("chaos-ngx-%d-%d"):format(SEED, done + i) end
-      done = done + k
-      local code, text = n:post("/cases", cjson.encode{ markers = markers, config = cfg }, 30)
-      assert(code == 200, ("nginx answered %s: %s (seed %d)"):format(tostring(code), tostring(text), SEED))
-      for _, r in ipairs(cjson.decode(text)) do
-        calls[#calls + 1] = { path = "acquire.ngx", marker = r.marker, elapsed = r.elapsed,
-                              bound = bound, res = r.res, err = err_of(r),
-                              raised = r.raised ~= cjson.null and r.raised or nil }
-      end
-    end
+    local calls = run(n, cfg, "chaos-ngx", CALLS, cfg.timeout + chaos.SLACK)
     local ok, why = chaos.check(calls, chaos.log(srv), SEED)
     assert(ok, why)
+  end)
+
+  describe("with config.reconcile = 0", function()
+    local rcfg
+    setup(function()
+      rcfg = {}
+      for k, v in pairs(cfg) do rcfg[k] = v end
+      rcfg.reconcile = 0
+    end)
+    -- the create's timeout, the wait, the lookup's own timeout (every page, retries included)
+    local function bound() return rcfg.timeout + rcfg.reconcile + rcfg.timeout + chaos.SLACK end
+    local function check(calls, pinned)
+      local log = chaos.log(srv)
+      local by, line = chaos.outcomes(calls, log)
+      if os.getenv("CHAOS_VERBOSE") then io.stderr:write("\n", chaos.tally(log), "\n", line, "\n") end
+      local ok, why = chaos.check(calls, log, SEED, nil, { reconcile = true })
+      assert(ok, why)
+      if not pinned then
+        assert(by.reconciled > 0, ("no call was reconciled: the spec proved nothing (seed %d): %s"):format(SEED, line))
+      end
+      return log, by
+    end
+
+    it("a processed request succeeds or says maybe_created; a reconciled success is the case "
+       .. "the server created (seed " .. SEED .. ")", function()
+      chaos.reset(srv)
+      chaos.config(srv, { read_chaos = READ_CHAOS })
+      local calls = run(n, rcfg, "chaos-ngx-rec", math.floor(CALLS / 2), bound(), function(q, i, k)
+        q.contacts = q.contacts or {}
+        q.messages = q.messages or {}
+        q.contacts[i] = CONTACT + 1 + math.floor(k / PER_CONTACT)
+        local r = math.random(3)
+        q.messages[i] = r == 2 and ("ngx message %d \226\156\147 \"q\""):format(k)
+          or r == 3 and { message = ("ngx table message %d"):format(k) } or cjson.null
+      end)
+      check(calls)
+    end)
+
+    it("created, then reset right after the answer's headers: res.reconciled, the server's case", function()
+      chaos.reset(srv)
+      chaos.force(srv, { { answer = "ok", delivery = "trunc_rst", cut = "headers", count = 3 } })
+      local calls = run(n, rcfg, "chaos-ngx-pin", 1, bound())
+      local log = check(calls, true)
+      assert.equal(1, #log)
+      assert.is_true(calls[1].res.reconciled)
+      assert.equal(log[1].case_id, calls[1].res.data.id)
+      assert.equal(1, #log.reads)
+    end)
+
+    it("created, reset, the read answered 500: reconcile = \"lookup failed\"", function()
+      chaos.reset(srv)
+      chaos.force(srv, { { answer = "ok", delivery = "rst_now", count = 3 } })
+      chaos.config(srv, { read_force = { "s500" } })
+      local calls = run(n, rcfg, "chaos-ngx-pin-lf", 1, bound())
+      local log = check(calls, true)
+      assert.equal(1, #log)
+      assert.is_true(calls[1].err.maybe_created)
+      assert.equal("lookup failed", calls[1].err.reconcile)
+      assert.equal(500, calls[1].err.lookup.status)
+    end)
   end)
 
   it("never crashed a handler (nginx's error log)", function()

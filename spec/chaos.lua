@@ -15,10 +15,22 @@
 --       Retry-After: 0 (retry_ok): nothing that reached the server is sent
 --       again otherwise;
 --   (c) err.maybe_created == false: no reception was created;
---   (d) res: exactly one reception was created, a 2xx with a JSON object
---       body, and res.data.id is its case id;
+--   (d) res: exactly one reception was created, and res.data.id is its case
+--       id; that reception's answer was a 2xx with a JSON object body, unless
+--       res.reconciled (the case was found by reading the list back: then
+--       res.data.title is the marker too);
 --   (e) err is a table with a known kind and a one-line tostring, nothing
---       raised, the call returned within its time bound.
+--       raised, the call returned within its time bound (which, with
+--       reconcile, includes the wait and the lookup's pages);
+--   (f) reconcile (check's opts.reconcile): err.maybe_created == true has an
+--       err.reconcile, "lookup failed" (with err.lookup) or "not found" (only
+--       when no reception was created: the server lists what it created at
+--       once, and the specs keep each contact under 10 pages of 100, the
+--       most a lookup reads, so a created case missed is a bug), never "ambiguous" (markers
+--       are unique); err.maybe_created == false has none. Without reconcile,
+--       neither err.reconcile nor res.reconciled.
+-- A read of the case list (a lookup) is no reception: the server logs reads
+-- apart (log.reads), and they never count against (a)-(c).
 local helper = require "spec.helper"
 local cjson = require "cjson"
 local socket = require "socket"
@@ -40,7 +52,8 @@ end
 -- Clears the server's log, forced behaviours and weights (its draws go on).
 function chaos.reset(srv) return srv:call("POST", "/_control/reset", "{}") end
 
--- { answers = { name = weight }, deliveries = { ... }, force = { ... }, seed = n }
+-- { answers = { name = weight }, deliveries = { ... }, force = { ... }, seed = n,
+--   read_chaos = p (0..1: reads of the case list misbehave), read_force = { name, ... } }
 function chaos.config(srv, t) return srv:call("POST", "/_control/config", cjson.encode(t)) end
 
 -- The next behaviours, in order: { answer =, delivery =, variant =, cut =, count = }.
@@ -61,6 +74,12 @@ function chaos.log(srv)
     out[i] = rec
   end
   out.seed, out.pending = log.seed, log.pending
+  out.reads = {}
+  for i, r in ipairs(log.reads or {}) do
+    local rd = {}
+    for k, v in pairs(r) do rd[k] = denull(v) end
+    out.reads[i] = rd
+  end
   return out
 end
 
@@ -70,18 +89,37 @@ function chaos.client_config(srv)
            max_retries = 2, debug = os.getenv("CHAOS_DEBUG") ~= nil }
 end
 
--- How long one call may take: every attempt's timeout, the backoff's
--- ceilings (0.5 s doubling, capped at 8 s; Retry-After 0 waits nothing), slack.
-function chaos.bound(cfg)
+-- One request and its retries: every attempt's timeout, the backoff's
+-- ceilings (0.5 s doubling, capped at 8 s; Retry-After 0 waits nothing).
+local function attempts(cfg)
   local backoff = 0
   for a = 1, cfg.max_retries do backoff = backoff + math.min(8, 0.5 * 2 ^ (a - 1)) end
-  return (1 + cfg.max_retries) * cfg.timeout + backoff + chaos.SLACK
+  return (1 + cfg.max_retries) * cfg.timeout + backoff
+end
+
+-- The seconds cfg.reconcile waits before looking (true: 1 s; false/nil: no lookup).
+function chaos.reconcile_wait(cfg)
+  if cfg.reconcile == true then return 1 end
+  return tonumber(cfg.reconcile)
+end
+
+-- A lookup of pages pages (each read retried as the policy allows).
+function chaos.lookup_bound(cfg, pages)
+  return (pages or 1) * attempts(cfg)
+end
+
+-- How long one call may take: its attempts, slack; with reconcile, the wait
+-- and a lookup of pages pages (default 1).
+function chaos.bound(cfg, pages)
+  local wait = chaos.reconcile_wait(cfg)
+  return attempts(cfg) + chaos.SLACK + (wait and wait + chaos.lookup_bound(cfg, pages) or 0)
 end
 
 -- A batch of n at concurrency k: the work spread over k slots, plus the
--- longest single item (greedy scheduling's bound).
+-- longest single item (greedy scheduling's bound). Without its lookups:
+-- chaos.batch adds those, one per item looked up, after the one wait.
 function chaos.batch_bound(cfg, n, k)
-  return n * (1 + cfg.max_retries) * cfg.timeout / k + chaos.bound(cfg)
+  return n * (1 + cfg.max_retries) * cfg.timeout / k + attempts(cfg) + chaos.SLACK
 end
 
 -- Runs fn (which returns res | nil, err) and records what came back.
@@ -94,11 +132,24 @@ function chaos.call(path, marker, fn, bound)
 end
 
 -- create_cases over items { { contactId, { title = marker } }, ... }: one
--- call record per item, the batch's time and bound for each.
-function chaos.batch(client, items, concurrency, bound)
+-- call record per item, the batch's time and bound for each. With lookup
+-- (reconcile: { wait = s, each = a lookup's bound }), the bound grows by the
+-- wait and one lookup per item that was looked up (res.reconciled or
+-- err.reconcile).
+function chaos.batch(client, items, concurrency, bound, lookup)
   local t0 = socket.gettime()
   local ok, results = pcall(client.create_cases, client, items, { concurrency = concurrency })
   local dt = socket.gettime() - t0
+  if ok and lookup and type(results) == "table" then
+    local looked = 0
+    for i = 1, #items do
+      local r = type(results[i]) == "table" and results[i] or {}
+      if (type(r.res) == "table" and r.res.reconciled) or (type(r.err) == "table" and r.err.reconcile) then
+        looked = looked + 1
+      end
+    end
+    if looked > 0 then bound = bound + lookup.wait + looked * lookup.each end
+  end
   local calls = {}
   for i, item in ipairs(items) do
     local call = { path = ("create_cases[%d/%d c=%d]"):format(i, #items, concurrency),
@@ -134,14 +185,28 @@ local function describe_client(call)
   local s
   if call.res ~= nil then
     local data = type(call.res) == "table" and type(call.res.data) == "table" and call.res.data or {}
-    s = ("res data.id=%s title=%s"):format(tostring(data.id), tostring(data.title))
+    s = ("res data.id=%s title=%s%s"):format(tostring(data.id), tostring(data.title),
+      type(call.res) == "table" and call.res.reconciled and " reconciled" or "")
   elseif type(call.err) == "table" then
     local e = call.err
     local msg = tostring(e.message or "")
     if #msg > 160 then msg = msg:sub(1, 160) .. "..." end
-    s = ("nil, err{kind=%s status=%s code=%s attempts=%s maybe_created=%s retry_after=%s message=%q}")
+    s = ("nil, err{kind=%s status=%s code=%s attempts=%s maybe_created=%s retry_after=%s message=%q")
       :format(tostring(e.kind), tostring(e.status), tostring(e.code), tostring(e.attempts),
               tostring(e.maybe_created), tostring(e.retry_after), msg)
+    if e.reconcile ~= nil then
+      s = s .. (" reconcile=%q"):format(tostring(e.reconcile))
+      if type(e.lookup) == "table" then
+        s = s .. (" lookup={kind=%s status=%s message=%q}"):format(tostring(e.lookup.kind),
+          tostring(e.lookup.status), tostring(e.lookup.message or ""):sub(1, 100))
+      end
+      if type(e.candidates) == "table" then
+        local ids = {}
+        for i, v in ipairs(e.candidates) do ids[i] = tostring(v) end
+        s = s .. " candidates={" .. table.concat(ids, ",") .. "}"
+      end
+    end
+    s = s .. "}"
   else
     s = ("nil, %s"):format(tostring(call.err))
   end
@@ -150,8 +215,11 @@ end
 
 -- ---- the invariant ------------------------------------------------------
 
--- The problems with one call, given its receptions in order.
-local function problems(call, recs)
+chaos.RECONCILE = { ["not found"] = true, ["ambiguous"] = true, ["lookup failed"] = true }
+
+-- The problems with one call, given its receptions in order; reconcile: the
+-- client looked up what may have been created.
+local function problems(call, recs, reconcile)
   local out = {}
   local function bad(s) out[#out + 1] = s end
   local created = {}
@@ -192,16 +260,42 @@ local function problems(call, recs)
       if e.maybe_created == false and #created > 0 then
         bad(("(c) maybe_created is false, but the server created case %s"):format(num(created[1].case_id)))
       end
+      -- (f)
+      if not reconcile then
+        if e.reconcile ~= nil then bad("(f) err.reconcile is " .. tostring(e.reconcile) .. " without reconcile") end
+      elseif e.maybe_created == true then
+        if not chaos.RECONCILE[e.reconcile] then
+          bad("(f) maybe_created and reconcile on, but err.reconcile is " .. tostring(e.reconcile))
+        elseif e.reconcile == "lookup failed" and type(e.lookup) ~= "table" then
+          bad("(f) lookup failed, but err.lookup is " .. tostring(e.lookup))
+        elseif e.reconcile == "not found" and #created > 0 then
+          bad(("(f) the server created case %s and listed it, but the lookup did not find it")
+            :format(num(created[1].case_id)))
+        elseif e.reconcile == "ambiguous" then
+          bad("(f) ambiguous, but each marker is sent by one call only")
+        end
+      elseif e.reconcile ~= nil then
+        bad("(f) maybe_created is false, yet err.reconcile is " .. tostring(e.reconcile))
+      end
     end
   end
   -- (d)
   if not call.raised and type(call.res) == "table" then
+    local reconciled = call.res.reconciled
+    if reconciled ~= nil and (reconciled ~= true or not reconcile) then
+      bad("(d) res.reconciled is " .. tostring(reconciled) .. (reconcile and "" or " without reconcile"))
+    end
     if #created ~= 1 then
-      bad(("(d) res returned, but the server created %d cases for this call"):format(#created))
+      bad(("(d) res returned%s, but the server created %d cases for this call")
+        :format(reconciled and " (reconciled)" or "", #created))
     else
       local r = created[1]
       local data = type(call.res.data) == "table" and call.res.data or {}
-      if not (type(r.status) == "number" and r.status >= 200 and r.status <= 299 and r.body_json) then
+      if reconciled then
+        if data.title ~= call.marker then
+          bad(("(d) reconciled, but res.data.title is %s"):format(tostring(data.title)))
+        end
+      elseif not (type(r.status) == "number" and r.status >= 200 and r.status <= 299 and r.body_json) then
         bad(("(d) res returned, but the created reception's answer was %s, not a 2xx JSON object")
           :format(num(r.status)))
       end
@@ -219,9 +313,11 @@ end
 
 -- Checks every call against the log: true, or false and a readable report
 -- naming the seed, and for each failing call its marker, the client's
--- result and the server's receptions.
-function chaos.check(calls, log, seed, max_shown)
+-- result and the server's receptions. opts: { reconcile = true } when the
+-- client had reconcile on ((f)).
+function chaos.check(calls, log, seed, max_shown, opts)
   max_shown = max_shown or 8
+  local reconcile = type(opts) == "table" and opts.reconcile or false
   local by_marker = {}
   for _, r in ipairs(log) do
     if r.marker then
@@ -244,7 +340,7 @@ function chaos.check(calls, log, seed, max_shown)
   for _, call in ipairs(calls) do
     local recs = by_marker[call.marker] or {}
     table.sort(recs, function(x, y) return x.seq < y.seq end)
-    local p = problems(call, recs)
+    local p = problems(call, recs, reconcile)
     if #p > 0 then
       failed = failed + 1
       if failed <= max_shown then
@@ -279,6 +375,23 @@ function chaos.dump(path, calls, log)
   end
   for _, r in ipairs(log) do f:write("reception ", tostring(r.marker), " ", describe_rec(r), "\n") end
   f:close()
+end
+
+-- How the lookups came out: { reconciled = n, ["not found"] = n, ... } and a line.
+function chaos.outcomes(calls, log)
+  local by = { reconciled = 0, ["not found"] = 0, ambiguous = 0, ["lookup failed"] = 0 }
+  for _, call in ipairs(calls) do
+    if type(call.res) == "table" and call.res.reconciled then
+      by.reconciled = by.reconciled + 1
+    elseif type(call.err) == "table" and call.err.reconcile then
+      by[call.err.reconcile] = (by[call.err.reconcile] or 0) + 1
+    end
+  end
+  local chaotic = 0
+  for _, r in ipairs(log and log.reads or {}) do if r.chaos then chaotic = chaotic + 1 end end
+  return by, ("%d calls: reconciled=%d not found=%d lookup failed=%d ambiguous=%d; %d reads (%d chaotic)")
+    :format(#calls, by.reconciled, by["not found"], by["lookup failed"], by.ambiguous,
+            log and log.reads and #log.reads or 0, chaotic)
 end
 
 -- What the receptions were, counted by delivery: for a summary line.

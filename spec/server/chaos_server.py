@@ -18,13 +18,15 @@ chaos. Standard library only (Debian's python3).
 Control endpoints (JSON):
     GET  /_control/log        {"seed", "receptions": [...], "pending"} (waits
                               up to 3 s for answers being delivered to finish)
-    POST /_control/reset      clears the log, the forced behaviours, the weights;
-                              reseeds with the seed given, if any: {"seed"?}
-                              (without one, the draws go on where they were)
+    POST /_control/reset      clears the log, the reads, the cases, the forced
+                              behaviours, the weights, the read chaos; reseeds
+                              with the seed given, if any: {"seed"?} (without
+                              one, the draws go on where they were)
     POST /_control/config     {"seed"?, "answers"?: {name: weight},
                                "deliveries"?: {name: weight},
                                "force"?: [{"answer", "delivery", "variant"?,
-                                           "cut"?, "count"?}, ...]}
+                                           "cut"?, "count"?}, ...],
+                               "read_chaos"?: p, "read_force"?: [name, ...]}
                               (cut, for trunc_*: a fraction of the answer,
                               "headers": the whole head, "head_open": the
                               status line and the answer's own headers, the
@@ -32,7 +34,7 @@ Control endpoints (JSON):
                               (force: the next behaviours, in order, before
                               any random one)
     GET  /_control/behaviours the names: answers (with their decision),
-                              deliveries, garbage variants
+                              deliveries, garbage variants, read chaos
     POST /_control/shutdown   answers, then stops the server
 
 A reception: {seq, marker (the body's "title"), conn, full (the body was read
@@ -40,6 +42,22 @@ completely), decision ("created" | "not_created"), answer, delivery,
 variant, status, case_id, body_json (the answer's body is a JSON object),
 retry_ok (a 429/503 with Retry-After: 0 delivered complete and readable: see
 READABLE), delivered, t}.
+
+The case list, for a client looking up what it may have created (reconcile):
+    GET /api/v1/crm/objects/case?where=contactId|eq|N&limit=L&page=P
+answered from the cases this server "created" since the last reset: one per
+reception with decision "created" (id = its case_id, contactId from the
+create's query, title = the marker, description = the sent message text or
+null, status "active", dateCreated from this server's clock when it decided),
+as acquire_server.py reads that query (parse_case_query, list_cases: where=,
+select, limit at most 100, page or offset, ascending ids, count), with a
+Bearer key (any; 401 without). A read is not a reception: it has no marker
+and is logged apart, in "reads" of /_control/log: {seq, conn, query, status,
+chaos, count (the matches), rows (those sent), t}. Reads get no chaos (not
+even the idle timer of the answer before them on their connection) unless
+asked: "read_chaos": p (0..1) makes each read misbehave with that
+probability, drawn from a second RNG seeded from the seed, as one of
+READ_CHAOS; "read_force": the next reads' behaviours, in order.
 """
 import json
 import os
@@ -55,9 +73,11 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from acquire_server import (  # noqa: E402  (the documented answer, parent watching)
-    API_PATH, HTML_502, JSON_ERR, JSON_OK, Invalid, Server as PlainServer, checked_fixtures,
-    close_inherited_fds, follow_parent, parse_body, spec_server_arguments, write_port_file)
+from acquire_server import (  # noqa: E402  (the documented answer, parent watching, the case list)
+    API_PATH, CONTACT_RE, HTML_502, JSON_ERR, JSON_OK, Invalid, Server as PlainServer,
+    checked_fixtures, close_inherited_fds, follow_parent, list_cases, new_case, parse_body,
+    parse_case_query, spec_server_arguments, write_port_file)
+from urllib.parse import parse_qsl  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # What the server decides: answers. Each is created (the server processed the
@@ -137,6 +157,17 @@ REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently
            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 
+# How a read misbehaves, when asked to (read_chaos, read_force): each makes the
+# lookup's attempt fail, never answers a list other than the true one.
+READ_CHAOS = {
+    "s500": ("s500", "keepalive"),          # 500 JSON: an http error (not retried)
+    "ok_nonjson": ("ok_nonjson", "keepalive"),  # 200 that is not JSON: a decode error
+    "rst_now": (None, "rst_now"),           # no answer: RST (network, retried)
+    "garbage": (None, "garbage"),           # a status line libcurl rejects, then FIN
+    "trunc_rst": (None, "trunc_rst"),       # the list cut short, then RST
+}
+LIST_PATH = "/api/v1/crm/objects/case"
+
 TITLE_RE = re.compile(rb'"title"\s*:\s*"((?:[^"\\]|\\.)*)"')
 FIRST_CASE_ID = 100001
 
@@ -168,15 +199,24 @@ class State:
         when given a seed (otherwise the draws go on where they were)."""
         with self.lock:
             if seed is not None or not hasattr(self, "rng"):
-                self.seed = seed
-                self.rng = random.Random(seed)
+                self.reseed(seed)
             self.log = []
+            self.reads = []
+            self.cases = []
+            self.read_chaos = 0.0
+            self.read_force = []
             self.force = []
             self.answers = {k: float(w) for k, (_, w) in ANSWERS.items()}
             self.deliveries = {k: float(w) for k, w in DELIVERIES.items()}
             self.cond.notify_all()
         if seed is not None:
             print("chaos_server: seed %d" % seed, flush=True)
+
+    def reseed(self, seed):
+        """Both RNGs from seed (under the lock)."""
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.read_rng = random.Random("reads %r" % (seed,))
 
     def new_conn(self):
         with self.lock:
@@ -229,19 +269,47 @@ class State:
                 b.headers.append(("Location", "/elsewhere"))
             return b, rng.getrandbits(64)
 
-    def record(self, **rec):
+    def record(self, data=None, contact=None, **rec):
+        """Logs a reception; with decision "created", assigns its case id and
+        stores the case (data: the request body, contact: its contactId)."""
         with self.lock:
+            now = time.time()
             rec["seq"] = len(self.log) + 1
-            rec["t"] = round(time.time() - self.t0, 6)
+            rec["t"] = round(now - self.t0, 6)
             rec.setdefault("done", True)
             rec.setdefault("retry_ok", False)
             if rec["decision"] == "created":
                 rec["case_id"] = self.next_case
                 self.next_case += 1
+                case = new_case(rec["case_id"], contact, data or {}, now)
+                self.cases.append(case)
+                rec["case"] = case
             else:
                 rec["case_id"] = None
             self.log.append(rec)
             return rec
+
+    def read_pick(self):
+        """The chaos for the next read: a forced one, else drawn with
+        probability read_chaos (None: the read is answered as it should be),
+        and a salt for its random parameters."""
+        with self.lock:
+            rng = self.read_rng
+            if self.read_force:
+                return self.read_force.pop(0), rng.getrandbits(64)
+            if self.read_chaos > 0 and rng.random() < self.read_chaos:
+                return rng.choice(sorted(READ_CHAOS)), rng.getrandbits(64)
+            return None, 0
+
+    def list_page(self, q):
+        with self.lock:
+            return list_cases(self.cases, q, None)
+
+    def record_read(self, **r):
+        with self.lock:
+            r["seq"] = len(self.reads) + 1
+            r["t"] = round(time.time() - self.t0, 6)
+            self.reads.append(r)
 
     def finish(self, rec, delivered):
         with self.lock:
@@ -261,7 +329,8 @@ class State:
                 self.cond.wait(0.05)
             pending = sum(1 for r in self.log if not r["done"])
             return {"seed": self.seed, "pending": pending,
-                    "receptions": [dict(r) for r in self.log]}
+                    "receptions": [{k: v for k, v in r.items() if k != "case"} for r in self.log],
+                    "reads": [dict(r) for r in self.reads]}
 
 
 
@@ -353,6 +422,9 @@ class Conn:
                 # request that reached the socket is dropped unread (RST)
                 time.sleep(idle)
                 data = self.peek()
+                if data and data.startswith(b"GET "):
+                    idle = None               # a read: no chaos unless asked, so served
+                    continue
                 if data:
                     m = TITLE_RE.search(data)
                     self.state.record(marker=m and json.loads(b'"' + m.group(1) + b'"'),
@@ -379,6 +451,9 @@ class Conn:
                     length = max(0, int(value.strip()))
                 except ValueError:
                     length = 0
+        path, _, query = target.partition("?")
+        if method == "GET" and path == LIST_PATH:
+            return self.read(lines, query, length), None
         b, salt = self.state.pick()
         if b.delivery in HEADERS_ONLY:
             return self.headers_only(b, length), None
@@ -394,11 +469,14 @@ class Conn:
         if method != "POST" or target.split("?", 1)[0] != API_PATH:
             b = Behaviour("s404", "keepalive")
         decision = ANSWERS[b.answer][0]
-        rec = self.state.record(marker=marker, conn=self.id, full=True, decision=decision,
+        contact = dict(parse_qsl(query)).get("contactId")
+        contact = int(contact) if contact and CONTACT_RE.fullmatch(contact) else None
+        rec = self.state.record(data=data, contact=contact,
+                                marker=marker, conn=self.id, full=True, decision=decision,
                                 answer=b.answer, delivery=b.delivery, variant=b.variant,
                                 status=None, body_json=False, delivered=False, done=False)
         try:
-            status, headers, out, is_json = self.answer(b, data, rec["case_id"])
+            status, headers, out, is_json = self.answer(b, data, rec.get("case"))
             rec["status"] = status
             rec["body_json"] = is_json
             rec["retry_after"] = dict(headers).get("Retry-After")
@@ -431,14 +509,58 @@ class Conn:
         rec["delivered"] = True
         return False
 
+    # ---- a read: the case list ---------------------------------------------
+    def read(self, lines, query, length):
+        """GET of the case list: answered from the stored cases, with no chaos
+        unless read_chaos or read_force says. Logged in reads, not as a
+        reception. Whether the connection is kept."""
+        if length and self.recv_exact(length) is None:
+            self.sock.close()
+            return False
+        auth = ""
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "authorization":
+                auth = value.strip()
+        chaos, salt = self.state.read_pick()
+        rows = count = None
+        try:
+            q = parse_case_query(parse_qsl(query, keep_blank_values=True))
+            if not auth.startswith("Bearer ") or not auth[7:].strip():
+                status, body = 401, jdump({"type": "ERROR_UNAUTHORIZED",
+                                           "message": "Invalid API key"})
+            else:
+                page = self.state.list_page(q)
+                status, body = 200, jdump({"data": page})
+                rows, count = len(page["data"]), page["count"]
+        except Invalid as e:
+            status, body = 400, jdump({"type": "ERROR_INVALID_INPUT", "message": str(e)})
+        headers = [("Content-Type", JSON_OK if status == 200 else JSON_ERR)]
+        rng = random.Random(salt)
+        if chaos:
+            answer, delivery = READ_CHAOS[chaos]
+            b = Behaviour(answer, delivery)
+            if delivery == "garbage":
+                b.variant = "hello"
+            if delivery == "trunc_rst":
+                b.cut = rng.uniform(0.05, 0.95)
+            if answer is not None:
+                status, headers, body, _ = self.answer(b, {}, None)
+        else:
+            b = Behaviour(None, "keepalive")
+        self.state.record_read(conn=self.id, query=dict(parse_qsl(query)), status=status,
+                               chaos=chaos, count=count, rows=rows)
+        keep, _ = self.deliver(b, status, headers, body, rng)
+        return keep
+
     # ---- the answer -------------------------------------------------------
-    def answer(self, b, data, case_id):
-        """(status, headers, body, body is a JSON object) for the decision."""
+    def answer(self, b, data, case):
+        """(status, headers, body, body is a JSON object) for the decision
+        (case: the one stored, when created: its id, threadId, dateCreated)."""
         a = b.answer
         fx = self.server.fixtures
         if a in ("ok", "created_201"):
-            doc = fx.render(data).replace(b'\n        "id": 2071,\n',
-                                          b'\n        "id": %d,\n' % case_id, 1)
+            doc = fx.render(data, case)
             return (200 if a == "ok" else 201), [("Content-Type", JSON_OK)], doc, True
         if a == "s500":
             return 500, [("Content-Type", JSON_ERR)], jdump(
@@ -672,6 +794,20 @@ def check_force(force):
     return out
 
 
+def check_reads(body):
+    """(read_chaos or None, read_force list) from a config body."""
+    p = body.get("read_chaos")
+    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float))
+                          or not 0 <= p <= 1):
+        raise Invalid("read_chaos is a probability 0..1")
+    force = body.get("read_force", [])
+    if force == {}:           # an empty Lua table, as lua-cjson writes it
+        force = []
+    if not isinstance(force, list) or any(f not in READ_CHAOS for f in force):
+        raise Invalid("read_force is a list of %s" % ", ".join(sorted(READ_CHAOS)))
+    return (None if p is None else float(p)), list(force)
+
+
 def check_seed(seed):
     if isinstance(seed, float) and seed.is_integer():
         seed = int(seed)
@@ -702,7 +838,8 @@ class ControlHandler(BaseHTTPRequestHandler):
             return self.reply(200, st.snapshot())
         if self.path == "/_control/behaviours":
             return self.reply(200, {"answers": {k: v[0] for k, v in ANSWERS.items()},
-                                    "deliveries": sorted(DELIVERIES), "garbage": GARBAGE})
+                                    "deliveries": sorted(DELIVERIES), "garbage": GARBAGE,
+                                    "read_chaos": sorted(READ_CHAOS)})
         return self.reply(404, {"message": "no such control call"})
 
     def do_POST(self):
@@ -721,10 +858,14 @@ class ControlHandler(BaseHTTPRequestHandler):
                 answers = check_weights(body.get("answers", {}), ANSWERS, "answer")
                 deliveries = check_weights(body.get("deliveries", {}), DELIVERIES, "delivery")
                 force = check_force(body.get("force", []))
+                read_chaos, read_force = check_reads(body)
                 with st.lock:
                     if seed is not None:      # reseeds only; the log stays
-                        st.seed, st.rng = seed, random.Random(seed)
+                        st.reseed(seed)
                         print("chaos_server: seed %d" % seed, flush=True)
+                    if read_chaos is not None:
+                        st.read_chaos = read_chaos
+                    st.read_force.extend(read_force)
                     st.answers.update(answers)
                     st.deliveries.update(deliveries)
                     if not any(w > 0 for w in st.answers.values()) or \
