@@ -36,6 +36,7 @@ build = {
             "src/error.c",
             "src/json.c",
             "src/policy.c",
+            "src/reconcile.c",
             "src/redact.c",
             "src/request.c",
             "src/response.c",

@@ -18,6 +18,22 @@ local function exists(path)
   return false
 end
 
+-- A C file added to src/ and forgotten in the rockspec builds with make and fails only under
+-- LuaRocks: the rockspec's sources are exactly lua_acquire.c and src/*.c.
+describe("the rockspec", function()
+  it("lists every C source of the module, and nothing else", function()
+    local listed = {}
+    for f in helper.read_file(ROOT .. "/lua-acquire-scm-1.rockspec"):gmatch('"([%w_/]+%.c)"') do
+      listed[#listed + 1] = f
+    end
+    table.sort(listed)
+    local present = { "lua_acquire.c" }
+    for f in sh("cd " .. q(ROOT) .. " && ls src/*.c"):gmatch("%S+") do present[#present + 1] = f end
+    table.sort(present)
+    assert.same(present, listed)
+  end)
+end)
+
 describe("the rock #rock", function()
   local srv, tmp, tree, build_out, build_code, so_path
 
