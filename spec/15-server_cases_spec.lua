@@ -344,6 +344,7 @@ describe("the local server's cases", function()
       assert.equal("p2", c.title)
       assert.matches(ISO_MS, c.dateCreated)
       code, text = api("GET", CASES .. "/100002?select=id%7Cstatus&relations=contact")
+      assert.equal(200, code)
       c = cjson.decode(text).data
       assert.equal("active", c.status)
       assert.is_nil(c.title)
