@@ -25,8 +25,12 @@ WARN         := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-pro
 LIBFLAG      ?= -shared
 PYTHON       ?= python3
 BUSTED       ?= $(LUA_BIN) /usr/bin/busted
+# make install: where, and the interpreter the installed acquire-case runs on.
 PREFIX       ?= /usr/local
 INST_LIBDIR  ?= $(PREFIX)/lib/lua/$(LUA_ABI)
+INST_LUADIR  ?= $(PREFIX)/share/lua/$(LUA_ABI)
+INST_BINDIR  ?= $(PREFIX)/bin
+LUA_INTERP   ?= $(or $(shell command -v $(LUA_BIN) 2>/dev/null),/usr/bin/$(LUA_BIN))
 DESTDIR      ?=
 ALL_LUAS     := 5.1 5.2 5.3 5.4 luajit
 
@@ -84,8 +88,9 @@ test: deps
 	$(MAKE) build check-exports check-layers $(TESTPOSIX)
 	LUA_BIN=$(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
 
-# The whole suite on every Lua; the rock and nginx specs (which do not
-# depend on the interpreter running busted) run once, in the 5.4 pass.
+# The whole suite on every Lua; the rock, install and nginx specs (which do
+# not depend on the interpreter running busted: spec/18 runs make install for
+# each Lua itself) run once, in the 5.4 pass.
 test-all: deps
 	@failed=; for v in $(ALL_LUAS); do \
 	  echo "== Lua $$v"; \
@@ -109,10 +114,22 @@ memcheck: deps
 # Further targets (quality checks, nginx, CLI...) each live in mk/<area>.mk.
 -include $(wildcard mk/*.mk)
 
+# make install [LUA=5.4] [PREFIX=/usr/local] [DESTDIR=]: acquire.so built for LUA into
+# INST_LIBDIR, acquire.ngx into INST_LUADIR, and acquire-case into INST_BINDIR with its
+# first line rewritten: a shebang for LUA's interpreter (LUA_INTERP, an absolute path), then
+# one line that puts INST_LUADIR and INST_LIBDIR first on package.path and package.cpath, so
+# the installed script finds the installed module under any PREFIX, without LUA_PATH or
+# LUA_CPATH (its lines are numbered one further than bin/acquire-case's). DESTDIR only
+# stages: the paths written into the script are PREFIX's.
 install: $(MOD)
-	install -d $(DESTDIR)$(INST_LIBDIR) $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(INST_LIBDIR) $(DESTDIR)$(INST_LUADIR)/acquire $(DESTDIR)$(INST_BINDIR)
 	install -m 0755 $(MOD) $(DESTDIR)$(INST_LIBDIR)/$(MOD)
-	install -m 0755 bin/acquire-case $(DESTDIR)$(PREFIX)/bin/acquire-case
+	install -m 0644 lua/acquire/ngx.lua $(DESTDIR)$(INST_LUADIR)/acquire/ngx.lua
+	{ printf '#!%s\n' '$(LUA_INTERP)'; \
+	  printf 'package.path = [==[%s/?.lua;%s/?/init.lua;]==] .. package.path; package.cpath = [==[%s/?.so;]==] .. package.cpath\n' \
+	    '$(INST_LUADIR)' '$(INST_LUADIR)' '$(INST_LIBDIR)'; \
+	  sed '1{/^#!/d}' bin/acquire-case; } > $(DESTDIR)$(INST_BINDIR)/acquire-case
+	chmod 0755 $(DESTDIR)$(INST_BINDIR)/acquire-case
 
 # Everything the build makes: the module, .tmp/ (other builds, the specs'
 # helpers, fuzzers), objects LuaRocks leaves, fuzz corpora.

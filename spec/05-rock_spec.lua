@@ -1,16 +1,22 @@
--- The rock: `luarocks make` builds and installs lua-acquire into a private
--- tree, and a fresh lua5.4 loads it from there and creates a case against the
--- local server. Tagged #rock (busted --exclude-tags=rock skips it).
+-- The rock. README.md's Install blocks run exactly as written, each in a copy of the
+-- repository (minus .git and build products) and into a private tree:
+--   install-lua54:  `luarocks --lua-version=5.4 make ...`; a fresh lua5.4 loads acquire from
+--                   that tree and creates a case against the local server;
+--   install-luajit: `luarocks --lua-version=5.1 make ... LUA_INCDIR=/usr/include/luajit-2.1`;
+--                   a real nginx whose lua_package_path/cpath name only that tree (and ;;)
+--                   loads acquire and acquire.ngx from it and creates a case through acquire.ngx.
+-- And both rockspecs (scm-1 and the release's 0.1.0-1) list every C source and build alike.
+-- The #rock specs (busted --exclude-tags=rock skips them) run in make test-all's 5.4 pass.
 --
--- LuaRocks' builtin backend compiles in the source directory and leaves
--- acquire.so and the .o files there; run in the repository itself, it would
--- replace the acquire.so that `make` built (and that the other specs have
--- loaded). So the build runs in a copy of the repository root, minus .git and
--- build products.
+-- LuaRocks' builtin backend compiles in the source directory and leaves acquire.so and the .o
+-- files there; run in the repository itself, it would replace the acquire.so that `make` built
+-- (and that the other specs have loaded): hence the copies.
 local helper = require "spec.helper"
 
 local ROOT = helper.repo_root
 local sh, q = helper.sh, helper.shell_quote
+local VERSION = "0.1.0"
+local ROCKSPECS = { "lua-acquire-scm-1.rockspec", "lua-acquire-" .. VERSION .. "-1.rockspec" }
 
 local function exists(path)
   local f = io.open(path, "rb")
@@ -18,38 +24,112 @@ local function exists(path)
   return false
 end
 
--- A C file added to src/ and forgotten in the rockspec builds with make and fails only under
--- LuaRocks: the rockspec's sources are exactly lua_acquire.c and src/*.c.
-describe("the rockspec", function()
-  it("lists every C source of the module, and nothing else", function()
-    local listed = {}
-    for f in helper.read_file(ROOT .. "/lua-acquire-scm-1.rockspec"):gmatch('"([%w_/]+%.c)"') do
-      listed[#listed + 1] = f
+-- A rockspec's variables (it is a Lua chunk of assignments), on any Lua.
+local function load_rockspec(name)
+  local env, text = {}, helper.read_file(ROOT .. "/" .. name)
+  local chunk
+  if rawget(_G, "setfenv") then
+    chunk = assert(rawget(_G, "loadstring")(text, "@" .. name))
+    rawget(_G, "setfenv")(chunk, env)
+  else
+    chunk = assert(load(text, "@" .. name, "t", env))
+  end
+  chunk()
+  return env
+end
+
+-- The shell commands of README.md's block `name`: the ```sh fence right after the line
+-- <!-- block: name -->.
+local function readme_block(name)
+  local readme = helper.read_file(ROOT .. "/README.md")
+  local at = readme:find("\n<!%-%- block: " .. name:gsub("%-", "%%-") .. " %-%->\n")
+  assert(at, "README.md has no <!-- block: " .. name .. " -->")
+  local body = readme:match("^\n<!%-%- block: [%w-]+ %-%->\n```sh\n(.-\n)```\n", at)
+  assert(body, "README.md's block " .. name .. " is not followed by a ```sh fence")
+  return body
+end
+
+-- A copy of the repository in dir.
+local function copy_repo(dir)
+  local out, code = sh(("mkdir -p %s && cd %s && tar --exclude=./.git --exclude='*.o' --exclude='*.so' "
+    .. "--exclude=./luarocks-tree --exclude=./.tmp -cf - . | tar -xf - -C %s"):format(q(dir), q(ROOT), q(dir)))
+  assert(code == 0, out)
+end
+
+-- Runs README's block `name` with sh -ex in a copy of the repository under tmp, as a reader
+-- would, but for two things: apt-get is a stand-in that only checks that the packages it is
+-- given are installed (make deps installed them; no root needed, nothing installed), and
+-- LuaRocks' configuration (LUAROCKS_CONFIG, HOME) names one tree, `tree`, instead of
+-- Debian's /usr/local: the block's luarocks command is unchanged, only where it installs.
+-- -> output, exit status, the block
+local function run_block(tmp, name, tree)
+  local dir, shims, home = tmp .. "/src-" .. name, tmp .. "/shims", tmp .. "/home"
+  copy_repo(dir)
+  sh(("mkdir -p %s %s"):format(q(shims), q(home)))
+  helper.write_file(shims .. "/apt-get", [[#!/bin/sh
+# spec/05's apt-get: the block's packages must be installed already; nothing is installed.
+[ "$1" = install ] || { echo "apt-get stand-in: only install, got: $*" >&2; exit 1; }
+shift
+for p in "$@"; do
+  case $p in -*) continue ;; esac
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+    || { echo "apt-get stand-in: $p is not installed" >&2; exit 1; }
+done
+echo "apt-get stand-in: installed: $*"
+]])
+  sh("chmod 755 " .. q(shims .. "/apt-get"))
+  local config = helper.write_file(tmp .. "/luarocks-" .. name .. ".lua",
+    ("rocks_trees = { { name = \"spec\", root = %q } }\n"):format(tree))
+  local block = readme_block(name)
+  local script = helper.write_file(tmp .. "/" .. name .. ".sh", block)
+  local r = helper.run({ "env", "PATH=" .. shims .. ":" .. os.getenv("PATH"), "LUAROCKS_CONFIG=" .. config,
+    "HOME=" .. home, "sh", "-ex", script }, { dir = dir, merge = true, limit = 300 })
+  return r.out, r.code, block
+end
+
+-- A C file added to src/ and forgotten in a rockspec builds with make and fails only under
+-- LuaRocks: the rockspecs' sources are exactly lua_acquire.c and src/*.c.
+describe("the rockspecs", function()
+  local present = { "lua_acquire.c" }
+  for f in sh("cd " .. q(ROOT) .. " && ls src/*.c"):gmatch("%S+") do present[#present + 1] = f end
+  table.sort(present)
+
+  for _, name in ipairs(ROCKSPECS) do
+    it(name .. " lists every C source of the module, and nothing else", function()
+      local listed = {}
+      for f in helper.read_file(ROOT .. "/" .. name):gmatch('"([%w_/]+%.c)"') do listed[#listed + 1] = f end
+      table.sort(listed)
+      assert.same(present, listed)
+    end)
+  end
+
+  it("build alike: the release's differs from scm-1 only in its version and source", function()
+    local scm, rel = load_rockspec(ROCKSPECS[1]), load_rockspec(ROCKSPECS[2])
+    assert.equal("scm-1", scm.version)
+    assert.equal(VERSION .. "-1", rel.version)
+    assert.same({ url = scm.source.url, tag = "v" .. VERSION }, rel.source)
+    for k, v in pairs(scm) do
+      if k ~= "version" and k ~= "source" then assert.same(v, rel[k], k) end
     end
-    table.sort(listed)
-    local present = { "lua_acquire.c" }
-    for f in sh("cd " .. q(ROOT) .. " && ls src/*.c"):gmatch("%S+") do present[#present + 1] = f end
-    table.sort(present)
-    assert.same(present, listed)
+    for k in pairs(rel) do assert.is_not_nil(scm[k], k) end
+  end)
+
+  it("the release's version is the module's, the changelog's and the license's", function()
+    assert.equal(VERSION, require("acquire")._VERSION)
+    assert.is_truthy(helper.read_file(ROOT .. "/CHANGELOG.md"):find("\n## " .. VERSION:gsub("%.", "%%.") .. " "))
+    assert.equal("MIT", load_rockspec(ROCKSPECS[2]).description.license)
+    assert.is_truthy(helper.read_file(ROOT .. "/LICENSE"):find("^MIT License\n"))
   end)
 end)
 
-describe("the rock #rock", function()
-  local srv, tmp, tree, build_out, build_code, so_path
+describe("the rock, README's install-lua54 #rock", function()
+  local srv, tmp, tree, build_out, build_code, block, so_path
 
   lazy_setup(function()
     srv = helper.start_server()
     tmp = helper.tmpdir()
     tree = tmp .. "/tree"
-    local src = tmp .. "/src"
-    local copy = ("mkdir -p %s && cd %s && tar --exclude=./.git --exclude='*.o' --exclude='*.so' "
-      .. "--exclude=./luarocks-tree --exclude=./.tmp -cf - . | tar -xf - -C %s")
-      :format(q(src), q(ROOT), q(src))
-    local cout, ccode = sh(copy)
-    assert.equal(0, ccode, cout)
-    build_out, build_code = sh(("cd %s && luarocks make --lua-version=5.4 --deps-mode=none --tree=%s "
-      .. "CURL_INCDIR=/usr/include/x86_64-linux-gnu lua-acquire-scm-1.rockspec")
-      :format(q(src), q(tree)))
+    build_out, build_code, block = run_block(tmp, "install-lua54", tree)
     so_path = tree .. "/lib/lua/5.4/acquire.so"
   end)
 
@@ -67,8 +147,9 @@ describe("the rock #rock", function()
     return r.out, r.code
   end
 
-  it("builds and installs with luarocks make", function()
-    assert.equal(0, build_code, build_out)
+  it("builds and installs with README's commands", function()
+    assert.equal(0, build_code, block .. build_out)
+    assert.is_truthy(block:find("luarocks --lua-version=5.4 make --deps-mode=none ", 1, true), block)
     assert.is_truthy(build_out:find("lua-acquire scm-1 is now installed in " .. tree, 1, true), build_out)
     assert.is_true(exists(so_path), so_path .. " missing")
     assert.is_true(exists(tree .. "/lib/luarocks/rocks-5.4/lua-acquire/scm-1/lua-acquire-scm-1.rockspec"))
@@ -114,5 +195,86 @@ describe("the rock #rock", function()
     assert.equal(0, code, out)
     assert.equal("2071 env\n", out)
     assert.equal(1, srv:stats().requests)
+  end)
+end)
+
+describe("the rock for nginx, README's install-luajit #rock", function()
+  local nginx = require "spec.nginx"
+  local cjson = require "cjson"
+  local srv, tmp, tree, build_out, build_code, block, n
+
+  lazy_setup(function()
+    srv = helper.start_server()
+    tmp = helper.tmpdir()
+    tree = tmp .. "/tree"
+    build_out, build_code, block = run_block(tmp, "install-luajit", tree)
+  end)
+
+  lazy_teardown(function()
+    nginx.stop(n)
+    if srv then srv:stop() end
+    helper.rmrf(tmp)
+  end)
+
+  it("builds against LuaJIT's headers into the 5.1 tree", function()
+    assert.equal(0, build_code, block .. build_out)
+    assert.is_truthy(block:find("LUA_INCDIR=/usr/include/luajit-2.1 ", 1, true), block)
+    assert.is_truthy(build_out:find("-I/usr/include/luajit-2.1", 1, true), build_out)
+    assert.is_true(exists(tree .. "/lib/lua/5.1/acquire.so"))
+    assert.is_true(exists(tree .. "/share/lua/5.1/acquire/ngx.lua"))
+  end)
+
+  -- nginx's Lua paths: the tree's, then LuaJIT's defaults (;;), as README says; nothing of the
+  -- checkout's.
+  it("is loaded by a real nginx, which creates a case through acquire.ngx", function()
+    assert.equal(0, build_code, build_out)
+    n = nginx.start(function(ng)
+      return nginx.run_as() .. ([[
+load_module %s/ndk_http_module.so;
+load_module %s/ngx_http_lua_module.so;
+daemon off;
+master_process on;
+worker_processes 1;
+error_log %s/error.log info;
+pid %s/nginx.pid;
+env ACQUIRE_API_KEY;
+events { worker_connections 64; }
+http {
+  access_log off;
+%s
+  lua_package_path  "%s/share/lua/5.1/?.lua;;";
+  lua_package_cpath "%s/lib/lua/5.1/?.so;;";
+  server {
+    listen 127.0.0.1:%d;
+    location = /version { content_by_lua_block {
+      local acquire = require "acquire"
+      require "acquire.ngx"
+      ngx.say(acquire._VERSION, " ", package.searchpath("acquire", package.cpath), " ",
+              package.searchpath("acquire.ngx", package.path))
+    } }
+    location = /case { content_by_lua_block {
+      local client = require("acquire.ngx").new{ base_url = "%s", api_key = os.getenv("ACQUIRE_API_KEY") }
+      local res, err = client:create_case(597752, { title = "from nginx" })
+      if not res then ngx.say("ERR ", tostring(err)) return end
+      ngx.say(res.data.id, " ", res.data.title)
+    } }
+  }
+}
+]]):format(nginx.MODULES, nginx.MODULES, ng.prefix, ng.prefix, nginx.temp_paths(ng), tree, tree, ng.port,
+           srv.base_url)
+    end, { env = "ACQUIRE_API_KEY=" .. srv.key })
+
+    local code, out = n:post("/version", "")
+    assert.equal(200, code, out .. n:log())
+    assert.equal(("%s %s/lib/lua/5.1/acquire.so %s/share/lua/5.1/acquire/ngx.lua\n"):format(VERSION, tree, tree), out)
+
+    srv:reset()
+    code, out = n:post("/case", "")
+    assert.equal(200, code, out .. n:log())
+    assert.equal("2071 from nginx\n", out)
+    local reqs = srv:requests()
+    assert.equal(1, #reqs)
+    assert.equal("Bearer " .. srv.key, reqs[1].headers["authorization"])
+    assert.equal(cjson.encode({ title = "from nginx" }), reqs[1].body)
   end)
 end)

@@ -1,0 +1,57 @@
+rockspec_format = "3.0"
+package = "lua-acquire"
+version = "0.1.0-1"
+source = {
+   url = "git+https://github.com/lua-acquire/lua-acquire.git",
+   tag = "v0.1.0",
+}
+description = {
+   summary = "Create cases in Acquire's CRM from Lua (libcurl + lua-cjson)",
+   detailed = [[
+acquire.create_case(contactId, opts) sends POST /api/v1/crm/messenger/chat/create
+to https://{account_id}.acquire.io with a Bearer key, encodes opts from the
+API's schema, and returns the response as nested Lua tables, or nil and a
+structured error.
+]],
+   license = "MIT",
+   labels = { "http", "api", "crm", "libcurl" },
+}
+dependencies = {
+   "lua >= 5.1",
+   "lua-cjson",
+}
+external_dependencies = {
+   CURL = { header = "curl/curl.h", library = "curl" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["acquire.ngx"] = "lua/acquire/ngx.lua",
+      acquire = {
+         sources = {
+            "lua_acquire.c",
+            "src/batch.c",
+            "src/buffer.c",
+            "src/client.c",
+            "src/config.c",
+            "src/error.c",
+            "src/json.c",
+            "src/policy.c",
+            "src/reconcile.c",
+            "src/redact.c",
+            "src/request.c",
+            "src/response.c",
+            "src/transport.c",
+         },
+         libraries = { "curl" },
+         incdirs = { "$(CURL_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)" },
+      },
+   },
+   install = {
+      bin = { ["acquire-case"] = "bin/acquire-case" },
+   },
+}
+test = {
+   type = "busted",
+}
