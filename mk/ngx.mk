@@ -4,6 +4,9 @@
 #   make .tmp/luajit/acquire.so   that build (acquire-luajit.so is the same target)
 #   make test-ngx                 spec/07-ngx_spec.lua: a real nginx against the local server;
 #                                 spec/12-h2_spec.lua: batches through nginx's connection rotation
+#   make demo-nginx               examples/nginx.conf itself in a real nginx on a free port, pointed
+#                                 at the local Acquire server: one case created through
+#                                 POST /cases and printed, nginx stopped (scripts/demo-nginx.sh)
 NGX_PKGS          := nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev lua-cjson lua-socket curl openssl
 NGX_LUAJIT_CFLAGS ?= $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
 
@@ -11,10 +14,15 @@ NGX_LUAJIT_CFLAGS ?= $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/u
 	@mkdir -p .tmp/luajit
 	$(call compile_module,$(CC),$(CFLAGS),$(NGX_LUAJIT_CFLAGS))
 
-.PHONY: acquire-luajit.so test-ngx
+.PHONY: acquire-luajit.so test-ngx demo-nginx
 acquire-luajit.so: .tmp/luajit/acquire.so
 
 test-ngx: deps
 	@./scripts/deps.sh $(NGX_PKGS)
 	$(MAKE) --no-print-directory build .tmp/luajit/acquire.so
 	$(BUSTED) --tags=ngx $(BUSTED_ARGS) spec/07-ngx_spec.lua spec/12-h2_spec.lua spec/14-chaos_ngx_spec.lua
+
+demo-nginx: deps
+	@./scripts/deps.sh $(NGX_PKGS)
+	$(MAKE) --no-print-directory .tmp/luajit/acquire.so
+	PYTHON=$(PYTHON) spec/server/with-server ./scripts/demo-nginx.sh

@@ -295,6 +295,26 @@ describe("bin/acquire-case", function()
       contains(run({ "-h" }, {}).out, "Usage: acquire-case")
     end)
 
+    it("every option of --help is in the synopses of README.md and doc/acquire-case.md", function()
+      local help = run({ "--help" }, {}).out
+      local readme = helper.read_file(helper.repo_root .. "/README.md")
+      local doc = helper.read_file(helper.repo_root .. "/doc/acquire-case.md")
+      local readme_synopsis = readme:match("## Command line: `acquire%-case`%s*```\n(.-)```")
+      local doc_synopsis = doc:match("## SYNOPSIS%s*```\n(.-)```")
+      assert.is_string(readme_synopsis, "no synopsis under README's Command line")
+      assert.is_string(doc_synopsis, "no synopsis in doc/acquire-case.md")
+      local n = 0
+      for opt in help:gmatch("\n  (%-%-[%a-]+)") do
+        n = n + 1
+        if opt ~= "--help" then
+          local word = "[%[%s]" .. opt:gsub("%-", "%%-") .. "[%s%]]"
+          assert.is_truthy(readme_synopsis:find(word), opt .. " is not in README's synopsis")
+          assert.is_truthy(doc_synopsis:find(word), opt .. " is not in doc/acquire-case.md's synopsis")
+        end
+      end
+      assert.is_true(n >= 16, "options found in --help: " .. n)
+    end)
+
     it("an unknown option exits 2 with a hint", function()
       local r = run({ CONTACT, "--frobnicate" }, env)
       assert.equal(2, r.code, r.err)
@@ -452,7 +472,7 @@ describe("bin/acquire-case", function()
       assert.same({ 1, 3, 4, 5 }, { list[1].line, list[2].line, list[3].line, list[4].line })
       assert.same({ true, true, false, true }, { list[1].ok, list[2].ok, list[3].ok, list[4].ok })
       assert.equal(2071, list[1].id)
-      assert.equal(404, list[3].status)
+      assert.equal(404, list[3].http_status)
       assert.equal("acquire: http 404: Contact not found", list[3].error)
       assert.is_false(list[3].maybe_created)
       local bodies = {}
@@ -490,6 +510,62 @@ describe("bin/acquire-case", function()
       assert.equal(2, run({ "--batch", CONTACT }, env, "").code)
       assert.equal(2, run({ CONTACT, "--concurrency", "2" }, env).code)
       nothing_sent()
+    end)
+
+    it("writes contactId as a string: the digits the request carried, whatever the line held", function()
+      -- a number, a string, leading zeros, an exponent: one contact, 597752, sent and named alike
+      local input = table.concat({ "597752", "000597752", '{"contactId": 597752}', '{"contactId": "597752"}',
+                                   '{"contactId": "00597752"}', '{"contactId": 5.97752e5}',
+                                   '{"contactId": 597752.0}', "1" }, "\n") .. "\n"
+      local r = run({ "--batch" }, env, input)
+      assert.equal(3, r.code, r.err)                              -- contact 1: 404
+      local n = 0
+      for line in r.out:gmatch("[^\n]+") do
+        n = n + 1
+        -- in the text itself: a JSON string of digits, never a number
+        assert.is_truthy(line:match('^{"line":%d+,"contactId":"%d+",'), line)
+        assert.equal(n < 8 and "597752" or "1", cjson.decode(line).contactId, line)
+      end
+      assert.equal(8, n)
+      for _, q in ipairs(srv:requests()) do
+        assert.is_truthy(q.raw_query == "contactId=597752" or q.raw_query == "contactId=1", q.raw_query)
+      end
+    end)
+
+    it("names the case's status case_status and the HTTP status http_status, never one key for both", function()
+      local r = run({ "--batch" }, env, "597752\n1\n")
+      local list = results(r.out)
+      assert.same({ line = 1, contactId = "597752", ok = true, id = 2071, case_status = "active" }, list[1])
+      assert.same({ line = 2, contactId = "1", ok = false, kind = "http", http_status = 404,
+                    error = "acquire: http 404: Contact not found", maybe_created = false }, list[2])
+      srv:fault{ action = "status", status = 500, times = 1 }
+      r = run({ "--batch" }, env, "597752\n")
+      assert.equal(5, r.code)
+      list = results(r.out)
+      assert.equal(500, list[1].http_status)
+      assert.is_true(list[1].maybe_created)
+      assert.is_nil(list[1].status)
+      assert.is_nil(list[1].case_status)
+      -- no answer at all: no http_status
+      r = run({ "--batch" }, with { ACQUIRE_BASE_URL = "http://127.0.0.1:" .. helper.free_port() }, "597752\n")
+      assert.equal(4, r.code)
+      list = results(r.out)
+      assert.same({ false, "network" }, { list[1].ok, list[1].kind })
+      assert.is_nil(list[1].http_status)
+      assert.is_nil(list[1].status)
+    end)
+
+    it("refuses --output summary (exit 2, nothing sent); --output json is its default", function()
+      local r = run({ "--batch", "--output", "summary" }, env, "597752\n")
+      assert.equal(2, r.code)
+      assert.equal("", r.out)
+      assert.equal("acquire-case: --output summary does not go with --batch (it writes one JSON result a line)"
+        .. " (see 'acquire-case --help')\n", r.err)
+      assert.equal(2, run({ "--batch", "--output=text" }, env, "597752\n").code)
+      nothing_sent()
+      r = run({ "--batch", "--output", "json" }, env, "597752\n")
+      assert.equal(0, r.code, r.err)
+      assert.equal('{"line":1,"contactId":"597752","ok":true,"id":2071,"case_status":"active"}\n', r.out)
     end)
   end)
 
@@ -687,7 +763,7 @@ describe("bin/acquire-case", function()
       answer()
       r = run({ "--batch" }, env, '{"contactId": 597752}\n')
       assert.equal(0, r.code, r.err)
-      assert.equal('{"line":1,"contactId":"597752","ok":true,"id":123456789012345,"status":"active"}\n', r.out)
+      assert.equal('{"line":1,"contactId":"597752","ok":true,"id":123456789012345,"case_status":"active"}\n', r.out)
     end)
 
     it("random ids of every size: the same digits arrive, or exit 2 and nothing is sent", function()
