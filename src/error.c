@@ -120,6 +120,24 @@ static int error_l_tostring(lua_State *L) {
     return 1;
 }
 
+/* Pushes the number at idx as "got %s" names it: "nan" for any NaN (printf's "-nan" is
+   only the sign bit 0/0 happens to have), "inf" and "-inf", an integer as its digits,
+   any other number with %.14g, on every Lua. */
+const char *error_pushnumber(lua_State *L, int idx) {
+    char num[64];
+    lua_Number d = lua_tonumber(L, idx);
+#if LUA_VERSION_NUM >= 503
+    if (lua_isinteger(L, idx))
+        snprintf(num, sizeof num, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+    else
+#endif
+    if (d != d) snprintf(num, sizeof num, "nan");
+    else if (d - d != 0) snprintf(num, sizeof num, "%s", d > 0 ? "inf" : "-inf");
+    else snprintf(num, sizeof num, "%.14g", (double)d);
+    lua_pushstring(L, num);                    /* void before 5.2 */
+    return lua_tostring(L, -1);
+}
+
 /* Pushes the value at idx as an error message names it (a key, an id):
    its tostring, control bytes written \ddd as Lua writes them, at most 80
    bytes. "title\0x" reads title\0x, not title. */
