@@ -197,10 +197,15 @@ describe("acquire.new", function()
       end)
     end
 
-    it("makes account_id optional, and wins over it", function()
+    it("makes account_id optional", function()
       assert.equal("http://127.0.0.1:9" .. PATH, accepts({ base_url = "http://127.0.0.1:9", api_key = "k" }))
-      assert.equal("http://127.0.0.1:9" .. PATH,
-        accepts({ base_url = "http://127.0.0.1:9", account_id = "mycompany", api_key = "k" }))
+    end)
+
+    it("raises with account_id too: both name the host, and one would silently lose", function()
+      local cfg = { base_url = "http://127.0.0.1:9", account_id = "mycompany", api_key = "k" }
+      rejects(cfg, "base_url")
+      rejects(cfg, "account_id")
+      contains(raises(acquire.config, cfg), "bad option 'base_url' (not with account_id")
     end)
 
     local bad = {

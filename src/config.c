@@ -284,6 +284,9 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     lua_settop(L, top + 4);           /* keep the strings pointed into */
 
     rawfield(L, idx, "base_url");
+    if (!lua_isnil(L, -1) && account != NULL)
+        luaL_error(L, "bad option 'base_url' (not with account_id: both name the host, "
+                      "give one)");
     if (!lua_isnil(L, -1)) {
         size_t keep = 0;
         const char *u = check_str(L, "base_url", -1, &len);
