@@ -197,10 +197,15 @@ describe("acquire.new", function()
       end)
     end
 
-    it("makes account_id optional, and wins over it", function()
+    it("makes account_id optional", function()
       assert.equal("http://127.0.0.1:9" .. PATH, accepts({ base_url = "http://127.0.0.1:9", api_key = "k" }))
-      assert.equal("http://127.0.0.1:9" .. PATH,
-        accepts({ base_url = "http://127.0.0.1:9", account_id = "mycompany", api_key = "k" }))
+    end)
+
+    it("raises with account_id too: both name the host, and one would silently lose", function()
+      local cfg = { base_url = "http://127.0.0.1:9", account_id = "mycompany", api_key = "k" }
+      rejects(cfg, "base_url")
+      rejects(cfg, "account_id")
+      contains(raises(acquire.config, cfg), "bad option 'base_url' (not with account_id")
     end)
 
     local bad = {
@@ -251,6 +256,32 @@ describe("acquire.new", function()
         rejects(with(GOOD, { max_retries = case[2] }), "max_retries")
       end)
     end
+  end)
+
+  describe("a NaN", function()
+    -- printf writes 0/0 as "-nan" on x86: the message says nan, on every Lua
+    for _, case in ipairs({
+      { "timeout", "bad option 'timeout' (positive number of seconds expected, got nan)" },
+      { "connect_timeout", "bad option 'connect_timeout' (positive number of seconds expected, got nan)" },
+      { "max_retries", "bad option 'max_retries' (integer from 0 to 10 expected, got nan)" },
+      { "max_response_bytes", "bad option 'max_response_bytes' (integer from 1 to 1073741824 expected, got nan)" },
+      { "reconcile", "bad option 'reconcile' (boolean, or seconds from 0 to 60 expected, got nan)" },
+    }) do
+      it("in " .. case[1] .. " reads got nan", function()
+        for _, nan in ipairs({ 0 / 0, -(0 / 0) }) do
+          local msg = raises(acquire.new, with(GOOD, { [case[1]] = nan }))
+          assert.equal(case[2], (msg:gsub("^[^\n]-:%d+: ", "")))
+        end
+      end)
+    end
+
+    it("and other numbers read as numbers", function()
+      contains(raises(acquire.new, with(GOOD, { timeout = -1 })), "got -1)")
+      contains(raises(acquire.new, with(GOOD, { timeout = math.huge })), "got inf)")
+      contains(raises(acquire.new, with(GOOD, { max_retries = 11 })), "got 11)")
+      contains(raises(acquire.new, with(GOOD, { max_retries = 1.5 })), "got 1.5)")
+      contains(raises(acquire.new, with(GOOD, { reconcile = "x" })), "got string)")
+    end)
   end)
 
   describe("insecure and strict", function()

@@ -334,6 +334,21 @@ describe("acquire.build_request", function()
         contains(bad_opts({ agentId = 0 / 0 }), "agentId")
         contains(bad_opts({ sessionId = math.huge }), "sessionId")
       end)
+
+      it("names a NaN nan and an infinity inf, whatever the sign bit and the Lua", function()
+        for _, nan in ipairs({ 0 / 0, -(0 / 0) }) do
+          contains(bad_opts({ agentId = nan }), "bad field 'agentId' (integer expected, got nan)")
+          contains(bad_opts({ mentionUsers = { nan } }),
+            "bad field 'mentionUsers[1]' (string or integer expected, got nan)")
+          contains(bad_opts({ fields = { x = nan } }), "bad field 'fields.x' (finite number expected, got nan)")
+          contains(raises(acquire.build_request, nan, nil, CFG), "contactId must be a positive integer, got nan)")
+        end
+        contains(bad_opts({ threadId = -math.huge }), "bad field 'threadId' (integer expected, got -inf)")
+        contains(raises(acquire.build_request, math.huge, nil, CFG), "contactId must be a positive integer, got inf)")
+        local c = acquire.new(CFG)                   -- create_cases checks every item before sending
+        contains(raises(c.create_cases, c, { { 0 / 0 } }), "bad item #1: contactId must be a positive integer, got nan")
+        c:close()
+      end)
     end)
   end)
 

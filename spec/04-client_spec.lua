@@ -564,6 +564,18 @@ describe("a client against the local server", function()
       assert.equal('{"title":"from env"}', req.body)
     end)
 
+    it("takes ACQUIRE_BASE_URL over ACQUIRE_ACCOUNT_ID when both are set (as with-server sets them)", function()
+      local rc, out = helper.run_lua([[
+        local acquire = require "acquire"
+        local res, err = acquire.create_case(597752)
+        print(res and res.data.id or tostring(err))
+      ]], { env = { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_ACCOUNT_ID = "local", ACQUIRE_API_KEY = srv.key },
+            merge = true })
+      assert.equal(0, rc, out)
+      assert.equal("2071\n", out)
+      assert.equal(1, srv:stats().requests)
+    end)
+
     it("uses the environment's key (read-only key: 403)", function()
       local rc, out = helper.run_lua([[
         local acquire = require "acquire"

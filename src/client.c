@@ -273,7 +273,8 @@ static void from_env(lua_State *L, const char *field, const char *var) {
 }
 
 /* The client acquire.create_case(s) use: the configured one, or one made
-   once from ACQUIRE_ACCOUNT_ID, ACQUIRE_API_KEY, ACQUIRE_BASE_URL. Pushed. */
+   once from ACQUIRE_API_KEY and ACQUIRE_BASE_URL, or ACQUIRE_ACCOUNT_ID when
+   ACQUIRE_BASE_URL is not set (as the CLI reads them). Pushed. */
 acq_client_t *client_default(lua_State *L) {
     acq_client_t *c;
     acq_rawgetp(L, LUA_REGISTRYINDEX, &default_key);
@@ -284,9 +285,11 @@ acq_client_t *client_default(lua_State *L) {
                           "ACQUIRE_ACCOUNT_ID (or ACQUIRE_BASE_URL)");
         lua_pop(L, 1);
         lua_newtable(L);
-        from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
         from_env(L, "api_key", "ACQUIRE_API_KEY");
-        from_env(L, "base_url", "ACQUIRE_BASE_URL");
+        if (getenv("ACQUIRE_BASE_URL") != NULL && getenv("ACQUIRE_BASE_URL")[0] != '\0')
+            from_env(L, "base_url", "ACQUIRE_BASE_URL");   /* then ACQUIRE_ACCOUNT_ID is unused */
+        else
+            from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
         make(L, lua_gettop(L));
         lua_remove(L, -2);
         lua_pushvalue(L, -1);

@@ -86,8 +86,14 @@ static inline int acq_isnull(lua_State *L, int i) {
     return lua_type(L, i) == LUA_TLIGHTUSERDATA && lua_touserdata(L, i) == NULL;
 }
 
-/* "got X" in messages: acquire.null reads better than "userdata". */
+/* "got X" in messages: acquire.null reads better than "userdata", and a NaN or an
+   infinity better than "number" (a finite number that is not wanted is its type). */
 static inline const char *acq_typename(lua_State *L, int i) {
+    if (lua_type(L, i) == LUA_TNUMBER) {
+        lua_Number v = lua_tonumber(L, i);
+        if (v != v) return "nan";
+        if (v - v != 0) return v > 0 ? "inf" : "-inf";
+    }
     return acq_isnull(L, i) ? "null" : luaL_typename(L, i);
 }
 

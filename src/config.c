@@ -138,8 +138,8 @@ static long check_ms(lua_State *L, const char *opt, int idx) {
     if (lua_type(L, idx) != LUA_TNUMBER) bad(L, opt, "positive number", idx);
     v = lua_tonumber(L, idx);
     if (!(v > 0) || v > 86400 * 30.0)     /* also NaN */
-        luaL_error(L, "bad option '%s' (positive number of seconds expected, got %f)",
-                   opt, v);
+        luaL_error(L, "bad option '%s' (positive number of seconds expected, got %s)",
+                   opt, error_pushnumber(L, idx));
     v = ceil(v * 1000.0);
     return (long)v;
 }
@@ -148,9 +148,9 @@ static long check_int(lua_State *L, const char *opt, int idx, long lo, long hi) 
     double v;
     if (lua_type(L, idx) != LUA_TNUMBER) bad(L, opt, "integer", idx);
     v = lua_tonumber(L, idx);
-    if (v != floor(v) || v < (double)lo || v > (double)hi)
-        luaL_error(L, "bad option '%s' (integer from %d to %d expected)", opt,
-                   (int)lo, (int)hi);
+    if (v != floor(v) || v < (double)lo || v > (double)hi)     /* also NaN */
+        luaL_error(L, "bad option '%s' (integer from %d to %d expected, got %s)", opt,
+                   (int)lo, (int)hi, error_pushnumber(L, idx));
     return (long)v;
 }
 
@@ -275,13 +275,18 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     } else if (!lua_isnil(L, -1)) {
         lua_Number v = lua_tonumber(L, -1);
         if (lua_type(L, -1) != LUA_TNUMBER || !(v >= 0 && v <= 60))
-            luaL_error(L, "bad option 'reconcile' (boolean, or seconds from 0 to 60 expected)");
+            luaL_error(L, "bad option 'reconcile' (boolean, or seconds from 0 to 60 expected, "
+                          "got %s)", lua_type(L, -1) == LUA_TNUMBER
+                                     ? error_pushnumber(L, -1) : acq_typename(L, -1));
         cfg->reconcile_ms = (long)ceil(v * 1000.0);
     }
     lua_pop(L, 1);
     lua_settop(L, top + 4);           /* keep the strings pointed into */
 
     rawfield(L, idx, "base_url");
+    if (!lua_isnil(L, -1) && account != NULL)
+        luaL_error(L, "bad option 'base_url' (not with account_id: both name the host, "
+                      "give one)");
     if (!lua_isnil(L, -1)) {
         size_t keep = 0;
         const char *u = check_str(L, "base_url", -1, &len);

@@ -180,6 +180,7 @@ void  error_setint(lua_State *L, int err, const char *field, long long v);
 void  error_setbool(lua_State *L, int err, const char *field, int v);
 void  error_setnumber(lua_State *L, int err, const char *field, double v);
 const char *error_pushname(lua_State *L, int idx);  /* pushes it too */
+const char *error_pushnumber(lua_State *L, int idx); /* "nan", "inf", digits; pushed */
 void  error_open(lua_State *L);
 
 /* ---- reconcile.c: reading cases back ---------------------------------- */

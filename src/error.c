@@ -120,6 +120,51 @@ static int error_l_tostring(lua_State *L) {
     return 1;
 }
 
+/* "failed: " .. err, err .. "\n": an err on either side reads as its tostring, so the
+   usual Lua idioms for string errors work on it. Anything else but strings and numbers
+   raises as the concatenation itself would. */
+static int error_l_concat(lua_State *L) {
+    int i;
+    lua_settop(L, 2);
+    for (i = 1; i <= 2; i++) {
+        if (lua_type(L, i) == LUA_TTABLE && lua_getmetatable(L, i)) {
+            int ours;
+            luaL_getmetatable(L, ACQ_MT_ERROR);
+            ours = lua_rawequal(L, -1, -2);
+            lua_pop(L, 2);
+            if (ours) {
+                lua_pushcfunction(L, error_l_tostring);
+                lua_pushvalue(L, i);
+                lua_call(L, 1, 1);
+                lua_replace(L, i);
+                continue;
+            }
+        }
+        if (lua_type(L, i) != LUA_TSTRING && lua_type(L, i) != LUA_TNUMBER)
+            return luaL_error(L, "attempt to concatenate a %s value", acq_typename(L, i));
+    }
+    lua_concat(L, 2);
+    return 1;
+}
+
+/* Pushes the number at idx as "got %s" names it: "nan" for any NaN (printf's "-nan" is
+   only the sign bit 0/0 happens to have), "inf" and "-inf", an integer as its digits,
+   any other number with %.14g, on every Lua. */
+const char *error_pushnumber(lua_State *L, int idx) {
+    char num[64];
+    lua_Number d = lua_tonumber(L, idx);
+#if LUA_VERSION_NUM >= 503
+    if (lua_isinteger(L, idx))
+        snprintf(num, sizeof num, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(L, idx));
+    else
+#endif
+    if (d != d) snprintf(num, sizeof num, "nan");
+    else if (d - d != 0) snprintf(num, sizeof num, "%s", d > 0 ? "inf" : "-inf");
+    else snprintf(num, sizeof num, "%.14g", (double)d);
+    lua_pushstring(L, num);                    /* void before 5.2 */
+    return lua_tostring(L, -1);
+}
+
 /* Pushes the value at idx as an error message names it (a key, an id):
    its tostring, control bytes written \ddd as Lua writes them, at most 80
    bytes. "title\0x" reads title\0x, not title. */
@@ -150,6 +195,8 @@ void error_open(lua_State *L) {
     if (luaL_newmetatable(L, ACQ_MT_ERROR)) {
         lua_pushcfunction(L, error_l_tostring);
         lua_setfield(L, -2, "__tostring");
+        lua_pushcfunction(L, error_l_concat);
+        lua_setfield(L, -2, "__concat");
         lua_pushstring(L, ACQ_MT_ERROR);     /* __name before 5.3 too */
         lua_setfield(L, -2, "__name");
     }

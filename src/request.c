@@ -181,7 +181,7 @@ long long request_check_contact_id(lua_State *L, int arg) {
     if (!request_parse_contact_id(L, arg, &v)) {
         const char *got = lua_type(L, arg) == LUA_TSTRING
             ? lua_pushfstring(L, "'%s'", lua_tostring(L, arg))
-            : lua_type(L, arg) == LUA_TNUMBER ? acq_tolstring(L, arg, NULL)
+            : lua_type(L, arg) == LUA_TNUMBER ? error_pushnumber(L, arg)
             : acq_typename(L, arg);
         return luaL_argerror(L, arg, lua_pushfstring(L,
             "contactId must be a positive integer, got %s", got));

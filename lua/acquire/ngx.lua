@@ -3,14 +3,22 @@
 --   local client = require("acquire.ngx").new{ account_id = "mycompany", api_key = key }
 --   local res, err = client:create_case(597752, { title = "Refund" })  -- content, access, timer...
 --
--- Same options, returns and errors as acquire.new (README), over ngx.socket.tcp cosockets,
--- but for one: `timeout` bounds the whole call here (DNS, connect, TLS, send, response, and
+-- Same options and returns as acquire.new (README), over ngx.socket.tcp cosockets, and the
+-- same errors as far as the API's answer goes (an http or decode err is field for field the
+-- libcurl client's); a transport failure (network, timeout, tls) agrees in kind, status,
+-- maybe_created and attempts, but its message is this transport's own and err.code is nil.
+-- `timeout` bounds the whole call here (DNS, connect, TLS, send, response, and
 -- the retries with their waits), so a request handler knows how long it can be held.
 -- Never call the libcurl client (acquire.new) in a request handler: curl_easy_perform blocks
 -- the whole worker, and every request that worker serves, for as long as the call takes.
 -- Here every wait yields to nginx's event loop. Only the bytes move here: the request, the
 -- result and the retry decision are the C module's (build_request, decode_response, retry_after),
 -- and so is every option: the client's state is acquire.config's normalised table.
+-- Outside nginx there is no cosocket to move bytes with: one line that says so, rather than
+-- "module 'ngx.semaphore' not found" and a search path.
+if type(rawget(_G, "ngx")) ~= "table" or type(rawget(_G, "ngx").socket) ~= "table" then
+  error("acquire.ngx needs nginx's Lua (ngx_lua/OpenResty); outside nginx use acquire.new", 0)
+end
 local acquire = require "acquire"
 local semaphore = require "ngx.semaphore"             -- lua-resty-core's
 

@@ -1,0 +1,364 @@
+-- The README cannot drift: every ```lua block of README.md and of doc/*.md runs, and every
+-- ```sh block of README.md is run here or accounted for. Lua 5.1-5.4 and LuaJIT.
+--
+-- How a ```lua block runs (README, "The examples run"):
+--   * alone, in a fresh child interpreter (this one, with ./acquire.so and ./lua/), against the
+--     local Acquire server, with ACQUIRE_BASE_URL and ACQUIRE_API_KEY set to its URL and key;
+--   * after a prelude (LUA_INIT, so the block's line numbers are its own) that makes the globals
+--       acquire = require "acquire"
+--       client  = acquire.new{ account_id = "mycompany", api_key = os.getenv("ACQUIRE_API_KEY") }
+--     and wraps the functions that take a config (new, configure, config, build_request,
+--     build_list_request) with one rule: account_id "mycompany" (the README's placeholder
+--     account) becomes base_url = the local server, when no base_url is given; the placeholder
+--     key "…" becomes the local key. Any other account_id or key goes through untouched, so a
+--     block that shows a misuse still raises as documented;
+--   * it must exit 0, and each line `print(...) --> x` must print x from that line, every time
+--     it prints (at least once). print separates its values with a tab; the comment writes a
+--     tab as two or more spaces. A `-->` on a line without print cannot be checked: the block
+--     must then be marked.
+-- A block not meant to run has `<!-- not run: why -->` on the line just before its fence (the
+-- reason is required). Fences without a language are output and synopses: never run.
+--
+-- ```sh blocks of README.md: each command line (comments and blank lines aside) must be in
+-- SH_COMMANDS below, which says what runs it: this spec (the block is then run here, with the
+-- prelude above through LUA_INIT and `acquire-case` on PATH), a make target (which must exist),
+-- or another spec file (pending while that file is not in the tree).
+local helper = require "spec.helper"
+local contains = helper.contains
+
+local ROOT = helper.repo_root
+
+-- ---- the blocks -----------------------------------------------------------------------------
+
+-- -> { { file, line (of the opening fence), lang, text, skip = reason | nil, marked = bool } }
+local function blocks_of(path)
+  local list, open, prev = {}, nil, nil
+  local n = 0
+  for line in (helper.read_file(path) .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    if open then
+      if line:match("^" .. open.fence .. "`*%s*$") then
+        open.text = table.concat(open.lines, "\n") .. "\n"
+        list[#list + 1] = open
+        open = nil
+      else
+        open.lines[#open.lines + 1] = line
+      end
+    else
+      local fence, info = line:match("^(```+)%s*(.-)%s*$")
+      if fence then
+        local marked = prev and prev:match("^%s*<!%-%-%s*not run:") ~= nil
+        open = { file = path:sub(#ROOT + 2), line = n, fence = fence, lang = info:match("^(%S*)"),
+                 lines = {}, marked = marked,
+                 skip = prev and prev:match("^%s*<!%-%-%s*not run:%s*(.-)%s*%-%->%s*$") }
+      end
+    end
+    prev = line
+  end
+  assert(not open, path .. ": a fence opened at line " .. (open and open.line or 0) .. " never closes")
+  return list
+end
+
+local function docs()
+  local files = { ROOT .. "/README.md" }
+  local p = io.popen("ls " .. helper.shell_quote(ROOT) .. "/doc/*.md 2>/dev/null")
+  for f in p:lines() do files[#files + 1] = f end
+  p:close()
+  return files
+end
+
+local SH = { sh = true, bash = true, shell = true, console = true }
+local KNOWN = { lua = true, sh = true, bash = true, shell = true, console = true, json = true,
+                [""] = true, text = true, nginx = true, ini = true, yaml = true, diff = true }
+
+-- ---- the prelude ----------------------------------------------------------------------------
+
+local PRELUDE = [==[
+-- spec/17-readme_spec.lua's prelude for README blocks (LUA_INIT)
+local acquire = require "acquire"
+local base_url, key = os.getenv("README_BASE_URL"), os.getenv("README_API_KEY")
+local function map(config)
+  if type(config) ~= "table" then return config end
+  local c = {}
+  for k, v in pairs(config) do c[k] = v end
+  if c.account_id == "mycompany" and c.base_url == nil then c.account_id, c.base_url = nil, base_url end
+  if c.api_key == "\226\128\166" then c.api_key = key end             -- "…"
+  return c
+end
+for _, name in ipairs({ "new", "configure", "config" }) do
+  local f = acquire[name]
+  acquire[name] = function(config, ...) local r = { f(map(config), ...) } return unpack(r) end
+end
+for _, name in ipairs({ "build_request", "build_list_request" }) do
+  local f = acquire[name]
+  acquire[name] = function(a, b, config, ...) local r = { f(a, b, map(config), ...) } return unpack(r) end
+end
+local prints = os.getenv("README_PRINTS")
+if prints then
+  local out = assert(io.open(prints, "w"))
+  local real = print
+  local concat, select, tostring = table.concat, select, tostring
+  print = function(...)
+    local info = debug.getinfo(2, "Sl")
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    local s = concat(parts, "\t")
+    local script = rawget(_G, "arg")         -- the global: 5.1 gives a chunk a local `arg` of its own
+    if info and script and script[0] and info.source == "@" .. script[0] then
+      out:write(info.currentline, " ", #s, "\n", s, "\n")
+      out:flush()
+    end
+    return real(...)
+  end
+end
+_G.acquire = acquire
+_G.client = acquire.new{ account_id = "mycompany", api_key = os.getenv("ACQUIRE_API_KEY") }
+]==]
+PRELUDE = "local unpack = table.unpack or unpack\n" .. PRELUDE
+
+-- print records: { [line] = { text, ... } }
+local function read_prints(path)
+  local s, at, got = helper.slurp(path), 1, {}
+  while at <= #s do
+    local line, len, nl = s:match("^(%d+) (%d+)\n()", at)
+    if not line then break end
+    line, len = tonumber(line), tonumber(len)
+    got[line] = got[line] or {}
+    table.insert(got[line], s:sub(nl, nl + len - 1))
+    at = nl + len + 1
+  end
+  return got
+end
+
+-- "2071\tactive" and "2071   active" read alike: a tab, or a run of 2+ spaces, is one separator
+local function norm(s)
+  return (s:gsub("\t", "  "):gsub("  +", "  "))
+end
+
+-- The expectations of a block: { { line (in the block), code, want } }
+local function expectations(b)
+  local list = {}
+  for i, l in ipairs(b.lines) do
+    local code, want = l:match("^(.-)%s*%-%->%s?(.-)%s*$")
+    if code then list[#list + 1] = { line = i, code = code, want = want } end
+  end
+  return list
+end
+
+local function where(b, i) return ("%s:%d"):format(b.file, b.line + (i or 0)) end
+
+-- ---- the sh commands, and what runs them -------------------------------------------------------
+
+local SPEC17 = "spec/17-readme_spec.lua"
+local SH_COMMANDS = {
+  -- The two commands
+  ["make demo"] = { make = "demo" },           -- builds, starts the local server, runs examples/create_case.lua
+  ["make test"] = { make = "test" },           -- this suite; CI's .ci/run runs it on every Lua (make test-all)
+  -- Install (its block is the install branch's to make run)
+  ["apt-get install libcurl4-openssl-dev liblua5.4-dev lua-cjson luarocks"] =
+    { make = "deps", note = "make deps (scripts/deps.sh) installs these packages, and more" },
+  ["luarocks make --lua-version=5.4 CURL_INCDIR=/usr/include/x86_64-linux-gnu lua-acquire-scm-1.rockspec"] =
+    { spec = "spec/18-install_spec.lua", make = "rock",
+      note = "make rock installs the packed rock with luarocks; spec/18 runs this line" },
+  -- Command line: run here
+  ["export ACQUIRE_API_KEY=…"] = { spec = SPEC17 },
+  ["acquire-case --account mycompany 597752 --title Refund --message \"I'm reopening the closed case\""] =
+    { spec = SPEC17 },
+  ["acquire-case --account mycompany 597752 --output summary"] = { spec = SPEC17 },
+  ["echo '{\"threadId\":1683,\"sessionId\":3711819272}' | acquire-case --account mycompany 597752 --json -"] =
+    { spec = SPEC17 },
+}
+
+-- The command lines of a sh block: comments and blank lines aside, trailing comments cut.
+local function commands(b)
+  local list = {}
+  for i, l in ipairs(b.lines) do
+    local cmd = l:gsub("%s+#.*$", ""):gsub("^#.*$", ""):gsub("^%s+", ""):gsub("%s+$", "")
+    if cmd ~= "" then list[#list + 1] = { line = i, cmd = cmd } end
+  end
+  return list
+end
+
+local function make_targets()
+  local targets = {}
+  local files = { ROOT .. "/Makefile" }
+  local p = io.popen("ls " .. helper.shell_quote(ROOT) .. "/mk/*.mk 2>/dev/null")
+  for f in p:lines() do files[#files + 1] = f end
+  p:close()
+  for _, f in ipairs(files) do
+    for line in helper.read_file(f):gmatch("[^\n]+") do
+      local names = line:match("^([%w%-_%. ]+):") or line:match("^%.PHONY:(.*)$")
+      if names and not line:match("^[%w_]+%s*[:?+]?=") then
+        for name in names:gmatch("[%w%-_%.]+") do targets[name] = true end
+      end
+    end
+  end
+  return targets
+end
+
+local function exists(rel)
+  local f = io.open(ROOT .. "/" .. rel)
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- ---- the specs -------------------------------------------------------------------------------
+
+describe("the README and doc/*.md", function()
+  local srv = helper.server()
+  local dir, prelude
+
+  setup(function()
+    dir = helper.tmpdir()
+    prelude = helper.write_file(dir .. "/prelude.lua", PRELUDE)
+    -- acquire-case on PATH, as the rock and make install put it there
+    helper.write_file(dir .. "/acquire-case", ("#!/bin/sh\nexec %s %s \"$@\"\n"):format(
+      helper.shell_quote(helper.interpreter()), helper.shell_quote(ROOT .. "/bin/acquire-case")))
+    os.execute("chmod +x " .. helper.shell_quote(dir .. "/acquire-case"))
+  end)
+
+  teardown(function() helper.rmrf(dir) end)
+
+  local function env(extra)
+    local e = { LUA_INIT = "@" .. prelude, README_BASE_URL = srv.base_url, README_API_KEY = srv.key }
+    for k, v in pairs(extra or {}) do e[k] = v end
+    return e
+  end
+
+  local all = {}
+  for _, f in ipairs(docs()) do
+    for _, b in ipairs(blocks_of(f)) do all[#all + 1] = b end
+  end
+
+  it("mark every block they do not run with a reason, and name no language this spec does not know", function()
+    for _, b in ipairs(all) do
+      assert(KNOWN[b.lang], where(b) .. ": a ```" .. b.lang .. " block: run it here, or name it in KNOWN")
+      assert(not b.marked or (b.skip and b.skip ~= ""),
+        where(b, -1) .. ": `<!-- not run: why -->` needs its reason, on one line")
+    end
+  end)
+
+  for _, b in ipairs(all) do
+    if b.lang == "lua" and not b.skip then
+      it("runs the lua block at " .. where(b), function()
+        local printed = helper.tmpfile()
+        local code, out, err = helper.run_lua(b.text, { env = env {
+          ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key, README_PRINTS = printed } })
+        local got = read_prints(printed)
+        os.remove(printed)
+        local report = ("\n--- block (%s) ---\n%s--- stdout ---\n%s--- stderr ---\n%s"):format(
+          where(b), b.text, out, err)
+        assert(code == 0, where(b) .. ": exited " .. tostring(code) .. report)
+        for _, e in ipairs(expectations(b)) do
+          assert(e.code:find("print%s*%("), where(b, e.line) .. ": `--> " .. e.want
+            .. "` on a line without print(...) cannot be checked: print it, or mark the block not run")
+          local texts = got[e.line]
+          assert(texts and #texts > 0, where(b, e.line) .. ": printed nothing, expected " .. e.want .. report)
+          for _, t in ipairs(texts) do
+            assert(norm(t) == norm(e.want), ("%s: printed %q, the README says %q%s"):format(
+              where(b, e.line), t, e.want, report))
+          end
+        end
+      end)
+    end
+  end
+
+  local targets = make_targets()
+  for _, b in ipairs(all) do
+    if SH[b.lang] and b.file == "README.md" and not b.skip then
+      it("accounts for every command of the sh block at " .. where(b), function()
+        local here = false
+        for _, c in ipairs(commands(b)) do
+          local by = SH_COMMANDS[c.cmd]
+          assert(by, where(b, c.line) .. ": `" .. c.cmd .. "` is run by nothing: run it in "
+            .. SPEC17 .. " or say in SH_COMMANDS what runs it (or mark the block not run)")
+          if by.make then
+            assert(targets[by.make], where(b, c.line) .. ": no make target '" .. by.make .. "'")
+            local t = c.cmd:match("^make%s+([%w%-_]+)")
+            if t then assert(targets[t], where(b, c.line) .. ": no make target '" .. t .. "'") end
+          end
+          if by.spec == SPEC17 then here = true end
+        end
+        if here then
+          local r = helper.run({ "sh", "-ec", b.text }, { env = env {
+            PATH = dir .. ":" .. os.getenv("PATH"),
+            LUA_CPATH = "./?.so;;", LUA_PATH = "./lua/?.lua;;" } })
+          assert(r.code == 0, ("%s: the block exited %s\n--- stdout ---\n%s--- stderr ---\n%s")
+            :format(where(b), tostring(r.code), r.out, r.err))
+        end
+      end)
+    end
+  end
+
+  it("names specs that exist for the commands others run", function()
+    local missing = {}
+    for cmd, by in pairs(SH_COMMANDS) do
+      if by.spec and by.spec ~= SPEC17 and not exists(by.spec) then
+        missing[#missing + 1] = by.spec .. " (for `" .. cmd .. "`)"
+      end
+    end
+    if #missing > 0 then pending("not in this tree yet: " .. table.concat(missing, ", ")) end
+  end)
+end)
+
+describe("errors, as the README says", function()
+  local acquire = require "acquire"
+  local _, err = acquire.decode_response(404, nil, '{"message":"Contact not found"}')
+
+  it("concatenate as their tostring, on either side", function()
+    assert.equal("failed: acquire: http 404: Contact not found", "failed: " .. err)
+    assert.equal("acquire: http 404: Contact not found!", err .. "!")
+    assert.equal("acquire: http 404: Contact not found 1", err .. " " .. 1)
+    assert.equal(tostring(err) .. tostring(err), err .. err)
+    local ok, msg = pcall(function() return err .. nil end)
+    assert.is_false(ok)
+    contains(msg, "attempt to concatenate a nil value")
+    ok, msg = pcall(function() return {} .. err end)
+    assert.is_false(ok)
+    contains(msg, "attempt to concatenate a table value")
+  end)
+
+  it("go through assert as the README says for this Lua", function()
+    -- in a child: busted's own assert is luassert's
+    local code, out = helper.run_lua([[
+      local acquire = require "acquire"
+      local _, err = acquire.decode_response(404, nil, '{"message":"Contact not found"}')
+      local ok, e = pcall(function() return assert(nil, err) end)
+      print(ok, e == err, type(e), tostring(e))
+    ]])
+    assert.equal(0, code)
+    local v = _VERSION:match("%d+%.%d+")
+    if rawget(_G, "jit") or v == "5.3" or v == "5.4" then
+      assert.equal("false\ttrue\ttable\tacquire: http 404: Contact not found\n", out)   -- err itself
+    else
+      assert.matches("^false\tfalse\tstring\t.*bad argument #2 to 'assert' %(string expected, got table%)\n$", out)
+    end
+  end)
+
+  it("read as one line from the standalone interpreter (5.3, 5.4, LuaJIT), or are lost (5.1, 5.2)", function()
+    local code, _, stderr = helper.run_lua([[
+      local acquire = require "acquire"
+      local _, err = acquire.decode_response(404, nil, '{"message":"Contact not found"}')
+      assert(nil, err)
+    ]])
+    assert.equal(1, code)
+    local first = stderr:match("^[^\n]*")
+    if rawget(_G, "jit") or _VERSION == "Lua 5.3" or _VERSION == "Lua 5.4" then
+      assert.matches("^[%w%.]+: acquire: http 404: Contact not found$", first)
+    else
+      assert.matches(": bad argument #2 to 'assert' %(string expected, got table%)$", first)
+    end
+  end)
+end)
+
+describe("require 'acquire.ngx' outside nginx", function()
+  it("raises one line that says where it runs and what to use instead", function()
+    local code, _, stderr = helper.run_lua([[
+      local ok, e = pcall(require, "acquire.ngx")
+      io.stderr:write(tostring(ok), "\n", tostring(e), "\n")
+    ]])
+    assert.equal(0, code)
+    assert.equal("false\nacquire.ngx needs nginx's Lua (ngx_lua/OpenResty); outside nginx use acquire.new\n",
+      stderr)
+  end)
+end)
