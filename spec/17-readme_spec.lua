@@ -154,12 +154,21 @@ local SH_COMMANDS = {
   -- The two commands
   ["make demo"] = { make = "demo" },           -- builds, starts the local server, runs examples/create_case.lua
   ["make test"] = { make = "test" },           -- this suite; CI's .ci/run runs it on every Lua (make test-all)
-  -- Install (its block is the install branch's to make run)
-  ["apt-get install libcurl4-openssl-dev liblua5.4-dev lua-cjson luarocks"] =
-    { make = "deps", note = "make deps (scripts/deps.sh) installs these packages, and more" },
-  ["luarocks make --lua-version=5.4 CURL_INCDIR=/usr/include/x86_64-linux-gnu lua-acquire-scm-1.rockspec"] =
-    { spec = "spec/18-install_spec.lua", make = "rock",
-      note = "make rock installs the packed rock with luarocks; spec/18 runs this line" },
+  -- Install: spec/05 runs each luarocks block as written (apt-get by a stand-in that checks the
+  -- packages are installed), spec/18 runs make install for every Lua
+  ["apt-get install gcc libc6-dev libcurl4-openssl-dev lua5.4 liblua5.4-dev lua-cjson luarocks"] =
+    { spec = "spec/05-rock_spec.lua", make = "deps", note = "spec/05 checks every package is installed" },
+  ["luarocks --lua-version=5.4 make --deps-mode=none CURL_INCDIR=/usr/include/$(gcc -print-multiarch) lua-acquire-scm-1.rockspec"] =
+    { spec = "spec/05-rock_spec.lua", note = "spec/05 runs the block as written, into a private tree" },
+  ["apt-get install gcc libc6-dev libcurl4-openssl-dev libluajit2-5.1-dev lua-cjson luarocks"] =
+    { spec = "spec/05-rock_spec.lua", make = "deps", note = "spec/05 checks every package is installed" },
+  ["luarocks --lua-version=5.1 make --deps-mode=none LUA_INCDIR=/usr/include/luajit-2.1 "
+    .. "CURL_INCDIR=/usr/include/$(gcc -print-multiarch) lua-acquire-scm-1.rockspec"] =
+    { spec = "spec/05-rock_spec.lua", note = "spec/05 runs it, then a real nginx loads the tree" },
+  ["make install"] = { spec = "spec/18-install_spec.lua", make = "install" },
+  ["make install LUA=luajit PREFIX=/opt/acquire"] = { spec = "spec/18-install_spec.lua", make = "install",
+    note = "spec/18 installs for every Lua, LuaJIT among them, into a temporary PREFIX" },
+  ["make demo-nginx"] = { make = "demo-nginx" },
   -- Command line: run here
   ["export ACQUIRE_API_KEY=…"] = { spec = SPEC17 },
   ["acquire-case --account mycompany 597752 --title Refund --message \"I'm reopening the closed case\""] =
