@@ -16,8 +16,8 @@
 --     it prints (at least once). print separates its values with a tab; the comment writes a
 --     tab as two or more spaces. A `-->` on a line without print cannot be checked: the block
 --     must then be marked.
--- A block not meant to run has `<!-- not run: why -->` on the line just before its fence (the
--- reason is required). Fences without a language are output and synopses: never run.
+-- A block not meant to run has `*Not run: why.*` (an italic line a reader sees) on the line
+-- just before its fence (the reason is required). Fences without a language are output and synopses: never run.
 --
 -- ```sh blocks of README.md: each command line (comments and blank lines aside) must be in
 -- SH_COMMANDS below, which says what runs it: this spec (the block is then run here, with the
@@ -47,10 +47,10 @@ local function blocks_of(path)
     else
       local fence, info = line:match("^(```+)%s*(.-)%s*$")
       if fence then
-        local marked = prev and prev:match("^%s*<!%-%-%s*not run:") ~= nil
+        local marked = prev and prev:match("^%s*%*Not run") ~= nil
         open = { file = path:sub(#ROOT + 2), line = n, fence = fence, lang = info:match("^(%S*)"),
                  lines = {}, marked = marked,
-                 skip = prev and prev:match("^%s*<!%-%-%s*not run:%s*(.-)%s*%-%->%s*$") }
+                 skip = prev and prev:match("^%s*%*Not run[^:]*:%s*(.-%S)%s*%*%s*$") }
       end
     end
     prev = line
@@ -243,7 +243,7 @@ describe("the README and doc/*.md", function()
     for _, b in ipairs(all) do
       assert(KNOWN[b.lang], where(b) .. ": a ```" .. b.lang .. " block: run it here, or name it in KNOWN")
       assert(not b.marked or (b.skip and b.skip ~= ""),
-        where(b, -1) .. ": `<!-- not run: why -->` needs its reason, on one line")
+        where(b, -1) .. ": `*Not run: why.*` needs its reason, on one line")
     end
   end)
 
