@@ -33,7 +33,7 @@ $(QUALITY_ASAN_SO): $(QUALITY_SRC) $(QUALITY_HDR) mk/quality.mk
 sanitize: deps
 	@$(MAKE) --no-print-directory build LUA=5.4
 	@$(MAKE) --no-print-directory $(QUALITY_ASAN_SO)
-	SAN_CC=$(QUALITY_SAN_CC) ./scripts/sanitize.sh $(QUALITY_ASAN_SO) $(BUSTED_ARGS)
+	CHAOS_CALLS=$(CHECK_CHAOS_CALLS) SAN_CC=$(QUALITY_SAN_CC) ./scripts/sanitize.sh $(QUALITY_ASAN_SO) $(BUSTED_ARGS)
 
 # ---- make fuzz ------------------------------------------------------------
 # fuzz/fuzz_response.c and fuzz/fuzz_request.c say what each checks. Each is
