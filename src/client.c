@@ -286,10 +286,13 @@ acq_client_t *client_default(lua_State *L) {
         lua_pop(L, 1);
         lua_newtable(L);
         from_env(L, "api_key", "ACQUIRE_API_KEY");
-        if (getenv("ACQUIRE_BASE_URL") != NULL && getenv("ACQUIRE_BASE_URL")[0] != '\0')
-            from_env(L, "base_url", "ACQUIRE_BASE_URL");   /* then ACQUIRE_ACCOUNT_ID is unused */
-        else
-            from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
+        {
+            const char *base = getenv("ACQUIRE_BASE_URL");
+            if (base != NULL && base[0] != '\0')
+                from_env(L, "base_url", "ACQUIRE_BASE_URL");   /* then ACQUIRE_ACCOUNT_ID is unused */
+            else
+                from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
+        }
         make(L, lua_gettop(L));
         lua_remove(L, -2);
         lua_pushvalue(L, -1);
