@@ -229,21 +229,9 @@ describe("the rock for nginx, README's install-luajit #rock", function()
   it("is loaded by a real nginx, which creates a case through acquire.ngx", function()
     assert.equal(0, build_code, build_out)
     n = nginx.start(function(ng)
-      return nginx.run_as() .. ([[
-load_module %s/ndk_http_module.so;
-load_module %s/ngx_http_lua_module.so;
-daemon off;
-master_process on;
-worker_processes 1;
-error_log %s/error.log info;
-pid %s/nginx.pid;
-env ACQUIRE_API_KEY;
-events { worker_connections 64; }
-http {
-  access_log off;
-%s
-  lua_package_path  "%s/share/lua/5.1/?.lua;;";
-  lua_package_cpath "%s/lib/lua/5.1/?.so;;";
+      return nginx.config(ng, {
+        lua_path = tree .. "/share/lua/5.1/?.lua;;", lua_cpath = tree .. "/lib/lua/5.1/?.so;;",
+        http = ([[
   server {
     listen 127.0.0.1:%d;
     location = /version { content_by_lua_block {
@@ -258,10 +246,7 @@ http {
       if not res then ngx.say("ERR ", tostring(err)) return end
       ngx.say(res.data.id, " ", res.data.title)
     } }
-  }
-}
-]]):format(nginx.MODULES, nginx.MODULES, ng.prefix, ng.prefix, nginx.temp_paths(ng), tree, tree, ng.port,
-           srv.base_url)
+  }]]):format(ng.port, srv.base_url) })
     end, { env = "ACQUIRE_API_KEY=" .. srv.key })
 
     local code, out = n:post("/version", "")

@@ -42,8 +42,9 @@ function M.temp_paths(n)
 end
 
 -- A whole config: the Lua module loaded, one worker in the foreground, logs and pid in the
--- prefix, acquire.ngx and the LuaJIT acquire.so on Lua's paths; o.main goes at the top level,
--- o.http inside http { } (the server blocks).
+-- prefix, acquire.ngx and the LuaJIT acquire.so on Lua's paths (o.lua_path and o.lua_cpath
+-- instead: another tree's); o.main goes at the top level, o.http inside http { } (the server
+-- blocks).
 function M.config(n, o)
   return M.run_as() .. ([[
 load_module %s/ndk_http_module.so;
@@ -59,11 +60,13 @@ events { worker_connections 256; }
 http {
   access_log off;
 %s
-  lua_package_path "%s/lua/?.lua;;";
-  lua_package_cpath "%s/.tmp/luajit/?.so;/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
+  lua_package_path "%s";
+  lua_package_cpath "%s";
 %s
 }
-]]):format(M.MODULES, M.MODULES, n.prefix, n.prefix, o.main or "", M.temp_paths(n), ROOT, ROOT,
+]]):format(M.MODULES, M.MODULES, n.prefix, n.prefix, o.main or "", M.temp_paths(n),
+           o.lua_path or ROOT .. "/lua/?.lua;;",
+           o.lua_cpath or ROOT .. "/.tmp/luajit/?.so;/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;",
            o.http or "")
 end
 
