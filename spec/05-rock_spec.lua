@@ -18,11 +18,7 @@ local sh, q = helper.sh, helper.shell_quote
 local VERSION = "0.1.0"
 local ROCKSPECS = { "lua-acquire-scm-1.rockspec", "lua-acquire-" .. VERSION .. "-1.rockspec" }
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = helper.exists
 
 -- A rockspec's variables (it is a Lua chunk of assignments), on any Lua.
 local function load_rockspec(name)

@@ -29,11 +29,7 @@ local RUNNING = rawget(_G, "jit") and "luajit" or _VERSION:match("%d+%.%d+")
 -- and key (no LUA_PATH, LUA_CPATH, LUA_INIT, HOME).
 local PATH = "PATH=/usr/local/bin:/usr/bin:/bin"
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = helper.exists
 
 local function lines(path)
   local t = {}

@@ -14,7 +14,7 @@
 --   helper.start_dns{ [name] = ip } -> dns.port, dns.queries(), dns.stop()
 --   helper.run(words, opts) -> { code, out, err }; helper.run_lua(code, opts); helper.run_cli(args, opts)
 --   helper.sh(cmd) -> output, exit status; helper.shell_quote(s)
---   helper.read_file(path), helper.slurp(path) (or ""), helper.write_file(path, s),
+--   helper.read_file(path), helper.slurp(path) (or ""), helper.write_file(path, s), helper.exists(path),
 --   helper.tmpdir(), helper.tmpfile(content), helper.rmrf(path), helper.alive(pid), helper.my_pid()
 --   helper.free_port(), helper.unanswered_port(), helper.fixture(name), helper.repo_root, helper.self_signed(dir)
 local socket = require "socket"
@@ -52,6 +52,12 @@ function helper.read_file(path)
   local s = f:read("*a")
   f:close()
   return s
+end
+
+function helper.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
 end
 
 -- The file's contents, or "" when there is none (yet).
