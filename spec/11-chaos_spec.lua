@@ -13,13 +13,13 @@
 local acquire = require "acquire"
 local chaos = require "spec.chaos"
 
-local SEED = tonumber(os.getenv("CHAOS_SEED")) or os.time()
+local SEED = chaos.SEED
 local CALLS = tonumber(os.getenv("CHAOS_CALLS")) or 1000
-local READ_CHAOS = tonumber(os.getenv("CHAOS_READ_CHAOS")) or 0.1
+local READ_CHAOS = chaos.READ_CHAOS
 local CONTACT = 597752
 -- with reconcile, a contact per PER_CONTACT calls: its list stays within
 -- PAGES pages (a lookup reads 10 at most; (f) counts on finding every case)
-local PER_CONTACT = 250
+local PER_CONTACT = chaos.PER_CONTACT
 local PAGES = math.ceil(PER_CONTACT / 100)
 
 describe("chaos #chaos", function()

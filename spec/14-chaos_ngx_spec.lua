@@ -8,11 +8,11 @@ local chaos = require "spec.chaos"
 local nginx = require "spec.nginx"
 local cjson = require "cjson"
 
-local SEED = tonumber(os.getenv("CHAOS_SEED")) or os.time()
+local SEED = chaos.SEED
 local CALLS = tonumber(os.getenv("CHAOS_NGX_CALLS")) or 300
-local READ_CHAOS = tonumber(os.getenv("CHAOS_READ_CHAOS")) or 0.1
+local READ_CHAOS = chaos.READ_CHAOS
 local CONTACT = 597752
-local PER_CONTACT = 250                  -- with reconcile: a contact's list within 3 pages
+local PER_CONTACT = chaos.PER_CONTACT
 
 local HANDLER = [[
   local cjson = require "cjson"

@@ -38,6 +38,13 @@ local socket = require "socket"
 local chaos = {}
 
 chaos.KINDS = { network = true, timeout = true, tls = true, http = true, decode = true }
+
+-- The knobs both chaos spec files read: the seed (CHAOS_SEED, default the clock), how often a
+-- read of the case list fails under reconcile (CHAOS_READ_CHAOS), and how many calls share a
+-- contact under reconcile (so its list stays within a few pages of a lookup).
+chaos.SEED = tonumber(os.getenv("CHAOS_SEED")) or os.time()
+chaos.READ_CHAOS = tonumber(os.getenv("CHAOS_READ_CHAOS")) or 0.1
+chaos.PER_CONTACT = 250
 chaos.SLACK = tonumber(os.getenv("CHAOS_SLACK")) or 0.5
 
 function chaos.start(seed)
