@@ -18,6 +18,8 @@ structured error.
 dependencies = {
    "lua >= 5.1",
    "lua-cjson",
+   "argparse",  -- acquire-case's arguments
+   "luv",       -- acquire-case --journal: fsync
 }
 external_dependencies = {
    CURL = { header = "curl/curl.h", library = "curl" },

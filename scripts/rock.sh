@@ -2,8 +2,8 @@
 # make rock: both rockspecs (lua-acquire-scm-1, the development one, and
 # lua-acquire-0.1.0-1, the release's) pass luarocks lint; each is packed into a
 # source rock from this checkout's committed files; each source rock installs
-# into fresh trees for Lua 5.4 and 5.1 with lua-cjson declared as provided by
-# the system (Debian's), exports only luaopen_acquire, installs acquire.ngx and
+# into fresh trees for Lua 5.4 and 5.1 with lua-cjson, argparse and luv declared
+# as provided by the system (Debian's), exports only luaopen_acquire, installs acquire.ngx and
 # acquire-case, and creates a case through each install against the local
 # Acquire server.
 #
@@ -33,8 +33,9 @@ done
 echo "rock: luarocks lint clean: $rockspecs"
 
 git archive --format=tar.gz --prefix=lua-acquire/ -o "$work/lua-acquire.tar.gz" HEAD
-# lua-cjson comes from Debian; tell LuaRocks, which cannot see it.
-echo 'rocks_provided = { ["lua-cjson"] = "2.1.0-1" }' > "$work/config.lua"
+# lua-cjson, argparse and luv come from Debian (lua-cjson, lua-argparse, lua-luv);
+# tell LuaRocks, which cannot see them.
+echo 'rocks_provided = { ["lua-cjson"] = "2.1.0-1", argparse = "0.7.1-1", luv = "1.44.2-1" }' > "$work/config.lua"
 
 for spec in $rockspecs; do
     name=${spec%.rockspec}            # lua-acquire-scm-1, lua-acquire-0.1.0-1

@@ -156,11 +156,11 @@ local SH_COMMANDS = {
   ["make test"] = { make = "test" },           -- this suite; CI's .ci/run runs it on every Lua (make test-all)
   -- Install: spec/05 runs each luarocks block as written (apt-get by a stand-in that checks the
   -- packages are installed), spec/18 runs make install for every Lua
-  ["apt-get install gcc libc6-dev libcurl4-openssl-dev lua5.4 liblua5.4-dev lua-cjson luarocks"] =
+  ["apt-get install gcc libc6-dev libcurl4-openssl-dev lua5.4 liblua5.4-dev lua-cjson lua-argparse lua-luv luarocks"] =
     { spec = "spec/05-rock_spec.lua", make = "deps", note = "spec/05 checks every package is installed" },
   ["luarocks --lua-version=5.4 make --deps-mode=none CURL_INCDIR=/usr/include/$(gcc -print-multiarch) lua-acquire-scm-1.rockspec"] =
     { spec = "spec/05-rock_spec.lua", note = "spec/05 runs the block as written, into a private tree" },
-  ["apt-get install gcc libc6-dev libcurl4-openssl-dev libluajit2-5.1-dev lua-cjson luarocks"] =
+  ["apt-get install gcc libc6-dev libcurl4-openssl-dev libluajit2-5.1-dev lua-cjson lua-argparse lua-luv luarocks"] =
     { spec = "spec/05-rock_spec.lua", make = "deps", note = "spec/05 checks every package is installed" },
   ["luarocks --lua-version=5.1 make --deps-mode=none LUA_INCDIR=/usr/include/luajit-2.1 "
     .. "CURL_INCDIR=/usr/include/$(gcc -print-multiarch) lua-acquire-scm-1.rockspec"] =
