@@ -13,6 +13,7 @@
 --   srv:config{ unique_ids = true }, srv.create_only_key ("create-only-key": creates, may not read)
 --   helper.start_dns{ [name] = ip } -> dns.port, dns.queries(), dns.stop()
 --   helper.run(words, opts) -> { code, out, err }; helper.run_lua(code, opts); helper.run_cli(args, opts)
+--   helper.spawn(words, opts), helper.spawn_cli(args, opts) -> child { pid, done(), kill(sig), wait() }
 --   helper.sh(cmd) -> output, exit status; helper.shell_quote(s)
 --   helper.read_file(path), helper.slurp(path) (or ""), helper.write_file(path, s), helper.exists(path),
 --   helper.tmpdir(), helper.tmpfile(content), helper.rmrf(path), helper.alive(pid), helper.my_pid()
@@ -137,6 +138,23 @@ function helper.testposix()
   return assert(open, "cannot load " .. dir .. "/testposix.so")()
 end
 
+-- `env` words that give a child the environment helper.run promises: no ACQUIRE_*
+-- variable but those in env ({ NAME = value }).
+local function env_words(env)
+  local words = { "env -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID -u ACQUIRE_BASE_URL" }
+  local names = {}
+  for k in pairs(env or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do words[#words + 1] = k .. "=" .. shell_quote(env[k]) end
+  return table.concat(words, " ")
+end
+
+local function quoted(words)
+  local t = {}
+  for i, w in ipairs(words) do t[i] = shell_quote(w) end
+  return table.concat(t, " ")
+end
+
 -- Runs a command (words, each quoted here) as a child process, killed after opts.limit
 -- seconds (default 20: a hang fails the spec instead of stalling it). The child's
 -- environment has no ACQUIRE_* variable but those in opts.env ({ NAME = value }).
@@ -147,15 +165,10 @@ end
 function helper.run(words, opts)
   opts = opts or {}
   local dir = helper.tmpdir()
-  local cmd = { opts.prefix or "", "cd", shell_quote(opts.dir or helper.repo_root), "|| exit 1;",
-                "env -u ACQUIRE_API_KEY -u ACQUIRE_ACCOUNT_ID -u ACQUIRE_BASE_URL" }
-  local names = {}
-  for k in pairs(opts.env or {}) do names[#names + 1] = k end
-  table.sort(names)
-  for _, k in ipairs(names) do cmd[#cmd + 1] = k .. "=" .. shell_quote(opts.env[k]) end
+  local cmd = { opts.prefix or "", "cd", shell_quote(opts.dir or helper.repo_root), "|| exit 1;", env_words(opts.env) }
   -- --foreground: timeout stays in our process group, and passes a SIGINT on once, not twice
   cmd[#cmd + 1] = ("timeout --foreground -s KILL %d"):format(opts.limit or 20)
-  for _, w in ipairs(words) do cmd[#cmd + 1] = shell_quote(w) end
+  cmd[#cmd + 1] = quoted(words)
   local stdin = opts.stdin and helper.write_file(dir .. "/in", opts.stdin) or "/dev/null"
   cmd[#cmd + 1] = ("<%s >%s 2>%s"):format(shell_quote(stdin), shell_quote(dir .. "/out"),
     opts.merge and "&1" or shell_quote(dir .. "/err"))
@@ -170,6 +183,51 @@ function helper.run(words, opts)
   helper.rmrf(dir)
   if r.code == 137 then r.code = 124 end        -- KILL after the limit
   return r
+end
+
+-- Starts a command like helper.run (opts.dir, opts.env, opts.stdin) but returns at once:
+-- { pid = the command's own process (it is exec'd: a signal sent to pid reaches it),
+--   done() -> whether it has exited, kill(signal), wait([limit = 20 s]) -> { code, out, err } }
+-- (code: its exit status, 128 + N when signal N ended it; killed after the limit: 124).
+function helper.spawn(words, opts)
+  opts = opts or {}
+  local dir = helper.tmpdir()
+  local stdin = opts.stdin and helper.write_file(dir .. "/in", opts.stdin) or "/dev/null"
+  local inner = ("cd %s || exit 1; echo $$ > %s.tmp && mv %s.tmp %s; exec %s %s <%s >%s 2>%s"):format(
+    shell_quote(opts.dir or helper.repo_root), shell_quote(dir .. "/pid"), shell_quote(dir .. "/pid"),
+    shell_quote(dir .. "/pid"), env_words(opts.env), quoted(words), shell_quote(stdin),
+    shell_quote(dir .. "/out"), shell_quote(dir .. "/err"))
+  os.execute(("(sh -c %s; echo $? > %s.tmp && mv %s.tmp %s) </dev/null >/dev/null 2>&1 &"):format(
+    shell_quote(inner), shell_quote(dir .. "/code"), shell_quote(dir .. "/code"), shell_quote(dir .. "/code")))
+  local child = { dir = dir }
+  for _ = 1, 500 do
+    child.pid = tonumber(helper.slurp(dir .. "/pid"):match("%d+"))
+    if child.pid then break end
+    socket.sleep(0.01)
+  end
+  assert(child.pid, "helper.spawn: the command did not start")
+  function child.done() return helper.exists(dir .. "/code") end
+  function child.kill(signal) os.execute(("kill -%s %d 2>/dev/null"):format(signal or "TERM", child.pid)) end
+  function child.wait(limit)
+    local code
+    for _ = 1, math.ceil((limit or 20) / 0.01) do
+      code = tonumber(helper.slurp(dir .. "/code"):match("%d+"))
+      if code then break end
+      socket.sleep(0.01)
+    end
+    if not code then
+      child.kill("KILL")
+      for _ = 1, 200 do
+        if child.done() then break end
+        socket.sleep(0.01)
+      end
+      code = 124
+    end
+    local r = { code = code, out = helper.slurp(dir .. "/out"), err = helper.slurp(dir .. "/err") }
+    helper.rmrf(dir)
+    return r
+  end
+  return child
 end
 
 -- opts with base's variables under opts.env's, for a runner that needs some of its own.
@@ -192,11 +250,22 @@ function helper.run_lua(code, opts)
   return r.code, r.out, r.err
 end
 
--- Runs bin/acquire-case args with this interpreter, with helper.run's opts. -> { code, out, err }
-function helper.run_cli(args, opts)
+-- bin/acquire-case args with this interpreter, and the environment it finds the checkout's
+-- module with, under opts.env's.
+local function cli(args, opts)
   local words = { helper.interpreter(), "bin/acquire-case" }
   for _, a in ipairs(args) do words[#words + 1] = a end
-  return helper.run(words, with_env(opts, { LUA_CPATH = "./?.so;;", LUA_PATH = "./lua/?.lua;;" }))
+  return words, with_env(opts, { LUA_CPATH = "./?.so;;", LUA_PATH = "./lua/?.lua;;" })
+end
+
+-- Runs bin/acquire-case args with this interpreter, with helper.run's opts. -> { code, out, err }
+function helper.run_cli(args, opts)
+  return helper.run(cli(args, opts))
+end
+
+-- Starts bin/acquire-case args in the background: helper.spawn's child.
+function helper.spawn_cli(args, opts)
+  return helper.spawn(cli(args, opts))
 end
 
 -- A loopback port with nothing listening on it.
