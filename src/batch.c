@@ -6,7 +6,11 @@
  * handle duplicated from the client's (same options, its own buffers),
  * sharing the multi handle's connections (and HTTP/2 multiplexing when the
  * server offers it). Each item follows the same retry policy as
- * create_case; a retry waits without holding the others back.
+ * create_case; a retry waits without holding the others back. What the
+ * batch as a whole may start is gated by one time (open_at): `rate` moves
+ * it on by 1/rate at every start (a token bucket with a burst of 1), and a
+ * 429 or 503 whose Retry-After the policy honours moves it to then, for
+ * fresh items and retries alike; transfers in flight go on.
  *
  * The hooks (on_send before an attempt is handed to libcurl, on_result when
  * an item's outcome is final, on_progress once a loop turn after them) run
@@ -105,6 +109,22 @@ static void setup(lua_State *L, acq_client_t *c, int concurrency) {
     }
 }
 
+/* Waits for the transfers' sockets, or until `until` (monotonic seconds; -1:
+   a second at most). Less than poll's millisecond is slept instead: a rate
+   of thousands a second needs it. */
+static void wait_for(acq_client_t *c, double until) {
+    int timeout = 1000;
+    if (until >= 0) {
+        double left = until - now();
+        if (left < 0.001) {
+            policy_sleep(left);
+            return;
+        }
+        if (left < 1.0) timeout = (int)(left * 1000.0) + 1;
+    }
+    curl_multi_poll(c->batch->multi, NULL, 0, timeout, NULL);
+}
+
 /* Encodes item i (the table at idx) under pcall, so a misuse names it. */
 static int batch_l_encode_item(lua_State *L) {
     acq_client_t *c = (acq_client_t *)lua_touserdata(L, 1);
@@ -125,6 +145,7 @@ static int batch_l_encode_item(lua_State *L) {
 
 typedef struct opts_t {
     int concurrency;
+    double interval;                          /* 1 / rate; 0: no rate */
     int on_send, on_result, on_progress;      /* the hooks' stack indices; 0: none */
 } opts_t;
 
@@ -156,6 +177,7 @@ static int push_hook(lua_State *L, int opts, const char *name) {
 /* Checks the options at idx (raising on misuse) and pushes the hooks. */
 static void parse_opts(lua_State *L, int idx, opts_t *o) {
     o->concurrency = 8;
+    o->interval = 0;
     if (!lua_isnoneornil(L, idx)) {
         luaL_checktype(L, idx, LUA_TTABLE);
         lua_pushnil(L);
@@ -167,9 +189,15 @@ static void parse_opts(lua_State *L, int idx, opts_t *o) {
                     luaL_error(L, "bad option 'concurrency' (integer from 1 to %d expected)",
                                ACQ_MAX_CONCURRENCY);
                 o->concurrency = (int)v;
+            } else if (acq_equals(L, -2, "rate")) {
+                lua_Number v = lua_tonumber(L, -1);
+                if (lua_type(L, -1) != LUA_TNUMBER || !(v > 0 && v <= ACQ_MAX_RATE))
+                    luaL_error(L, "bad option 'rate' (requests per second expected: a number "
+                                  "above 0, at most %d)", ACQ_MAX_RATE);
+                o->interval = 1.0 / (double)v;
             } else if (!is_hook(L, lua_gettop(L) - 1)) {
                 luaL_error(L, "bad option '%s' (expected one of: concurrency, on_progress, "
-                              "on_result, on_send)", error_pushname(L, -2));
+                              "on_result, on_send, rate)", error_pushname(L, -2));
             }
             lua_pop(L, 1);
         }
@@ -248,6 +276,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     int bodies, results, active = 0;
     int reconcile = c->reconcile_ms >= 0;
     long n = (long)acq_rawlen(L, items), i, fresh = 0, done = 0, nwait = 0;
+    double open_at = 0;                        /* no request starts before (monotonic) */
     item_t *it;
     long *waiting;                             /* items waiting to retry */
     char url[ACQ_URL_MAX];
@@ -274,11 +303,11 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     setup(L, c, o.concurrency);
     memcpy(url, c->url, c->prefix_len);
     while (done < n) {
-        double t = now(), next_ready = -1;
+        double t = now(), wake = -1;
         int s, queued, added = 0, progressed = 0, running = 0;
         CURLMsg *msg;
         /* start what may start: retries that are due first, then new items */
-        for (s = 0; s < o.concurrency; s++) {
+        for (s = 0; s < o.concurrency && t >= open_at; s++) {
             long pick = -1;
             size_t len;
             const char *body;
@@ -310,18 +339,12 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
                 detach_all(c);
                 luaL_error(L, "acquire: curl_multi_add_handle failed");
             }
+            if (o.interval > 0) open_at = now() + o.interval;
             active++;
             added++;
         }
-        for (i = 0; i < nwait; i++)
-            if (next_ready < 0 || it[waiting[i]].ready_at < next_ready)
-                next_ready = it[waiting[i]].ready_at;
-        if (active == 0) {                         /* only retries, all waiting */
-            policy_sleep(next_ready - now());
-            continue;
-        }
-        curl_multi_perform(c->batch->multi, &running);
-        while ((msg = curl_multi_info_read(c->batch->multi, &queued)) != NULL) {
+        if (active > 0) curl_multi_perform(c->batch->multi, &running);
+        while (active > 0 && (msg = curl_multi_info_read(c->batch->multi, &queued)) != NULL) {
             acq_slot_t *slot = NULL;
             acq_result_t r;
             double wait;
@@ -339,6 +362,8 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
                 store(L, results, k, "res");
                 deliver(L, c, o.on_result, results, k);
             } else {
+                double pause = policy_pause(L, -1);   /* the server asked the whole batch */
+                if (pause >= 0 && now() + pause > open_at) open_at = now() + pause;
                 wait = policy_next(L, -1, it[k].attempts, c->max_retries, &c->rng);
                 if (wait >= 0) {
                     lua_pop(L, 2);
@@ -360,14 +385,15 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             acq_pushint64(L, n);
             call_hook(L, c, 2);
         }
-        if (done < n && !added && active > 0) {
-            int timeout = 1000;
-            if (next_ready > 0) {
-                double ms = (next_ready - now()) * 1000.0;
-                timeout = ms < 0 ? 0 : ms < 1000 ? (int)ms + 1 : 1000;
-            }
-            curl_multi_poll(c->batch->multi, NULL, 0, timeout, NULL);
+        if (done == n) break;
+        if (active < o.concurrency) {              /* when a free slot may start one */
+            if (fresh < n) wake = t;
+            for (i = 0; i < nwait; i++)
+                if (wake < 0 || it[waiting[i]].ready_at < wake) wake = it[waiting[i]].ready_at;
+            if (wake >= 0 && wake < open_at) wake = open_at;
         }
+        if (active == 0) policy_sleep(wake - now());   /* nothing in flight: only a wait */
+        else if (!added) wait_for(c, wake);
     }
     detach_all(c);
     if (reconcile) reconcile_all(L, c, items, results, it, n, o.on_result);
