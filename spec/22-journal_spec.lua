@@ -420,14 +420,27 @@ describe("acquire-case --batch, the rest", function()
     env = { ACQUIRE_API_KEY = srv.key, ACQUIRE_BASE_URL = srv.base_url }
   end)
 
-  it("--rate takes a positive number, with --batch", function()
-    local r = helper.run_cli({ "--batch", "--rate", "0" }, { env = env, stdin = "597752\n" })
+  it("--rate N reaches create_cases: a request every 1/N s at the most, over the whole batch", function()
+    local r = helper.run_cli({ "--batch", "--rate", "20", "--concurrency", "8" },
+      { env = env, stdin = ("597752\n"):rep(11) })
+    assert.equal(0, r.code, r.err)
+    local reqs = srv:requests()
+    assert.equal(11, #reqs)
+    local span = reqs[#reqs].time - reqs[1].time
+    assert.is_true(span >= 10 / 20 - 0.02, ("11 requests in %.3f s"):format(span))
+    -- refused before anything is sent: by the command (not a positive number), by the module (too high)
+    for _, bad in ipairs({ "0", "-1", "x", "nan" }) do
+      r = helper.run_cli({ "--batch", "--rate", bad }, { env = env, stdin = "597752\n" })
+      assert.equal(2, r.code)
+      contains(r.err, "--rate expects a positive number")
+    end
+    r = helper.run_cli({ "--batch", "--rate", "20000" }, { env = env, stdin = "597752\n" })
     assert.equal(2, r.code)
-    contains(r.err, "--rate expects a positive number")
+    contains(r.err, "acquire-case: bad option 'rate' (requests per second expected")
     r = helper.run_cli({ "597752", "--rate", "5" }, { env = env })
     assert.equal(2, r.code)
     contains(r.err, "--rate goes with --batch")
-    assert.same({}, srv:requests())
+    assert.equal(11, #srv:requests())
   end)
 
   it("shows progress on a terminal only: done/total, rate, errors, ETA on one line", function()
