@@ -176,6 +176,12 @@ local SH_COMMANDS = {
   ["acquire-case --account mycompany 597752 --output summary"] = { spec = SPEC17 },
   ["echo '{\"threadId\":1683,\"sessionId\":3711819272}' | acquire-case --account mycompany 597752 --json -"] =
     { spec = SPEC17 },
+  -- Bulk imports: run here, in a directory of mktemp's under this spec's own (TMPDIR)
+  ["cd \"$(mktemp -d)\""] = { spec = SPEC17 },
+  ["printf 'contactId,title,fields.plan\\n597752,\"Refund, urgent\",gold\\n597752,Second,silver\\n' > contacts.csv"] =
+    { spec = SPEC17 },
+  ["acquire-case --account mycompany --batch --csv --journal import.journal --rate 20 < contacts.csv"] =
+    { spec = SPEC17 },
 }
 
 -- The command lines of a sh block: comments and blank lines aside, trailing comments cut.
@@ -290,8 +296,8 @@ describe("the README and doc/*.md", function()
         end
         if here then
           local r = helper.run({ "sh", "-ec", b.text }, { env = env {
-            PATH = dir .. ":" .. os.getenv("PATH"),
-            LUA_CPATH = "./?.so;;", LUA_PATH = "./lua/?.lua;;" } })
+            PATH = dir .. ":" .. os.getenv("PATH"), TMPDIR = dir,
+            LUA_CPATH = ROOT .. "/?.so;;", LUA_PATH = ROOT .. "/lua/?.lua;;" } })
           assert(r.code == 0, ("%s: the block exited %s\n--- stdout ---\n%s--- stderr ---\n%s")
             :format(where(b), tostring(r.code), r.out, r.err))
         end
