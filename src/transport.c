@@ -387,7 +387,8 @@ int transport_push_error(lua_State *L, const acq_transport_t *t,
             error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
             if (r->connect_status > 0) error_setint(L, err, "proxy_status", r->connect_status);
             else if (r->status == 407) error_setint(L, err, "proxy_status", 407);
-            lua_remove(L, -2);
+            lua_remove(L, -2);                         /* the message */
+            err = lua_gettop(L);
         } else {
             err = error_new(L, kind_of(r->code));
             error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
