@@ -16,9 +16,12 @@
 -- How it answers what a spec may want to provoke:
 --   CONNECT to a port where nothing listens      -> "HTTP/1.0 500 Unable to connect"
 --   CONNECT or a request without the credentials -> 407 (with auth)
+--   CONNECT or a request with wrong credentials  -> 401 (not 407: tinyproxy 1.11.1's own answer)
 --   CONNECT to a port not in connect_ports        -> 403
 -- tinyproxy closes the client's connection after each absolute-form request (no keep-alive
--- towards the client); a CONNECT tunnel lives until either side closes it (idle Timeout 60 s).
+-- towards the client), and after a refusal without reading the request's body: the client may
+-- then see a reset after the answer, not a clean close. A CONNECT tunnel lives until either side
+-- closes it (idle Timeout 60 s).
 -- It dies with the process that started it (a watchdog shell), if a spec forgets stop().
 local helper = require "spec.helper"
 local socket = require "socket"

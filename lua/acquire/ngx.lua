@@ -461,9 +461,14 @@ local function once(st, msg, attempt, deadline)
   end
   local status, headers, body, reuse = read_response({ sock = sock, buf = "", deadline = deadline },
                                                     st.max_response_bytes)
+  -- an http target through a proxy: a 407 is the proxy's, not Acquire's (its status line is
+  -- enough: tinyproxy resets the connection after it, the request's body unread); anything
+  -- else is Acquire's answer
+  local proxy_407 = st.proxy and (status or body) == 407
   if not status then
     sock:close()
     e, status = headers, body
+    if proxy_407 then return nil, proxy_fail(st, 407, "answered 407 (Proxy Authentication Required)") end
     if e == "too large" then
       return nil, fail("http", format("response body exceeds max_response_bytes (%d)", st.max_response_bytes),
                        true, status)
@@ -473,10 +478,7 @@ local function once(st, msg, attempt, deadline)
     return nil, io_fail(st, e, "reading the response from", true, status)
   end
   if reuse then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
-  -- an http target through a proxy: a 407 is the proxy's, not Acquire's; anything else is Acquire's
-  if status == 407 and st.proxy then
-    return nil, proxy_fail(st, 407, "answered 407 (Proxy Authentication Required)")
-  end
+  if proxy_407 then return nil, proxy_fail(st, 407, "answered 407 (Proxy Authentication Required)") end
   if st.debug then
     log(st, "debug", format("attempt %d: %d in %.1f ms, %d bytes", attempt, status, (clock() - started) * 1000, #body))
     if st.debug == "body" then log(st, "debug", format("attempt %d: < %s", attempt, body_text(st, body))) end
