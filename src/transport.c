@@ -216,6 +216,11 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
             SET(CURLOPT_PROXYAUTH, (long)CURLAUTH_BASIC);
         }
         t->proxy = cfg->tls ? ACQ_PROXY_TUNNEL : ACQ_PROXY_PLAIN;
+        /* A plain proxy often closes after each request it forwards without
+           saying so (tinyproxy does): a request written into a connection it
+           is closing may or may not have gone on, a false maybe_created.
+           Through a plain proxy, every request has its own connection. */
+        if (t->proxy == ACQ_PROXY_PLAIN) SET(CURLOPT_FORBID_REUSE, 1L);
     } else {
         SET(CURLOPT_PROXY, "");
     }
