@@ -123,6 +123,10 @@ function _M.new(config)
   local proxy = st.proxy
   if proxy then
     proxy.literal = literal(proxy.host)
+    -- an http target's request goes to the proxy whole, on a connection of its own each time:
+    -- proxies close after forwarding one, and a request written into a pooled connection the
+    -- proxy is closing could not be told from one it forwarded
+    st.absolute = st.scheme == "http"
     via = format("proxy=%s:%s", proxy.url, proxy.authorization
       and ngx.encode_base64(ngx.sha1_bin(proxy.authorization)) or "-")
   end
@@ -477,7 +481,7 @@ local function once(st, msg, attempt, deadline)
     if e == "closed" then e = "connection closed" end
     return nil, io_fail(st, e, "reading the response from", true, status)
   end
-  if reuse then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
+  if reuse and not st.absolute then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
   if proxy_407 then return nil, proxy_fail(st, 407, "answered 407 (Proxy Authentication Required)") end
   if st.debug then
     log(st, "debug", format("attempt %d: %d in %.1f ms, %d bytes", attempt, status, (clock() - started) * 1000, #body))
@@ -492,8 +496,7 @@ local FIRST = { "Host", "Content-Type", "Accept", "Authorization", "Proxy-Author
 -- The request, the same for every attempt: { bytes, line (for the log), body }. Through a
 -- proxy, an http target's request is in absolute form, with the proxy's credentials.
 local function payload(st, req)
-  local proxy = st.proxy
-  local absolute = proxy and st.scheme == "http"
+  local proxy, absolute = st.proxy, st.absolute
   local path = absolute and req.url or sub(req.url, #st.base_url + 1)  -- the url is base_url .. target .. id
   local given = {}
   for name, value in pairs(req.headers) do given[name] = value end
