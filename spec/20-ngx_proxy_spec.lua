@@ -11,16 +11,8 @@ local cjson = require "cjson"
 local socket = require "socket"
 
 local CONTACT = 597752
-local USER, PASS = "agent.smith", "s3cr3t-Pr0xy"
+local USER, PASS, no_secret = proxy.USER, proxy.PASS, proxy.no_secret
 local PATH = "/api/v1/crm/messenger/chat/create?contactId=" .. CONTACT
-
-local function no_secret(s, what)
-  for _, secret in ipairs { "test-key", PASS, USER .. ":" .. PASS } do
-    if s:find(secret, 1, true) then
-      error(("%s holds a secret (%s):\n%s"):format(what, secret, s), 2)
-    end
-  end
-end
 
 -- Every string the handler's answer holds: err, tostring(err), tostring(client), the lines.
 local function everything(doc)

@@ -9,6 +9,8 @@
 --   p.connects() -> how many CONNECTs it read; p.log() -> its whole log
 --   p.stop()                                   -- idempotent; in a finally or teardown
 --   proxy.dead() -> a loopback proxy URL where nothing listens
+--   proxy.USER, proxy.PASS: credentials for { auth = proxy.USER .. ":" .. proxy.PASS };
+--   proxy.no_secret(s, what): raises when s holds the local server's key or those credentials
 --
 -- Options: auth = "user:pass" (tinyproxy's BasicAuth: user and password of letters, digits,
 -- '.', '_' and '-' only: Debian 12's 1.11.1 refuses its config otherwise); connect_ports =
@@ -126,6 +128,18 @@ function M.start(opts)
     helper.rmrf(dir)
   end
   return p
+end
+
+M.USER, M.PASS = "agent.smith", "s3cr3t-Pr0xy"
+
+-- Raises, naming what (and at the caller's caller), when s holds a secret: the local Acquire
+-- server's key (spec/helper's "test-key") or the credentials above, raw or as user:pass.
+function M.no_secret(s, what)
+  for _, secret in ipairs { "test-key", M.PASS, M.USER .. ":" .. M.PASS } do
+    if s:find(secret, 1, true) then
+      error(("%s holds a secret (%s):\n%s"):format(what, secret, s), 2)
+    end
+  end
 end
 
 -- A proxy URL on loopback where nothing listens (connections refused).
