@@ -7,20 +7,12 @@ local proxy = require "spec.proxy"
 local acquire = require "acquire"
 
 local CONTACT = 597752
-local USER, PASS = "agent.smith", "s3cr3t-Pr0xy"
+local USER, PASS, no_secret = proxy.USER, proxy.PASS, proxy.no_secret
 
 -- Every line a logger got, as "level: line".
 local function recorder()
   local lines = {}
   return lines, function(level, line) lines[#lines + 1] = level .. ": " .. line end
-end
-
-local function no_secret(s, what)
-  for _, secret in ipairs{ "test-key", PASS, USER .. ":" .. PASS } do
-    if s:find(secret, 1, true) then
-      error(("%s holds a secret (%s):\n%s"):format(what, secret, s), 2)
-    end
-  end
 end
 
 for _, tls in ipairs{ false, true } do
