@@ -7,7 +7,10 @@
 -- same errors as far as the API's answer goes (an http or decode err is field for field the
 -- libcurl client's); a transport failure (network, timeout, tls) agrees in kind, status,
 -- maybe_created and attempts, but its message is this transport's own and err.code is nil.
--- `timeout` bounds the whole call here (DNS, connect, TLS, send, response, and
+-- Through a proxy (acquire.config decides which, if any): a CONNECT tunnel to an https target,
+-- pooled like any connection under a name that holds the proxy and the target; the absolute
+-- form to an http one. The log's lines (debug, logger) are the libcurl client's, word for word.
+-- `timeout` bounds the whole call here (DNS, connect, the proxy's leg, TLS, send, response, and
 -- the retries with their waits), so a request handler knows how long it can be held.
 -- Never call the libcurl client (acquire.new) in a request handler: curl_easy_perform blocks
 -- the whole worker, and every request that worker serves, for as long as the call takes.
