@@ -372,14 +372,14 @@ int client_l_create_case(lua_State *L) {
     return create_case(L, c, 2);
 }
 
-/* close(), __gc and __close. Inside create_cases' on_progress it raises:
+/* close(), __gc and __close. Inside create_cases' hooks it raises:
    the batch's transfers run on this client's handles. */
 int client_l_close(lua_State *L) {
     acq_client_t *c = (acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT);
     client_check_reentry(L, c);
     if (c->busy)
         luaL_error(L, "acquire: cannot close a client while its create_cases runs "
-                      "(called from on_progress?)");
+                      "(called from on_send, on_result or on_progress?)");
     release(c);
     if (c->logger != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, c->logger);
     c->logger = LUA_NOREF;

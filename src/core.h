@@ -258,6 +258,10 @@ uint64_t policy_seed(const void *salt);
    table at idx, the seconds to wait before trying again, or -1 to give up,
    having set err.attempts. */
 double policy_next(lua_State *L, int idx, int attempt, int max_retries, uint64_t *rng);
+/* After the failure (err table at idx) of a request of a batch: how long no
+   request of that batch should start, whatever the item's attempts left (the
+   Retry-After of a 429 or 503 the policy honours), or -1. */
+double policy_pause(lua_State *L, int idx);
 /* Reads the failure out of the err table at idx. */
 void  policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f);
 int   policy_l_retry_after(lua_State *L);

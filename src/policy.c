@@ -32,12 +32,18 @@ uint64_t policy_seed(const void *salt) {
            (uint64_t)(uintptr_t)salt ^ 0x9E3779B97F4A7C15ull;
 }
 
+/* The Retry-After the policy honours, or -1 (none, too long, or an answer
+   that may have created the case). */
+static double honoured(const acq_failure_t *f) {
+    if (!f->retryable || f->retry_after < 0 || f->retry_after > ACQ_RETRY_AFTER_CAP) return -1;
+    return f->retry_after;
+}
+
 double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
                     uint64_t *rng) {
     double ceiling;
     if (attempt > max_retries || !f->retryable) return -1;
-    if (f->retry_after >= 0)
-        return f->retry_after <= ACQ_RETRY_AFTER_CAP ? f->retry_after : -1;
+    if (f->retry_after >= 0) return honoured(f);
     ceiling = BACKOFF_BASE * ldexp(1.0, attempt - 1);
     if (ceiling > BACKOFF_CAP) ceiling = BACKOFF_CAP;
     return uniform(rng) * ceiling;             /* full jitter */
@@ -83,6 +89,12 @@ double policy_next(lua_State *L, int err, int attempt, int max_retries, uint64_t
     wait = policy_delay(&f, attempt, max_retries, rng);
     if (wait < 0) error_setint(L, acq_absindex(L, err), "attempts", attempt);
     return wait;
+}
+
+double policy_pause(lua_State *L, int err) {
+    acq_failure_t f;
+    policy_failure_from_err(L, err, &f);
+    return honoured(&f);
 }
 
 void policy_sleep(double seconds) {

@@ -80,6 +80,7 @@ int   transport_push_error(lua_State *L, const acq_transport_t *t,
 
 /* ---- client.c: the acquire.Client userdata -------------------------- */
 #define ACQ_MAX_CONCURRENCY 64                  /* create_cases' transfers at once */
+#define ACQ_MAX_RATE        10000               /* create_cases' requests per second, at most */
 typedef struct acq_slot_t acq_slot_t;           /* batch.c */
 typedef struct acq_batch_t acq_batch_t;         /* batch.c: the multi handle and its slots */
 

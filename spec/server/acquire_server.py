@@ -23,6 +23,7 @@ Control endpoints (no auth, never recorded):
     POST /_control/reset      clears records, counters, faults, cases and their settings
     POST /_control/fault      appends a rule: {"action", "contactId"?, "times"?, "delay"?, ...}
                               (the first rule that matches and has times left answers;
+                              "during": s, only for s seconds from its first match;
                               "raw" writes {"body"} or {"chunks"} "interval" s apart, then
                               closes the connection unless "close": false)
     POST /_control/shutdown   answers, then stops the server
@@ -271,7 +272,7 @@ def check_rule(rule):
             raise Invalid("contactId must be an integer or a string")
         out["contactId"] = str(contact)
     out["times"] = _number(rule, "times", integer=True)
-    for k in ("delay", "seconds", "interval"):
+    for k in ("delay", "seconds", "interval", "during"):
         out[k] = _number(rule, k)
     out["size"] = _number(rule, "size", integer=True)
     status = _number(rule, "status", integer=True, minimum=100)
@@ -490,6 +491,11 @@ class State:
                 want = rule.get("endpoint")
                 if want is not None and want != endpoint:
                     continue
+                during = rule.get("during")
+                if during is not None:      # a window that opens at the first match
+                    first = rule.setdefault("first_match", time.monotonic())
+                    if time.monotonic() - first >= during:
+                        continue
                 times = rule.get("times")
                 if times is not None:
                     if times <= 0:

@@ -1,0 +1,271 @@
+-- create_cases for bulk work, against the local Acquire server: on_send runs before each
+-- attempt leaves, on_result delivers each item once as it finishes, a raise in either stops
+-- the batch with the client still usable; one rate for the whole batch, and one pause for the
+-- whole batch when the server answers 429 with Retry-After.
+--
+--   BULK_SEED=n   the generator's seed (default: the time; printed in every failure)
+local helper = require "spec.helper"
+local socket = require "socket"
+
+local CONTACT, OTHER = 597752, 1          -- OTHER: 404 Contact not found
+local SEED = tonumber(os.getenv("BULK_SEED")) or os.time()
+
+-- n items { contactId, { title = "case i" } }; f(i) may choose the contact.
+local function items(n, f)
+  local list = {}
+  for i = 1, n do list[i] = { f and f(i) or CONTACT, { title = "case " .. i } } end
+  return list
+end
+
+-- How many requests the server saw for each item (by its title).
+local function sent_per_item(srv)
+  local count = {}
+  for _, r in ipairs(srv:requests()) do
+    local i = tonumber(r.body:match('"case (%d+)"'))
+    count[i] = (count[i] or 0) + 1
+  end
+  return count
+end
+
+describe("create_cases for bulk work", function()
+  local srv = helper.server()
+  local c
+  setup(function() c = srv:client() end)
+  teardown(function() c:close() end)
+
+  describe("on_result", function()
+    it("is called once per item, in the batch, with the very outcome the results table holds", function()
+      local got, returned = {}, false
+      local results = c:create_cases(items(20, function(i) return i % 5 == 0 and OTHER or CONTACT end), {
+        concurrency = 4,
+        on_result = function(i, res, err) got[#got + 1] = { i = i, res = res, err = err, early = not returned } end,
+      })
+      returned = true
+      assert.equal(20, #got)
+      local seen = {}
+      for _, g in ipairs(got) do
+        assert.is_true(g.early, "delivered before create_cases returned")
+        assert.is_nil(seen[g.i], "item " .. g.i .. " delivered twice")
+        seen[g.i] = true
+        assert.is_true(rawequal(results[g.i].res, g.res) and rawequal(results[g.i].err, g.err))
+        if g.i % 5 == 0 then assert.equal(404, g.err.status) else assert.equal("case " .. g.i, g.res.data.title) end
+      end
+    end)
+
+    it("delivers the items that finish early while a slow one is still pending", function()
+      -- item 1 holds one of the two slots; the others pass through the second one meanwhile
+      srv:fault{ action = "delay", seconds = 0.6, contactId = OTHER }
+      local t0, at = socket.gettime(), {}
+      c:create_cases(items(6, function(i) return i == 1 and OTHER or CONTACT end), {
+        concurrency = 2,
+        on_result = function(i) at[i] = socket.gettime() - t0 end,
+      })
+      assert.is_true(at[1] >= 0.6, "the slow item took " .. at[1] .. " s")
+      for i = 2, 6 do
+        assert.is_true(at[i] < 0.5, ("item %d delivered at %.3f s, the slow one at %.3f s"):format(i, at[i], at[1]))
+      end
+    end)
+
+    it("comes before on_progress: each on_progress(done) follows exactly done deliveries", function()
+      local delivered, checked = 0, 0
+      c:create_cases(items(15), { concurrency = 3,
+        on_result = function() delivered = delivered + 1 end,
+        on_progress = function(done)
+          assert.equal(done, delivered)
+          checked = checked + 1
+        end,
+      })
+      assert.equal(15, delivered)
+      assert.is_true(checked >= 1)
+    end)
+
+    it("with reconcile, delivers an uncertain item after its lookup, with the settled outcome", function()
+      srv:fault{ action = "reset", create = true, times = 1 }
+      local r = srv:client{ reconcile = 0, max_retries = 0 }
+      local order, got = {}, {}
+      local results = r:create_cases(items(3), { concurrency = 1, on_result = function(i, res, err)
+        order[#order + 1] = i
+        got[i] = { res, err }
+      end })
+      r:close()
+      assert.same({ 2, 3, 1 }, order)
+      assert.is_true(got[1][1].reconciled)
+      assert.is_nil(got[1][2])
+      assert.is_true(rawequal(results[1].res, got[1][1]))
+    end)
+
+    it("stops the batch when it raises: the error propagates, nothing more is sent, the client is usable", function()
+      srv:fault{ action = "delay", seconds = 0.3 }
+      local delivered = 0
+      local ok, err = pcall(c.create_cases, c, items(8), { concurrency = 2, on_result = function()
+        delivered = delivered + 1
+        error("stop here", 0)
+      end })
+      assert.is_false(ok)
+      assert.equal("stop here", err)
+      assert.equal(1, delivered)
+      socket.sleep(0.4)
+      assert.is_true(srv:stats().requests <= 2, "no item started after the raise")
+      srv:reset()
+      local results = c:create_cases(items(3), { concurrency = 2 })
+      assert.equal(2071, results[3].res.data.id)
+    end)
+  end)
+
+  describe("on_send", function()
+    it("runs before each attempt, retries included; the server never sees a request before it", function()
+      srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "0" }, times = 3 }
+      local calls, early = {}, {}
+      local results = c:create_cases(items(10), { concurrency = 3, on_send = function(i, attempt)
+        local seen = srv:stats().requests
+        if seen > #calls then early[#early + 1] = ("%d requests before on_send #%d"):format(seen, #calls + 1) end
+        calls[#calls + 1] = { i, attempt }
+      end })
+      assert.same({}, early)
+      assert.equal(13, #calls)
+      assert.equal(13, srv:stats().requests)
+      local attempts, sent = {}, sent_per_item(srv)
+      for _, call in ipairs(calls) do
+        local i, attempt = call[1], call[2]
+        assert.equal((attempts[i] or 0) + 1, attempt, "attempts of item " .. i .. " count up from 1")
+        attempts[i] = attempt
+      end
+      for i = 1, 10 do
+        assert.equal(sent[i], attempts[i], "item " .. i)
+        assert.equal(2071, results[i].res.data.id)
+      end
+    end)
+
+    it("stops the batch when it raises: that attempt is never sent, nor anything after it", function()
+      srv:fault{ action = "delay", seconds = 0.2 }
+      local returned = 0
+      local ok, err = pcall(c.create_cases, c, items(8), { concurrency = 2, on_send = function(i)
+        if i == 4 then error("not item 4", 0) end
+        returned = returned + 1
+      end })
+      assert.is_false(ok)
+      assert.equal("not item 4", err)
+      assert.equal(3, returned)
+      socket.sleep(0.3)
+      local sent = sent_per_item(srv)
+      assert.is_nil(sent[4])
+      for i = 5, 8 do assert.is_nil(sent[i]) end
+      assert.is_true(srv:stats().requests <= 3)
+      srv:reset()
+      local results = c:create_cases(items(2), { on_send = function() end })
+      assert.equal(2071, results[2].res.data.id)
+    end)
+
+    it("is checked like the other options", function()
+      local function raises(opts) return helper.raises(c.create_cases, c, items(1), opts) end
+      helper.contains(raises{ on_send = 1 }, "bad option 'on_send' (function expected, got number)")
+      helper.contains(raises{ on_result = "f" }, "bad option 'on_result' (function expected, got string)")
+      helper.contains(raises{ nope = true },
+        "bad option 'nope' (expected one of: concurrency, on_progress, on_result, on_send, rate)")
+      assert.equal(0, srv:stats().requests)
+    end)
+  end)
+
+  describe("rate", function()
+    it("starts at most `rate` requests a second over the whole batch, retries included", function()
+      srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "0" }, times = 10 }
+      local patient = srv:client{ max_retries = 10 }   -- the 503s may all fall on one item
+      local t0 = socket.gettime()
+      local results = patient:create_cases(items(100), { concurrency = 8, rate = 50 })
+      local took = socket.gettime() - t0
+      patient:close()
+      local sent = srv:stats().requests
+      assert.equal(110, sent)
+      for i = 1, 100 do assert.equal(2071, results[i].res.data.id) end
+      -- a start every 1/50 s at the most, the first at once: (sent - 1) / 50 s at least
+      assert.is_true(took >= 1.9 and took >= (sent - 1) / 50 - 0.01, ("%d requests in %.3f s"):format(sent, took))
+    end)
+
+    it("is checked: a number of requests per second above 0, at most 10000", function()
+      local want = "bad option 'rate' (requests per second expected: a number above 0, at most 10000)"
+      for _, bad in ipairs({ 0, -1, 0 / 0, 10001, math.huge, "5", true }) do
+        helper.contains(helper.raises(c.create_cases, c, items(1), { rate = bad }), want)
+      end
+      assert.equal(0, srv:stats().requests)
+      assert.equal(2071, c:create_cases(items(1), { rate = 10000 })[1].res.data.id)
+      assert.equal(2071, c:create_cases(items(1), { rate = 0.001 })[1].res.data.id)
+    end)
+  end)
+
+  describe("a 429 with Retry-After", function()
+    it("pauses the whole batch: no new request starts until then, transfers in flight go on", function()
+      srv:fault{ action = "delay", seconds = 0.5, contactId = OTHER }
+      srv:fault{ action = "status", status = 429, headers = { ["Retry-After"] = "1" }, contactId = CONTACT,
+                 during = 1 }
+      local t0, at = socket.gettime(), {}
+      local results = c:create_cases(items(12, function(i) return i == 1 and OTHER or CONTACT end), {
+        concurrency = 4, on_result = function(i) at[i] = socket.gettime() - t0 end })
+      local reqs = srv:requests()
+      local first_429
+      for _, r in ipairs(reqs) do
+        if r.query.contactId == tostring(CONTACT) and not first_429 then first_429 = r end
+      end
+      -- the first four were sent together, before any answer; every later one waited out the pause
+      for _, r in ipairs(reqs) do
+        if r.seq > 4 then
+          assert.is_true(r.time >= first_429.time + 1,
+            ("request #%d came %.3f s after the first 429"):format(r.seq, r.time - first_429.time))
+        end
+      end
+      assert.equal(12 + 3, #reqs)                   -- items 2, 3, 4 sent twice, once paused
+      assert.equal(404, results[1].err.status)
+      assert.is_true(at[1] >= 0.45 and at[1] < 0.95, "the slow item, in flight, went on: " .. at[1])
+      for i = 2, 12 do assert.equal(2071, results[i].res.data.id) end
+    end)
+  end)
+
+  describe("drawn at random (seed " .. SEED .. ")", function()
+    -- One batch: size, concurrency and the server's answers drawn from the seed.
+    local function round()
+      local n = math.random(0, 30)
+      local list = items(n, function() return math.random() < 0.2 and OTHER or CONTACT end)
+      local faults = {
+        { action = "status", status = 503, headers = { ["Retry-After"] = "0" }, times = math.random(0, 4) },
+        { action = "status", status = 500, times = math.random(0, 2) },
+        { action = "delay", seconds = 0.05, times = math.random(0, 5) },
+      }
+      for _ = 1, math.random(0, #faults) do srv:fault(table.remove(faults, math.random(#faults))) end
+      local got, sends = {}, {}
+      local opts = { concurrency = math.random(1, 8), rate = math.random() < 0.3 and math.random(200, 2000) or nil,
+        on_result = function(i, res, err) got[#got + 1] = { i, res, err } end,
+        on_send = function(i, attempt) sends[#sends + 1] = { i, attempt } end }
+      local results = c:create_cases(list, opts)
+      local what = ("%d items at concurrency %d, rate %s"):format(n, opts.concurrency, tostring(opts.rate))
+      assert(#results == n and #got == n, what .. ": " .. #got .. " on_result calls")
+      local once = {}
+      for _, g in ipairs(got) do
+        local i = g[1]
+        assert(not once[i], what .. ": item " .. i .. " delivered twice")
+        once[i] = true
+        assert(rawequal(results[i].res, g[2]) and rawequal(results[i].err, g[3]),
+          what .. ": item " .. i .. " delivered another outcome than its result")
+      end
+      local sent = sent_per_item(srv)
+      local per = {}
+      for _, s in ipairs(sends) do
+        assert(s[2] == (per[s[1]] or 0) + 1, what .. ": item " .. s[1] .. " attempt " .. s[2] .. " out of order")
+        per[s[1]] = s[2]
+      end
+      for i = 1, n do
+        assert(sent[i] == per[i], ("%s: item %d: %s requests, %s on_send calls"):format(what, i,
+          tostring(sent[i]), tostring(per[i])))
+      end
+    end
+
+    it("calls on_result once per item with its result, and on_send once per request", function()
+      math.randomseed(SEED)
+      for r = 1, 10 do
+        srv:reset()
+        local ok, err = pcall(round)
+        if not ok then
+          error(("seed %d, round %d (rerun with BULK_SEED=%d): %s"):format(SEED, r, SEED, tostring(err)), 0)
+        end
+      end
+    end)
+  end)
+end)
