@@ -4,7 +4,7 @@
 set -eu
 PACKAGES="make gcc libc6-dev pkg-config libcurl4-openssl-dev ca-certificates openssl git
 lua5.4 liblua5.4-dev lua-cjson lua-argparse lua-luv lua-busted lua-socket luarocks python3 valgrind curl
-nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev"
+nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev tinyproxy"
 [ $# -gt 0 ] && PACKAGES="$PACKAGES $*"
 
 missing=""

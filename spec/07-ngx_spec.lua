@@ -136,14 +136,20 @@ describe("acquire.ngx in nginx #ngx", function()
     assert.equal(0, srv:stats().requests)
   end)
 
-  it("logs the exchange with debug = true, the key redacted; a closed client raises", function()
-    local before = #nginx:log()
-    assert.is_true(call({ config = { debug = true }, opts = { title = "T" } }).ok)
-    local text = nginx:log():sub(before + 1)
-    assert.matches("acquire: > POST /api/v1/crm/messenger/chat/create?contactId=597752 HTTP/1.1", text, 1, true)
-    assert.matches("Authorization: Bearer [REDACTED]", text, 1, true)
-    assert.matches("acquire: < 200 ", text, 1, true)
-    assert.is_nil(text:find(srv.key, 1, true))
+  it("logs each attempt with debug = true, the bodies with debug = \"body\"; a closed client raises", function()
+    local doc = call { config = { debug = true }, opts = { title = "T" }, logger = "collect" }
+    assert.is_true(doc.ok, cjson.encode(doc))
+    assert.equal(2, #doc.lines, cjson.encode(doc.lines))
+    assert.same({ "debug", "attempt 1: POST " .. srv.base_url .. "/api/v1/crm/messenger/chat/create?contactId=597752" },
+                doc.lines[1])
+    assert.equal("debug", doc.lines[2][1])
+    assert.matches("^attempt 1: 200 in %d+%.%d ms, %d+ bytes$", doc.lines[2][2])
+    doc = call { config = { debug = "body" }, opts = { title = "T" }, logger = "collect" }
+    assert.equal(4, #doc.lines, cjson.encode(doc.lines))
+    assert.same({ "debug", 'attempt 1: > {"title":"T"}' }, doc.lines[2])
+    assert.matches('^attempt 1: < {\\n +"data": {\\n', doc.lines[4][2])    -- its line breaks as \n
+    assert.is_nil(doc.lines[4][2]:find("\n", 1, true))
+    assert.same({}, call({ config = { debug = false }, logger = "collect" }).lines)   -- no line without debug
     assert.matches("client is closed$", call({ close = true }).raised)
   end)
 
@@ -358,19 +364,24 @@ describe("acquire.ngx in nginx #ngx", function()
         { parts = { "HTTP/1.1 500 Oops\r\nContent-Length: " .. #err .. "\r\n\r\n" .. err:sub(1, 30),
                     err:sub(31) } },
       }
-      local before = #nginx:log()
-      local config = { api_key = KEY, debug = true }
+      local config = { api_key = KEY, debug = "body" }
+      local lines = {}
+      local function logged(doc)
+        for _, l in ipairs(doc.lines) do lines[#lines + 1] = l[2] end
+        return doc
+      end
       for _ = 1, 2 do
-        local doc = call { config = config }
+        local doc = logged(call { config = config, logger = "collect" })
         assert.is_true(doc.ok, cjson.encode(doc))
         assert.equal(KEY, doc.res.data.echo)                  -- the caller gets its data as sent
       end
-      local doc = call { config = config }
+      local doc = logged(call { config = config, logger = "collect" })
       assert.same({ false, 500 }, { doc.ok, doc.err.status })
       assert.equal("acquire: http 500 E: bad key [REDACTED]", doc.text)
-      local text = nginx:log():sub(before + 1)
-      assert.matches("acquire: < 200 ", text, 1, true)         -- the exchanges were logged
-      assert.matches("acquire: < 500 ", text, 1, true)
+      local text = table.concat(lines, "\n")
+      assert.matches("attempt 1: < {\"data\"", text, 1, true)  -- the exchanges were logged
+      assert.matches("attempt 1: 500 in ", text, 1, true)
+      assert.matches("attempt 1: < {\"type\":\"E\"", text, 1, true)
       assert.matches("[REDACTED]", text, 1, true)
       assert.is_nil(text:find(KEY, 1, true), text)
       assert.is_nil(keys.unescape(text):find(KEY, 1, true), text)

@@ -84,21 +84,23 @@ end)
 describe("the key", function()
   local KEY = "sk-live-7f3a9c1e"
 
-  it("never shows in the debug log, whose Authorization line is redacted", function()
+  it("never shows in the debug log, bodies included (debug = \"body\")", function()
     local srv = helper.start_server()
     local _, out, log = helper.run_lua(([[
 local acquire = require "acquire"
-local c = acquire.new{ base_url = %q, api_key = %q, debug = true, max_retries = 0 }
+local c = acquire.new{ base_url = %q, api_key = %q, debug = "body", max_retries = 0 }
 local res, err = c:create_case(597752, { title = %q })
 print(res and "created" or tostring(err))
 ]]):format(srv.base_url, KEY, KEY))
     srv:stop()
     -- the server answers 401 for this key and echoes the title back
     helper.contains(out, "acquire: http 401")
-    helper.contains(log, "acquire: > POST /api/v1/crm/messenger/chat/create?contactId=597752 HTTP/1.1")
-    helper.contains(log, "acquire: > Authorization: [REDACTED]")
-    helper.contains(log, "acquire: >> {\"title\":\"[REDACTED]\"}")
-    helper.contains(log, "acquire: < HTTP/1.1 401")
+    helper.contains(log, "acquire: debug: attempt 1: POST " .. srv.base_url
+      .. "/api/v1/crm/messenger/chat/create?contactId=597752\n")
+    helper.contains(log, "acquire: debug: attempt 1: > {\"title\":\"[REDACTED]\"}\n")
+    helper.contains(log, "acquire: debug: attempt 1: 401 in ")
+    helper.contains(log, "acquire: debug: attempt 1: < {")
+    helper.contains(log, "acquire: error: attempt 1 failed: acquire: http 401")
     helper.not_contains(log, KEY)
     helper.not_contains(out, KEY)
   end)

@@ -166,6 +166,8 @@ describe("reliability", function()
     end)
 
     it("the debug log: a key the server echoes across reads, raw and escaped, never whole", function()
+      -- the body is logged whole after the transfer, one line: a key cut between reads is
+      -- redacted as one
       local key = srv.key
       for round = 1, 6 do
         local forms = { key, keys.encode(key) }
@@ -178,17 +180,14 @@ describe("reliability", function()
         srv:reset()
         srv:fault{ action = "raw", chunks = { raw:sub(1, cut), raw:sub(cut + 1) }, interval = 0.1 }
         local status, out, err = helper.run_lua(([[
-          local c = require("acquire").new{ base_url = %q, api_key = %q, debug = true, max_retries = 0 }
+          local c = require("acquire").new{ base_url = %q, api_key = %q, debug = "body", max_retries = 0 }
           local _, e = c:create_case(597752)
           print(e.status)
         ]]):format(srv.base_url, key))
         assert.equal(0, status, err)
         assert.equal("400\n", out)
-        helper.contains(err, "acquire: << ")
+        helper.contains(err, "acquire: debug: attempt 1: < {\"echo\":\"[REDACTED]\",\"pad\"")
         assert_no_key(err, key, ("round %d, cut at %d"):format(round, cut))
-        local body_seen = {}                     -- the body's lines joined: no key across them
-        for l in err:gmatch("acquire: << ([^\n]*)") do body_seen[#body_seen + 1] = l end
-        assert_no_key(table.concat(body_seen), key, ("round %d, cut at %d"):format(round, cut))
       end
     end)
   end)

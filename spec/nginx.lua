@@ -6,8 +6,9 @@
 --     return nginx.config(n, { http = "server { listen 127.0.0.1:" .. n.port .. "; ... }" })
 --   end, { env = "ACQUIRE_API_KEY=k", ports = 2 })
 --   n.url, n:post(path, body) -> code, text; n:log() (the error log); nginx.stop(n) (idempotent)
---   nginx.start_cases{ base_url =, key =, trusted =, http = } -> n: acquire.ngx behind POST /case;
---     n:case{ contact =, opts =, config =, close = } -> what the handler answered, decoded
+--   nginx.start_cases{ base_url =, key =, trusted =, http =, main =, env = } -> n: acquire.ngx behind
+--     POST /case; n:case{ contact =, opts =, config =, close =, logger = } -> what the handler
+--     answered, decoded
 --   nginx.run_as(), nginx.temp_paths(n), nginx.MODULES: for a config written by hand
 --   nginx.self_signed(dir) -> cert, key: for `listen ... ssl`, cert as the client's ca_file
 --
@@ -160,8 +161,10 @@ end
 -- ---- acquire.ngx behind POST /case ------------------------------------------------------
 
 -- The handler: one acquire.ngx client per request (the pool is nginx's, per worker). It takes
--- a JSON body { contact, opts, config, close } and answers
--- { ok, res } | { ok = false, err, text = tostring(err), mt } | { raised = message }.
+-- a JSON body { contact, opts, config, close, logger } and answers
+-- { ok, res } | { ok = false, err, text = tostring(err), mt } | { raised = message }, with
+-- client = tostring(client) and lines = { { level, line }, ... }: what the logger got, when
+-- logger is "collect" (or "raise": it collects, then raises an error naming the key).
 local CASE_HANDLER = [[
     local cjson = require "cjson"
     ngx.req.read_body()
@@ -172,9 +175,17 @@ local CASE_HANDLER = [[
     for k, v in pairs(q.config or {}) do config[k] = v end
     local opts = q.opts
     if opts == cjson.null then opts = nil end
+    local lines, shown = {}, nil
+    if q.logger then
+      config.logger = function(level, line)
+        lines[#lines + 1] = { level, line }
+        if q.logger == "raise" then error("this logger raises, key " .. tostring(config.api_key)) end
+      end
+    end
     local out
     local ok, raised = pcall(function()
       local client = require("acquire.ngx").new(config)
+      shown = tostring(client)
       if q.close then client:close() end
       local res, err = client:create_case(q.contact or 597752, opts)
       if res then
@@ -186,15 +197,18 @@ local CASE_HANDLER = [[
       end
     end)
     if not ok then out = { raised = tostring(raised) } end
+    out.client, out.lines = shown, lines
     ngx.header["Content-Type"] = "application/json"
     ngx.say(cjson.encode(out))
 ]]
 
 -- nginx with the handler at /case: o.base_url (the handler's default), o.key (its
--- ACQUIRE_API_KEY), o.trusted (lua_ssl_trusted_certificate), o.http (more of the http block).
+-- ACQUIRE_API_KEY), o.trusted (lua_ssl_trusted_certificate), o.http (more of the http block),
+-- o.main (more of the top level: `env` directives), o.env ("NAME=value ...": more of nginx's
+-- environment).
 function M.start_cases(o)
   return M.start(function(n)
-    return M.config(n, { http = ([[
+    return M.config(n, { main = o.main, http = ([[
   lua_ssl_trusted_certificate %s;
   lua_ssl_verify_depth 2;
 %s
@@ -204,7 +218,7 @@ function M.start_cases(o)
     location = /case { content_by_lua_block { %s } }
   }]]):format(o.trusted or "/etc/ssl/certs/ca-certificates.crt", o.http or "", n.port, o.base_url,
               CASE_HANDLER) })
-  end, { env = "ACQUIRE_API_KEY=" .. o.key })
+  end, { env = "ACQUIRE_API_KEY=" .. o.key .. (o.env and " " .. o.env or "") })
 end
 
 -- The handler's answer to q (a table or JSON text), decoded; any other answer fails the spec

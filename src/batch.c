@@ -358,6 +358,17 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             slot->item = -1;
             active--;
             it[k].attempts++;
+            if (c->debug) {
+                char pfx[32];
+                size_t blen;
+                const char *body;
+                snprintf(pfx, sizeof pfx, "item %ld: ", k + 1);
+                snprintf(url + c->prefix_len, 24, "%lld", it[k].id);
+                lua_rawgeti(L, bodies, (int)k + 1);
+                body = lua_tolstring(L, -1, &blen);
+                client_log_attempt(L, c, &slot->t, &r, pfx, it[k].attempts, url, body, blen);
+                lua_pop(L, 1);
+            }
             if (client_outcome(L, c, &slot->t, &r) == 1) {
                 store(L, results, k, "res");
                 deliver(L, c, o.on_result, results, k);
@@ -365,6 +376,11 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
                 double pause = policy_pause(L, -1);   /* the server asked the whole batch */
                 if (pause >= 0 && now() + pause > open_at) open_at = now() + pause;
                 wait = policy_next(L, -1, it[k].attempts, c->max_retries, &c->rng);
+                if (c->debug) {
+                    char pfx[32];
+                    snprintf(pfx, sizeof pfx, "item %ld: ", k + 1);
+                    client_log_failure(L, c, pfx, it[k].attempts, lua_gettop(L), wait);
+                }
                 if (wait >= 0) {
                     lua_pop(L, 2);
                     it[k].ready_at = now() + wait;
@@ -411,6 +427,7 @@ static int batch_l_run(lua_State *L) {      /* client (light), items, opts */
    (its handle is not the batch's). */
 static int guarded(lua_State *L, acq_client_t *c, int items, int opts) {
     int status;
+    client_check_reentry(L, c);
     if (c->busy)
         luaL_error(L, "acquire: create_cases is already running on this client "
                       "(called from on_send, on_result or on_progress?)");

@@ -44,9 +44,34 @@ static void release(acq_client_t *c) {
     buf_free(&c->req);
     free(c->url);
     c->url = NULL;
-    if (c->key) acq_wipe(c->key, c->key_len);
+    if (c->key) acq_wipe(c->key, c->secrets_len);
     free(c->key);
     c->key = NULL;
+    free(c->proxy_display);
+    c->proxy_display = NULL;
+}
+
+/* Copies cfg's secrets (the key, then the proxy's credentials) into one
+   block the client owns and wipes on close. 0 on ENOMEM. */
+static int keep_secrets(acq_client_t *c, const acq_config_t *cfg) {
+    const acq_secret_t *k;
+    size_t total = 0, at = 0;
+    int i = 0;
+    for (k = cfg->secrets; k; k = k->next) total += k->len + 1;
+    c->key = (char *)malloc(total);
+    if (c->key == NULL) return 0;
+    c->secrets_len = total;
+    for (k = cfg->secrets; k && i < ACQ_MAX_SECRETS; k = k->next, i++) {
+        memcpy(c->key + at, k->p, k->len);
+        c->key[at + k->len] = '\0';
+        c->secrets[i].p = c->key + at;
+        c->secrets[i].len = k->len;
+        c->secrets[i].next = NULL;
+        if (i > 0) c->secrets[i - 1].next = &c->secrets[i];
+        at += k->len + 1;
+    }
+    c->key_len = cfg->key_len;
+    return 1;
 }
 
 /* Builds a client from the config table at idx; pushes it. */
@@ -57,7 +82,8 @@ static acq_client_t *make(lua_State *L, int idx) {
     char ua[ACQ_UA_MAX];
     acq_client_t *c;
     int i, n;
-    config_check(L, idx, &cfg);                       /* pushes base_url */
+    idx = acq_absindex(L, idx);
+    config_check(L, idx, &cfg);                       /* pushes one table */
     c = (acq_client_t *)acq_newuserdata(L, sizeof *c);
     memset(c, 0, sizeof *c);
     acq_setmetatable(L, ACQ_MT_CLIENT);
@@ -66,19 +92,18 @@ static acq_client_t *make(lua_State *L, int idx) {
     c->reconcile_ms = cfg.reconcile_ms;
     c->rng = policy_seed(c);
     c->pid = (long)getpid();
+    c->logger = LUA_NOREF;
+    c->debug = cfg.debug;
     c->url = (char *)malloc(ACQ_URL_MAX);
-    c->key = (char *)malloc(cfg.key_len + 1);
-    if (c->url == NULL || c->key == NULL) {
+    if (cfg.proxy) c->proxy_display = strdup(cfg.proxy_display);
+    if (c->url == NULL || !keep_secrets(c, &cfg) || (cfg.proxy && c->proxy_display == NULL)) {
         release(c);
         luaL_error(L, "not enough memory");
         return NULL;
     }
     c->prefix_len = request_url(&cfg, 0, c->url) - 1;
-    memcpy(c->key, cfg.api_key, cfg.key_len + 1);
-    c->key_len = cfg.key_len;
-    c->t.key = c->key;                                /* debug output redacts it */
     c->t.sockets = &c->sockets;
-    c->t.key_len = c->key_len;
+    c->t.proxy_display = c->proxy_display;
     n = request_headers(&cfg, transport_user_agent(&cfg, ua), h);
     for (i = 0; i < n; i++)
         lines[i] = lua_pushfstring(L, "%s: %s%s", h[i].name, h[i].prefix, h[i].value);
@@ -88,8 +113,13 @@ static acq_client_t *make(lua_State *L, int idx) {
         luaL_error(L, "acquire: cannot set up libcurl (%s)", what);
     }
     lua_pop(L, n);
+    if (cfg.logger) {
+        lua_pushliteral(L, "logger");
+        lua_rawget(L, idx);
+        c->logger = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     c->open = 1;
-    lua_remove(L, -2);                                /* base_url */
+    lua_remove(L, -2);                                /* config_check's */
     return c;
 }
 
@@ -102,13 +132,113 @@ int client_l_new(lua_State *L) {
 
 int client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
                    const acq_result_t *r) {
-    acq_secret_t secret;
-    secret.p = c->key;
-    secret.len = c->key_len;
-    if (r->code == CURLE_OK)
+    if (r->code == CURLE_OK && !r->proxy_failed)
         return response_decode(L, r->status, t->body.p, t->body.len,
-                               t->retry_after, &secret);
-    return transport_push_error(L, t, r, &secret);
+                               t->retry_after, c->secrets);
+    return transport_push_error(L, t, r, c->secrets);
+}
+
+/* ---- the log ---------------------------------------------------------- */
+
+void client_check_reentry(lua_State *L, acq_client_t *c) {
+    if (c->logging) luaL_error(L, "acquire: a client cannot be used from its own logger");
+}
+
+/* One line (on top, popped) at level: to the logger, under pcall, or to
+   stderr. A logger that raises loses nothing: that line and its error go
+   to stderr, and the call goes on. */
+static void deliver(lua_State *L, acq_client_t *c, const char *level) {
+    int line = lua_gettop(L);
+    if (c->logger != LUA_NOREF) {
+        int status;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->logger);
+        lua_pushstring(L, level);
+        lua_pushvalue(L, line);
+        c->logging = 1;
+        status = lua_pcall(L, 2, 0, 0);
+        c->logging = 0;
+        if (status == 0) {
+            lua_settop(L, line - 1);
+            return;
+        }
+        {
+            size_t n;
+            const char *m = lua_tolstring(L, -1, &n);
+            if (m == NULL) m = "(a non-string error)", n = strlen(m);
+            redact_push(L, m, n, c->secrets);
+            fprintf(stderr, "acquire: logger raised: %s\n", lua_tostring(L, -1));
+        }
+    }
+    fprintf(stderr, "acquire: %s: %s\n", level, lua_tostring(L, line));
+    lua_settop(L, line - 1);
+}
+
+/* A body as one line: redacted, then CR and LF written \r and \n, at most
+   ACQ_DEBUG_BODY_CAP bytes of it. Pushed. */
+static void push_body_line(lua_State *L, acq_client_t *c, const char *s, size_t n) {
+    luaL_Buffer b;
+    size_t i, m;
+    const char *r;
+    redact_push(L, s, n, c->secrets);
+    r = lua_tolstring(L, -1, &m);
+    luaL_buffinit(L, &b);
+    for (i = 0; i < m && i < ACQ_DEBUG_BODY_CAP; i++) {
+        if (r[i] == '\n') luaL_addstring(&b, "\\n");
+        else if (r[i] == '\r') luaL_addstring(&b, "\\r");
+        else luaL_addchar(&b, r[i]);
+    }
+    if (m > ACQ_DEBUG_BODY_CAP) {
+        char more[64];
+        snprintf(more, sizeof more, " (%lu more bytes not logged)",
+                 (unsigned long)(m - ACQ_DEBUG_BODY_CAP));
+        luaL_addstring(&b, more);
+    }
+    luaL_pushresult(&b);
+    lua_remove(L, -2);
+}
+
+void client_log_attempt(lua_State *L, acq_client_t *c, const acq_transport_t *t,
+                        const acq_result_t *r, const char *pfx, int attempt,
+                        const char *url, const char *body, size_t len) {
+    if (!c->debug) return;
+    lua_pushfstring(L, "%sattempt %d: %s %s%s%s", pfx, attempt, body ? "POST" : "GET", url,
+                    c->proxy_display ? " via proxy " : "",
+                    c->proxy_display ? c->proxy_display : "");
+    deliver(L, c, "debug");
+    if (c->debug == 2 && body) {
+        lua_pushfstring(L, "%sattempt %d: > ", pfx, attempt);
+        push_body_line(L, c, body, len);
+        lua_concat(L, 2);
+        deliver(L, c, "debug");
+    }
+    if (r->status > 0 && !r->proxy_failed) {
+        double secs = 0;
+        char ms[32];
+        curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &secs);
+        snprintf(ms, sizeof ms, "%.1f", secs * 1000.0);
+        lua_pushfstring(L, "%sattempt %d: %d in %s ms, %d bytes", pfx, attempt,
+                        (int)r->status, ms, (int)t->body.len);
+        deliver(L, c, "debug");
+        if (c->debug == 2) {
+            lua_pushfstring(L, "%sattempt %d: < ", pfx, attempt);
+            push_body_line(L, c, t->body.p ? t->body.p : "", t->body.len);
+            lua_concat(L, 2);
+            deliver(L, c, "debug");
+        }
+    }
+}
+
+void client_log_failure(lua_State *L, acq_client_t *c, const char *pfx, int attempt,
+                        int err, double wait) {
+    char secs[32];
+    if (!c->debug) return;
+    snprintf(secs, sizeof secs, "%.2f", wait);
+    lua_pushfstring(L, "%sattempt %d failed: ", pfx, attempt);
+    error_pushstring(L, err);
+    if (wait >= 0) lua_pushfstring(L, "; retrying in %s s", secs);
+    else lua_pushliteral(L, "; giving up");
+    lua_concat(L, 3);
+    deliver(L, c, wait >= 0 ? "warn" : "error");
 }
 
 double client_clock(void) {
@@ -131,9 +261,11 @@ static int create_case(lua_State *L, acq_client_t *c, int arg) {
     for (attempt = 1;; attempt++) {
         double wait;
         transport_perform(&c->t, c->url, c->req.p, c->req.len, &r);
+        client_log_attempt(L, c, &c->t, &r, "", attempt, c->url, c->req.p, c->req.len);
         n = client_outcome(L, c, &c->t, &r);
         if (n == 1) return 1;
         wait = policy_next(L, -1, attempt, c->max_retries, &c->rng);
+        client_log_failure(L, c, "", attempt, lua_gettop(L), wait);
         if (wait < 0) {
             if (c->reconcile_ms < 0) return 2;
             policy_sleep((double)c->reconcile_ms / 1000.0);
@@ -161,9 +293,11 @@ static int list_page(lua_State *L, acq_client_t *c, long long id, int page) {
     for (attempt = 1;; attempt++) {
         double wait;
         transport_perform(&c->t, url, NULL, 0, &r);
+        client_log_attempt(L, c, &c->t, &r, "", attempt, url, NULL, 0);
         if (client_outcome(L, c, &c->t, &r) == 1) return 1;
         error_setbool(L, lua_gettop(L), "maybe_created", 0);
         wait = policy_next(L, -1, attempt, c->max_retries, &c->rng);
+        client_log_failure(L, c, "", attempt, lua_gettop(L), wait);
         if (wait < 0) return 2;
         lua_settop(L, top);
         policy_sleep(wait);
@@ -206,7 +340,9 @@ int client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
 int client_l_find_cases(lua_State *L) {
     acq_client_t *c = client_check_open(L, 1);
     acq_filter_t f;
-    long long id = request_check_contact_id(L, 2);
+    long long id;
+    client_check_reentry(L, c);
+    id = request_check_contact_id(L, 2);
     reconcile_check_filter(L, 3, &f);
     f.contact = id;
     lua_settop(L, 3);
@@ -221,6 +357,7 @@ int client_l_default_find_cases(lua_State *L) {
     long long id;
     lua_settop(L, 2);
     c = client_default(L);                                    /* 3 */
+    client_check_reentry(L, c);
     id = request_check_contact_id(L, 1);
     reconcile_check_filter(L, 2, &f);
     f.contact = id;
@@ -230,17 +367,22 @@ int client_l_default_find_cases(lua_State *L) {
 
 /* client:create_case(contactId, opts) -> res | nil, err */
 int client_l_create_case(lua_State *L) {
-    return create_case(L, client_check_open(L, 1), 2);
+    acq_client_t *c = client_check_open(L, 1);
+    client_check_reentry(L, c);
+    return create_case(L, c, 2);
 }
 
 /* close(), __gc and __close. Inside create_cases' hooks it raises:
    the batch's transfers run on this client's handles. */
 int client_l_close(lua_State *L) {
     acq_client_t *c = (acq_client_t *)luaL_checkudata(L, 1, ACQ_MT_CLIENT);
+    client_check_reentry(L, c);
     if (c->busy)
         luaL_error(L, "acquire: cannot close a client while its create_cases runs "
                       "(called from on_send, on_result or on_progress?)");
     release(c);
+    if (c->logger != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, c->logger);
+    c->logger = LUA_NOREF;
     return 0;
 }
 
@@ -250,7 +392,9 @@ int client_l_tostring(lua_State *L) {
         lua_pushfstring(L, "acquire.Client (closed): %p", (void *)c);
     else {
         lua_pushlstring(L, c->url, c->prefix_len - (sizeof(ACQ_URL_PREFIX) - 1));
-        lua_pushfstring(L, "acquire.Client (%s): %p", lua_tostring(L, -1), (void *)c);
+        lua_pushfstring(L, "acquire.Client (%s%s%s): %p", lua_tostring(L, -1),
+                        c->proxy_display ? " via proxy " : "",
+                        c->proxy_display ? c->proxy_display : "", (void *)c);
     }
     return 1;
 }
@@ -308,5 +452,6 @@ int client_l_default_create_case(lua_State *L) {
     acq_client_t *c;
     lua_settop(L, 2);
     c = client_default(L);                                    /* 3 */
+    client_check_reentry(L, c);
     return create_case(L, c, 1);
 }

@@ -7,6 +7,8 @@
  * another host, a path, a query or userinfo gets through.
  */
 #include <math.h>
+#include <stdlib.h>
+#include <strings.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -17,10 +19,11 @@
 static const char *const options[] = {
     "account_id", "api_key", "base_url", "timeout", "connect_timeout",
     "max_retries", "user_agent", "ca_file", "insecure", "strict",
-    "max_response_bytes", "debug", "reconcile", NULL
+    "max_response_bytes", "debug", "reconcile", "proxy", "logger", NULL
 };
 #define OPTION_LIST "account_id, api_key, base_url, timeout, connect_timeout, " \
-    "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes, debug, reconcile"
+    "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes, debug, " \
+    "reconcile, proxy, logger"
 
 /* Does the file hold a PEM certificate: a "-----BEGIN ...CERTIFICATE-----"
    block of base64 that decodes to a DER SEQUENCE? NULL if so, else why
@@ -131,6 +134,227 @@ static int is_base_url(const char *s, size_t n, size_t *keep) {
     }
     *keep = (size_t)(end - s);
     return 1;
+}
+
+
+/* ---- the proxy ---------------------------------------------------------- */
+
+static int hexdigit(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes s (n bytes of userinfo) and pushes it; 0 (nothing pushed)
+   on a bad escape or a byte userinfo cannot hold. */
+static int push_decoded(lua_State *L, const char *s, size_t n) {
+    luaL_Buffer b;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f || strchr("@/?#[]", c) != NULL) return 0;
+        if (c == '%' && (i + 2 >= n + 0 || hexdigit((unsigned char)s[i + 1]) < 0 ||
+                         hexdigit((unsigned char)s[i + 2]) < 0))
+            return 0;
+    }
+    luaL_buffinit(L, &b);
+    for (i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            luaL_addchar(&b, (char)(hexdigit((unsigned char)s[i + 1]) * 16 +
+                                    hexdigit((unsigned char)s[i + 2])));
+            i += 2;
+        } else {
+            luaL_addchar(&b, s[i]);
+        }
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static void push_base64(lua_State *L, const char *s, size_t n) {
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    luaL_Buffer b;
+    size_t i;
+    luaL_buffinit(L, &b);
+    for (i = 0; i < n; i += 3) {
+        unsigned long v = (unsigned long)(unsigned char)s[i] << 16;
+        if (i + 1 < n) v |= (unsigned long)(unsigned char)s[i + 1] << 8;
+        if (i + 2 < n) v |= (unsigned long)(unsigned char)s[i + 2];
+        luaL_addchar(&b, tab[(v >> 18) & 63]);
+        luaL_addchar(&b, tab[(v >> 12) & 63]);
+        luaL_addchar(&b, i + 1 < n ? tab[(v >> 6) & 63] : '=');
+        luaL_addchar(&b, i + 2 < n ? tab[v & 63] : '=');
+    }
+    luaL_pushresult(&b);
+}
+
+/* Does NO_PROXY (no_proxy first) exempt host (IPv6 without brackets)?
+   Entries are comma- or space-separated; "*" is every host; an entry
+   matches the host itself or as a domain suffix, a leading dot optional;
+   letters in either case. */
+static int no_proxy(const char *host, size_t hn) {
+    const char *v = getenv("no_proxy"), *p;
+    if (v == NULL || v[0] == '\0') v = getenv("NO_PROXY");
+    if (v == NULL) return 0;
+    for (p = v; *p;) {
+        size_t n;
+        const char *e;
+        p += strspn(p, ", \t");
+        n = strcspn(p, ", \t");
+        e = p;
+        p += n;
+        if (n == 1 && e[0] == '*') return 1;
+        if (n > 0 && e[0] == '.') { e++; n--; }
+        if (n > 1 && e[0] == '[' && e[n - 1] == ']') { e++; n -= 2; }
+        if (n == 0 || n > hn) continue;
+        if (strncasecmp(host + hn - n, e, n) == 0 && (n == hn || host[hn - n - 1] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+/* The proxy URL (the option, or name's value: a missing scheme is http://)
+   into cfg, its derived strings appended to the table at derived. Raises
+   naming what when it is not http://[user[:pass]@]host:port[/]. */
+static void set_proxy(lua_State *L, acq_config_t *cfg, int derived, const char *what,
+                      int from_env, const char *s, size_t n) {
+    const char *rest = NULL, *at, *hostport;
+    size_t restn, hpn;
+    char msg[200];
+    int k = (int)acq_rawlen(L, derived), ok;
+    size_t keep = 0;
+    snprintf(msg, sizeof msg, "%s '%s' (http://[user:password@]host:port expected%s)",
+             from_env ? "bad proxy in environment variable" : "bad option", what,
+             from_env ? "; set the option 'proxy' (false: none) to override it" : "");
+    if (n >= 7 && strncasecmp(s, "http://", 7) == 0) rest = s + 7;
+    else if (from_env && memchr(s, ':', n) != NULL && strstr(s, "://") == NULL) rest = s;
+    else luaL_error(L, "%s", msg);
+    restn = n - (size_t)(rest - s);
+    if (restn > 0 && rest[restn - 1] == '/') restn--;
+    at = NULL;
+    {
+        size_t i;
+        for (i = 0; i < restn; i++) if (rest[i] == '@') at = rest + i;
+    }
+    hostport = at ? at + 1 : rest;
+    hpn = restn - (size_t)(hostport - rest);
+    /* host:port, checked as base_url's host and port are */
+    lua_pushfstring(L, "http://%s", "");
+    lua_pushlstring(L, hostport, hpn);
+    lua_concat(L, 2);
+    {
+        size_t un;
+        const char *u = lua_tolstring(L, -1, &un);
+        const char *h = u + 7, *end = u + un, *c;
+        ok = hpn <= ACQ_BASE_URL_MAX && is_base_url(u, un, &keep) && keep == un;
+        if (*h == '[') { c = memchr(h, ']', (size_t)(end - h)); c = c ? c + 1 : end; }
+        else c = memchr(h, ':', (size_t)(end - h));
+        ok = ok && c != NULL && c < end && *c == ':';
+        if (!ok) luaL_error(L, "%s", msg);
+        cfg->proxy_host = h;
+        cfg->proxy_host_len = (size_t)(c - h);
+        cfg->proxy_port = atoi(c + 1);
+    }
+    cfg->proxy_url = lua_tostring(L, -1);
+    lua_rawseti(L, derived, ++k);                /* the table anchors it */
+    cfg->proxy = 1;
+    cfg->proxy_from = from_env ? what : "option";
+    cfg->proxy_user = cfg->proxy_pass = cfg->proxy_auth = NULL;
+    cfg->proxy_user_len = cfg->proxy_pass_len = 0;
+    lua_pushstring(L, cfg->proxy_url);
+    if (at != NULL) {                                    /* user[:pass] */
+        const char *ui = rest;
+        size_t uilen = (size_t)(at - rest);
+        const char *sep = memchr(ui, ':', uilen);
+        size_t ulen = sep ? (size_t)(sep - ui) : uilen;
+        int ns = 0;
+        lua_pushfstring(L, "http://" ACQ_REDACTED "@%s", cfg->proxy_url + 7);
+        lua_replace(L, -2);
+        if (ulen == 0 || !push_decoded(L, ui, ulen)) luaL_error(L, "%s", msg);
+        cfg->proxy_user = lua_tolstring(L, -1, &cfg->proxy_user_len);
+        lua_rawseti(L, derived, ++k);
+        if (sep) {
+            if (!push_decoded(L, sep + 1, uilen - ulen - 1)) luaL_error(L, "%s", msg);
+            cfg->proxy_pass = lua_tolstring(L, -1, &cfg->proxy_pass_len);
+            lua_rawseti(L, derived, ++k);
+        } else {
+            cfg->proxy_pass = "";
+        }
+        lua_pushlstring(L, cfg->proxy_user, cfg->proxy_user_len);
+        lua_pushliteral(L, ":");
+        lua_pushlstring(L, cfg->proxy_pass, cfg->proxy_pass_len);
+        lua_concat(L, 3);
+        {
+            size_t pn;
+            const char *pair = lua_tolstring(L, -1, &pn);
+            lua_pushliteral(L, "Basic ");
+            push_base64(L, pair, pn);
+            lua_concat(L, 2);
+            lua_remove(L, -2);
+        }
+        cfg->proxy_auth = lua_tostring(L, -1);
+        lua_rawseti(L, derived, ++k);
+        /* redacted wherever the key is: the password as written and
+           decoded, the whole userinfo as written, the Basic token */
+        lua_pushlstring(L, ui, uilen);
+        lua_rawseti(L, derived, ++k);
+        lua_rawgeti(L, derived, k);
+        cfg->secrets[1].p = lua_tolstring(L, -1, &cfg->secrets[1].len);
+        lua_pop(L, 1);
+        ns = 2;
+        cfg->secrets[ns].p = cfg->proxy_auth + 6;
+        cfg->secrets[ns].len = strlen(cfg->proxy_auth + 6);
+        ns++;
+        if (cfg->proxy_pass_len > 0) {
+            cfg->secrets[ns].p = cfg->proxy_pass;
+            cfg->secrets[ns].len = cfg->proxy_pass_len;
+            ns++;
+            if (uilen - ulen - 1 != cfg->proxy_pass_len ||
+                memcmp(sep + 1, cfg->proxy_pass, cfg->proxy_pass_len) != 0) {
+                lua_pushlstring(L, sep + 1, uilen - ulen - 1);
+                cfg->secrets[ns].p = lua_tolstring(L, -1, &cfg->secrets[ns].len);
+                lua_rawseti(L, derived, ++k);
+                ns++;
+            }
+        }
+        for (; ns > 1; ns--) cfg->secrets[ns - 2].next = &cfg->secrets[ns - 1];
+    }
+    cfg->proxy_display = lua_tostring(L, -1);
+    lua_rawseti(L, derived, ++k);
+}
+
+/* proxy = nil: the environment, as curl reads it; false: none; a URL. */
+static void check_proxy(lua_State *L, int idx, acq_config_t *cfg, int derived) {
+    static const char *const tls_vars[] = { "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", NULL };
+    static const char *const plain_vars[] = { "http_proxy", "all_proxy", "ALL_PROXY", NULL };
+    const char *const *vars = cfg->tls ? tls_vars : plain_vars;
+    size_t n;
+    rawfield(L, idx, "proxy");
+    if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        const char *s = lua_tolstring(L, -1, &n);
+        set_proxy(L, cfg, derived, "proxy", 0, s, n);
+        lua_pop(L, 1);
+        return;
+    }
+    if (!lua_isnil(L, -1)) bad(L, "proxy", "false or an http:// URL", -1);
+    lua_pop(L, 1);
+    for (; *vars; vars++) {
+        const char *v = getenv(*vars);
+        if (v == NULL || v[0] == '\0') continue;
+        {
+            const char *h = cfg->host;
+            size_t hn = cfg->host_len;
+            if (hn > 1 && h[0] == '[') { h++; hn -= 2; }
+            if (no_proxy(h, hn)) return;
+        }
+        set_proxy(L, cfg, derived, *vars, 1, v, strlen(v));
+        return;
+    }
 }
 
 static long check_ms(lua_State *L, const char *opt, int idx) {
@@ -267,7 +491,12 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     rawfield(L, idx, "strict");
     if (!lua_isnil(L, -1)) cfg->strict = check_bool(L, "strict", -1);
     rawfield(L, idx, "debug");
-    if (!lua_isnil(L, -1)) cfg->debug = check_bool(L, "debug", -1);
+    if (acq_equals(L, -1, "body")) cfg->debug = 2;
+    else if (lua_isboolean(L, -1)) cfg->debug = lua_toboolean(L, -1);
+    else if (!lua_isnil(L, -1)) bad(L, "debug", "boolean or \"body\"", -1);
+    rawfield(L, idx, "logger");
+    if (!lua_isnil(L, -1) && !lua_isfunction(L, -1)) bad(L, "logger", "function", -1);
+    cfg->logger = lua_isfunction(L, -1);
     rawfield(L, idx, "reconcile");
     cfg->reconcile_ms = -1;
     if (lua_isboolean(L, -1)) {
@@ -304,10 +533,16 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     cfg->base_url = lua_tolstring(L, -1, &cfg->base_len);
     cfg->account_id = account;
     split_url(cfg);
-    /* The strings stay referenced by the table at idx; only the derived
-       base_url needs the stack, so drop the rest and keep exactly one. */
+    /* The strings stay referenced by the table at idx; the derived ones
+       (base_url, the proxy's parts) by one table, the one value left. */
+    lua_createtable(L, 8, 0);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
     lua_replace(L, top + 1);
     lua_settop(L, top + 1);
+    cfg->secrets[0].p = cfg->api_key;
+    cfg->secrets[0].len = cfg->key_len;
+    check_proxy(L, idx, cfg, top + 1);
 }
 
 /* Whole seconds as an integer (30, not 30.0), others as they are. */
@@ -324,7 +559,7 @@ int config_l_config(lua_State *L) {
     acq_config_t cfg;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    config_check(L, 1, &cfg);                                 /* 2: base_url */
+    config_check(L, 1, &cfg);                                 /* 2: derived */
     lua_createtable(L, 0, 20);
 #define SETSTR(k, v)  do { lua_pushstring(L, (v)); lua_setfield(L, -2, k); } while (0)
 #define SETINT(k, v)  do { acq_pushint64(L, (v)); lua_setfield(L, -2, k); } while (0)
@@ -355,7 +590,35 @@ int config_l_config(lua_State *L) {
     if (cfg.ca_file) SETSTR("ca_file", cfg.ca_file);
     SETBOOL("insecure", cfg.insecure);
     SETBOOL("strict", cfg.strict);
-    SETBOOL("debug", cfg.debug);
+    if (cfg.debug == 2) SETSTR("debug", "body");
+    else SETBOOL("debug", cfg.debug);
+    if (cfg.logger) {
+        rawfield(L, 1, "logger");
+        lua_setfield(L, -2, "logger");
+    }
+    if (!cfg.proxy) {
+        SETBOOL("proxy", 0);
+    } else {
+        lua_createtable(L, 0, 6);
+        SETSTR("url", cfg.proxy_url);
+        lua_pushlstring(L, cfg.proxy_host, cfg.proxy_host_len);
+        lua_setfield(L, -2, "host");
+        SETINT("port", cfg.proxy_port);
+        if (cfg.proxy_auth) SETSTR("authorization", cfg.proxy_auth);
+        SETSTR("display", cfg.proxy_display);
+        SETSTR("from", cfg.proxy_from);
+        lua_setfield(L, -2, "proxy");
+    }
+    {
+        const acq_secret_t *k;
+        int i = 0;
+        lua_newtable(L);
+        for (k = cfg.secrets; k; k = k->next) {
+            lua_pushlstring(L, k->p, k->len);
+            lua_rawseti(L, -2, ++i);
+        }
+        lua_setfield(L, -2, "secrets");
+    }
     if (cfg.reconcile_ms < 0) SETBOOL("reconcile", 0);
     else { push_seconds(L, cfg.reconcile_ms); lua_setfield(L, -2, "reconcile"); }
 #undef SETSTR

@@ -79,6 +79,14 @@ static inline int acq_equals(lua_State *L, int idx, const char *lit) {
     return acq_lstreq(s, n, lit);
 }
 
+/* The strings redacted from every string: the key, then proxy credentials,
+   chained. */
+#define ACQ_MAX_SECRETS      6
+typedef struct acq_secret_t {
+    const char *p;  size_t len;
+    const struct acq_secret_t *next;
+} acq_secret_t;
+
 /* ---- config.c: the options of acquire.new, normalised ---------------- */
 #define ACQ_BASE_URL_MAX     1024          /* longest base_url accepted */
 #define ACQ_URL_PREFIX       ACQ_API_PATH "?contactId="
@@ -94,8 +102,22 @@ typedef struct acq_config_t {
     long   timeout_ms, connect_timeout_ms;
     long   max_response_bytes;
     int    max_retries;
-    int    insecure, strict, debug;
+    int    insecure, strict;
+    int    debug;                              /* 0, 1 (true: a line per step), 2 ("body") */
+    int    logger;                             /* a logger function was given */
     long   reconcile_ms;                       /* wait before looking; -1: off */
+    /* the proxy for this target, after the environment and NO_PROXY */
+    int    proxy;                              /* 1: through proxy_url */
+    const char *proxy_url;                     /* "http://host:port", no credentials */
+    const char *proxy_display;                 /* as shown: credentials [REDACTED] */
+    const char *proxy_from;                    /* "option" or the variable's name */
+    const char *proxy_host; size_t proxy_host_len;   /* into proxy_url; IPv6 in [ ] */
+    int    proxy_port;
+    const char *proxy_user, *proxy_pass;       /* percent-decoded; NULL: none */
+    size_t proxy_user_len, proxy_pass_len;
+    const char *proxy_auth;                    /* "Basic ...", NULL without credentials */
+    /* the key, then the proxy's credentials as written, decoded and encoded */
+    acq_secret_t secrets[ACQ_MAX_SECRETS];
     /* derived from base_url */
     int    tls;                                /* https */
     const char *host;      size_t host_len;    /* into base_url; IPv6 in [ ] */
@@ -103,7 +125,8 @@ typedef struct acq_config_t {
 } acq_config_t;
 
 /* Validates the table at idx (raising on misuse). Strings point into Lua
-   strings; a derived base_url is pushed, so exactly one value is pushed. */
+   strings: the table's, or those derived (base_url, the proxy's parts),
+   kept in one table pushed on the stack, so exactly one value is pushed. */
 void  config_check(lua_State *L, int idx, acq_config_t *cfg);
 int   config_l_config(lua_State *L);
 
@@ -156,9 +179,6 @@ int   request_parse_contact_id(lua_State *L, int idx, long long *out);  /* 0: ba
 void  request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b);
 
 /* ---- error.c: the err table ----------------------------------------- */
-typedef struct acq_secret_t {
-    const char *p;  size_t len;                /* redacted from every string */
-} acq_secret_t;
 
 /* ---- redact.c: the key out of every string, raw or JSON-escaped ------ */
 #define ACQ_REDACTED         "[REDACTED]"
@@ -180,6 +200,7 @@ void  error_setint(lua_State *L, int err, const char *field, long long v);
 void  error_setbool(lua_State *L, int err, const char *field, int v);
 void  error_setnumber(lua_State *L, int err, const char *field, double v);
 const char *error_pushname(lua_State *L, int idx);  /* pushes it too */
+void  error_pushstring(lua_State *L, int idx);       /* tostring(err) */
 const char *error_pushnumber(lua_State *L, int idx); /* "nan", "inf", digits; pushed */
 void  error_open(lua_State *L);
 

@@ -120,6 +120,13 @@ static int error_l_tostring(lua_State *L) {
     return 1;
 }
 
+void error_pushstring(lua_State *L, int idx) {
+    idx = acq_absindex(L, idx);
+    lua_pushcfunction(L, error_l_tostring);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+}
+
 /* "failed: " .. err, err .. "\n": an err on either side reads as its tostring, so the
    usual Lua idioms for string errors work on it. Anything else but strings and numbers
    raises as the concatenation itself would. */

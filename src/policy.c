@@ -70,6 +70,11 @@ void policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f) {
         if (strcmp(kind, "network") == 0 || strcmp(kind, "timeout") == 0) {
             f->retryable = 1;
             f->retry_after = -1;
+        } else if (strcmp(kind, "proxy") == 0) {      /* nothing reached Acquire */
+            lua_getfield(L, idx, "proxy_status");
+            f->retryable = !(lua_tonumber(L, -1) >= 400 && lua_tonumber(L, -1) < 500);
+            f->retry_after = -1;                      /* a 407 will not heal */
+            lua_pop(L, 1);
         } else if (strcmp(kind, "http") == 0 && (status == 429 || status == 503)) {
             f->retryable = f->retry_after >= 0;
         }

@@ -1,5 +1,6 @@
 /*
- * redact.c: the API key out of every string the module hands back or logs.
+ * redact.c: the API key (and proxy credentials) out of every string the
+ * module hands back or logs.
  *
  * A server may echo the key raw, or as a JSON encoder writes it: "/" as
  * "\/" (PHP's json_encode), any character as "\uXXXX" (either hex case,
@@ -141,18 +142,22 @@ static long match_at(const char *s, size_t n, const char *k, size_t kn, size_t *
 int redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
                 size_t *at, size_t *len) {
     size_t p, got;
+    const acq_secret_t *e;
     *at = n;
     *len = 0;
-    if (k == NULL || k->len == 0) return 0;
     for (p = 0; p < n; p++) {
-        long m;
-        if (s[p] != k->p[0] && s[p] != '\\') continue;
-        m = match_at(s + p, n - p, k->p, k->len, &got);
-        if (m > 0) { *at = p; *len = (size_t)m; return 1; }
-        if (m == CUT && !final) { *at = p; return 0; }
-        if (m == CUT && got >= ACQ_REDACT_TAIL_MIN) {     /* a key cut short */
-            *at = p; *len = n - p; return 1;
+        int hold = 0;
+        for (e = k; e != NULL; e = e->next) {            /* the earliest of any secret */
+            long m;
+            if (e->len == 0 || (s[p] != e->p[0] && s[p] != '\\')) continue;
+            m = match_at(s + p, n - p, e->p, e->len, &got);
+            if (m > 0) { *at = p; *len = (size_t)m; return 1; }
+            if (m == CUT && !final) hold = 1;
+            if (m == CUT && final && got >= ACQ_REDACT_TAIL_MIN) {   /* a secret cut short */
+                *at = p; *len = n - p; return 1;
+            }
         }
+        if (hold) { *at = p; return 0; }
     }
     return 0;
 }
@@ -175,12 +180,18 @@ void redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k) {
     luaL_pushresult(&b);
 }
 
-/* acquire.redact(s, secret) -> s with every form of secret replaced */
+/* acquire.redact(s, secret, ...) -> s with every form of each secret replaced */
 int redact_l_redact(lua_State *L) {
-    acq_secret_t k;
+    acq_secret_t k[ACQ_MAX_SECRETS];
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    k.p = luaL_checklstring(L, 2, &k.len);
-    redact_push(L, s, n, &k);
+    int i, top = lua_gettop(L);
+    luaL_argcheck(L, top >= 2, 2, "string expected, got no value");
+    luaL_argcheck(L, top - 1 <= ACQ_MAX_SECRETS, ACQ_MAX_SECRETS + 2, "too many secrets");
+    for (i = 2; i <= top; i++) {
+        k[i - 2].p = luaL_checklstring(L, i, &k[i - 2].len);
+        k[i - 2].next = i < top ? &k[i - 1] : NULL;
+    }
+    redact_push(L, s, n, k);
     return 1;
 }

@@ -206,11 +206,12 @@ int response_decode(lua_State *L, long status, const char *body, size_t len,
     return 2;
 }
 
-/* acquire.decode_response(status, headers, body [, api_key]) -> res | nil, err;
-   api_key, when given, is redacted from err as create_case redacts it. */
+/* acquire.decode_response(status, headers, body [, secret]) -> res | nil, err;
+   secret (the key, or a list of strings: acquire.config's secrets), when
+   given, is redacted from err as create_case redacts it. */
 int response_l_decode(lua_State *L) {
     long status = (long)luaL_checkinteger(L, 1);
-    acq_secret_t secret;
+    acq_secret_t secret[ACQ_MAX_SECRETS];
     size_t len;
     const char *body, *retry_after = NULL;
     if (!lua_isnoneornil(L, 2)) {
@@ -227,10 +228,24 @@ int response_l_decode(lua_State *L) {
         }
     }
     body = luaL_optlstring(L, 3, "", &len);
-    secret.p = luaL_optlstring(L, 4, NULL, &secret.len);  /* anchored at 4 */
     lua_settop(L, 4);
+    if (lua_istable(L, 4)) {                      /* every secret: acquire.config's */
+        int i, n = 0;
+        for (i = 1; i <= ACQ_MAX_SECRETS; i++) {
+            lua_rawgeti(L, 4, i);                 /* anchored in the table */
+            if (lua_type(L, -1) != LUA_TSTRING) { lua_pop(L, 1); break; }
+            secret[n].p = lua_tolstring(L, -1, &secret[n].len);
+            secret[n].next = NULL;
+            if (n > 0) secret[n - 1].next = &secret[n];
+            n++;
+            lua_pop(L, 1);
+        }
+        return response_decode(L, status, body, len, retry_after, n ? secret : NULL);
+    }
+    secret[0].p = luaL_optlstring(L, 4, NULL, &secret[0].len);  /* anchored at 4 */
+    secret[0].next = NULL;
     return response_decode(L, status, body, len, retry_after,
-                           secret.p && secret.len ? &secret : NULL);
+                           secret[0].p && secret[0].len ? secret : NULL);
 }
 
 /* acquire.fields(contact) -> { [field.key] = value }, nulls left out */

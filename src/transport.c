@@ -82,109 +82,6 @@ static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
     return n;
 }
 
-/* debug = true: the exchange on stderr, "> " out and "< " in, the
-   Authorization value and every form of the key replaced, control bytes
-   shown as '.'. Bodies come in chunks that may cut the key in two: each
-   body is a stream that holds back a tail that may begin a key until the
-   next chunk (or the end) says. Plain stdio only: no Lua in here. */
-static void debug_plain(acq_dstream_t *d, const char *prefix, const char *s, size_t n) {
-    size_t i;
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '\r') continue;
-        if (!d->mid) { fputs(prefix, stderr); d->mid = 1; }
-        if (c == '\n') { fputc('\n', stderr); d->mid = 0; }
-        else fputc(c < 0x20 && c != '\t' ? '.' : c, stderr);
-    }
-}
-
-/* Writes s with the key redacted; returns the bytes written: all of them
-   when final, else up to where a key the end of s may cut begins. */
-static size_t debug_text(const acq_transport_t *t, acq_dstream_t *d, const char *prefix,
-                         const char *s, size_t n, int final) {
-    acq_secret_t k;
-    size_t i = 0, at, len;
-    k.p = t->key;
-    k.len = t->key_len;
-    for (;;) {
-        int found = redact_next(s + i, n - i, &k, final, &at, &len);
-        debug_plain(d, prefix, s + i, at);
-        i += at;
-        if (!found) break;
-        debug_plain(d, prefix, ACQ_REDACTED, sizeof ACQ_REDACTED - 1);
-        i += len;
-    }
-    if (final && d->mid) { fputc('\n', stderr); d->mid = 0; }
-    return i;
-}
-
-/* Header blocks and libcurl's own lines come whole. */
-static void debug_lines(const acq_transport_t *t, const char *prefix, const char *s, size_t n) {
-    const char *end = s + n;
-    acq_dstream_t d;
-    memset(&d, 0, sizeof d);
-    while (s < end) {
-        const char *nl = memchr(s, '\n', (size_t)(end - s));
-        const char *eol = nl ? nl + 1 : end;
-        if ((size_t)(eol - s) >= 14 && strncasecmp(s, "authorization:", 14) == 0)
-            debug_plain(&d, prefix, "Authorization: " ACQ_REDACTED "\n",
-                        sizeof("Authorization: " ACQ_REDACTED "\n") - 1);
-        else
-            debug_text(t, &d, prefix, s, (size_t)(eol - s), 1);
-        s = eol;
-    }
-}
-
-static const char *const debug_prefix[2] = { "acquire: >> ", "acquire: << " };
-
-/* A body chunk, dir 0 out, 1 in: at most ACQ_DEBUG_BODY_CAP bytes of each. */
-static void debug_body(acq_transport_t *t, int dir, const char *s, size_t n) {
-    acq_dstream_t *d = &t->dbg[dir];
-    size_t used = d->shown + d->pend.len;
-    size_t take = used < ACQ_DEBUG_BODY_CAP ? ACQ_DEBUG_BODY_CAP - used : 0;
-    if (take > n) take = n;
-    if (take && !buf_reserve(&d->pend, take)) take = 0;
-    d->dropped += n - take;
-    if (take == 0) return;
-    memcpy(d->pend.p + d->pend.len, s, take);
-    d->pend.len += take;
-    used = debug_text(t, d, debug_prefix[dir], d->pend.p, d->pend.len, 0);
-    memmove(d->pend.p, d->pend.p + used, d->pend.len - used);
-    d->pend.len -= used;
-    d->shown += used;
-}
-
-/* The end of a transfer: what was held back, and what was left out. */
-static void debug_flush(acq_transport_t *t) {
-    int dir;
-    for (dir = 0; dir < 2; dir++) {
-        acq_dstream_t *d = &t->dbg[dir];
-        if (d->pend.len) debug_text(t, d, debug_prefix[dir], d->pend.p, d->pend.len, 1);
-        if (d->mid) { fputc('\n', stderr); d->mid = 0; }
-        if (d->dropped)
-            fprintf(stderr, "%s(%lu more bytes not logged)\n", debug_prefix[dir],
-                    (unsigned long)d->dropped);
-        d->pend.len = d->shown = d->dropped = 0;
-    }
-    fflush(stderr);
-}
-
-static int on_debug(CURL *easy, curl_infotype type, char *data, size_t size,
-                    void *ud) {
-    acq_transport_t *t = (acq_transport_t *)ud;
-    (void)easy;
-    switch (type) {
-    case CURLINFO_TEXT:       debug_lines(t, "acquire: * ", data, size); break;
-    case CURLINFO_HEADER_OUT: debug_lines(t, "acquire: > ", data, size); break;
-    case CURLINFO_HEADER_IN:  debug_lines(t, "acquire: < ", data, size); break;
-    case CURLINFO_DATA_OUT:   debug_body(t, 0, data, size); break;
-    case CURLINFO_DATA_IN:    debug_body(t, 1, data, size); break;
-    default: break;
-    }
-    fflush(stderr);
-    return 0;
-}
-
 /* libcurl's own socket(), to learn why one could not be opened (EMFILE
    reads as "could not connect" otherwise); close-on-exec, so a child that
    execs does not keep the connection. */
@@ -306,11 +203,26 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     SET(CURLOPT_SSL_VERIFYPEER, cfg->insecure ? 0L : 1L);
     SET(CURLOPT_SSL_VERIFYHOST, cfg->insecure ? 0L : 2L);
     if (cfg->ca_file) SET(CURLOPT_CAINFO, cfg->ca_file);
-    if (cfg->debug) {            /* t->key: the caller's copy, set before init */
-        t->dbg_on = 1;
-        SET(CURLOPT_DEBUGFUNCTION, on_debug);
-        SET(CURLOPT_DEBUGDATA, (void *)t);
-        SET(CURLOPT_VERBOSE, 1L);
+    /* The proxy was decided by config.c (the option, or the environment
+       read the way curl reads it, NO_PROXY included): libcurl is told
+       exactly that and reads no variable itself. */
+    if (cfg->proxy) {
+        SET(CURLOPT_PROXY, cfg->proxy_url);
+        SET(CURLOPT_PROXYTYPE, (long)CURLPROXY_HTTP);
+        SET(CURLOPT_NOPROXY, "");
+        if (cfg->proxy_user) {
+            SET(CURLOPT_PROXYUSERNAME, cfg->proxy_user);
+            SET(CURLOPT_PROXYPASSWORD, cfg->proxy_pass);
+            SET(CURLOPT_PROXYAUTH, (long)CURLAUTH_BASIC);
+        }
+        t->proxy = cfg->tls ? ACQ_PROXY_TUNNEL : ACQ_PROXY_PLAIN;
+        /* A plain proxy often closes after each request it forwards without
+           saying so (tinyproxy does): a request written into a connection it
+           is closing may or may not have gone on, a false maybe_created.
+           Through a plain proxy, every request has its own connection. */
+        if (t->proxy == ACQ_PROXY_PLAIN) SET(CURLOPT_FORBID_REUSE, 1L);
+    } else {
+        SET(CURLOPT_PROXY, "");
     }
     return 0;
 }
@@ -351,7 +263,27 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
     r->status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
+    r->connect_status = 0;
+    if (t->proxy == ACQ_PROXY_TUNNEL)
+        curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &r->connect_status);
     r->maybe_sent = t->sends > 0 || sent > 0 || r->status > 0;
+    /* the proxy leg failed: the request never left for Acquire. A tunnel
+       the proxy refused (CONNECT answered other than 2xx; libcurl counts
+       the CONNECT's bytes and status too), or nothing came back through a
+       proxy that the request never reached. */
+    r->proxy_failed = 0;
+    if (t->proxy == ACQ_PROXY_TUNNEL && code != CURLE_OK && t->sends == 0 &&
+        (r->connect_status == 0 || r->connect_status / 100 != 2 ||
+         code == CURLE_SSL_CONNECT_ERROR || code == CURLE_RECV_ERROR ||
+         code == CURLE_GOT_NOTHING)) {
+        r->proxy_failed = 1;
+        r->maybe_sent = 0;
+    } else if (t->proxy == ACQ_PROXY_PLAIN && !r->maybe_sent && code != CURLE_OK) {
+        r->proxy_failed = 1;
+    } else if (t->proxy && r->status == 407) {
+        r->proxy_failed = 1;                  /* only a proxy asks that */
+        r->maybe_sent = 0;
+    }
     /* libcurl 7.88 returns CURLE_OK for an answer cut inside its header
        block (the status line and some headers, then FIN): that is no
        answer to act on (a "429 Retry-After: 0" cut short would be resent) */
@@ -360,7 +292,6 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
         snprintf(t->errbuf, sizeof t->errbuf,
                  "the connection closed inside the answer's header block");
     }
-    if (t->dbg_on) debug_flush(t);
 }
 
 void transport_perform(acq_transport_t *t, const char *url, const char *body,
@@ -376,9 +307,8 @@ int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) 
     dst->easy = curl_easy_duphandle(src->easy);
     if (dst->easy == NULL) return -1;
     dst->max_bytes = src->max_bytes;
-    dst->key = src->key;
-    dst->key_len = src->key_len;
-    dst->dbg_on = src->dbg_on;
+    dst->proxy = src->proxy;
+    dst->proxy_display = src->proxy_display;
     dst->sockets = src->sockets;
     if (
 #if ACQ_PREREQ
@@ -444,12 +374,34 @@ int transport_push_error(lua_State *L, const acq_transport_t *t,
                      : "");
             msg = os;
         }
-        err = error_new(L, kind_of(r->code));
-        error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
-        error_setint(L, err, "code", (long long)r->code);
+        if (r->proxy_failed) {
+            lua_pushfstring(L, "proxy %s: ", t->proxy_display);
+            if (r->connect_status > 0 && r->connect_status / 100 != 2)
+                lua_pushfstring(L, "answered CONNECT with %d", (int)r->connect_status);
+            else if (r->status == 407)
+                lua_pushliteral(L, "answered 407 (Proxy Authentication Required)");
+            else if (r->connect_status / 100 == 2)
+                lua_pushfstring(L, "the tunnel closed before TLS to Acquire was up (%s)", msg);
+            else if (r->code == CURLE_COULDNT_CONNECT)
+                lua_pushfstring(L, "could not connect (%s)", msg);
+            else
+                lua_pushstring(L, msg);
+            lua_concat(L, 2);
+            msg = lua_tostring(L, -1);                 /* popped below */
+            err = error_new(L, "proxy");
+            error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
+            if (r->connect_status > 0) error_setint(L, err, "proxy_status", r->connect_status);
+            else if (r->status == 407) error_setint(L, err, "proxy_status", 407);
+            lua_remove(L, -2);                         /* the message */
+            err = lua_gettop(L);
+        } else {
+            err = error_new(L, kind_of(r->code));
+            error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
+        }
+        if (r->code != CURLE_OK) error_setint(L, err, "code", (long long)r->code);
         if (t->sock_errno && !r->maybe_sent) error_setint(L, err, "errno", t->sock_errno);
     }
-    if (r->status > 0) error_setint(L, err, "status", r->status);
+    if (r->status > 0 && !r->proxy_failed) error_setint(L, err, "status", r->status);
     error_setbool(L, err, "maybe_created", r->maybe_sent);
     return 2;
 }
@@ -463,6 +415,4 @@ void transport_close(acq_transport_t *t) {
     curl_slist_free_all(t->headers);
     t->headers = NULL;
     buf_free(&t->body);
-    buf_free(&t->dbg[0].pend);
-    buf_free(&t->dbg[1].pend);
 }

@@ -14,12 +14,9 @@
 #endif
 
 /* ---- transport.c: libcurl easy handle ------------------------------- */
-#define ACQ_DEBUG_BODY_CAP   16384   /* debug = true logs this much of each body */
-typedef struct acq_dstream_t {       /* a body in the debug log */
-    acq_buf_t pend;                  /* held back: may begin a key */
-    size_t    shown, dropped;
-    int       mid;                   /* inside a line */
-} acq_dstream_t;
+#define ACQ_DEBUG_BODY_CAP   16384   /* debug = "body" logs this much of each body */
+#define ACQ_PROXY_PLAIN      1       /* http target through a proxy: absolute-form */
+#define ACQ_PROXY_TUNNEL     2       /* https target: a CONNECT tunnel */
 
 /* The sockets libcurl opened for one client, open now: after fork() they
    are the parent's too, and the child points them at /dev/null before its
@@ -35,15 +32,13 @@ typedef struct acq_transport_t {
     struct curl_slist *headers;
     acq_buf_t          body;               /* response body */
     const char        *out;                /* request body being sent */
-    const char        *key;                /* to redact in debug output */
-    size_t             key_len;
+    int                proxy;              /* 0, ACQ_PROXY_PLAIN or ACQ_PROXY_TUNNEL */
+    const char        *proxy_display;      /* the client's: errors name the proxy */
     size_t             out_len, out_pos;
     int                sends;              /* requests begun by this transfer */
     int                sock_errno;         /* why socket() failed, or 0 */
     int                head, head_done;    /* answer: 2 final, 1 1xx; its blank line came */
     acq_sockets_t     *sockets;            /* the client's, shared by its handles */
-    int                dbg_on;
-    acq_dstream_t      dbg[2];             /* debug log: body out, body in */
     size_t             max_bytes;
     int                too_large;
     char               retry_after[64];    /* of the final response */
@@ -54,6 +49,8 @@ typedef struct acq_result_t {
     CURLcode code;
     long     status;
     int      maybe_sent;                   /* some request bytes may have left */
+    long     connect_status;               /* the proxy's answer to CONNECT, or 0 */
+    int      proxy_failed;                 /* on the proxy leg: nothing reached Acquire */
 } acq_result_t;
 
 #define ACQ_UA_MAX 160
@@ -93,8 +90,13 @@ typedef struct acq_client_t {
     uint64_t  rng;                    /* backoff jitter */
     char     *url;                    /* base + path + "?contactId=", then the id */
     size_t    prefix_len;
-    char     *key;                    /* kept only to redact it from errors */
-    size_t    key_len;
+    char     *key;                    /* the secrets, kept only to redact them */
+    size_t    key_len, secrets_len;
+    acq_secret_t secrets[ACQ_MAX_SECRETS];   /* into key: the key first */
+    char     *proxy_display;          /* NULL: no proxy */
+    int       debug;                  /* 0, 1, 2: as the option */
+    int       logger;                 /* registry ref of the logger, or LUA_NOREF */
+    int       logging;                /* the logger runs: the client is not to be used */
     acq_buf_t req;                    /* request body, reused */
     acq_transport_t t;
     acq_batch_t *batch;               /* create_cases: made on first use */
@@ -122,6 +124,16 @@ int   client_find(lua_State *L, acq_client_t *c, long long id, const acq_filter_
 int   client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
                        double started, int err);
 double client_clock(void);
+/* The log (debug = true | "body"): after a transfer, never inside one.
+   pfx: "" or "item K: ". err: the err of a failed attempt (absolute index),
+   wait: the delay before the next, or -1 (giving up). */
+void  client_log_attempt(lua_State *L, acq_client_t *c, const acq_transport_t *t,
+                         const acq_result_t *r, const char *pfx, int attempt,
+                         const char *url, const char *body, size_t len);
+void  client_log_failure(lua_State *L, acq_client_t *c, const char *pfx, int attempt,
+                         int err, double wait);
+/* Raises when c's own logger is running (it must not use its client). */
+void  client_check_reentry(lua_State *L, acq_client_t *c);
 int   client_l_find_cases(lua_State *L);
 int   client_l_default_find_cases(lua_State *L);
 int   batch_l_create_cases(lua_State *L);

@@ -7,7 +7,10 @@
 -- same errors as far as the API's answer goes (an http or decode err is field for field the
 -- libcurl client's); a transport failure (network, timeout, tls) agrees in kind, status,
 -- maybe_created and attempts, but its message is this transport's own and err.code is nil.
--- `timeout` bounds the whole call here (DNS, connect, TLS, send, response, and
+-- Through a proxy (acquire.config decides which, if any): a CONNECT tunnel to an https target,
+-- pooled like any connection under a name that holds the proxy and the target; the absolute
+-- form to an http one. The log's lines (debug, logger) are the libcurl client's, word for word.
+-- `timeout` bounds the whole call here (DNS, connect, the proxy's leg, TLS, send, response, and
 -- the retries with their waits), so a request handler knows how long it can be held.
 -- Never call the libcurl client (acquire.new) in a request handler: curl_easy_perform blocks
 -- the whole worker, and every request that worker serves, for as long as the call takes.
@@ -29,7 +32,7 @@ local normalise, build_request, decode_response, retry_after, redact =
   acquire.config, acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
 local build_list_request, match_cases, sent_filter, settle =
   acquire.build_list_request, acquire.match_cases, acquire.sent_filter, acquire.settle
-local concat, sort = table.concat, table.sort
+local concat, sort, unpack = table.concat, table.sort, table.unpack or unpack
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
 local error, pcall, pairs, ipairs, type, tonumber, tostring, setmetatable, getmetatable =
@@ -42,8 +45,8 @@ local POOL_SIZE = 32           -- pooled connections per pool and worker
 local HEAD_MAX = 65536         -- status line and headers
 local LINE_MAX = 4096          -- a chunk-size or trailer line
 local READ_MAX = 65536         -- bytes asked of one receiveany
-local LOG_MAX = 8192           -- bytes of one debug message (a body is most of it)
-local LOG_LINE = 1024          -- bytes per log line: nginx cuts a line at 2 KiB
+local BODY_LOG_MAX = 16384     -- bytes of a body in one log line (debug = "body")
+local LOG_LINE = 1024          -- bytes per ngx.log call: nginx cuts a line at 2 KiB
 
 -- err tables carry the module's own metatable, so tostring(err) reads the same everywhere
 local ERR_MT = getmetatable(select(2, decode_response(500, nil, "")))
@@ -51,6 +54,15 @@ local ERR_MT = getmetatable(select(2, decode_response(500, nil, "")))
 local function fail(kind, message, maybe_created, status)
   return setmetatable({ kind = kind, message = message, maybe_created = maybe_created,
                         status = status }, ERR_MT)
+end
+
+-- A failure on the way to the proxy or of the proxy itself: nothing reached Acquire. The
+-- message names the proxy by its display form (never its credentials), as the libcurl
+-- client's does: "proxy http://127.0.0.1:3128: answered CONNECT with 407".
+local function proxy_fail(st, proxy_status, fmt, ...)
+  local err = fail("proxy", "proxy " .. st.proxy.display .. ": " .. format(fmt, ...), false)
+  err.proxy_status = proxy_status
+  return err
 end
 
 local function version(v)                       -- 10023 -> "0.10.23"
@@ -77,7 +89,12 @@ local state = setmetatable({}, { __mode = "k" })   -- client -> its config, key 
 
 function Client.__tostring(self)
   local st = state[self]
-  return format("acquire.ngx client (%s://%s)", st and st.scheme or "?", st and st.host_header or "?")
+  local via = st and st.proxy and " via proxy " .. st.proxy.display or ""   -- never its credentials
+  return format("acquire.ngx client (%s://%s%s)", st and st.scheme or "?", st and st.host_header or "?", via)
+end
+
+local function literal(host)                      -- an IP literal: connected to without DNS
+  return find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil
 end
 
 --- new(config) -> client. The options of acquire.new, checked by the same code; raises on misuse.
@@ -99,12 +116,25 @@ function _M.new(config)
   local host = st.host               -- as connect wants it (an IPv6 literal in brackets)
   st.options = options
   st.name = host:match("^%[(.*)%]$") or host                        -- verified, sent as SNI
-  st.literal = find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil  -- no DNS
+  st.literal = literal(host)
   st.verify = not st.insecure
   st.connect_ms = max(1, floor(min(st.connect_timeout, st.timeout) * 1000))
-  -- never hand a connection made without verification to a client that verifies
-  st.connect_opts = { pool = format("acquire:%s:%s:%d:%s:%s", st.scheme, host, st.port, st.name,
-                                    st.verify and "verify" or "noverify") }
+  -- The pool's name says everything a pooled connection commits to: the target, the TLS
+  -- verification it was made with, and the proxy with its credentials (as a digest: the pool's
+  -- name is no place for a password). A tunnel never serves another host, setting or proxy.
+  local via = "direct"
+  local proxy = st.proxy
+  if proxy then
+    proxy.literal = literal(proxy.host)
+    -- an http target's request goes to the proxy whole, on a connection of its own each time:
+    -- proxies close after forwarding one, and a request written into a pooled connection the
+    -- proxy is closing could not be told from one it forwarded
+    st.absolute = st.scheme == "http"
+    via = format("proxy=%s:%s", proxy.url, proxy.authorization
+      and ngx.encode_base64(ngx.sha1_bin(proxy.authorization)) or "-")
+  end
+  st.connect_opts = { pool = format("acquire:%s:%s:%d:%s:%s:%s", st.scheme, host, st.port, st.name,
+                                    st.verify and "verify" or "noverify", via) }
   local self = setmetatable({}, Client)
   state[self] = st
   return self
@@ -216,10 +246,11 @@ local function read_to_close(r, limit)
   end
 end
 
--- Status, headers (lowercase names), body, reusable; or nil, error, status.
-local function read_response(r, limit)
+-- A response's status line and headers: status, headers (lowercase names), HTTP/1.0?;
+-- or nil, error, status. 1xx answers are skipped.
+local function read_head(r)
   local status, http10, headers
-  repeat                                                      -- skipping 1xx answers
+  repeat
     local l, e = line(r, HEAD_MAX)
     if not l then return nil, e end
     local minor, code = l:match("^HTTP/1%.([01]) (%d%d%d)")
@@ -247,6 +278,13 @@ local function read_response(r, limit)
       end
     end
   until status >= 200 or status == 101
+  return status, headers, http10
+end
+
+-- Status, headers (lowercase names), body, reusable; or nil, error, status.
+local function read_response(r, limit)
+  local status, headers, http10 = read_head(r)
+  if not status then return nil, headers, http10 end
   local conn = lower(headers["connection"] or "")
   local reuse = not find(conn, "close", 1, true) and (not http10 or find(conn, "keep-alive", 1, true))
   local body, e
@@ -275,6 +313,43 @@ local function read_response(r, limit)
   return status, headers, body, reuse and r.buf == ""
 end
 
+-- ---- the log ------------------------------------------------------------------
+
+local LEVEL = { debug = ngx.DEBUG, warn = ngx.WARN, error = ngx.ERR }
+
+-- The default destination: nginx's error log, "acquire: " first, in pieces nginx will not cut.
+local function to_error_log(level, text)
+  for i = 1, #text, LOG_LINE do
+    ngx.log(LEVEL[level], "acquire: ", i > 1 and "... " or "", sub(text, i, i + LOG_LINE - 1))
+  end
+end
+
+-- One line, whole through acquire.redact (every secret: the key, the proxy's credentials),
+-- to the logger, or to nginx's error log. A logger that raises changes nothing for the call:
+-- its error and the line go to the error log, and the next line to the logger again.
+local function log(st, level, text)
+  text = redact(text, unpack(st.secrets))
+  local logger = st.logger
+  if not logger then return to_error_log(level, text) end
+  local ok, e = pcall(logger, level, text)
+  if not ok then
+    local shown, msg = pcall(tostring, e)
+    to_error_log("error", "logger raised: " .. redact(shown and msg or "(an error tostring raises on)",
+                                                    unpack(st.secrets)))
+    to_error_log(level, text)
+  end
+end
+
+-- A body for a "body" line: redacted whole, then cut, on one line.
+local function body_text(st, body)
+  body = redact(body, unpack(st.secrets))
+  local more_bytes = #body - BODY_LOG_MAX
+  if more_bytes > 0 then body = sub(body, 1, BODY_LOG_MAX) end
+  body = body:gsub("\r", "\\r"):gsub("\n", "\\n")
+  if more_bytes > 0 then body = format("%s (%d more bytes not logged)", body, more_bytes) end
+  return body
+end
+
 -- ---- one attempt -------------------------------------------------------------
 
 local function io_fail(st, e, doing, maybe_created, status)
@@ -284,26 +359,16 @@ local function io_fail(st, e, doing, maybe_created, status)
   return fail("network", format("%s %s: %s", doing, st.host_header, tostring(e)), maybe_created, status)
 end
 
--- One message, whole: acquire.redact reads all of it (the key, raw or in any spelling a JSON
--- encoder may give it, becomes [REDACTED]) before it is cut to LOG_MAX bytes and into lines,
--- so no cut can leave a piece of the key on either side.
-local function debug_log(st, ...)
-  local msg = redact(concat { ... }, st.api_key)
-  if #msg > LOG_MAX then msg = sub(msg, 1, LOG_MAX) .. " [cut]" end
-  for i = 1, #msg, LOG_LINE do
-    ngx.log(ngx.NOTICE, "acquire: ", i > 1 and "... " or "", sub(msg, i, i + LOG_LINE - 1))
-  end
-end
-
--- sock:connect within ms. A host name goes through nginx's resolver, whose wait is its
--- resolver_timeout (30 s by default), not the socket's timeouts: then a light thread connects
--- and is killed if ms pass first (killing it cancels the resolution or the connect). The
--- parent may use the socket afterwards: a cosocket belongs to its request, not to a thread.
-local function connect(st, sock, ms)
-  if st.literal then return sock:connect(st.host, st.port, st.connect_opts) end
+-- sock:connect to peer (the target, or the proxy) within ms. A host name goes through nginx's
+-- resolver, whose wait is its resolver_timeout (30 s by default), not the socket's timeouts:
+-- then a light thread connects and is killed if ms pass first (killing it cancels the
+-- resolution or the connect). The parent may use the socket afterwards: a cosocket belongs to
+-- its request, not to a thread.
+local function connect(st, peer, sock, ms)
+  if peer.literal then return sock:connect(peer.host, peer.port, st.connect_opts) end
   local done = semaphore.new()
   local th, e = spawn(function()
-    local called, ok, err = pcall(sock.connect, sock, st.host, st.port, st.connect_opts)
+    local called, ok, err = pcall(sock.connect, sock, peer.host, peer.port, st.connect_opts)
     done:post(1)
     if not called then return nil, tostring(ok) end
     return ok, err
@@ -318,47 +383,99 @@ local function connect(st, sock, ms)
   return ok, err
 end
 
--- Before the request is sent: sock closed, the attempt failed, the case not created.
-local function not_sent(sock, kind, message)
-  sock:close()
-  return nil, fail(kind, message, false)
+-- The tunnel to the target through the proxy, on a fresh connection to it: CONNECT, and its
+-- answer's head (a 2xx has no body; then the connection is the target's). true | nil, err
+local function tunnel(st, sock, deadline)
+  local proxy, authority = st.proxy, st.host .. ":" .. st.port
+  local auth = proxy.authorization and "Proxy-Authorization: " .. proxy.authorization .. "\r\n" or ""
+  if not arm(sock, deadline) then return nil, proxy_fail(st, nil, "timed out before CONNECT") end
+  local ok, e = sock:send(format("CONNECT %s HTTP/1.1\r\nHost: %s\r\n%sUser-Agent: %s\r\n\r\n",
+                                 authority, authority, auth, st.user_agent or USER_AGENT))
+  if ok then
+    local r = { sock = sock, buf = "", deadline = deadline }
+    local status, head_err = read_head(r)
+    if status and status >= 200 and status < 300 then
+      if r.buf == "" then return true end        -- the target speaks after the client, in TLS
+      return nil, proxy_fail(st, nil, "sent bytes after its answer to CONNECT")
+    end
+    if status then return nil, proxy_fail(st, status, "answered CONNECT with %d", status) end
+    e = head_err
+  end
+  if e == "timeout" then return nil, proxy_fail(st, nil, "no answer to CONNECT in time (timeout %g s)", st.timeout) end
+  if e == "closed" then return nil, proxy_fail(st, nil, "closed the tunnel before answering CONNECT") end
+  return nil, proxy_fail(st, nil, "bad answer to CONNECT (%s)", tostring(e))
 end
 
-local function once(st, payload, deadline)
-  local sock = tcp()
-  local connecting = "connecting to " .. st.host_header
+-- A connection ready for the request: from the pool as it was left, or new: connected (to
+-- the proxy, when there is one), tunnelled through it (an https target), TLS verified end to
+-- end with the target. true | nil, err (sock closed, the case not created)
+local function open(st, sock, deadline)
+  local proxy = st.proxy
   local ms = arm(sock, deadline)
-  if not ms then return not_sent(sock, "timeout", connecting .. " timed out") end
-  local cms = min(st.connect_ms, ms)
-  sock:settimeouts(cms, ms, ms)
-  local ok, e = connect(st, sock, cms)
-  if not ok then
-    if e == "timeout" then return not_sent(sock, "timeout", connecting .. " timed out") end
-    return not_sent(sock, "network", format("could not connect to %s: %s", st.host_header, tostring(e)))
+  local ok, e
+  if ms then
+    local cms = min(st.connect_ms, ms)
+    sock:settimeouts(cms, ms, ms)
+    ok, e = connect(st, proxy or st, sock, cms)
+  else
+    e = "timeout"
   end
-  if st.scheme == "https" and sock:getreusedtimes() == 0 then
-    if not arm(sock, deadline) then return not_sent(sock, "timeout", connecting .. " timed out") end
-    ok, e = sock:sslhandshake(nil, st.name, st.verify)
+  if not ok then
+    sock:close()
+    if proxy then
+      return nil, proxy_fail(st, nil, "could not connect (%s)", e == "timeout" and "timed out" or tostring(e))
+    end
+    if e == "timeout" then return nil, fail("timeout", "connecting to " .. st.host_header .. " timed out", false) end
+    return nil, fail("network", format("could not connect to %s: %s", st.host_header, tostring(e)), false)
+  end
+  if st.scheme ~= "https" or sock:getreusedtimes() > 0 then return true end
+  if proxy then
+    ok, e = tunnel(st, sock, deadline)
     if not ok then
-      if e == "timeout" then
-        return not_sent(sock, "timeout", format("TLS handshake with %s timed out", st.host_header))
-      end
-      return not_sent(sock, "tls", format("TLS handshake with %s failed: %s", st.host_header, tostring(e)))
+      sock:close()
+      return nil, e
     end
   end
-  if not arm(sock, deadline) then
-    return not_sent(sock, "timeout", format("timed out before sending (timeout %g s)", st.timeout))
+  if not arm(sock, deadline) then e = "timeout" else ok, e = sock:sslhandshake(nil, st.name, st.verify) end
+  if ok then return true end
+  sock:close()
+  if e == "timeout" then
+    return nil, fail("timeout", format("TLS handshake with %s timed out", st.host_header), false)
   end
-  ok, e = sock:send(payload)
+  return nil, fail("tls", format("TLS handshake with %s failed: %s", st.host_header, tostring(e)), false)
+end
+
+-- One attempt of the request msg (payload()'s): res | nil, err.
+local function once(st, msg, attempt, deadline)
+  local started = clock()
+  if st.debug then
+    log(st, "debug", format("attempt %d: %s", attempt, msg.line))
+    if st.debug == "body" and msg.body then
+      log(st, "debug", format("attempt %d: > %s", attempt, body_text(st, msg.body)))
+    end
+  end
+  local sock = tcp()
+  local ok, e = open(st, sock, deadline)
+  if not ok then return nil, e end
+  if not arm(sock, deadline) then
+    sock:close()
+    return nil, fail("timeout", format("timed out before sending (timeout %g s)", st.timeout), false)
+  end
+  ok, e = sock:send(msg.bytes)
   if not ok then                        -- a cosocket cannot tell how much left: the case may exist
     sock:close()
     return nil, io_fail(st, e, "sending the request to", true)
   end
   local status, headers, body, reuse = read_response({ sock = sock, buf = "", deadline = deadline },
                                                     st.max_response_bytes)
+  -- an http target through a proxy: a 407 is the proxy's, not Acquire's (its status line is
+  -- enough: tinyproxy resets the connection after it, the request's body unread); anything
+  -- else is Acquire's answer
+  local proxy_407 = st.proxy and (status or body) == 407
   if not status then
     sock:close()
     e, status = headers, body
+    if proxy_407 then return nil, proxy_fail(st, 407, "answered 407 (Proxy Authentication Required)") end
     if e == "too large" then
       return nil, fail("http", format("response body exceeds max_response_bytes (%d)", st.max_response_bytes),
                        true, status)
@@ -367,25 +484,27 @@ local function once(st, payload, deadline)
     if e == "closed" then e = "connection closed" end
     return nil, io_fail(st, e, "reading the response from", true, status)
   end
-  if reuse then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
-  if st.debug then                            -- the response, whole, in one message
-    local h = {}
-    for k, v in pairs(headers) do h[#h + 1] = k .. ": " .. v end
-    sort(h)
-    debug_log(st, format("< %d (%d bytes) ", status, #body), concat(h, "; "), " << ", body)
+  if reuse and not st.absolute then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
+  if proxy_407 then return nil, proxy_fail(st, 407, "answered 407 (Proxy Authentication Required)") end
+  if st.debug then
+    log(st, "debug", format("attempt %d: %d in %.1f ms, %d bytes", attempt, status, (clock() - started) * 1000, #body))
+    if st.debug == "body" then log(st, "debug", format("attempt %d: < %s", attempt, body_text(st, body))) end
   end
-  -- the key, given, is redacted from err as the libcurl client redacts it
-  return decode_response(status, headers, body, st.api_key)
+  -- the key and the proxy's credentials are redacted from err as the libcurl client redacts them
+  return decode_response(status, headers, body, st.secrets)
 end
 
-local FIRST = { "Host", "Content-Type", "Accept", "Authorization", "User-Agent" }
+local FIRST = { "Host", "Content-Type", "Accept", "Authorization", "Proxy-Authorization", "User-Agent" }
 
--- The request's bytes, the same for every attempt.
+-- The request, the same for every attempt: { bytes, line (for the log), body }. Through a
+-- proxy, an http target's request is in absolute form, with the proxy's credentials.
 local function payload(st, req)
-  local path = sub(req.url, #st.base_url + 1)          -- the url is base_url .. target .. id
+  local proxy, absolute = st.proxy, st.absolute
+  local path = absolute and req.url or sub(req.url, #st.base_url + 1)  -- the url is base_url .. target .. id
   local given = {}
   for name, value in pairs(req.headers) do given[name] = value end
   given.Host = st.host_header
+  if absolute and proxy.authorization then given["Proxy-Authorization"] = proxy.authorization end
   if given["User-Agent"] == nil then given["User-Agent"] = USER_AGENT end  -- the transport's own
   local names, seen = {}, {}
   for _, name in ipairs(FIRST) do
@@ -405,12 +524,9 @@ local function payload(st, req)
   local body = req.body or ""                 -- a GET (the case list) has none
   if req.body then head[#head + 1] = "Content-Length: " .. #body .. "\r\n" end
   head[#head + 1] = "Connection: keep-alive\r\n\r\n"
-  if st.debug then                            -- the request, whole, in one message
-    local text = concat(head):gsub("\r\n\r\n$", ""):gsub("\r\n", "; ")
-    debug_log(st, "> ", text, " (", #body, " bytes) >> ", body)
-  end
   head[#head + 1] = body
-  return concat(head)
+  return { bytes = concat(head), body = req.body,
+           line = req.method .. " " .. req.url .. (proxy and " via proxy " .. proxy.display or "") }
 end
 
 -- The retry step, after attempt failed with err: the seconds to wait before the next
@@ -420,8 +536,11 @@ local function next_delay(st, err, attempt, deadline)
   local delay = retry_after(err, attempt, st.max_retries)
   if delay and clock() + delay >= deadline then delay = nil end
   if st.debug then
-    debug_log(st, format("attempt %d failed: %s", attempt, tostring(err)),
-              delay and format("; retrying in %.3f s", delay) or "")
+    if delay then
+      log(st, "warn", format("attempt %d failed: %s; retrying in %.2f s", attempt, tostring(err), delay))
+    else
+      log(st, "error", format("attempt %d failed: %s; giving up", attempt, tostring(err)))
+    end
   end
   if not delay then err.attempts = attempt end
   return delay
@@ -434,12 +553,12 @@ local function find_cases(st, contactId, filter)
   local found, page, next_page = {}, 0, true
   local deadline = clock() + st.timeout
   while next_page do
-    local bytes = payload(st, build_list_request(contactId, page, st.options))
+    local msg = payload(st, build_list_request(contactId, page, st.options))
     local attempt, res = 0
     repeat
       attempt = attempt + 1
       local err
-      res, err = once(st, bytes, deadline)
+      res, err = once(st, msg, attempt, deadline)
       if not res then
         err.maybe_created = false
         local delay = next_delay(st, err, attempt, deadline)
@@ -467,13 +586,13 @@ function Client:create_case(contactId, opts)
   local st = checked(self, "create_case")
   local ok, req = pcall(build_request, contactId, opts, st.options)  -- misuse raises, nothing sent
   if not ok then rethrow(req, "create_case") end
-  local bytes = payload(st, req)
+  local msg = payload(st, req)
   local started = clock()
   local deadline = started + st.timeout        -- the whole call's, retries included
   local attempt = 0
   while true do
     attempt = attempt + 1
-    local res, err = once(st, bytes, deadline)
+    local res, err = once(st, msg, attempt, deadline)
     if res then return res end
     local delay = next_delay(st, err, attempt, deadline)
     if not delay then
