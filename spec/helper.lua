@@ -364,8 +364,6 @@ local function terminate(pid, grace)
   os.execute("kill -9 " .. pid .. " 2>/dev/null")
 end
 helper.terminate = terminate
-helper.alive = alive
-helper.my_pid = my_pid
 
 -- A self-signed certificate for 127.0.0.1 (its own CA: pass cert as ca_file), made in dir.
 function helper.self_signed(dir)
