@@ -264,3 +264,39 @@ describe("the log", function()
     helper.contains(err, "a client cannot be used from its own logger")
   end)
 end)
+
+describe("acquire-case", function()
+  local srv = helper.server()
+
+  it("--proxy URL goes through it; --no-proxy ignores the environment's; credentials show nowhere",
+     function()
+    local px = proxy.start{ auth = proxy.USER .. ":" .. proxy.PASS }
+    local ok, err = pcall(function()
+      local env = { ACQUIRE_API_KEY = srv.key }
+      local url = ("http://%s:%s@127.0.0.1:%d"):format(proxy.USER, proxy.PASS, px.port)
+      local r = helper.run_cli({ "--base-url", srv.base_url, "--proxy", url, tostring(CONTACT) }, { env = env })
+      assert.equal(0, r.code, r.err)
+      assert.equal(1, #px.requests())
+      local dead = proxy.dead()
+      env.http_proxy = dead
+      r = helper.run_cli({ "--base-url", srv.base_url, "--no-proxy", tostring(CONTACT) }, { env = env })
+      assert.equal(0, r.code, r.err)
+      r = helper.run_cli({ "--base-url", srv.base_url, tostring(CONTACT) }, { env = env })
+      assert.equal(4, r.code)                                 -- the dead proxy: a network-class failure
+      helper.contains(r.err, "proxy " .. dead)
+      env.http_proxy = nil
+      local wrong = ("http://%s:wrong-%s@127.0.0.1:%d"):format(proxy.USER, proxy.PASS, px.port)
+      r = helper.run_cli({ "--base-url", srv.base_url, "--proxy", wrong, tostring(CONTACT) }, { env = env })
+      assert.are_not.equal(0, r.code)
+      proxy.no_secret(r.out .. r.err, "the CLI's output")
+      r = helper.run_cli({ "--base-url", srv.base_url, "--proxy", "socks5://h:1", tostring(CONTACT) }, { env = env })
+      assert.equal(2, r.code)
+      helper.contains(r.err, "bad option 'proxy'")
+      r = helper.run_cli({ "--base-url", srv.base_url, "--proxy", url, "--no-proxy", tostring(CONTACT) },
+        { env = env })
+      assert.equal(2, r.code)
+    end)
+    px.stop()
+    assert(ok, err)
+  end)
+end)
