@@ -58,6 +58,21 @@ for _, tls in ipairs{ false, true } do
       c:close()
     end)
 
+    if tls then
+      it("verifies Acquire's certificate end to end, through the tunnel", function()
+        local c = acquire.new{ base_url = srv.base_url, api_key = srv.key, proxy = px.url }
+        local res, err = c:create_case(CONTACT)
+        assert.is_nil(res)
+        assert.equal("tls", err.kind)                -- the server's self-signed certificate
+        assert.is_false(err.maybe_created)
+        assert.equal(0, #srv:requests())
+        c:close()
+        c = acquire.new{ base_url = srv.base_url, api_key = srv.key, proxy = px.url, insecure = true }
+        assert(c:create_case(CONTACT))
+        c:close()
+      end)
+    end
+
     it("answers 407 without credentials: kind proxy, nothing reached Acquire, not retried", function()
       local c = srv:client{ proxy = authpx.url, max_retries = 2 }
       local res, err = c:create_case(CONTACT, { title = "x" })
