@@ -266,6 +266,10 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
     r->connect_status = 0;
     if (t->proxy == ACQ_PROXY_TUNNEL)
         curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &r->connect_status);
+    /* Through a tunnel, libcurl counts the CONNECT's bytes as request bytes:
+       there, with the prereq callback, only that callback says the request
+       began (it runs once the tunnel and TLS are up). */
+    if (t->proxy == ACQ_PROXY_TUNNEL && ACQ_PREREQ) sent = 0;
     r->maybe_sent = t->sends > 0 || sent > 0 || r->status > 0;
     /* the proxy leg failed: the request never left for Acquire. A tunnel
        the proxy refused (CONNECT answered other than 2xx; libcurl counts
