@@ -67,6 +67,15 @@ describe("client:create_cases", function()
     assert.is_true(srv:stats().connections <= 2, "connections: " .. srv:stats().connections)
   end)
 
+  it("keeps every connection for the next batch, however many are open", function()
+    local fresh = acquire.new{ base_url = srv.base_url, api_key = srv.key }
+    srv:fault{ action = "delay", seconds = 0.05 }        -- all 16 in flight at once
+    fresh:create_cases(items(32), { concurrency = 16 })
+    fresh:create_cases(items(32), { concurrency = 16 })
+    fresh:close()
+    assert.equal(16, srv:stats().connections)
+  end)
+
   it("calls on_progress(done, total) as results arrive, ending at total", function()
     local calls = {}
     c:create_cases(items(10), { concurrency = 3, on_progress = function(done, total)

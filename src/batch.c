@@ -82,6 +82,10 @@ static void setup(lua_State *L, acq_client_t *c, int concurrency) {
     if (c->batch->multi == NULL) {
         c->batch->multi = curl_multi_init();
         if (c->batch->multi == NULL) luaL_error(L, "acquire: curl_multi_init failed");
+        /* libcurl's default keeps 4 idle connections per handle still on the
+           multi handle: as a batch's last transfers finish, it closes the
+           connections the next batch would reuse. */
+        curl_multi_setopt(c->batch->multi, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
     }
     detach_all(c);
     for (i = 0; i < concurrency; i++) {
