@@ -192,6 +192,8 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     item_t *it;
     long *waiting;                             /* items waiting to retry */
     char url[ACQ_URL_MAX];
+    acq_slot_t *lead = NULL;                   /* the batch's first transfer */
+    int alone = 1;                             /* it runs alone (below) */
 
     parse_opts(L, opts, &concurrency, &progress);
     if (progress) {
@@ -222,8 +224,18 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
         double t = now(), next_ready = -1;
         int s, queued, added = 0, progressed = 0, running = 0;
         CURLMsg *msg;
+        /* The first transfer goes alone until its host is resolved (or it
+           ended): started together, each transfer of a cold batch would ask
+           the resolver itself (64 lookups, 64 threads); after the first, they
+           find the address in the multi handle's DNS cache. A failed lookup
+           is not cached: then each asks, as before. */
+        if (alone && lead != NULL) {
+            double dns = 0;
+            curl_easy_getinfo(lead->t.easy, CURLINFO_NAMELOOKUP_TIME, &dns);
+            if (dns > 0 || lead->item < 0) alone = 0;
+        }
         /* start what may start: retries that are due first, then new items */
-        for (s = 0; s < concurrency; s++) {
+        for (s = 0; s < concurrency && !(alone && active > 0); s++) {
             long pick = -1;
             size_t len;
             const char *body;
@@ -243,6 +255,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             snprintf(url + c->prefix_len, 24, "%lld", it[pick].id);
             transport_prepare(&c->batch->slots[s]->t, url, body, len);
             c->batch->slots[s]->item = pick;
+            if (alone) lead = c->batch->slots[s];
             if (it[pick].started == 0) it[pick].started = client_clock();
             if (curl_multi_add_handle(c->batch->multi, c->batch->slots[s]->t.easy) != CURLM_OK) {
                 c->batch->slots[s]->item = -1;
