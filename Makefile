@@ -84,8 +84,14 @@ $(TESTPOSIX): spec/support/testposix.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC $(LUA_CFLAGS) $< $(LIBFLAG) -o $@
 
+# getaddrinfo() for the specs, preloaded into a child (spec/support/testresolver.c).
+TESTRESOLVER := .tmp/spec/testresolver.so
+$(TESTRESOLVER): spec/support/testresolver.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC $< -shared -o $@ -ldl
+
 test: deps
-	$(MAKE) build check-exports check-layers $(TESTPOSIX)
+	$(MAKE) build check-exports check-layers $(TESTPOSIX) $(TESTRESOLVER)
 	LUA_BIN=$(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
 
 # The whole suite on every Lua; the rock, install and nginx specs (which do

@@ -4,11 +4,14 @@
 --   bench.lua luasocket URL CALLS    (c) socket.http + cjson
 --   bench.lua luacurl URL CALLS      (d) Debian's lua-curl + cjson, handle reused
 --   bench.lua decode FIXTURE CALLS   acquire.decode_response against cjson.decode
---   bench.lua batch SLOW_URL         200 items at concurrency 1..64, 20 ms each
+--   bench.lua batch SLOW_URL SWEEP COLD
+--                                    200 items, 20 ms each: at concurrency 1..64 (the median of
+--                                    SWEEP rounds), then COLD rounds at 64 of a warm batch beside a
+--                                    cold one (a new client), interleaved
 --   bench.lua rss URL                RSS after 1,000 and 100,000 calls, 1,000 batches of 100
 local socket = require "socket"
 local now = socket.gettime
-local mode, a1, a2 = ...
+local mode, a1, a2, a3 = ...
 local KEY = "test-key"
 local OPTS = { title = "Refund", message = "I'm reopening the closed case" }
 local BODY = '{"title":"Refund","message":{"type":"message","message":"I\'m reopening the closed case",'
@@ -89,16 +92,55 @@ elseif mode == "luacurl" then
   end))
 elseif mode == "batch" then
   local acquire = require "acquire"
-  local c = acquire.new{ base_url = a1, api_key = KEY }
+  local sweep, cold_rounds = tonumber(a2 or 1), tonumber(a3 or 1)
+  local CONC = { 1, 2, 4, 8, 16, 32, 64 }
   local items = {}
   for i = 1, 200 do items[i] = { 597752, OPTS } end
-  c:create_cases(items, { concurrency = 8 })             -- warm the connections
-  for _, conc in ipairs{ 1, 2, 4, 8, 16, 32, 64 } do
-    local t = now()
-    local results = c:create_cases(items, { concurrency = conc })
-    local dt = now() - t
+  -- fn() makes the batch; -> wall ms, CPU ms of this process (libcurl's and its threads' included)
+  local function timed(fn)
+    collectgarbage()
+    local t, cpu = now(), os.clock()
+    local results = fn()
+    local wall, used = (now() - t) * 1000, (os.clock() - cpu) * 1000
     for i = 1, 200 do if not results[i].res then error(tostring(results[i].err)) end end
-    out("batch_ms_" .. conc, dt * 1000)
+    return wall, used
+  end
+  local function quantile(xs, q)             -- linear between closest ranks
+    table.sort(xs)
+    local h = (#xs - 1) * q + 1
+    local lo = math.floor(h)
+    return xs[lo] + (h - lo) * ((xs[lo + 1] or xs[lo]) - xs[lo])
+  end
+  local warm = acquire.new{ base_url = a1, api_key = KEY }
+  local function warm_batch(conc) return warm:create_cases(items, { concurrency = conc }) end
+  local function cold_batch()               -- a new client: its setup, connections, first batch
+    local c = acquire.new{ base_url = a1, api_key = KEY }
+    local results = c:create_cases(items, { concurrency = 64 })
+    c:close()
+    return results
+  end
+  warm_batch(64)                             -- open the 64 connections the warm client keeps
+  local ms = {}
+  for _ = 1, sweep do
+    for _, conc in ipairs(CONC) do
+      ms[conc] = ms[conc] or {}
+      table.insert(ms[conc], (timed(function() return warm_batch(conc) end)))
+    end
+  end
+  out("batch_sweep_rounds", sweep)
+  for _, conc in ipairs(CONC) do out("batch_ms_" .. conc, quantile(ms[conc], 0.5)) end
+  local m = { warm = {}, cold = {}, warm_cpu = {}, cold_cpu = {} }
+  for r = 1, cold_rounds do
+    for k = 0, 1 do                          -- which goes first alternates
+      local kind = (r + k) % 2 == 0 and "warm" or "cold"
+      local wall, cpu = timed(kind == "warm" and function() return warm_batch(64) end or cold_batch)
+      table.insert(m[kind], wall)
+      table.insert(m[kind .. "_cpu"], cpu)
+    end
+  end
+  out("batch64_rounds", cold_rounds)
+  for _, key in ipairs{ "warm", "cold", "warm_cpu", "cold_cpu" } do
+    for _, q in ipairs{ 25, 50, 75 } do out("batch64_" .. key .. "_p" .. q, quantile(m[key], q / 100)) end
   end
 elseif mode == "rss" then
   local acquire = require "acquire"

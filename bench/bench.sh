@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 SMOKE=${BENCH_SMOKE:-0}
 CALLS=${BENCH_CALLS:-$([ "$SMOKE" = 1 ] && echo 300 || echo 20000)}
+SWEEP=$([ "$SMOKE" = 1 ] && echo 1 || echo 3)    # rounds of the concurrency sweep (the median)
+COLD=${BENCH_COLD_ROUNDS:-$([ "$SMOKE" = 1 ] && echo 2 || echo 40)}   # warm/cold rounds at 64
 work=$(mktemp -d)
 chmod 755 "$work"                          # nginx workers run as nobody
 out="$work/results.txt"
@@ -58,7 +60,7 @@ lua5.4 bench/bench.lua luasocket "$url" "$CALLS" | rec "c_"
 lua5.1 bench/bench.lua luacurl "$url" "$CALLS" | rec "d_5.1_"
 LUA_CPATH="$root/.tmp/bench/5.1/?.so;;" lua5.1 bench/bench.lua acquire "$url" "$CALLS" | rec "b51again_"
 lua5.4 bench/bench.lua decode "$work/fixture.json" "$CALLS" | rec "dec_"
-lua5.4 bench/bench.lua batch "http://127.0.0.1:$slow" | rec ""
+lua5.4 bench/bench.lua batch "http://127.0.0.1:$slow" "$SWEEP" "$COLD" | rec ""
 if [ "$SMOKE" != 1 ]; then
   lua5.4 bench/bench.lua rss "$url" | rec ""
   lua5.4 bench/report.lua "$out" > BENCHMARKS.md

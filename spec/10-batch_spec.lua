@@ -1,6 +1,7 @@
 -- create_cases: many cases at once on one curl multi handle, against the
 -- local Acquire server: order kept, errors in place, one request per item,
--- concurrency honoured, progress reported, a raising on_progress cleaned up.
+-- concurrency honoured, connections kept and the host looked up once, progress
+-- reported, a raising on_progress cleaned up.
 local acquire = require "acquire"
 local helper = require "spec.helper"
 
@@ -65,6 +66,33 @@ describe("client:create_cases", function()
     c:create_cases(items(8), { concurrency = 2 })
     c:create_cases(items(8), { concurrency = 2 })
     assert.is_true(srv:stats().connections <= 2, "connections: " .. srv:stats().connections)
+  end)
+
+  it("keeps every connection for the next batch, however many are open", function()
+    local fresh = acquire.new{ base_url = srv.base_url, api_key = srv.key }
+    srv:fault{ action = "delay", seconds = 0.05 }        -- all 16 in flight at once
+    fresh:create_cases(items(32), { concurrency = 16 })
+    fresh:create_cases(items(32), { concurrency = 16 })
+    fresh:close()
+    assert.equal(16, srv:stats().connections)
+  end)
+
+  it("asks the resolver once for a new client's host, not once per connection", function()
+    local lookups = helper.tmpfile("")
+    local base_url = srv.base_url:gsub("127%.0%.0%.1", "acquire-spec.test")
+    local code, out, err = helper.run_lua(([[
+      local acquire = require "acquire"
+      local c = acquire.new{ base_url = %q, api_key = %q }
+      local list = {}
+      for i = 1, 16 do list[i] = { 597752, { title = "case " .. i } } end
+      for _, r in ipairs(c:create_cases(list, { concurrency = 16 })) do io.write(r.res and "." or "x") end
+    ]]):format(base_url, srv.key), { env = helper.resolver_env("acquire-spec.test", 50, lookups) })
+    local asked = select(2, helper.slurp(lookups):gsub("\n", ""))
+    os.remove(lookups)
+    assert.equal(0, code, err)
+    assert.equal(("."):rep(16), out)
+    assert.equal(16, srv:stats().connections)
+    assert.equal(1, asked)
   end)
 
   it("calls on_progress(done, total) as results arrive, ending at total", function()

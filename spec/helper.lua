@@ -14,6 +14,7 @@
 --   helper.start_dns{ [name] = ip } -> dns.port, dns.queries(), dns.stop()
 --   helper.run(words, opts) -> { code, out, err }; helper.run_lua(code, opts); helper.run_cli(args, opts)
 --   helper.spawn(words, opts), helper.spawn_cli(args, opts) -> child { pid, done(), kill(sig), wait() }
+--   helper.resolver_env(host, delay_ms, lookups_file): opts.env for a child whose lookups are counted
 --   helper.sh(cmd) -> output, exit status; helper.shell_quote(s)
 --   helper.read_file(path), helper.slurp(path) (or ""), helper.write_file(path, s), helper.exists(path),
 --   helper.tmpdir(), helper.tmpfile(content), helper.rmrf(path), helper.alive(pid), helper.my_pid()
@@ -122,20 +123,31 @@ function helper.interpreter()
   return "lua" .. _VERSION:match("%d+%.%d+")
 end
 
+-- The path of a spec/support object (a make target under .tmp/), built unless it is there.
+local function support_object(target, lua)
+  local path = helper.repo_root .. "/" .. target
+  if not helper.exists(path) then
+    local r = os.execute(("make -s -C %s %s%s >/dev/null"):format(
+      shell_quote(helper.repo_root), target, lua and " LUA=" .. lua or ""))
+    assert(r == true or r == 0, "building " .. target .. " failed")
+  end
+  return path
+end
+
 -- fork(), waitpid(), _exit(), getpid() (spec/support/testposix.c), built for this Lua.
 function helper.testposix()
   local lua = rawget(_G, "jit") and "luajit" or _VERSION:match("%d+%.%d+")
-  local dir = helper.repo_root .. "/.tmp/spec-" .. lua
-  local built = io.open(dir .. "/testposix.so")
-  if built then
-    built:close()
-  else
-    local r = os.execute(("make -s -C %s .tmp/spec-%s/testposix.so LUA=%s >/dev/null"):format(
-      shell_quote(helper.repo_root), lua, lua))
-    assert(r == true or r == 0, "building spec/support/testposix.c failed")
-  end
-  local open = package.loadlib(dir .. "/testposix.so", "luaopen_testposix")
-  return assert(open, "cannot load " .. dir .. "/testposix.so")()
+  local path = support_object(".tmp/spec-" .. lua .. "/testposix.so", lua)
+  local open = package.loadlib(path, "luaopen_testposix")
+  return assert(open, "cannot load " .. path)()
+end
+
+-- For helper.run's opts.env: in that child, `host` resolves to 127.0.0.1 after
+-- delay_ms, and each lookup of it adds a line to the file `lookups`
+-- (spec/support/testresolver.c, preloaded). Other names resolve as usual.
+function helper.resolver_env(host, delay_ms, lookups)
+  return { LD_PRELOAD = support_object(".tmp/spec/testresolver.so"), ACQ_SPEC_HOST = host,
+           ACQ_SPEC_DELAY_MS = tostring(delay_ms), ACQ_SPEC_LOOKUPS = lookups }
 end
 
 -- `env` words that give a child the environment helper.run promises: no ACQUIRE_*

@@ -89,6 +89,10 @@ static void setup(lua_State *L, acq_client_t *c, int concurrency) {
     if (c->batch->multi == NULL) {
         c->batch->multi = curl_multi_init();
         if (c->batch->multi == NULL) luaL_error(L, "acquire: curl_multi_init failed");
+        /* libcurl's default keeps 4 idle connections per handle still on the
+           multi handle: as a batch's last transfers finish, it closes the
+           connections the next batch would reuse. */
+        curl_multi_setopt(c->batch->multi, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
     }
     detach_all(c);
     for (i = 0; i < concurrency; i++) {
@@ -280,6 +284,8 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     item_t *it;
     long *waiting;                             /* items waiting to retry */
     char url[ACQ_URL_MAX];
+    acq_slot_t *lead = NULL;                   /* the batch's first transfer */
+    int alone = 1;                             /* it runs alone (below) */
 
     parse_opts(L, opts, &o);
     it = (item_t *)acq_newuserdata(L, (size_t)(n ? n : 1) * sizeof *it);
@@ -306,8 +312,18 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
         double t = now(), wake = -1;
         int s, queued, added = 0, progressed = 0, running = 0;
         CURLMsg *msg;
+        /* The first transfer goes alone until its host is resolved (or it
+           ended): started together, each transfer of a cold batch would ask
+           the resolver itself (64 lookups, 64 threads); after the first, they
+           find the address in the multi handle's DNS cache. A failed lookup
+           is not cached: then each asks, as before. */
+        if (alone && lead != NULL) {
+            double dns = 0;
+            curl_easy_getinfo(lead->t.easy, CURLINFO_NAMELOOKUP_TIME, &dns);
+            if (dns > 0 || lead->item < 0) alone = 0;
+        }
         /* start what may start: retries that are due first, then new items */
-        for (s = 0; s < o.concurrency && t >= open_at; s++) {
+        for (s = 0; s < o.concurrency && t >= open_at && !(alone && active > 0); s++) {
             long pick = -1;
             size_t len;
             const char *body;
@@ -333,6 +349,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             snprintf(url + c->prefix_len, 24, "%lld", it[pick].id);
             transport_prepare(&c->batch->slots[s]->t, url, body, len);
             c->batch->slots[s]->item = pick;
+            if (alone) lead = c->batch->slots[s];
             if (it[pick].started == 0) it[pick].started = client_clock();
             if (curl_multi_add_handle(c->batch->multi, c->batch->slots[s]->t.easy) != CURLM_OK) {
                 c->batch->slots[s]->item = -1;
@@ -403,7 +420,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
         }
         if (done == n) break;
         if (active < o.concurrency) {              /* when a free slot may start one */
-            if (fresh < n) wake = t;
+            if (fresh < n && !(alone && active > 0)) wake = t;   /* not while the lead resolves */
             for (i = 0; i < nwait; i++)
                 if (wake < 0 || it[waiting[i]].ready_at < wake) wake = it[waiting[i]].ready_at;
             if (wake >= 0 && wake < open_at) wake = open_at;
