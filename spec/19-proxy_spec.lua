@@ -73,6 +73,52 @@ for _, tls in ipairs{ false, true } do
       end)
     end
 
+    if tls then
+      it("a CONNECT the proxy answers 5xx is kind proxy, retried; so is a tunnel it closes", function()
+        local dead = "https://127.0.0.1:" .. helper.free_port()    -- tinyproxy: 500 Unable to connect
+        local c = acquire.new{ base_url = dead, api_key = srv.key, proxy = px.url, max_retries = 1 }
+        local res, err = c:create_case(CONTACT)
+        assert.is_nil(res)
+        assert.equal("proxy", err.kind)
+        assert.equal(500, err.proxy_status)
+        assert.is_false(err.maybe_created)
+        assert.equal(2, err.attempts)
+        c:close()
+        -- a proxy that says yes to CONNECT, then closes the tunnel: 2 connections, then it exits
+        local port = helper.free_port()
+        local script = helper.tmpfile(([[
+          local socket = require "socket"
+          local s = assert(socket.bind("127.0.0.1", %d))
+          for _ = 1, 2 do
+            local conn = s:accept()
+            repeat local line = conn:receive("*l") until line == nil or line == ""
+            conn:send("HTTP/1.1 200 Connection established\r\n\r\n")
+            conn:close()
+          end
+        ]]):format(port))
+        local child = helper.spawn({ helper.interpreter(), script },
+          { env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } })
+        for _ = 1, 200 do
+          local probe = require("socket").tcp()
+          local up = probe:connect("127.0.0.1", port)
+          probe:close()
+          if up then break end
+          require("socket").sleep(0.01)
+        end
+        -- that probe was one of the two connections
+        c = srv:client{ proxy = "http://127.0.0.1:" .. port, max_retries = 0 }
+        res, err = c:create_case(CONTACT)
+        child.wait(5)
+        os.remove(script)
+        assert.is_nil(res)
+        assert.equal("proxy", err.kind)
+        helper.contains(err.message, "the tunnel closed before TLS to Acquire was up")
+        assert.is_false(err.maybe_created)
+        assert.equal(0, #srv:requests())
+        c:close()
+      end)
+    end
+
     it("answers 407 without credentials: kind proxy, nothing reached Acquire, not retried", function()
       local c = srv:client{ proxy = authpx.url, max_retries = 2 }
       local res, err = c:create_case(CONTACT, { title = "x" })
