@@ -229,7 +229,10 @@ static void set_proxy(lua_State *L, acq_config_t *cfg, int derived, const char *
              from_env ? "; set the option 'proxy' (false: none) to override it" : "");
     if (n >= 7 && strncasecmp(s, "http://", 7) == 0) rest = s + 7;
     else if (from_env && memchr(s, ':', n) != NULL && strstr(s, "://") == NULL) rest = s;
-    else luaL_error(L, "%s", msg);
+    else {
+        luaL_error(L, "%s", msg);
+        return;
+    }
     restn = n - (size_t)(rest - s);
     if (restn > 0 && rest[restn - 1] == '/') restn--;
     at = NULL;
@@ -250,11 +253,14 @@ static void set_proxy(lua_State *L, acq_config_t *cfg, int derived, const char *
         ok = hpn <= ACQ_BASE_URL_MAX && is_base_url(u, un, &keep) && keep == un;
         if (*h == '[') { c = memchr(h, ']', (size_t)(end - h)); c = c ? c + 1 : end; }
         else c = memchr(h, ':', (size_t)(end - h));
-        ok = ok && c != NULL && c < end && *c == ':';
-        if (!ok) luaL_error(L, "%s", msg);
+        if (!ok || c == NULL || c >= end || *c != ':') {
+            luaL_error(L, "%s", msg);
+            return;
+        }
         cfg->proxy_host = h;
         cfg->proxy_host_len = (size_t)(c - h);
-        cfg->proxy_port = atoi(c + 1);
+        cfg->proxy_port = 0;
+        for (c++; c < end; c++) cfg->proxy_port = cfg->proxy_port * 10 + (*c - '0');  /* checked */
     }
     cfg->proxy_url = lua_tostring(L, -1);
     lua_rawseti(L, derived, ++k);                /* the table anchors it */

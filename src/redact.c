@@ -186,8 +186,8 @@ int redact_l_redact(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
     int i, top = lua_gettop(L);
-    luaL_argcheck(L, top >= 2, 2, "string expected, got no value");
-    luaL_argcheck(L, top - 1 <= ACQ_MAX_SECRETS, ACQ_MAX_SECRETS + 2, "too many secrets");
+    if (top < 2) return luaL_argerror(L, 2, "string expected, got no value");
+    if (top - 1 > ACQ_MAX_SECRETS) return luaL_argerror(L, ACQ_MAX_SECRETS + 2, "too many secrets");
     for (i = 2; i <= top; i++) {
         k[i - 2].p = luaL_checklstring(L, i, &k[i - 2].len);
         k[i - 2].next = i < top ? &k[i - 1] : NULL;

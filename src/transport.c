@@ -275,19 +275,14 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
        the proxy refused (CONNECT answered other than 2xx; libcurl counts
        the CONNECT's bytes and status too), or nothing came back through a
        proxy that the request never reached. */
-    r->proxy_failed = 0;
-    if (t->proxy == ACQ_PROXY_TUNNEL && code != CURLE_OK && t->sends == 0 &&
-        (r->connect_status == 0 || r->connect_status / 100 != 2 ||
-         code == CURLE_SSL_CONNECT_ERROR || code == CURLE_RECV_ERROR ||
-         code == CURLE_GOT_NOTHING)) {
-        r->proxy_failed = 1;
-        r->maybe_sent = 0;
-    } else if (t->proxy == ACQ_PROXY_PLAIN && !r->maybe_sent && code != CURLE_OK) {
-        r->proxy_failed = 1;
-    } else if (t->proxy && r->status == 407) {
-        r->proxy_failed = 1;                  /* only a proxy asks that */
-        r->maybe_sent = 0;
-    }
+    r->proxy_failed =
+        (t->proxy == ACQ_PROXY_TUNNEL && code != CURLE_OK && t->sends == 0 &&
+         (r->connect_status == 0 || r->connect_status / 100 != 2 ||
+          code == CURLE_SSL_CONNECT_ERROR || code == CURLE_RECV_ERROR ||
+          code == CURLE_GOT_NOTHING)) ||
+        (t->proxy == ACQ_PROXY_PLAIN && !r->maybe_sent && code != CURLE_OK) ||
+        (t->proxy && r->status == 407);       /* only a proxy asks that */
+    if (r->proxy_failed) r->maybe_sent = 0;
     /* libcurl 7.88 returns CURLE_OK for an answer cut inside its header
        block (the status line and some headers, then FIN): that is no
        answer to act on (a "429 Retry-After: 0" cut short would be resent) */
