@@ -144,7 +144,8 @@ describe("acquire-case --batch", function()
       return uncertain
     end
 
-    it("killed at random points and run again until done: each item created once; the server agrees", function()
+    -- #once: in make test-all's 5.4 pass only (3 seeds of 500 items through the CLI)
+    it("killed at random points and run again until done: each item created once; the server agrees #once", function()
       local base = tonumber(os.getenv("ACQUIRE_JOURNAL_SEED") or "") or os.time()
       local all_kills = 0
       for s = 0, 2 do
