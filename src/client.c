@@ -149,6 +149,7 @@ void client_check_reentry(lua_State *L, acq_client_t *c) {
    to stderr, and the call goes on. */
 static void deliver(lua_State *L, acq_client_t *c, const char *level) {
     int line = lua_gettop(L);
+    luaL_checkstack(L, 8, "acquire: the log");
     if (c->logger != LUA_NOREF) {
         int status;
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->logger);
@@ -201,6 +202,7 @@ void client_log_attempt(lua_State *L, acq_client_t *c, const acq_transport_t *t,
                         const acq_result_t *r, const char *pfx, int attempt,
                         const char *url, const char *body, size_t len) {
     if (!c->debug) return;
+    luaL_checkstack(L, 8, "acquire: the log");     /* run()'s loop holds many */
     lua_pushfstring(L, "%sattempt %d: %s %s%s%s", pfx, attempt, body ? "POST" : "GET", url,
                     c->proxy_display ? " via proxy " : "",
                     c->proxy_display ? c->proxy_display : "");
@@ -232,6 +234,7 @@ void client_log_failure(lua_State *L, acq_client_t *c, const char *pfx, int atte
                         int err, double wait) {
     char secs[32];
     if (!c->debug) return;
+    luaL_checkstack(L, 8, "acquire: the log");
     snprintf(secs, sizeof secs, "%.2f", wait);
     lua_pushfstring(L, "%sattempt %d failed: ", pfx, attempt);
     error_pushstring(L, err);
