@@ -287,6 +287,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     acq_slot_t *lead = NULL;                   /* the batch's first transfer */
     int alone = 1;                             /* it runs alone (below) */
 
+    luaL_checkstack(L, LUA_MINSTACK + 16, "create_cases");   /* the loop holds many values */
     parse_opts(L, opts, &o);
     it = (item_t *)acq_newuserdata(L, (size_t)(n ? n : 1) * sizeof *it);
     memset(it, 0, (size_t)(n ? n : 1) * sizeof *it);
