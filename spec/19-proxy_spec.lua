@@ -199,7 +199,7 @@ describe("the proxy option", function()
   it("takes http://[user[:password]@]host:port and nothing else", function()
     for _, bad in ipairs{ "https://h:1", "socks5://h:1", "http://h", "http://h:0", "http://h:70000",
                           "http://h:1/path", "http://@h:1", "http://u@:1", "h:1", "", "http://u:p@h:1?x",
-                          "http://a b:c@h:1", "http://u:%zz@h:1", true, 1 } do
+                          "http://a b:c@h:1", "http://u:%zz@h:1", "http://u:a%00b@h:1", true, 1 } do
       local msg = helper.raises(acquire.new, { base_url = "http://x", api_key = "k", proxy = bad })
       helper.contains(msg, "bad option 'proxy'")
     end

@@ -154,8 +154,9 @@ static int push_decoded(lua_State *L, const char *s, size_t n) {
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c <= 0x20 || c >= 0x7f || strchr("@/?#[]", c) != NULL) return 0;
-        if (c == '%' && (i + 2 >= n + 0 || hexdigit((unsigned char)s[i + 1]) < 0 ||
-                         hexdigit((unsigned char)s[i + 2]) < 0))
+        if (c == '%' && (i + 2 >= n || hexdigit((unsigned char)s[i + 1]) < 0 ||
+                         hexdigit((unsigned char)s[i + 2]) < 0 ||
+                         (s[i + 1] == '0' && s[i + 2] == '0')))   /* %00: no C string holds it */
             return 0;
     }
     luaL_buffinit(L, &b);
