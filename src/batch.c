@@ -283,7 +283,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     double open_at = 0;                        /* no request starts before (monotonic) */
     item_t *it;
     long *waiting;                             /* items waiting to retry */
-    char url[ACQ_URL_MAX];
+    char url[ACQ_URL_MAX], pfx[32];
     acq_slot_t *lead = NULL;                   /* the batch's first transfer */
     int alone = 1;                             /* it runs alone (below) */
 
@@ -376,11 +376,10 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             slot->item = -1;
             active--;
             it[k].attempts++;
+            snprintf(pfx, sizeof pfx, "item %ld: ", k + 1);      /* its log lines' */
             if (c->debug) {
-                char pfx[32];
                 size_t blen;
                 const char *body;
-                snprintf(pfx, sizeof pfx, "item %ld: ", k + 1);
                 snprintf(url + c->prefix_len, 24, "%lld", it[k].id);
                 lua_rawgeti(L, bodies, (int)k + 1);
                 body = lua_tolstring(L, -1, &blen);
@@ -394,11 +393,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
                 double pause = policy_pause(L, -1);   /* the server asked the whole batch */
                 if (pause >= 0 && now() + pause > open_at) open_at = now() + pause;
                 wait = policy_next(L, -1, it[k].attempts, c->max_retries, &c->rng);
-                if (c->debug) {
-                    char pfx[32];
-                    snprintf(pfx, sizeof pfx, "item %ld: ", k + 1);
-                    client_log_failure(L, c, pfx, it[k].attempts, lua_gettop(L), wait);
-                }
+                client_log_failure(L, c, pfx, it[k].attempts, lua_gettop(L), wait);
                 if (wait >= 0) {
                     lua_pop(L, 2);
                     it[k].ready_at = now() + wait;

@@ -147,7 +147,7 @@ void client_check_reentry(lua_State *L, acq_client_t *c) {
 /* One line (on top, popped) at level: to the logger, under pcall, or to
    stderr. A logger that raises loses nothing: that line and its error go
    to stderr, and the call goes on. */
-static void deliver(lua_State *L, acq_client_t *c, const char *level) {
+static void log_line(lua_State *L, acq_client_t *c, const char *level) {
     int line = lua_gettop(L);
     luaL_checkstack(L, 8, "acquire: the log");
     if (c->logger != LUA_NOREF) {
@@ -206,12 +206,12 @@ void client_log_attempt(lua_State *L, acq_client_t *c, const acq_transport_t *t,
     lua_pushfstring(L, "%sattempt %d: %s %s%s%s", pfx, attempt, body ? "POST" : "GET", url,
                     c->proxy_display ? " via proxy " : "",
                     c->proxy_display ? c->proxy_display : "");
-    deliver(L, c, "debug");
+    log_line(L, c, "debug");
     if (c->debug == 2 && body) {
         lua_pushfstring(L, "%sattempt %d: > ", pfx, attempt);
         push_body_line(L, c, body, len);
         lua_concat(L, 2);
-        deliver(L, c, "debug");
+        log_line(L, c, "debug");
     }
     if (r->status > 0 && !r->proxy_failed) {
         double secs = 0;
@@ -220,12 +220,12 @@ void client_log_attempt(lua_State *L, acq_client_t *c, const acq_transport_t *t,
         snprintf(ms, sizeof ms, "%.1f", secs * 1000.0);
         lua_pushfstring(L, "%sattempt %d: %d in %s ms, %d bytes", pfx, attempt,
                         (int)r->status, ms, (int)t->body.len);
-        deliver(L, c, "debug");
+        log_line(L, c, "debug");
         if (c->debug == 2) {
             lua_pushfstring(L, "%sattempt %d: < ", pfx, attempt);
             push_body_line(L, c, t->body.p ? t->body.p : "", t->body.len);
             lua_concat(L, 2);
-            deliver(L, c, "debug");
+            log_line(L, c, "debug");
         }
     }
 }
@@ -241,7 +241,7 @@ void client_log_failure(lua_State *L, acq_client_t *c, const char *pfx, int atte
     if (wait >= 0) lua_pushfstring(L, "; retrying in %s s", secs);
     else lua_pushliteral(L, "; giving up");
     lua_concat(L, 3);
-    deliver(L, c, wait >= 0 ? "warn" : "error");
+    log_line(L, c, wait >= 0 ? "warn" : "error");
 }
 
 double client_clock(void) {

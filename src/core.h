@@ -183,12 +183,10 @@ void  request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b);
 /* ---- redact.c: the key out of every string, raw or JSON-escaped ------ */
 #define ACQ_REDACTED         "[REDACTED]"
 #define ACQ_REDACT_TAIL_MIN  4     /* a key cut short at the very end: redacted from this length */
-/* The first key in s, raw or in any JSON escaping: 1, with its offset
-   and length (final: a key cut short by the end of s counts from
-   ACQ_REDACT_TAIL_MIN of its bytes). 0 when none: *at is n, or (not final)
-   where a key the end of s may cut begins. */
-int   redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
-                  size_t *at, size_t *len);
+/* The first of k's secrets in s, raw or in any JSON escaping: 1, with its
+   offset and length (a secret cut short by the end of s counts from
+   ACQ_REDACT_TAIL_MIN of its bytes). 0 when none (*at is n). */
+int   redact_next(const char *s, size_t n, const acq_secret_t *k, size_t *at, size_t *len);
 void  redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k);
 int   redact_l_redact(lua_State *L);
 

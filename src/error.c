@@ -27,7 +27,7 @@ int error_new(lua_State *L, const char *kind) {
 void error_setstring(lua_State *L, int err, const char *field, const char *s,
                      size_t len, const acq_secret_t *secret, size_t cap) {
     size_t at, n;
-    if (!redact_next(s, len, secret, 1, &at, &n)) {
+    if (!redact_next(s, len, secret, &at, &n)) {
         lua_pushlstring(L, s, len < cap ? len : cap);
         lua_setfield(L, err, field);
         return;

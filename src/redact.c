@@ -6,9 +6,9 @@
  * "\/" (PHP's json_encode), any character as "\uXXXX" (either hex case,
  * UTF-16 surrogate pairs for 4-byte UTF-8), '"' and '\' escaped, control
  * characters as \b \f \n \r \t. The matcher reads every one of those forms,
- * byte by byte, so no encoder's choice can hide the key. It also says when
- * the text ends inside what may be the key, so a stream cut into chunks
- * (the debug log) holds that tail back instead of printing half a key.
+ * byte by byte, so no encoder's choice can hide the key. A key that the end
+ * of the text cuts short is redacted too, from ACQ_REDACT_TAIL_MIN bytes on
+ * (err.body is cut at 4096 bytes, maybe inside an echoed key).
  */
 #include <string.h>
 #include "core.h"
@@ -139,25 +139,21 @@ static long match_at(const char *s, size_t n, const char *k, size_t kn, size_t *
     return match(s, n, k, kn, 0, got);
 }
 
-int redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
-                size_t *at, size_t *len) {
+int redact_next(const char *s, size_t n, const acq_secret_t *k, size_t *at, size_t *len) {
     size_t p, got;
     const acq_secret_t *e;
     *at = n;
     *len = 0;
     for (p = 0; p < n; p++) {
-        int hold = 0;
         for (e = k; e != NULL; e = e->next) {            /* the earliest of any secret */
             long m;
             if (e->len == 0 || (s[p] != e->p[0] && s[p] != '\\')) continue;
             m = match_at(s + p, n - p, e->p, e->len, &got);
             if (m > 0) { *at = p; *len = (size_t)m; return 1; }
-            if (m == CUT && !final) hold = 1;
-            if (m == CUT && final && got >= ACQ_REDACT_TAIL_MIN) {   /* a secret cut short */
+            if (m == CUT && got >= ACQ_REDACT_TAIL_MIN) {   /* a secret cut short */
                 *at = p; *len = n - p; return 1;
             }
         }
-        if (hold) { *at = p; return 0; }
     }
     return 0;
 }
@@ -165,7 +161,7 @@ int redact_next(const char *s, size_t n, const acq_secret_t *k, int final,
 void redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k) {
     luaL_Buffer b;
     size_t at, len;
-    if (!redact_next(s, n, k, 1, &at, &len)) {
+    if (!redact_next(s, n, k, &at, &len)) {
         lua_pushlstring(L, s, n);
         return;
     }
@@ -175,7 +171,7 @@ void redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k) {
         luaL_addstring(&b, ACQ_REDACTED);
         s += at + len;
         n -= at + len;
-    } while (redact_next(s, n, k, 1, &at, &len));
+    } while (redact_next(s, n, k, &at, &len));
     luaL_addlstring(&b, s, n);
     luaL_pushresult(&b);
 }
