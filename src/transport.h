@@ -15,8 +15,8 @@
 
 /* ---- transport.c: libcurl easy handle ------------------------------- */
 #define ACQ_DEBUG_BODY_CAP   16384   /* debug = "body" logs this much of each body */
-#define ACQ_PROXY_PLAIN      1       /* http target through a proxy: absolute-form */
-#define ACQ_PROXY_TUNNEL     2       /* https target: a CONNECT tunnel */
+#define ACQ_PROXY_PLAIN      ACQ_PROXY_MODE_PLAIN
+#define ACQ_PROXY_TUNNEL     ACQ_PROXY_MODE_TUNNEL
 
 /* The sockets libcurl opened for one client, open now: after fork() they
    are the parent's too, and the child points them at /dev/null before its
