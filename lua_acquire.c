@@ -42,6 +42,8 @@ static const luaL_Reg module_functions[] = {
     { "match_cases", reconcile_l_match },
     { "sent_filter", reconcile_l_filter },
     { "settle", reconcile_l_settle },
+    { "claims", reconcile_l_claims },
+    { "claim", reconcile_l_claim },
     { NULL, NULL }
 };
 

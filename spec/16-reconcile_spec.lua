@@ -197,3 +197,117 @@ describe("reconcile in create_cases and acquire-case", function()
     assert.equal(1, (counts(srv)))
   end)
 end)
+
+-- Issue 17, finding 4: a case id settles one request at most. Items (and calls) with the same
+-- contact and title, some answered 500 with nothing stored, some 500 after storing (the answer
+-- lost), the others answered: whatever reconcile finds, no two requests are reported with one
+-- case, and every case reported exists. Seeded generator; SPEC_SEED replays a run.
+describe("reconcile never hands one case to two requests", function()
+  local SEED = tonumber(os.getenv("SPEC_SEED")) or os.time()
+  local srv = helper.server()
+
+  local function client(over)
+    local cfg = { base_url = srv.base_url, api_key = srv.key, timeout = 5, max_retries = 0, reconcile = 0 }
+    for k, v in pairs(over or {}) do cfg[k] = v end
+    return acquire.new(cfg)
+  end
+
+  it("two create_case calls: the 500 that stored nothing is not settled with the other's case", function()
+    srv:config{ unique_ids = true }              -- a create's 200 carries the stored case's id
+    local c = client()
+    local first = assert(c:create_case(CONTACT, { title = "same" }))
+    srv:fault{ action = "status", status = 500, endpoint = "create", times = 1 }
+    local res, err = c:create_case(CONTACT, { title = "same" })
+    assert.is_nil(res)
+    assert.equal("not found", err.reconcile)
+    assert.same({ first.data.id }, err.taken)
+    c:close()
+  end)
+
+  it("create_cases: row 1's 500 is not settled with row 2's case", function()
+    local c = client()
+    srv:config{ unique_ids = true }
+    srv:fault{ action = "status", status = 500, endpoint = "create", times = 1 }
+    local results = c:create_cases({ { CONTACT, { title = "dup" } }, { CONTACT, { title = "dup" } } },
+                                   { concurrency = 1 })
+    assert.is_nil(results[1].res)
+    assert.equal("not found", results[1].err.reconcile)
+    assert.truthy(results[2].res)
+    assert.same({ results[2].res.data.id }, results[1].err.taken)
+    c:close()
+  end)
+
+  it("an id an earlier run already has (opts.claimed) settles nothing", function()
+    srv:config{ unique_ids = true }
+    local c = client()
+    local old = assert(c:create_case(CONTACT, { title = "again" }))
+    c:close()
+    c = client()                                   -- a new client: no memory of it
+    srv:fault{ action = "status", status = 500, endpoint = "create", times = 1 }
+    local results = c:create_cases({ { CONTACT, { title = "again" } } }, { claimed = { old.data.id } })
+    assert.equal("not found", results[1].err.reconcile)
+    c:close()
+  end)
+
+  it("the same case listed twice is one candidate, not two", function()
+    local c = client()
+    srv:fault{ action = "status", status = 500, endpoint = "create", create = true, times = 1 }
+    local res = c:create_case(CONTACT, { title = "twice" })
+    assert.truthy(res and res.reconciled)
+    local cases = assert(c:find_cases(CONTACT))
+    local page = { data = { data = { cases[1], cases[1] }, count = 2 } }
+    assert.equal(1, #acquire.match_cases(page, { contactId = CONTACT }))
+    c:close()
+  end)
+
+  it("a case dated after the lookup is not the call's", function()
+    local future = { data = { data = { { id = 7, contactId = CONTACT, title = "t",
+      dateCreated = "2999-01-01T00:00:00.000Z" } }, count = 1 } }
+    local f = acquire.sent_filter(CONTACT, { title = "t" }, os.time() - 10)
+    assert.equal(0, #acquire.match_cases(future, f))
+    f.before = nil
+    assert.equal(1, #acquire.match_cases(future, f))
+  end)
+
+  it("generator: duplicate content, random answers, no case reported twice", function()
+    math.randomseed(SEED)
+    for round = 1, 12 do
+      srv:reset()
+      srv:config{ unique_ids = true }
+      local n = math.random(2, 7)
+      for _ = 1, n do
+        local r = math.random(3)
+        if r == 1 then srv:fault{ action = "status", status = 500, endpoint = "create", times = 1 }
+        elseif r == 2 then srv:fault{ action = "status", status = 500, endpoint = "create", create = true, times = 1 }
+        else srv:fault{ action = "delay", seconds = 0, endpoint = "create", times = 1 } end
+      end
+      local titles = { "A", "B" }
+      local reported = {}
+      local batch = math.random(2) == 1
+      local c = client()
+      if batch then
+        local items = {}
+        for i = 1, n do items[i] = { CONTACT, { title = titles[math.random(2)] } } end
+        for i, r in ipairs(c:create_cases(items, { concurrency = math.random(3) })) do
+          if r.res then reported[#reported + 1] = { i, r.res.data.id } end
+        end
+      else
+        for i = 1, n do
+          local res = c:create_case(CONTACT, { title = titles[math.random(2)] })
+          if res then reported[#reported + 1] = { i, res.data.id } end
+        end
+      end
+      c:close()
+      local stored, seen = {}, {}
+      for _, case in ipairs(srv:cases()) do stored[tostring(math.floor(case.id))] = true end
+      for _, r in ipairs(reported) do
+        local id = tostring(math.floor(r[2]))
+        assert(not seen[id], ("seed %d round %d (%s): case %s reported for items %s and %d")
+          :format(SEED, round, batch and "batch" or "calls", id, tostring(seen[id]), r[1]))
+        assert(stored[id], ("seed %d round %d: item %d reported with case %s the server never stored")
+          :format(SEED, round, r[1], id))
+        seen[id] = r[1]
+      end
+    end
+  end)
+end)

@@ -161,7 +161,8 @@ describe("create_cases for bulk work", function()
       helper.contains(raises{ on_send = 1 }, "bad option 'on_send' (function expected, got number)")
       helper.contains(raises{ on_result = "f" }, "bad option 'on_result' (function expected, got string)")
       helper.contains(raises{ nope = true },
-        "bad option 'nope' (expected one of: concurrency, on_progress, on_result, on_send, rate)")
+        "bad option 'nope' (expected one of: claimed, concurrency, journal, on_progress, on_result, "
+        .. "on_send, rate, resend_uncertain)")
       assert.equal(0, srv:stats().requests)
     end)
   end)
@@ -181,14 +182,15 @@ describe("create_cases for bulk work", function()
       assert.is_true(took >= 1.9 and took >= (sent - 1) / 50 - 0.01, ("%d requests in %.3f s"):format(sent, took))
     end)
 
-    it("is checked: a number of requests per second above 0, at most 10000", function()
-      local want = "bad option 'rate' (requests per second expected: a number above 0, at most 10000)"
-      for _, bad in ipairs({ 0, -1, 0 / 0, 10001, math.huge, "5", true }) do
+    -- issue 17, finding 8: 1e-9 (a wait of 31 years) and 1e-300 (an overflowing sleep) are refused
+    it("is checked: a number of requests per second from 0.01 to 10000", function()
+      local want = "bad option 'rate' (requests per second expected: a number from 0.01 to 10000)"
+      for _, bad in ipairs({ 0, -1, 0 / 0, 10001, math.huge, "5", true, 1e-9, 1e-300, 0.0099 }) do
         helper.contains(helper.raises(c.create_cases, c, items(1), { rate = bad }), want)
       end
       assert.equal(0, srv:stats().requests)
       assert.equal(2071, c:create_cases(items(1), { rate = 10000 })[1].res.data.id)
-      assert.equal(2071, c:create_cases(items(1), { rate = 0.001 })[1].res.data.id)
+      assert.equal(2071, c:create_cases(items(1), { rate = 0.01 })[1].res.data.id)
     end)
   end)
 

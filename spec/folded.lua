@@ -58,7 +58,7 @@ return function(acquire, ctl, seed, n)
       ctl.fault(raw)
       bad = check(what, reconciler:create_case(CONTACT, { message = "r" }))
     else                                               -- create_cases, one at a time
-      ctl.fault{ action = "delay", delay = 0, times = 1 }
+      ctl.fault{ action = "delay", seconds = 0, times = 1 }
       ctl.fault(raw)
       local results = client:create_cases({ { CONTACT, { message = "a" } }, { CONTACT, { message = "b" } },
                                             { CONTACT, { message = "c" } } }, { concurrency = 1 })

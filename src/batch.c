@@ -33,6 +33,7 @@ struct acq_batch_t {
 struct acq_slot_t {
     acq_transport_t t;
     long item;                        /* 0-based item index; -1: free */
+    double start, paused0;            /* when it started; the batch's paused time then */
 };
 
 typedef struct item_t {
@@ -171,6 +172,23 @@ static int push_hook(lua_State *L, int opts, const char *name) {
     return lua_gettop(L);
 }
 
+/* opts.claimed: the case ids other requests already have (an earlier run's,
+   from its journal): a list of positive integers. Checked here; claimed
+   into the client by run(). */
+static void check_claimed(lua_State *L, int idx) {
+    int i;
+    long long v;
+    if (!lua_istable(L, idx))
+        luaL_error(L, "bad option 'claimed' (a list of case ids expected, got %s)",
+                   luaL_typename(L, idx));
+    for (i = 1; lua_rawgeti(L, idx, i), !lua_isnil(L, -1); i++) {
+        if (!request_parse_contact_id(L, -1, &v))
+            luaL_error(L, "bad option 'claimed' (item #%d is not a case id)", i);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 /* Checks the options at idx (raising on misuse) and pushes the hooks. */
 static void parse_opts(lua_State *L, int idx, opts_t *o) {
     o->concurrency = 8;
@@ -188,13 +206,16 @@ static void parse_opts(lua_State *L, int idx, opts_t *o) {
                 o->concurrency = (int)v;
             } else if (acq_equals(L, -2, "rate")) {
                 lua_Number v = lua_tonumber(L, -1);
-                if (lua_type(L, -1) != LUA_TNUMBER || !(v > 0 && v <= ACQ_MAX_RATE))
+                if (lua_type(L, -1) != LUA_TNUMBER || !(v >= ACQ_MIN_RATE && v <= ACQ_MAX_RATE))
                     luaL_error(L, "bad option 'rate' (requests per second expected: a number "
-                                  "above 0, at most %d)", ACQ_MAX_RATE);
+                                  "from 0.01 to %d)", ACQ_MAX_RATE);
                 o->interval = 1.0 / (double)v;
+            } else if (acq_equals(L, -2, "claimed")) {
+                check_claimed(L, lua_gettop(L));
             } else if (!is_hook(L, lua_gettop(L) - 1)) {
-                luaL_error(L, "bad option '%s' (expected one of: concurrency, on_progress, "
-                              "on_result, on_send, rate)", error_pushname(L, -2));
+                luaL_error(L, "bad option '%s' (expected one of: claimed, concurrency, journal, "
+                              "on_progress, on_result, on_send, rate, resend_uncertain)",
+                           error_pushname(L, -2));
             }
             lua_pop(L, 1);
         }
@@ -268,161 +289,229 @@ static void reconcile_all(lua_State *L, acq_client_t *c, int items, int results,
     }
 }
 
-static int run(lua_State *L, acq_client_t *c, int items, int opts) {
+/* What one create_cases keeps while it runs. */
+typedef struct run_t {
     opts_t o;
-    int bodies, results, active = 0;
-    int reconcile = c->reconcile_ms >= 0;
-    long n = (long)acq_rawlen(L, items), i, fresh = 0, done = 0, nwait = 0;
-    double open_at = 0;                        /* no request starts before (monotonic) */
+    int bodies, results;                       /* stack indices */
+    int reconcile;
+    long n, nwait;
     item_t *it;
     long *waiting;                             /* items waiting to retry */
+    double open_at;                            /* no request starts before (monotonic) */
+    double timeout;                            /* a transfer's, in seconds; 0: none */
+    double paused;                             /* seconds spent in hooks and the log so far */
     char url[ACQ_URL_MAX], pfx[32];
+} run_t;
+
+/* Transfer slot ended with code: its outcome delivered (returns 1: the
+   item is done), or its item put back to wait for a retry (returns 0). */
+static int complete(lua_State *L, acq_client_t *c, run_t *b, acq_slot_t *slot, CURLcode code) {
+    acq_result_t r;
+    double wait;
+    long k = slot->item;
+    int held;
+    transport_finish(&slot->t, code, &r);
+    curl_multi_remove_handle(c->batch->multi, slot->t.easy);  /* a msg of it is gone now */
+    slot->item = -1;
+    b->it[k].attempts++;
+    snprintf(b->pfx, sizeof b->pfx, "item %ld: ", k + 1);     /* its log lines' */
+    if (c->debug) {
+        size_t blen;
+        const char *body;
+        snprintf(b->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", b->it[k].id);
+        lua_rawgeti(L, b->bodies, (int)k + 1);
+        body = lua_tolstring(L, -1, &blen);
+        client_log_attempt(L, c, &slot->t, &r, b->pfx, b->it[k].attempts, b->url, body, blen);
+        lua_pop(L, 1);
+    }
+    if (client_outcome(L, c, &slot->t, &r) == 1) {
+        client_claim(L, c, -1);
+        store(L, b->results, k, "res");
+        deliver(L, c, b->o.on_result, b->results, k);
+        return 1;
+    }
+    {
+        double pause = policy_pause(L, -1);   /* the server asked the whole batch */
+        if (pause >= 0 && now() + pause > b->open_at) b->open_at = now() + pause;
+    }
+    wait = policy_next(L, -1, b->it[k].attempts, c->max_retries, &c->rng);
+    client_log_failure(L, c, b->pfx, b->it[k].attempts, lua_gettop(L), wait);
+    if (wait >= 0) {
+        lua_pop(L, 2);
+        b->it[k].ready_at = now() + wait;
+        b->waiting[b->nwait++] = k;
+        return 0;
+    }
+    lua_remove(L, -2);
+    held = b->reconcile && maybe_created(L, -1);   /* delivered once settled */
+    store(L, b->results, k, "err");
+    if (!held) deliver(L, c, b->o.on_result, b->results, k);
+    return 1;
+}
+
+/* Starts item pick on slot s (its on_send first). */
+static void start(lua_State *L, acq_client_t *c, run_t *b, int s, long pick) {
+    acq_slot_t *slot = c->batch->slots[s];
+    size_t len;
+    const char *body;
+    if (b->o.on_send) {                        /* before the attempt is libcurl's */
+        lua_pushvalue(L, b->o.on_send);
+        acq_pushint64(L, pick + 1);
+        acq_pushint64(L, b->it[pick].attempts + 1);
+        call_hook(L, c, 2);
+    }
+    lua_rawgeti(L, b->bodies, (int)pick + 1);
+    body = lua_tolstring(L, -1, &len);          /* anchored in bodies */
+    lua_pop(L, 1);
+    snprintf(b->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", b->it[pick].id);
+    if (transport_prepare(&slot->t, b->url, body, len) != 0) {
+        detach_all(c);
+        luaL_error(L, "not enough memory");
+    }
+    curl_easy_setopt(slot->t.easy, CURLOPT_TIMEOUT_MS, 0L);   /* kept by run() */
+    slot->item = pick;
+    slot->start = now();
+    slot->paused0 = b->paused;
+    if (b->it[pick].started == 0) b->it[pick].started = client_clock();
+    if (curl_multi_add_handle(c->batch->multi, slot->t.easy) != CURLM_OK) {
+        slot->item = -1;
+        detach_all(c);
+        luaL_error(L, "acquire: curl_multi_add_handle failed");
+    }
+    if (b->o.interval > 0) b->open_at = now() + b->o.interval;
+}
+
+static int run(lua_State *L, acq_client_t *c, int items, int opts) {
+    run_t *b;
+    int active = 0;
+    long i, fresh = 0, done = 0, n = (long)acq_rawlen(L, items);
     acq_slot_t *lead = NULL;                   /* the batch's first transfer */
     int alone = 1;                             /* it runs alone (below) */
 
     luaL_checkstack(L, LUA_MINSTACK + 16, "create_cases");   /* the loop holds many values */
-    parse_opts(L, opts, &o);
-    it = (item_t *)acq_newuserdata(L, (size_t)(n ? n : 1) * sizeof *it);
-    memset(it, 0, (size_t)(n ? n : 1) * sizeof *it);
-    waiting = (long *)acq_newuserdata(L, (size_t)(n ? n : 1) * sizeof *waiting);
+    b = (run_t *)acq_newuserdata(L, sizeof *b);
+    memset(b, 0, sizeof *b);
+    b->n = n;
+    b->reconcile = c->reconcile_ms >= 0;
+    b->timeout = (double)c->timeout_ms / 1000.0;
+    parse_opts(L, opts, &b->o);
+    if (lua_istable(L, opts)) {                 /* opts.claimed: checked by parse_opts */
+        lua_getfield(L, opts, "claimed");
+        if (lua_istable(L, -1)) {
+            for (i = 1; lua_rawgeti(L, -1, (int)i), !lua_isnil(L, -1); i++) {
+                client_claim(L, c, -1);
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    b->it = (item_t *)acq_newuserdata(L, (size_t)(n ? n : 1) * sizeof *b->it);
+    memset(b->it, 0, (size_t)(n ? n : 1) * sizeof *b->it);
+    b->waiting = (long *)acq_newuserdata(L, (size_t)(n ? n : 1) * sizeof *b->waiting);
     lua_createtable(L, (int)n, 0);
-    bodies = lua_gettop(L);
+    b->bodies = lua_gettop(L);
     for (i = 0; i < n; i++) {                  /* all of them, before any is sent */
         lua_pushcfunction(L, batch_l_encode_item);
         lua_pushlightuserdata(L, c);
-        lua_pushlightuserdata(L, &it[i]);
+        lua_pushlightuserdata(L, &b->it[i]);
         lua_rawgeti(L, items, (int)i + 1);
         if (lua_pcall(L, 3, 1, 0) != 0)
             luaL_error(L, "bad item #%d: %s", (int)i + 1, lua_tostring(L, -1));
-        lua_rawseti(L, bodies, (int)i + 1);
+        lua_rawseti(L, b->bodies, (int)i + 1);
     }
     lua_createtable(L, (int)n, 0);
-    results = lua_gettop(L);
+    b->results = lua_gettop(L);
     if (n == 0) return 1;
 
-    setup(L, c, o.concurrency);
-    memcpy(url, c->url, c->prefix_len);
+    setup(L, c, b->o.concurrency);
+    memcpy(b->url, c->url, c->prefix_len);
     while (done < n) {
-        double t = now(), wake = -1;
+        double t = now(), wake = -1, lua_at;
         int s, queued, added = 0, progressed = 0, running = 0;
         CURLMsg *msg;
         /* The first transfer goes alone until its host is resolved (or it
            ended): started together, each transfer of a cold batch would ask
            the resolver itself (64 lookups, 64 threads); after the first, they
-           find the address in the multi handle's DNS cache. A failed lookup
-           is not cached: then each asks, as before. */
+           find the address in the DNS cache. A failed lookup is not cached:
+           then each asks, as before. */
         if (alone && lead != NULL) {
             double dns = 0;
             curl_easy_getinfo(lead->t.easy, CURLINFO_NAMELOOKUP_TIME, &dns);
             if (dns > 0 || lead->item < 0) alone = 0;
         }
         /* start what may start: retries that are due first, then new items */
-        for (s = 0; s < o.concurrency && t >= open_at && !(alone && active > 0); s++) {
+        for (s = 0; s < b->o.concurrency && t >= b->open_at && !(alone && active > 0); s++) {
             long pick = -1;
-            size_t len;
-            const char *body;
             if (c->batch->slots[s] == NULL || c->batch->slots[s]->item >= 0) continue;  /* setup made 0..concurrency-1 */
-            for (i = 0; i < nwait; i++) {
-                if (it[waiting[i]].ready_at <= t) {
-                    pick = waiting[i];
-                    waiting[i] = waiting[--nwait];
+            for (i = 0; i < b->nwait; i++) {
+                if (b->it[b->waiting[i]].ready_at <= t) {
+                    pick = b->waiting[i];
+                    b->waiting[i] = b->waiting[--b->nwait];
                     break;
                 }
             }
             if (pick < 0 && fresh < n) pick = fresh++;
             if (pick < 0) break;
-            if (o.on_send) {                       /* before the attempt is libcurl's */
-                lua_pushvalue(L, o.on_send);
-                acq_pushint64(L, pick + 1);
-                acq_pushint64(L, it[pick].attempts + 1);
-                call_hook(L, c, 2);
-            }
-            lua_rawgeti(L, bodies, (int)pick + 1);
-            body = lua_tolstring(L, -1, &len);      /* anchored in bodies */
-            lua_pop(L, 1);
-            snprintf(url + c->prefix_len, 24, "%lld", it[pick].id);
-            if (transport_prepare(&c->batch->slots[s]->t, url, body, len) != 0) {
-                detach_all(c);
-                luaL_error(L, "not enough memory");
-            }
-            c->batch->slots[s]->item = pick;
+            start(L, c, b, s, pick);
             if (alone) lead = c->batch->slots[s];
-            if (it[pick].started == 0) it[pick].started = client_clock();
-            if (curl_multi_add_handle(c->batch->multi, c->batch->slots[s]->t.easy) != CURLM_OK) {
-                c->batch->slots[s]->item = -1;
-                detach_all(c);
-                luaL_error(L, "acquire: curl_multi_add_handle failed");
-            }
-            if (o.interval > 0) open_at = now() + o.interval;
             active++;
             added++;
         }
+        b->paused += now() - t;                /* on_send's time is not the network's */
         if (active > 0) curl_multi_perform(c->batch->multi, &running);
+        lua_at = now();
         while (active > 0 && (msg = curl_multi_info_read(c->batch->multi, &queued)) != NULL) {
             acq_slot_t *slot = NULL;
-            acq_result_t r;
-            double wait;
-            long k;
-            int held;
             if (msg->msg != CURLMSG_DONE) continue;
             curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&slot);
-            k = slot->item;
-            transport_finish(&slot->t, msg->data.result, &r);
-            curl_multi_remove_handle(c->batch->multi, slot->t.easy);  /* msg is gone now */
-            slot->item = -1;
             active--;
-            it[k].attempts++;
-            snprintf(pfx, sizeof pfx, "item %ld: ", k + 1);      /* its log lines' */
-            if (c->debug) {
-                size_t blen;
-                const char *body;
-                snprintf(url + c->prefix_len, 24, "%lld", it[k].id);
-                lua_rawgeti(L, bodies, (int)k + 1);
-                body = lua_tolstring(L, -1, &blen);
-                client_log_attempt(L, c, &slot->t, &r, pfx, it[k].attempts, url, body, blen);
-                lua_pop(L, 1);
-            }
-            if (client_outcome(L, c, &slot->t, &r) == 1) {
-                store(L, results, k, "res");
-                deliver(L, c, o.on_result, results, k);
-            } else {
-                double pause = policy_pause(L, -1);   /* the server asked the whole batch */
-                if (pause >= 0 && now() + pause > open_at) open_at = now() + pause;
-                wait = policy_next(L, -1, it[k].attempts, c->max_retries, &c->rng);
-                client_log_failure(L, c, pfx, it[k].attempts, lua_gettop(L), wait);
-                if (wait >= 0) {
-                    lua_pop(L, 2);
-                    it[k].ready_at = now() + wait;
-                    waiting[nwait++] = k;
-                    continue;
-                }
-                lua_remove(L, -2);
-                held = reconcile && maybe_created(L, -1);   /* delivered once settled */
-                store(L, results, k, "err");
-                if (!held) deliver(L, c, o.on_result, results, k);
-            }
-            done++;
-            progressed = 1;
+            if (complete(L, c, b, slot, msg->data.result)) done++, progressed = 1;
         }
-        if (progressed && o.on_progress) {         /* after this turn's on_result */
-            lua_pushvalue(L, o.on_progress);
+        b->paused += now() - lua_at;           /* nor on_result's, nor the log's */
+        /* the batch keeps each transfer's timeout itself: libcurl's would
+           count the time hooks ran, and turn an answer that arrived while
+           one ran into a timeout. Checked after a perform, with that time
+           left out: what arrived is read as arrived. */
+        for (s = 0; s < b->o.concurrency && b->timeout > 0; s++) {
+            acq_slot_t *slot = c->batch->slots[s];
+            if (slot == NULL || slot->item < 0) continue;
+            if (now() - slot->start - (b->paused - slot->paused0) < b->timeout) continue;
+            lua_at = now();
+            snprintf(slot->t.errbuf, sizeof slot->t.errbuf,
+                     "Operation timed out after %ld milliseconds", c->timeout_ms);
+            active--;
+            if (complete(L, c, b, slot, CURLE_OPERATION_TIMEDOUT)) done++, progressed = 1;
+            b->paused += now() - lua_at;
+        }
+        if (progressed && b->o.on_progress) {  /* after this turn's on_result */
+            lua_at = now();
+            lua_pushvalue(L, b->o.on_progress);
             acq_pushint64(L, done);
             acq_pushint64(L, n);
             call_hook(L, c, 2);
+            b->paused += now() - lua_at;
         }
         if (done == n) break;
-        if (active < o.concurrency) {              /* when a free slot may start one */
+        if (active < b->o.concurrency) {       /* when a free slot may start one */
             if (fresh < n && !(alone && active > 0)) wake = t;   /* not while the lead resolves */
-            for (i = 0; i < nwait; i++)
-                if (wake < 0 || it[waiting[i]].ready_at < wake) wake = it[waiting[i]].ready_at;
-            if (wake >= 0 && wake < open_at) wake = open_at;
+            for (i = 0; i < b->nwait; i++)
+                if (wake < 0 || b->it[b->waiting[i]].ready_at < wake) wake = b->it[b->waiting[i]].ready_at;
+            if (wake >= 0 && wake < b->open_at) wake = b->open_at;
+        }
+        for (s = 0; s < b->o.concurrency && b->timeout > 0; s++) {   /* and a deadline */
+            acq_slot_t *slot = c->batch->slots[s];
+            double due;
+            if (slot == NULL || slot->item < 0) continue;
+            due = slot->start + b->timeout + (b->paused - slot->paused0);
+            if (wake < 0 || due < wake) wake = due;
         }
         if (active == 0) policy_sleep(wake - now());   /* nothing in flight: only a wait */
         else if (!added) wait_for(c, wake);
     }
     detach_all(c);
-    if (reconcile) reconcile_all(L, c, items, results, it, n, o.on_result);
-    lua_settop(L, results);
+    if (b->reconcile) reconcile_all(L, c, items, b->results, b->it, n, b->o.on_result);
+    lua_settop(L, b->results);
     return 1;
 }
 
@@ -453,11 +542,52 @@ static int guarded(lua_State *L, acq_client_t *c, int items, int opts) {
     return 1;
 }
 
+/* opts.journal = path: the run goes through acquire.journal (a Lua
+   library over this function), which takes the journal's options and calls
+   create_cases again without them. Returns 1 with its results pushed, or 0
+   when opts has no journal. */
+static int journaled(lua_State *L, int client, int items, int opts) {
+    if (!lua_istable(L, opts)) return 0;
+    lua_getfield(L, opts, "journal");
+    if (lua_isnil(L, -1)) {
+        lua_getfield(L, opts, "resend_uncertain");
+        if (!lua_isnil(L, -1))
+            luaL_error(L, "bad option 'resend_uncertain' (only with 'journal')");
+        lua_pop(L, 2);
+        return 0;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "bad option 'journal' (a file name expected, got %s)", luaL_typename(L, -1));
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "acquire.journal");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "create_cases");
+    lua_pushvalue(L, client);
+    lua_pushvalue(L, items);
+    lua_newtable(L);                            /* opts, journal renamed path */
+    lua_pushnil(L);
+    while (lua_next(L, opts)) {
+        if (acq_equals(L, -2, "journal")) {
+            lua_pushliteral(L, "path");
+            lua_insert(L, -2);
+            lua_rawset(L, -4);
+            lua_pushliteral(L, "journal");     /* lua_next goes on from this key */
+        } else {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, -4);
+        }
+    }
+    lua_call(L, 3, 1);
+    return 1;
+}
+
 /* client:create_cases(items, opts) -> { { res = … } | { err = … }, … } */
 int batch_l_create_cases(lua_State *L) {
     acq_client_t *c = client_check_open(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 3);
+    if (journaled(L, 1, 2, 3)) return 1;
     return guarded(L, c, 2, 3);
 }
 
@@ -466,6 +596,7 @@ int batch_l_default_create_cases(lua_State *L) {
     acq_client_t *c;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
-    c = client_default(L);
+    c = client_default(L);                                    /* 3 */
+    if (journaled(L, 3, 1, 2)) return 1;
     return guarded(L, c, 1, 2);
 }

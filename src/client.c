@@ -90,9 +90,11 @@ static acq_client_t *make(lua_State *L, int idx) {
     c->strict = cfg.strict;
     c->max_retries = cfg.max_retries;
     c->reconcile_ms = cfg.reconcile_ms;
+    c->timeout_ms = cfg.timeout_ms;
     c->rng = policy_seed(c);
     c->pid = (long)getpid();
     c->logger = LUA_NOREF;
+    c->claims = LUA_NOREF;
     c->debug = cfg.debug;
     c->url = (char *)malloc(ACQ_URL_MAX);
     if (cfg.proxy) c->proxy_display = strdup(cfg.proxy_display);
@@ -118,6 +120,8 @@ static acq_client_t *make(lua_State *L, int idx) {
         lua_rawget(L, idx);
         c->logger = luaL_ref(L, LUA_REGISTRYINDEX);
     }
+    reconcile_push_claims(L);
+    c->claims = luaL_ref(L, LUA_REGISTRYINDEX);
     c->open = 1;
     lua_remove(L, -2);                                /* config_check's */
     return c;
@@ -258,7 +262,7 @@ static int create_case(lua_State *L, acq_client_t *c, int arg) {
     double started;
     request_encode_body(L, arg + 1, c->strict, &c->req);
     client_check_fork(L, c);
-    snprintf(c->url + c->prefix_len, 24, "%lld", id);
+    snprintf(c->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", id);
     base = lua_gettop(L);
     started = client_clock();
     for (attempt = 1;; attempt++) {
@@ -267,7 +271,10 @@ static int create_case(lua_State *L, acq_client_t *c, int arg) {
             luaL_error(L, "not enough memory");
         client_log_attempt(L, c, &c->t, &r, "", attempt, c->url, c->req.p, c->req.len);
         n = client_outcome(L, c, &c->t, &r);
-        if (n == 1) return 1;
+        if (n == 1) {
+            client_claim(L, c, -1);
+            return 1;
+        }
         wait = policy_next(L, -1, attempt, c->max_retries, &c->rng);
         client_log_failure(L, c, "", attempt, lua_gettop(L), wait);
         if (wait < 0) {
@@ -334,11 +341,19 @@ int client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
     maybe = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (!maybe) return 2;
-    reconcile_push_filter(L, id, sent, started);
+    reconcile_push_filter(L, id, sent, started, client_clock());
     filter = lua_gettop(L);
     reconcile_check_filter(L, filter, &f);
     if (client_find(L, c, id, &f) == 1) lua_pushnil(L);       /* cases, nil | nil, lookup err */
-    return reconcile_settle(L, err, filter + 1, filter + 2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->claims);             /* filter + 3 */
+    return reconcile_settle(L, err, filter + 1, filter + 2, filter + 3);
+}
+
+void client_claim(lua_State *L, acq_client_t *c, int res) {
+    res = acq_absindex(L, res);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->claims);
+    reconcile_claim(L, -1, res);
+    lua_pop(L, 1);
 }
 
 /* client:find_cases(contactId [, filter]) -> { case, … } | nil, err */
@@ -388,6 +403,8 @@ int client_l_close(lua_State *L) {
     release(c);
     if (c->logger != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, c->logger);
     c->logger = LUA_NOREF;
+    if (c->claims != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, c->claims);
+    c->claims = LUA_NOREF;
     return 0;
 }
 

@@ -212,10 +212,11 @@ void  error_open(lua_State *L);
 #define ACQ_LIST_URL_MAX     (ACQ_BASE_URL_MAX + sizeof(ACQ_LIST_PATH) + 80)
 #define ACQ_RECONCILE_WAIT_MS 1000         /* reconcile = true: wait this long, then look */
 #define ACQ_RECONCILE_SKEW   300.0         /* seconds of clock difference allowed */
+#define ACQ_CLAIMS_GEN       32768         /* claims remembered: this many at least */
 typedef struct acq_filter_t {
     int    table;                          /* the filter table's index, or 0 */
-    int    has_since, has_title, has_desc;
-    double since;                          /* seconds since the epoch */
+    int    has_since, has_until, has_title, has_desc;
+    double since, until;                   /* seconds since the epoch */
     long long contact;                     /* > 0: the case must be this contact's */
 } acq_filter_t;
 size_t reconcile_list_url(const acq_config_t *cfg, long long contact, int page, char *out);
@@ -224,11 +225,20 @@ int   reconcile_matches(lua_State *L, int c, const acq_filter_t *f);
 /* Appends the cases of one page of the list (res at idx) that match f to
    the table at out; returns whether another page may follow. */
 int   reconcile_collect(lua_State *L, int res, int page, const acq_filter_t *f, int out);
-/* Pushes the filter of what a call sent (opts at idx). */
-void  reconcile_push_filter(lua_State *L, long long id, int opts, double started);
-/* The decision, given err, the cases found (a table, or nil) and the
-   lookup's err: pushes res (returns 1) or nil, err (returns 2). */
-int   reconcile_settle(lua_State *L, int err, int found, int lookup_err);
+/* Pushes the filter of what a call sent (opts at idx), created between
+   started and until (seconds since the epoch). */
+void  reconcile_push_filter(lua_State *L, long long id, int opts, double started, double until);
+double reconcile_now(void);                      /* the wall clock */
+/* The decision, given err, the cases found (a table, or nil), the lookup's
+   err and the claims set (index, or 0: none): pushes res (returns 1) or
+   nil, err (returns 2). */
+int   reconcile_settle(lua_State *L, int err, int found, int lookup_err, int claims);
+/* Claims: which case ids requests of one client already have. */
+void  reconcile_push_claims(lua_State *L);
+int   reconcile_claimed(lua_State *L, int claims, int case_or_id);
+void  reconcile_claim(lua_State *L, int claims, int res_case_or_id);
+int   reconcile_l_claims(lua_State *L);
+int   reconcile_l_claim(lua_State *L);
 int   reconcile_l_match(lua_State *L);
 int   reconcile_l_build(lua_State *L);
 int   reconcile_l_filter(lua_State *L);
@@ -242,6 +252,7 @@ void  response_open(lua_State *L);          /* loads lua-cjson; [-0,+0] */
 int   response_l_decode(lua_State *L);
 int   response_l_fields(lua_State *L);
 void  response_push_null(lua_State *L);
+long  response_days_from_civil(long y, long m, long d);   /* days since 1970-01-01 */
 double response_parse_retry_after(const char *v, double now);  /* -1: none */
 
 /* ---- policy.c: retry or give up ------------------------------------- */

@@ -99,7 +99,7 @@ static const char *pick(lua_State *L, int t, const char *a, const char *b) {
     return NULL;
 }
 
-static long days_from_civil(long y, long m, long d) {
+long response_days_from_civil(long y, long m, long d) {
     long era, yoe, doy, doe;
     y -= m <= 2;
     era = (y >= 0 ? y : y - 399) / 400;
@@ -109,42 +109,103 @@ static long days_from_civil(long y, long m, long d) {
     return era * 146097 + doe - 719468;
 }
 
-/* Retry-After: delay-seconds, or an IMF-fixdate ("Sun, 06 Nov 1994
-   08:49:37 GMT") relative to now. -1 when absent, unreadable or not a
-   real date: ignored, as if absent. */
-double response_parse_retry_after(const char *v, double now) {
+/* n digits at s exactly (a blank first where blank allows it): the value, or -1 */
+static int num(const char *s, int n, int blank) {
+    int v = 0, i;
+    for (i = 0; i < n; i++) {
+        if (blank && i == 0 && n > 1 && s[i] == ' ') continue;
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* The index (0-11) of the three letters at s in list (3 letters each), or -1 */
+static int which(const char *list, const char *s) {
+    int i;
+    for (i = 0; list[3 * i]; i++)
+        if (strncmp(list + 3 * i, s, 3) == 0) return i;
+    return -1;
+}
+
+/* "08:49:37" at s -> seconds into the day, or -1 */
+static long clock_of(const char *s) {
+    int h = num(s, 2, 0), m = num(s + 3, 2, 0), sec = num(s + 6, 2, 0);
+    if (s[2] != ':' || s[5] != ':' || h < 0 || h > 23 || m < 0 || m > 59 || sec < 0 || sec > 60)
+        return -1;
+    return h * 3600L + m * 60L + sec;
+}
+
+/* An HTTP-date (RFC 9110 5.6.7: IMF-fixdate, and the obsolete RFC 850 and
+   asctime forms a recipient must accept), exactly, in seconds since the
+   epoch; -1 if v is not one. */
+static double http_date(const char *v, size_t n, double now) {
     static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
     static const char days[] = "MonTueWedThuFriSatSun";
+    static const char *const long_days[7] = { "Monday", "Tuesday", "Wednesday", "Thursday",
+                                              "Friday", "Saturday", "Sunday" };
     static const int mdays[12] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-    char mon[4], zone[4], wday[4];
-    int d, y, hh, mm, ss, used = 0;
-    const char *m, *w;
+    int d, mo, y, w;
+    long secs;
+    const char *c = strchr(v, ',');
+    if (n == 29 && c == v + 3) {                           /* Sun, 06 Nov 1994 08:49:37 GMT */
+        if (v[4] != ' ' || v[7] != ' ' || v[11] != ' ' || v[16] != ' ' ||
+            strcmp(v + 25, " GMT") != 0)
+            return -1;
+        w = which(days, v); d = num(v + 5, 2, 0); mo = which(months, v + 8);
+        y = num(v + 12, 4, 0); secs = clock_of(v + 17);
+    } else if (n == 24 && c == NULL) {                     /* Sun Nov  6 08:49:37 1994 */
+        if (v[3] != ' ' || v[7] != ' ' || v[10] != ' ' || v[19] != ' ') return -1;
+        w = which(days, v); mo = which(months, v + 4); d = num(v + 8, 2, 1);
+        secs = clock_of(v + 11); y = num(v + 20, 4, 0);
+    } else if (c != NULL && n == (size_t)(c - v) + 24) {   /* Sunday, 06-Nov-94 08:49:37 GMT */
+        for (w = 0; w < 7; w++)
+            if ((size_t)(c - v) == strlen(long_days[w]) && strncmp(v, long_days[w], (size_t)(c - v)) == 0)
+                break;
+        if (w == 7 || c[1] != ' ' || c[4] != '-' || c[8] != '-' || c[11] != ' ' ||
+            strcmp(c + 20, " GMT") != 0)
+            return -1;
+        d = num(c + 2, 2, 0); mo = which(months, c + 5); y = num(c + 9, 2, 0);
+        secs = clock_of(c + 12);
+        if (y >= 0) {           /* more than 50 years ahead: the century before */
+            y += 2000;
+            if ((double)response_days_from_civil(y, 1, 1) * 86400.0 > now + 50 * 365.2425 * 86400.0)
+                y -= 100;
+        }
+    } else {
+        return -1;
+    }
+    if (w < 0 || mo < 0 || y < 1900 || d < 1 || secs < 0 ||
+        d > mdays[mo] + (mo == 1 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+        return -1;
+    return (double)response_days_from_civil(y, mo + 1, d) * 86400.0 + (double)secs;
+}
+
+/* Retry-After (RFC 9110 10.2.3): delay-seconds (digits only) or an
+   HTTP-date, relative to now; blanks (SP, HTAB) around it allowed. -1 when
+   absent, unreadable or not a real date: ignored, as if absent. */
+double response_parse_retry_after(const char *v, double now) {
+    char buf[64];
+    size_t n;
     if (v == NULL) return -1;
     while (*v == ' ' || *v == '\t') v++;
-    if (*v >= '0' && *v <= '9') {
+    n = strlen(v);
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
+    if (n == 0 || n >= sizeof buf) return -1;
+    memcpy(buf, v, n);
+    buf[n] = '\0';
+    if (buf[0] >= '0' && buf[0] <= '9') {
         double s = 0;
-        for (; *v >= '0' && *v <= '9'; v++) s = s * 10 + (*v - '0');
-        while (*v == ' ' || *v == '\t') v++;
-        return *v == '\0' && s < 1e9 ? s : -1;
+        size_t i;
+        for (i = 0; i < n; i++) {
+            if (buf[i] < '0' || buf[i] > '9') return -1;
+            s = s * 10 + (buf[i] - '0');
+        }
+        return s < 1e9 ? s : -1;
     }
-    if (sscanf(v, "%3s, %2d %3s %4d %2d:%2d:%2d %3s%n", wday, &d, mon, &y, &hh,
-               &mm, &ss, zone, &used) != 8 || strcmp(zone, "GMT") != 0)
-        return -1;
-    m = strstr(months, mon);
-    w = strstr(days, wday);
-    if (m == NULL || strlen(mon) != 3 || (m - months) % 3 != 0 ||
-        w == NULL || strlen(wday) != 3 || (w - days) % 3 != 0)
-        return -1;
-    /* a date that is no date ("99 Nov 1994 99:99:99") is no Retry-After */
-    if (y < 1900 || d < 1 || d > mdays[(m - months) / 3] +
-            ((m - months) / 3 == 1 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)) ||
-        hh > 23 || mm > 59 || ss > 60)
-        return -1;
-    while (v[used] == ' ' || v[used] == '\t') used++;
-    if (v[used] != '\0') return -1;
     {
-        double at = (double)days_from_civil(y, (m - months) / 3 + 1, d) * 86400.0
-                  + hh * 3600.0 + mm * 60.0 + ss;
+        double at = http_date(buf, n, now);
+        if (at < 0) return -1;
         return at > now ? at - now : 0;
     }
 }
@@ -250,7 +311,7 @@ int response_l_decode(lua_State *L) {
 
 /* acquire.fields(contact) -> { [field.key] = value }, nulls left out */
 int response_l_fields(lua_State *L) {
-    int i, n;
+    int i;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     lua_newtable(L);                                          /* 2 */
@@ -259,9 +320,7 @@ int response_l_fields(lua_State *L) {
         lua_settop(L, 2);
         return 1;
     }
-    n = (int)acq_rawlen(L, 3);
-    for (i = 1; i <= n; i++) {
-        lua_rawgeti(L, 3, i);                                 /* 4 entry */
+    for (i = 1; lua_rawgeti(L, 3, i), !lua_isnil(L, -1); i++) {   /* 4 entry; ipairs' end */
         if (lua_istable(L, 4)) {
             lua_getfield(L, 4, "field");                      /* 5 */
             lua_getfield(L, 4, "value");                      /* 6 */

@@ -93,6 +93,7 @@ int   transport_push_error(lua_State *L, const acq_transport_t *t,
 /* ---- client.c: the acquire.Client userdata -------------------------- */
 #define ACQ_MAX_CONCURRENCY 64                  /* create_cases' transfers at once */
 #define ACQ_MAX_RATE        10000               /* create_cases' requests per second, at most */
+#define ACQ_MIN_RATE        0.01                /* and at least (1 / rate stays under ACQ_MAX_WAIT) */
 typedef struct acq_slot_t acq_slot_t;           /* batch.c */
 typedef struct acq_batch_t acq_batch_t;         /* batch.c: the multi handle and its slots */
 
@@ -108,12 +109,14 @@ typedef struct acq_client_t {
     char     *proxy_display;          /* NULL: no proxy */
     int       debug;                  /* 0, 1, 2: as the option */
     int       logger;                 /* registry ref of the logger, or LUA_NOREF */
+    int       claims;                 /* registry ref: the case ids its calls have (reconcile.c) */
     int       logging;                /* the logger runs: the client is not to be used */
     acq_buf_t req;                    /* request body, reused */
     acq_transport_t t;
     acq_batch_t *batch;               /* create_cases: made on first use */
     int       busy;                   /* create_cases is running (on_progress) */
     long      reconcile_ms;           /* -1: off */
+    long      timeout_ms;             /* a transfer's; create_cases keeps it itself */
     long      pid;                    /* the process whose connections these are */
     acq_sockets_t sockets;            /* every socket its handles hold */
 } acq_client_t;
@@ -135,6 +138,8 @@ int   client_find(lua_State *L, acq_client_t *c, long long id, const acq_filter_
    started: when the first attempt began (seconds since the epoch). */
 int   client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
                        double started, int err);
+/* This res (at idx) is a request's of c's: its case can settle no other. */
+void  client_claim(lua_State *L, acq_client_t *c, int res);
 double client_clock(void);
 /* The log (debug = true | "body"): after a transfer, never inside one.
    pfx: "" or "item K: ". err: the err of a failed attempt (absolute index),

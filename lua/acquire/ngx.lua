@@ -32,7 +32,7 @@ local normalise, build_request, decode_response, retry_after, redact =
   acquire.config, acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
 local build_list_request, match_cases, sent_filter, settle =
   acquire.build_list_request, acquire.match_cases, acquire.sent_filter, acquire.settle
-local proxy_answered = acquire.proxy_answered
+local proxy_answered, new_claims, claim = acquire.proxy_answered, acquire.claims, acquire.claim
 local concat, sort, unpack = table.concat, table.sort, table.unpack or unpack
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
@@ -136,6 +136,7 @@ function _M.new(config)
   end
   st.connect_opts = { pool = format("acquire:%s:%s:%d:%s:%s:%s", st.scheme, host, st.port, st.name,
                                     st.verify and "verify" or "noverify", via) }
+  st.claims = new_claims()           -- the case ids this client's calls have (reconcile)
   local self = setmetatable({}, Client)
   state[self] = st
   return self
@@ -594,13 +595,16 @@ function Client:create_case(contactId, opts)
   while true do
     attempt = attempt + 1
     local res, err = once(st, msg, attempt, deadline)
-    if res then return res end
+    if res then
+      claim(st.claims, res)                    -- its case settles no other call's reconcile
+      return res
+    end
     local delay = next_delay(st, err, attempt, deadline)
     if not delay then
       if not (st.reconcile and err.maybe_created) then return nil, err end
       sleep(st.reconcile)                      -- reconcile: look the case up, never resend
       local found, lookup_err = find_cases(st, contactId, sent_filter(contactId, opts, started))
-      return settle(err, found, lookup_err)
+      return settle(err, found, lookup_err, st.claims)   -- a case another call has is not this one
     end
     sleep(delay)
   end
