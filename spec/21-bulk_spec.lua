@@ -112,6 +112,42 @@ describe("create_cases for bulk work", function()
     end)
   end)
 
+  -- issue 17, finding 9: a hook's time is not the network's. The server answers in 0.3 s;
+  -- on_result runs 2.5 s for the first item while the others are in flight, with timeout = 1:
+  -- what arrived while it ran is read as arrived, never a timeout or maybe_created.
+  describe("a slow hook", function()
+    it("never turns an answered transfer into a timeout", function()
+      srv:fault{ action = "delay", seconds = 0.3, endpoint = "create", times = 8 }
+      local slow = srv:client{ timeout = 1, max_retries = 0 }
+      local first
+      local results = slow:create_cases(items(8), { concurrency = 8, on_result = function(i)
+        if not first then first = i socket.sleep(2.5) end
+      end })
+      slow:close()
+      for i = 1, 8 do
+        assert(results[i].res, ("item %d: %s"):format(i, tostring(results[i].err)))
+      end
+      assert.equal(8, srv:stats().requests)
+    end)
+
+    it("a transfer whose answer does not come still times out", function()
+      srv:fault{ action = "hang", endpoint = "create", times = 1 }
+      local slow = srv:client{ timeout = 1, max_retries = 0 }
+      local results = slow:create_cases(items(2), { concurrency = 2, on_result = function() socket.sleep(0.5) end })
+      slow:close()
+      local timeouts = 0
+      for i = 1, 2 do
+        if results[i].err then
+          timeouts = timeouts + 1
+          assert.equal("timeout", results[i].err.kind)
+          assert.is_true(results[i].err.maybe_created)
+          assert.matches("timed out after 1000 milliseconds", results[i].err.message)
+        end
+      end
+      assert.equal(1, timeouts)
+    end)
+  end)
+
   describe("on_send", function()
     it("runs before each attempt, retries included; the server never sees a request before it", function()
       srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "0" }, times = 3 }
