@@ -47,6 +47,11 @@ cc -O2 -Wall -Wextra -Werror -o .tmp/bench/curl_post bench/curl_post.c $(pkg-con
 .tmp/bench/curl_post "$url/api/v1/crm/messenger/chat/create?contactId=597752" "$CALLS" module \
   | awk '{print "amod_us", $2}' | rec ""
 lua5.4 bench/bench.lua floor "$work/fixture.json" "$CALLS" | rec "floor_"
+# the cost of a fresh easy handle per transfer (src/transport.c), interleaved rounds
+cc -O2 -Wall -Wextra -Werror -o .tmp/bench/handles bench/handles.c $(pkg-config --libs libcurl)
+hcalls=$([ "$SMOKE" = 1 ] && echo 50 || echo 1000); hrounds=$([ "$SMOKE" = 1 ] && echo 3 || echo 21)
+printf 'handles_calls %s\nhandles_rounds %s\n' "$hcalls" "$hrounds" >> "$out"
+.tmp/bench/handles "$url/api/v1/crm/messenger/chat/create?contactId=597752" "$hcalls" "$hrounds" | rec ""
 
 for v in 5.4 5.1 luajit; do
   make -s build LUA=$v >/dev/null

@@ -85,6 +85,23 @@ w("Of (b) 5.4's distance from the floor, ", f1(repair), " µs is the integer rep
   f2(b54 and repair and floor and (b54 - repair) / floor), "× the floor. The libcurl options the module sets cost ",
   f1(r.amod_us and a and r.amod_us - a), " µs a call ((a') − (a)).")
 w("")
+w("## A fresh handle per transfer")
+w("")
+w("The module runs every transfer on a fresh duplicate of a template easy handle, its connection kept by a ",
+  "multi handle and a share (src/transport.c: libcurl before 8.1.0, Debian's 7.88.1 among them, reads freed ",
+  "memory when a reused handle gets a folded first header line, curl issue 11101). `bench/handles.c` makes the ",
+  "same POST both ways with the module's options, in interleaved rounds (", f0(r.handles_rounds),
+  " rounds of ", f0(r.handles_calls), " calls each way, alternating which goes first): median [p25-p75] µs a call.")
+w("")
+w("| way | wall | CPU |")
+w("|---|---:|---:|")
+for _, way in ipairs({ "reused", "fresh" }) do
+  local function q(k) return f1(r["handles_" .. way .. "_" .. k .. "_med"]) .. " [" .. f1(r["handles_" .. way .. "_" .. k .. "_p25"])
+    .. "-" .. f1(r["handles_" .. way .. "_" .. k .. "_p75"]) .. "]" end
+  w("| ", way == "reused" and "one easy handle reused (before)" or "a fresh handle per transfer (now)", " | ",
+    q("wall"), " | ", q("cpu"), " |")
+end
+w("")
 w("## Decoding alone")
 w("")
 w("The documented response (10.7 KB): `cjson.decode` ", f1(r.dec_cjson_us), " µs, `acquire.decode_response` ",
