@@ -307,3 +307,58 @@ describe("create_cases for bulk work", function()
     end)
   end)
 end)
+
+-- Issue 21: create_cases streams. An iterator (a function returning the next item, nil at
+-- the end) is read as the batch goes; its results are not kept (on_result has them), and
+-- the return value counts them by outcome.
+describe("create_cases over an iterator", function()
+  local srv = helper.server()
+
+  local function from(list)
+    local i = 0
+    return function() i = i + 1 return list[i] end
+  end
+
+  it("sends every item, hands each to on_result, and returns counts by outcome", function()
+    local c = srv:client()
+    local list = {}
+    for i = 1, 30 do list[i] = { i % 10 == 0 and OTHER or CONTACT, { title = "s" .. i } } end
+    local got, totals = {}, {}
+    local counts = c:create_cases(from(list), { concurrency = 4,
+      on_result = function(i, res, err) got[i] = res and "res" or err.kind end,
+      on_progress = function(done, total) totals[#totals + 1] = total == nil end })
+    c:close()
+    assert.same({ total = 30, created = 27, failed = 3, uncertain = 0 }, counts)
+    for i = 1, 30 do assert.equal(i % 10 == 0 and "http" or "res", got[i], "item " .. i) end
+    assert.is_true(#totals > 0 and totals[1])          -- the total is not known ahead
+    assert.equal(30, srv:stats().requests)
+  end)
+
+  it("checks each item as it is drawn: a bad one raises, naming it; nothing of it is sent", function()
+    local c = srv:client()
+    local list = { { CONTACT }, { CONTACT }, { "x" }, { CONTACT } }
+    local msg = helper.raises(c.create_cases, c, from(list), { concurrency = 1 })
+    helper.contains(msg, "bad item #3: contactId must be a positive integer")
+    assert.is_true(srv:stats().requests <= 2)
+    assert.truthy(c:create_case(CONTACT))                -- the client is whole
+    c:close()
+  end)
+
+  it("keeps nothing per item: memory after 3,000 items is what it was after 300", function()
+    local c = srv:client()
+    local function items_of(n)
+      local i = 0
+      return function() i = i + 1 if i <= n then return { CONTACT, { title = "m" } } end end
+    end
+    local function live_kib(n)
+      c:create_cases(items_of(n), { concurrency = 8, on_result = function() end })
+      collectgarbage() collectgarbage()
+      return collectgarbage("count")
+    end
+    live_kib(100)                                        -- warm: the pool, connections
+    local small = live_kib(300)
+    local big = live_kib(3000)
+    c:close()
+    assert(big - small < 256, ("%.0f KiB after 300 items, %.0f KiB after 3,000"):format(small, big))
+  end)
+end)

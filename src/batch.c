@@ -38,7 +38,8 @@ struct acq_slot_t {
 
 typedef struct item_t {
     long long id;
-    int attempts;
+    long k;                           /* 0-based item index */
+    int attempts, used;               /* used: the pool entry holds a live item */
     double ready_at;                  /* monotonic seconds, while waiting to retry */
     double started;                   /* wall clock, when first sent (reconcile) */
 } item_t;
@@ -234,18 +235,6 @@ static void call_hook(lua_State *L, acq_client_t *c, int nargs) {
     }
 }
 
-/* on_result(i, res, err) for item k, with what results[k] holds. */
-static void deliver(lua_State *L, acq_client_t *c, int fn, int results, long k) {
-    if (fn == 0) return;
-    lua_pushvalue(L, fn);
-    acq_pushint64(L, k + 1);
-    lua_rawgeti(L, results, (int)k + 1);
-    lua_getfield(L, -1, "res");
-    lua_getfield(L, -2, "err");
-    lua_remove(L, -3);
-    call_hook(L, c, 3);
-}
-
 /* Is the value at idx an err that says the case may exist? */
 static int maybe_created(lua_State *L, int idx) {
     int maybe;
@@ -256,123 +245,214 @@ static int maybe_created(lua_State *L, int idx) {
     return maybe;
 }
 
-/* results[i] = { res = v } or { err = v }, v on top (popped). */
-static void store(lua_State *L, int results, long i, const char *field) {
-    lua_createtable(L, 0, 1);
-    lua_insert(L, -2);
-    lua_setfield(L, -2, field);
-    lua_rawseti(L, results, (int)i + 1);
-}
-
-/* reconcile: after the batch, one wait, then every item that may have been
-   created is looked up (one after another: lookups are few and short), and
-   delivered to on_result (fn) with what the lookup settled. */
-static void reconcile_all(lua_State *L, acq_client_t *c, int items, int results,
-                          const item_t *it, long n, int fn) {
-    long i;
-    int waited = 0;
-    for (i = 0; i < n; i++) {
-        int top = lua_gettop(L);
-        lua_rawgeti(L, results, (int)i + 1);
-        lua_getfield(L, -1, "err");
-        if (!maybe_created(L, -1)) { lua_settop(L, top); continue; }
-        if (!waited) {
-            policy_sleep((double)c->reconcile_ms / 1000.0);
-            waited = 1;
-        }
-        lua_rawgeti(L, items, (int)i + 1);
-        lua_rawgeti(L, -1, 2);                             /* the item's opts */
-        if (client_reconcile(L, c, it[i].id, -1, it[i].started, top + 2) == 1)
-            store(L, results, i, "res");
-        lua_settop(L, top);
-        deliver(L, c, fn, results, i);
-    }
-}
-
-/* What one create_cases keeps while it runs. */
+/* What one create_cases keeps while it runs. Items live in a pool while in
+   flight or waiting to retry, and are forgotten when done: with an iterator
+   as input, memory stays the same whatever the number of items. */
+#define POOL (2 * ACQ_MAX_CONCURRENCY)
 typedef struct run_t {
     opts_t o;
-    int bodies, results;                       /* stack indices */
+    int items;                                 /* the input: a table or a function */
+    int stream;                                /* it is a function */
+    int bodies;                                /* table input: every body, encoded first */
+    int results;                               /* table input: results[k]; else 0 */
+    int live;                                  /* live[p] = { body, item } of pool entry p */
+    int held;                                  /* { { k, err, item, id, started }, … }: reconcile */
     int reconcile;
-    long n, nwait;
-    item_t *it;
-    long *waiting;                             /* items waiting to retry */
+    long n;                                    /* items known so far (table: all) */
+    long drawn;                                /* items taken from the input */
+    int ended;                                 /* the input has no more */
+    long long *ids;                            /* table input: each item's contactId */
+    item_t pool[POOL];
+    int nwait, waiting[POOL];                  /* pool entries waiting to retry */
+    long counts[3];                            /* created, failed, uncertain */
     double open_at;                            /* no request starts before (monotonic) */
     double timeout;                            /* a transfer's, in seconds; 0: none */
     double paused;                             /* seconds spent in hooks and the log so far */
     char url[ACQ_URL_MAX], pfx[32];
 } run_t;
 
+/* Item k's outcome is final (res or err on top, popped): kept (table input),
+   counted, and handed to on_result. */
+static void settled(lua_State *L, acq_client_t *c, run_t *b, long k, int ok) {
+    int v = lua_gettop(L);
+    b->counts[ok ? 0 : maybe_created(L, v) ? 2 : 1]++;
+    if (b->results) {
+        lua_createtable(L, 0, 1);
+        lua_pushvalue(L, v);
+        lua_setfield(L, -2, ok ? "res" : "err");
+        lua_rawseti(L, b->results, (int)k + 1);
+    }
+    if (b->o.on_result) {
+        lua_pushvalue(L, b->o.on_result);
+        acq_pushint64(L, k + 1);
+        if (ok) { lua_pushvalue(L, v); lua_pushnil(L); }
+        else { lua_pushnil(L); lua_pushvalue(L, v); }
+        call_hook(L, c, 3);
+    }
+    lua_settop(L, v - 1);
+}
+
+/* reconcile: after the batch, one wait, then every item held back (it may
+   have been created) is looked up, one after another (lookups are few and
+   short), and settled with what the lookup found. */
+static void reconcile_all(lua_State *L, acq_client_t *c, run_t *b) {
+    int i, nheld = (int)acq_rawlen(L, b->held);
+    for (i = 1; i <= nheld; i++) {
+        int top = lua_gettop(L), rec;
+        long long id;
+        double started;
+        long k;
+        if (i == 1) policy_sleep((double)c->reconcile_ms / 1000.0);
+        lua_rawgeti(L, b->held, i);
+        rec = lua_gettop(L);
+        lua_rawgeti(L, rec, 1); k = (long)lua_tonumber(L, -1);
+        lua_rawgeti(L, rec, 4); json_to_int(L, -1, &id);
+        lua_rawgeti(L, rec, 5); started = (double)lua_tonumber(L, -1);
+        lua_rawgeti(L, rec, 2);                              /* err: top + 5 */
+        lua_rawgeti(L, rec, 3);                              /* the item */
+        lua_rawgeti(L, -1, 2);                               /* its opts */
+        if (client_reconcile(L, c, id, -1, started, top + 5) == 1) settled(L, c, b, k, 1);
+        else settled(L, c, b, k, 0);
+        lua_settop(L, top);
+    }
+}
+
+/* The next item from the input into pool entry p: 1, or 0 at its end.
+   Table input: checked and encoded before the run; an iterator's item is
+   checked here, before it can be sent (a bad one raises, naming it). */
+static int draw(lua_State *L, acq_client_t *c, run_t *b, int p) {
+    item_t *it = &b->pool[p];
+    long k = b->drawn;
+    if (b->ended) return 0;
+    memset(it, 0, sizeof *it);
+    lua_createtable(L, 2, 0);                                 /* live[p] = { body, item } */
+    if (!b->stream) {
+        if (k >= b->n) { b->ended = 1; lua_pop(L, 1); return 0; }
+        lua_rawgeti(L, b->bodies, (int)k + 1);
+        lua_rawseti(L, -2, 1);
+        lua_rawgeti(L, b->items, (int)k + 1);
+        lua_rawseti(L, -2, 2);
+        it->id = b->ids[k];
+    } else {
+        lua_pushvalue(L, b->items);
+        lua_call(L, 0, 1);
+        if (lua_isnil(L, -1)) { b->ended = 1; lua_pop(L, 2); return 0; }
+        lua_pushcfunction(L, batch_l_encode_item);
+        lua_pushlightuserdata(L, c);
+        lua_pushlightuserdata(L, it);
+        lua_pushvalue(L, -4);
+        if (lua_pcall(L, 3, 1, 0) != 0) {
+            detach_all(c);
+            luaL_error(L, "bad item #%d: %s", (int)k + 1, lua_tostring(L, -1));
+        }
+        lua_rawseti(L, -3, 1);
+        lua_rawseti(L, -2, 2);
+        b->n = k + 1;
+    }
+    lua_rawseti(L, b->live, p + 1);
+    it->k = k;
+    it->used = 1;
+    b->drawn++;
+    return 1;
+}
+
 /* Transfer slot ended with code: its outcome delivered (returns 1: the
    item is done), or its item put back to wait for a retry (returns 0). */
 static int complete(lua_State *L, acq_client_t *c, run_t *b, acq_slot_t *slot, CURLcode code) {
     acq_result_t r;
     double wait;
-    long k = slot->item;
-    int held;
+    int p = (int)slot->item;
+    item_t *it = &b->pool[p];
     transport_finish(&slot->t, code, &r);
     curl_multi_remove_handle(c->batch->multi, slot->t.easy);  /* a msg of it is gone now */
     slot->item = -1;
-    b->it[k].attempts++;
-    snprintf(b->pfx, sizeof b->pfx, "item %ld: ", k + 1);     /* its log lines' */
+    it->attempts++;
+    snprintf(b->pfx, sizeof b->pfx, "item %ld: ", it->k + 1);  /* its log lines' */
     if (c->debug) {
         size_t blen;
         const char *body;
-        snprintf(b->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", b->it[k].id);
-        lua_rawgeti(L, b->bodies, (int)k + 1);
+        snprintf(b->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", it->id);
+        lua_rawgeti(L, b->live, p + 1);
+        lua_rawgeti(L, -1, 1);
         body = lua_tolstring(L, -1, &blen);
-        client_log_attempt(L, c, &slot->t, &r, b->pfx, b->it[k].attempts, b->url, body, blen);
-        lua_pop(L, 1);
+        client_log_attempt(L, c, &slot->t, &r, b->pfx, it->attempts, b->url, body, blen);
+        lua_pop(L, 2);
     }
     if (client_outcome(L, c, &slot->t, &r) == 1) {
         client_claim(L, c, -1);
-        store(L, b->results, k, "res");
-        deliver(L, c, b->o.on_result, b->results, k);
+        it->used = 0;
+        settled(L, c, b, it->k, 1);
         return 1;
     }
     {
         double pause = policy_pause(L, -1);   /* the server asked the whole batch */
         if (pause >= 0 && now() + pause > b->open_at) b->open_at = now() + pause;
     }
-    wait = policy_next(L, -1, b->it[k].attempts, c->max_retries, &c->rng);
-    client_log_failure(L, c, b->pfx, b->it[k].attempts, lua_gettop(L), wait);
+    wait = policy_next(L, -1, it->attempts, c->max_retries, &c->rng);
+    client_log_failure(L, c, b->pfx, it->attempts, lua_gettop(L), wait);
     if (wait >= 0) {
         lua_pop(L, 2);
-        b->it[k].ready_at = now() + wait;
-        b->waiting[b->nwait++] = k;
+        it->ready_at = now() + wait;
+        b->waiting[b->nwait++] = p;
         return 0;
     }
     lua_remove(L, -2);
-    held = b->reconcile && maybe_created(L, -1);   /* delivered once settled */
-    store(L, b->results, k, "err");
-    if (!held) deliver(L, c, b->o.on_result, b->results, k);
+    it->used = 0;
+    if (b->reconcile && maybe_created(L, -1)) {     /* settled once looked up, after the batch */
+        lua_createtable(L, 5, 0);
+        acq_pushint64(L, it->k);
+        lua_rawseti(L, -2, 1);
+        lua_pushvalue(L, -2);
+        lua_rawseti(L, -2, 2);
+        lua_rawgeti(L, b->live, p + 1);
+        lua_rawgeti(L, -1, 2);
+        lua_rawseti(L, -3, 3);
+        lua_pop(L, 1);
+        acq_pushint64(L, it->id);
+        lua_rawseti(L, -2, 4);
+        lua_pushnumber(L, it->started);
+        lua_rawseti(L, -2, 5);
+        lua_rawseti(L, b->held, (int)acq_rawlen(L, b->held) + 1);
+        if (b->results) {                               /* until then, results[k] says so */
+            lua_createtable(L, 0, 1);
+            lua_insert(L, -2);
+            lua_setfield(L, -2, "err");
+            lua_rawseti(L, b->results, (int)it->k + 1);
+        } else {
+            lua_pop(L, 1);
+        }
+        return 1;
+    }
+    settled(L, c, b, it->k, 0);
     return 1;
 }
 
-/* Starts item pick on slot s (its on_send first). */
-static void start(lua_State *L, acq_client_t *c, run_t *b, int s, long pick) {
+/* Starts pool entry p on slot s (its on_send first). */
+static void start(lua_State *L, acq_client_t *c, run_t *b, int s, int p) {
     acq_slot_t *slot = c->batch->slots[s];
+    item_t *it = &b->pool[p];
     size_t len;
     const char *body;
     if (b->o.on_send) {                        /* before the attempt is libcurl's */
         lua_pushvalue(L, b->o.on_send);
-        acq_pushint64(L, pick + 1);
-        acq_pushint64(L, b->it[pick].attempts + 1);
+        acq_pushint64(L, it->k + 1);
+        acq_pushint64(L, it->attempts + 1);
         call_hook(L, c, 2);
     }
-    lua_rawgeti(L, b->bodies, (int)pick + 1);
-    body = lua_tolstring(L, -1, &len);          /* anchored in bodies */
-    lua_pop(L, 1);
-    snprintf(b->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", b->it[pick].id);
+    lua_rawgeti(L, b->live, p + 1);
+    lua_rawgeti(L, -1, 1);
+    body = lua_tolstring(L, -1, &len);          /* anchored in live */
+    lua_pop(L, 2);
+    snprintf(b->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", it->id);
     if (transport_prepare(&slot->t, b->url, body, len) != 0) {
         detach_all(c);
         luaL_error(L, "not enough memory");
     }
     curl_easy_setopt(slot->t.easy, CURLOPT_TIMEOUT_MS, 0L);   /* kept by run() */
-    slot->item = pick;
+    slot->item = p;
     slot->start = now();
     slot->paused0 = b->paused;
-    if (b->it[pick].started == 0) b->it[pick].started = client_clock();
+    if (it->started == 0) it->started = client_clock();
     if (curl_multi_add_handle(c->batch->multi, slot->t.easy) != CURLM_OK) {
         slot->item = -1;
         detach_all(c);
@@ -381,17 +461,34 @@ static void start(lua_State *L, acq_client_t *c, run_t *b, int s, long pick) {
     if (b->o.interval > 0) b->open_at = now() + b->o.interval;
 }
 
+/* The pool entry to start next: a retry that is due, or a new item drawn
+   into a free entry; -1: none now. */
+static int pick(lua_State *L, acq_client_t *c, run_t *b, double t) {
+    int i, p;
+    for (i = 0; i < b->nwait; i++) {
+        if (b->pool[b->waiting[i]].ready_at <= t) {
+            p = b->waiting[i];
+            b->waiting[i] = b->waiting[--b->nwait];
+            return p;
+        }
+    }
+    for (p = 0; p < POOL && b->pool[p].used; p++) {}
+    if (p == POOL || !draw(L, c, b, p)) return -1;
+    return p;
+}
+
 static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     run_t *b;
     int active = 0;
-    long i, fresh = 0, done = 0, n = (long)acq_rawlen(L, items);
+    long i, done = 0;
     acq_slot_t *lead = NULL;                   /* the batch's first transfer */
     int alone = 1;                             /* it runs alone (below) */
 
     luaL_checkstack(L, LUA_MINSTACK + 16, "create_cases");   /* the loop holds many values */
     b = (run_t *)acq_newuserdata(L, sizeof *b);
     memset(b, 0, sizeof *b);
-    b->n = n;
+    b->items = items;
+    b->stream = lua_isfunction(L, items);
     b->reconcile = c->reconcile_ms >= 0;
     b->timeout = (double)c->timeout_ms / 1000.0;
     parse_opts(L, opts, &b->o);
@@ -406,27 +503,34 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
         }
         lua_pop(L, 1);
     }
-    b->it = (item_t *)acq_newuserdata(L, (size_t)(n ? n : 1) * sizeof *b->it);
-    memset(b->it, 0, (size_t)(n ? n : 1) * sizeof *b->it);
-    b->waiting = (long *)acq_newuserdata(L, (size_t)(n ? n : 1) * sizeof *b->waiting);
-    lua_createtable(L, (int)n, 0);
-    b->bodies = lua_gettop(L);
-    for (i = 0; i < n; i++) {                  /* all of them, before any is sent */
-        lua_pushcfunction(L, batch_l_encode_item);
-        lua_pushlightuserdata(L, c);
-        lua_pushlightuserdata(L, &b->it[i]);
-        lua_rawgeti(L, items, (int)i + 1);
-        if (lua_pcall(L, 3, 1, 0) != 0)
-            luaL_error(L, "bad item #%d: %s", (int)i + 1, lua_tostring(L, -1));
-        lua_rawseti(L, b->bodies, (int)i + 1);
+    lua_newtable(L);
+    b->live = lua_gettop(L);
+    lua_newtable(L);
+    b->held = lua_gettop(L);
+    if (!b->stream) {                           /* all of them, before any is sent */
+        b->n = (long)acq_rawlen(L, items);
+        b->ids = (long long *)acq_newuserdata(L, (size_t)(b->n ? b->n : 1) * sizeof *b->ids);
+        lua_createtable(L, (int)b->n, 0);
+        b->bodies = lua_gettop(L);
+        for (i = 0; i < b->n; i++) {
+            item_t scratch;
+            lua_pushcfunction(L, batch_l_encode_item);
+            lua_pushlightuserdata(L, c);
+            lua_pushlightuserdata(L, &scratch);
+            lua_rawgeti(L, items, (int)i + 1);
+            if (lua_pcall(L, 3, 1, 0) != 0)
+                luaL_error(L, "bad item #%d: %s", (int)i + 1, lua_tostring(L, -1));
+            b->ids[i] = scratch.id;
+            lua_rawseti(L, b->bodies, (int)i + 1);
+        }
+        lua_createtable(L, (int)b->n, 0);
+        b->results = lua_gettop(L);
+        if (b->n == 0) return 1;
     }
-    lua_createtable(L, (int)n, 0);
-    b->results = lua_gettop(L);
-    if (n == 0) return 1;
 
     setup(L, c, b->o.concurrency);
     memcpy(b->url, c->url, c->prefix_len);
-    while (done < n) {
+    while (!(b->ended && active == 0 && b->nwait == 0)) {
         double t = now(), wake = -1, lua_at;
         int s, queued, added = 0, progressed = 0, running = 0;
         CURLMsg *msg;
@@ -442,18 +546,10 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
         }
         /* start what may start: retries that are due first, then new items */
         for (s = 0; s < b->o.concurrency && t >= b->open_at && !(alone && active > 0); s++) {
-            long pick = -1;
+            int p;
             if (c->batch->slots[s] == NULL || c->batch->slots[s]->item >= 0) continue;  /* setup made 0..concurrency-1 */
-            for (i = 0; i < b->nwait; i++) {
-                if (b->it[b->waiting[i]].ready_at <= t) {
-                    pick = b->waiting[i];
-                    b->waiting[i] = b->waiting[--b->nwait];
-                    break;
-                }
-            }
-            if (pick < 0 && fresh < n) pick = fresh++;
-            if (pick < 0) break;
-            start(L, c, b, s, pick);
+            if ((p = pick(L, c, b, t)) < 0) break;
+            start(L, c, b, s, p);
             if (alone) lead = c->batch->slots[s];
             active++;
             added++;
@@ -488,15 +584,15 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             lua_at = now();
             lua_pushvalue(L, b->o.on_progress);
             acq_pushint64(L, done);
-            acq_pushint64(L, n);
+            if (b->stream) lua_pushnil(L); else acq_pushint64(L, b->n);
             call_hook(L, c, 2);
             b->paused += now() - lua_at;
         }
-        if (done == n) break;
+        if (b->ended && active == 0 && b->nwait == 0) break;
         if (active < b->o.concurrency) {       /* when a free slot may start one */
-            if (fresh < n && !(alone && active > 0)) wake = t;   /* not while the lead resolves */
+            if (!b->ended && !(alone && active > 0)) wake = t;   /* not while the lead resolves */
             for (i = 0; i < b->nwait; i++)
-                if (wake < 0 || b->it[b->waiting[i]].ready_at < wake) wake = b->it[b->waiting[i]].ready_at;
+                if (wake < 0 || b->pool[b->waiting[i]].ready_at < wake) wake = b->pool[b->waiting[i]].ready_at;
             if (wake >= 0 && wake < b->open_at) wake = b->open_at;
         }
         for (s = 0; s < b->o.concurrency && b->timeout > 0; s++) {   /* and a deadline */
@@ -510,8 +606,20 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
         else if (!added) wait_for(c, wake);
     }
     detach_all(c);
-    if (b->reconcile) reconcile_all(L, c, items, b->results, b->it, n, b->o.on_result);
-    lua_settop(L, b->results);
+    if (b->reconcile) reconcile_all(L, c, b);
+    if (b->results) {
+        lua_pushvalue(L, b->results);
+        return 1;
+    }
+    lua_createtable(L, 0, 4);                   /* an iterator's: counts by outcome */
+    acq_pushint64(L, b->n);
+    lua_setfield(L, -2, "total");
+    acq_pushint64(L, b->counts[0]);
+    lua_setfield(L, -2, "created");
+    acq_pushint64(L, b->counts[1]);
+    lua_setfield(L, -2, "failed");
+    acq_pushint64(L, b->counts[2]);
+    lua_setfield(L, -2, "uncertain");
     return 1;
 }
 
@@ -582,10 +690,17 @@ static int journaled(lua_State *L, int client, int items, int opts) {
     return 1;
 }
 
-/* client:create_cases(items, opts) -> { { res = … } | { err = … }, … } */
+/* client:create_cases(items, opts) -> { { res = … } | { err = … }, … };
+   items a function (an iterator): -> { total, created, failed, uncertain } */
+static void check_items(lua_State *L, int idx) {
+    if (!lua_istable(L, idx) && !lua_isfunction(L, idx))
+        luaL_argerror(L, idx, lua_pushfstring(L, "table or function expected, got %s",
+                                              luaL_typename(L, idx)));
+}
+
 int batch_l_create_cases(lua_State *L) {
     acq_client_t *c = client_check_open(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
+    check_items(L, 2);
     lua_settop(L, 3);
     if (journaled(L, 1, 2, 3)) return 1;
     return guarded(L, c, 2, 3);
@@ -594,7 +709,7 @@ int batch_l_create_cases(lua_State *L) {
 /* acquire.create_cases(items, opts) through the default client */
 int batch_l_default_create_cases(lua_State *L) {
     acq_client_t *c;
-    luaL_checktype(L, 1, LUA_TTABLE);
+    check_items(L, 1);
     lua_settop(L, 2);
     c = client_default(L);                                    /* 3 */
     if (journaled(L, 3, 1, 2)) return 1;
