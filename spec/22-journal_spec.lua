@@ -10,18 +10,22 @@ local socket = require "socket"
 
 local contains = helper.contains
 
--- The journal's records, in order (a last line cut short is left out: the CLI drops it too).
+-- The journal's records, in order, after its header (a last line cut short is left out: the
+-- journal drops it too).
 local function records(path)
   local list = {}
   for line in helper.slurp(path):gmatch("([^\n]*)\n") do list[#list + 1] = cjson.decode(line) end
+  local header = table.remove(list, 1)
+  assert(header and header.journal == "lua-acquire" and header.format == 1, path .. ": no journal header")
   return list
 end
 
--- Each line's records, in order: by[n] = { record, … }.
-local function by_line(list, key)
+-- Each item's records, in order: by[n] = { record, … } (item n is line n: these inputs have no
+-- blank line).
+local function by_line(list)
   local by = {}
   for _, r in ipairs(list) do
-    local n = r[key or "line"]
+    local n = r.item
     by[n] = by[n] or {}
     table.insert(by[n], r)
   end
@@ -284,29 +288,31 @@ describe("acquire-case --batch", function()
       contains(r.err, "line 1 changed")
       r = run({ "--batch", "--journal", path }, text:match("^(.-\n.-\n)"))    -- lines 3 to 5 gone
       assert.equal(2, r.code)
-      contains(r.err, "line 3 is gone")
+      contains(r.err, "written for another input (item 3 is gone since the journal recorded it)")
+      r = run({ "--batch", "--journal", path }, text .. "597752\n")            -- a line added
+      assert.equal(2, r.code)
+      contains(r.err, "written for another input (5 items; these 6 differ)")
       assert.equal(sent, #srv:requests())
       r = run({ "--batch", "--resend-uncertain" }, text)
       assert.equal(2, r.code)
       contains(r.err, "--resend-uncertain goes with --journal")
       r = run({ "--batch", "--csv", "--journal", path }, "contactId\n597752\n")
       assert.equal(2, r.code)
-      contains(r.err, "written for line input, not CSV")
+      contains(r.err, "row 2 changed since the journal recorded it")
       assert.equal(sent, #srv:requests())
     end)
 
     it("tolerates a last record cut short (the command killed while writing it), and nothing else", function()
       local path = tmp .. "/journal"
       local text = input(3)
-      assert.equal(0, run({ "--batch", "--journal", path }, input(2)).code)
+      assert.equal(0, run({ "--batch", "--journal", path }, text).code)
       local whole = helper.read_file(path)
-      helper.write_file(path, whole .. '{"line":3,"hash":"0123')
+      helper.write_file(path, whole .. '{"item":3,"digest":"0123')
       local r = run({ "--batch", "--journal", path }, text)
       assert.equal(0, r.code, r.err)
-      assert.same({ 1, 2 }, { summary(r.err).created, summary(r.err).before })
-      local list = records(path)                                  -- the file is whole JSON lines again
-      assert.equal(6, #list)
-      assert.equal(helper.read_file(path):sub(1, #whole), whole)
+      assert.same({ 0, 3 }, { summary(r.err).created, summary(r.err).before })
+      assert.equal(whole, helper.read_file(path))                -- cut back to whole JSON lines
+      assert.equal(6, #records(path))
       helper.write_file(path, whole:gsub("\n", "\nnot json\n", 1))
       r = run({ "--batch", "--journal", path }, text)
       assert.equal(2, r.code)
