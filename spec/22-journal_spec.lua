@@ -253,6 +253,47 @@ describe("acquire-case --batch", function()
       assert.same(uncertain, agree(path, 40, ""))
     end)
 
+    it("two runs started together on one journal: exactly one sends, the other names its pid", function()
+      srv:fault{ action = "delay", seconds = 0.05 }               -- the first run lasts about a second
+      local path = tmp .. "/journal"
+      local text = input(40)
+      local args = { "--batch", "--concurrency", "2", "--journal", path }
+      local a = helper.spawn_cli(args, { env = env, stdin = text })
+      local b = helper.spawn_cli(args, { env = env, stdin = text })
+      local ra, rb = a.wait(60), b.wait(60)
+      local reqs = requests_by_item(srv)
+      for i = 1, 40 do assert.equal(1, reqs[i], "item " .. i .. " sent " .. tostring(reqs[i]) .. " times") end
+      local loser, winner = ra, rb
+      if rb.code == 2 or (ra.code == 0 and summary(ra.err).before == 40) then loser, winner = rb, ra end
+      assert.equal(0, winner.code, winner.err)
+      assert.equal(40, summary(winner.err).created)
+      if loser.code == 2 then                                     -- refused at once, naming the holder
+        contains(loser.err, ("--journal %s is in use by process %d"):format(path, loser == ra and b.pid or a.pid))
+        assert.equal("", loser.out)
+      else                                                        -- it started after the first ended
+        assert.same({ 0, 40 }, { loser.code, summary(loser.err).before }, loser.err)
+      end
+    end)
+
+    it("refuses a file that is not a journal (unchanged, byte for byte) and a symbolic link", function()
+      local path = tmp .. "/notes"
+      for _, text in ipairs({ "my notes\n", "my notes", "597752\n597752\n" }) do
+        helper.write_file(path, text)
+        local r = run({ "--batch", "--journal", path }, input(2))
+        assert.equal(2, r.code, r.err)
+        contains(r.err, "--journal " .. path .. ": not a lua-acquire journal")
+        assert.equal(text, helper.read_file(path))
+      end
+      os.execute(("ln -s notes %s/link"):format(tmp))
+      local r = run({ "--batch", "--journal", tmp .. "/link" }, input(2))
+      assert.equal(2, r.code, r.err)
+      contains(r.err, "is a symbolic link: refused")
+      assert.same({}, srv:requests())
+      r = run({ "--batch", "--journal", tmp .. "/new" }, input(2))
+      assert.equal(0, r.code, r.err)
+      assert.equal("600", helper.sh("stat -c %a " .. tmp .. "/new"):match("%d+"))
+    end)
+
     it("--resend-uncertain sends the uncertain items again", function()
       -- an answer lost after the case was stored: maybe_created, and journaled so
       srv:fault{ action = "reset", create = true, times = 1 }
