@@ -193,7 +193,8 @@ function M.create_cases(client, items, opts)
 
   local j, created_file, errno, pid = acquire._journal_open(path)
   if not j then
-    local reason = pid and "locked" or errno == 40 and "symlink" or "io"
+    local reason = pid and "locked" or tostring(created_file):find("symbolic link", 1, true) and "symlink"
+      or "io"
     return nil, new_error{ kind = "journal", reason = reason, message = created_file, errno = errno,
       pid = pid ~= 0 and pid or nil }
   end
