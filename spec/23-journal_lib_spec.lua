@@ -122,6 +122,9 @@ describe("acquire.journal", function()
     assert.is_false(helper.exists(path))
     helper.raises(function() journal.create_cases(client, items(1), { path = path, bogus = 1 }) end, "bogus")
     assert.same({}, srv:requests())
+    -- that run left a journal with no record: the corrected input takes it over
+    local results = journal.create_cases(client, items(2), { path = path })
+    assert.is_table(results[2].res)
   end)
 
   it("never modifies a file that is not this input's journal, nor opens one through a symlink", function()

@@ -203,13 +203,22 @@ function M.create_cases(client, items, opts)
     -- the header, or what the file says
     local text = assert(j:read())
     local index = {}
+    local header, idx, keep
+    if not created_file and text ~= "" then
+      header, idx, keep = parse(text, path)
+      if not header then return nil, idx end
+      if next(idx) == nil and header.input ~= input then
+        -- no record yet (a run refused before it sent anything: a bad option): nothing to keep
+        local okt, terr = j:truncate(0)
+        if not okt then return nil, new_error{ kind = "journal", reason = "io", message = terr } end
+        text = ""
+      end
+    end
     if created_file or text == "" then            -- new (or made by a run that died before its header)
       local okw, werr = j:append(encode{ { "journal", MAGIC }, { "format", M.FORMAT },
         { "input", input }, { "items", n } })
       if not okw then return nil, new_error{ kind = "journal", reason = "io", message = werr } end
     else
-      local header, idx, keep = parse(text, path)
-      if not header then return nil, idx end
       index = idx
       local first                                 -- the first item recorded for other content
       for i, rec in pairs(index) do
