@@ -20,7 +20,6 @@ dependencies = {
    "lua >= 5.1",
    "lua-cjson",
    "argparse",  -- acquire-case's arguments
-   "luv",       -- acquire-case --journal: fsync
 }
 external_dependencies = {
    CURL = { header = "curl/curl.h", library = "curl" },
@@ -29,6 +28,7 @@ build = {
    type = "builtin",
    modules = {
       ["acquire.ngx"] = "lua/acquire/ngx.lua",
+      ["acquire.journal"] = "lua/acquire/journal.lua",
       acquire = {
          sources = {
             "lua_acquire.c",
@@ -37,6 +37,7 @@ build = {
             "src/client.c",
             "src/config.c",
             "src/error.c",
+            "src/journal.c",
             "src/json.c",
             "src/policy.c",
             "src/reconcile.c",

@@ -15,9 +15,11 @@
  *   src/client.c     acquire.Client: request -> transport -> response
  *   src/batch.c      create_cases: many at once on a curl multi handle
  *   src/buffer.c     C-owned byte buffers
+ *   src/journal.c    the journal's file: exclusive create, lock, whole appends
  *   src/compat.h     Lua 5.1-5.4 / LuaJIT differences
  */
 #include "src/transport.h"
+#include "src/journal.h"
 
 #if defined(__GNUC__)
 #define ACQ_EXPORT __attribute__((visibility("default")))
@@ -44,6 +46,7 @@ static const luaL_Reg module_functions[] = {
     { "settle", reconcile_l_settle },
     { "claims", reconcile_l_claims },
     { "claim", reconcile_l_claim },
+    { "_journal_open", journal_l_open },          /* for acquire.journal only */
     { NULL, NULL }
 };
 
@@ -90,6 +93,7 @@ ACQ_EXPORT int luaopen_acquire(lua_State *L) {
     error_open(L);
     client_open(L);
     response_open(L);
+    journal_open(L);
     lua_createtable(L, 0, 10);
     acq_setfuncs(L, module_functions, 0);
     response_push_null(L);

@@ -264,6 +264,58 @@ describe("bin/acquire-case", function()
     end)
   end)
 
+  describe("a proxy's credentials", function()
+    local proxy = require "spec.proxy"
+
+    it("are never taken from --proxy: a password there is refused, exit 2, neither echoed", function()
+      local pass = "s3cret-proxy-pass"
+      for _, args in ipairs({
+        { "--proxy", "http://user:" .. pass .. "@127.0.0.1:3128", CONTACT },
+        { CONTACT, "--proxy=http://user:" .. pass .. "@127.0.0.1:3128" },
+        { "--proxy", "user:" .. pass .. "@127.0.0.1:3128", CONTACT },           -- no scheme: curl's too
+        { "--proxy", "http://user:@127.0.0.1:3128", CONTACT, "--key-file", "/nonexistent" },
+      }) do
+        local r = run(args, env)
+        assert.equal(2, r.code, r.err)
+        assert.equal("", r.out)
+        contains(r.err, "--proxy with a password is refused")
+        contains(r.err, "--proxy-file")
+        excludes(r.err, pass)
+        excludes(r.err, "127.0.0.1:3128")
+      end
+      nothing_sent()
+    end)
+
+    it("come from --proxy-file (the URL on its first line) or the environment, and show nowhere", function()
+      local px = proxy.start{ auth = proxy.USER .. ":" .. proxy.PASS }
+      local ok, err = pcall(function()
+        local url = ("http://%s:%s@127.0.0.1:%d"):format(proxy.USER, proxy.PASS, px.port)
+        local file = helper.tmpfile(url .. "\r\n")
+        temps[#temps + 1] = file
+        local r = run({ "--proxy-file", file, CONTACT }, env)
+        assert.equal(0, r.code, r.err)
+        assert.equal(1, #px.requests())
+        proxy.no_secret(r.out .. r.err, "the output")
+        r = run({ CONTACT }, with{ http_proxy = url })                         -- curl's variable
+        assert.equal(0, r.code, r.err)
+        assert.equal(2, #px.requests())
+        r = run({ "--proxy-file", file, "--no-proxy", CONTACT }, env)
+        assert.equal(2, r.code)
+        contains(r.err, "--proxy-file excludes --proxy and --no-proxy")
+        local empty = helper.tmpfile("\n")
+        temps[#temps + 1] = empty
+        r = run({ "--proxy-file", empty, CONTACT }, env)
+        assert.equal(2, r.code)
+        contains(r.err, "the first line is empty")
+        r = run({ "--proxy", ("http://127.0.0.1:%d"):format(px.port), CONTACT }, env)   -- no password: taken
+        assert.equal(4, r.code)                                                -- the proxy wants one: 407
+        assert.equal(3, #px.requests())
+      end)
+      px.stop()
+      assert(ok, err)
+    end)
+  end)
+
   describe("the server", function()
     it("is found through --base-url before ACQUIRE_BASE_URL", function()
       local r = run({ "--base-url", srv.base_url, CONTACT },
@@ -480,6 +532,13 @@ describe("bin/acquire-case", function()
       table.sort(bodies)
       assert.same({ '{"title":"flag"}', '{"title":"flag"}', '{"title":"flag"}', '{"title":"from json"}' }, bodies)
       assert.equal("", r.err)                    -- no progress bar: stderr is not a terminal
+    end)
+
+    it("skips a UTF-8 byte order mark at the start of line input, as --csv does", function()
+      local r = run({ "--batch" }, env, "\239\187\191597752\n{\"contactId\": 597752}\n")
+      assert.equal(0, r.code, r.err)
+      assert.same({ 1, 2 }, { results(r.out)[1].line, results(r.out)[2].line })
+      assert.equal(2, #srv:requests())
     end)
 
     it("exits 0 when every case was created, and honours --concurrency", function()

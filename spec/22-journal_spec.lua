@@ -10,18 +10,22 @@ local socket = require "socket"
 
 local contains = helper.contains
 
--- The journal's records, in order (a last line cut short is left out: the CLI drops it too).
+-- The journal's records, in order, after its header (a last line cut short is left out: the
+-- journal drops it too).
 local function records(path)
   local list = {}
   for line in helper.slurp(path):gmatch("([^\n]*)\n") do list[#list + 1] = cjson.decode(line) end
+  local header = table.remove(list, 1)
+  assert(header and header.journal == "lua-acquire" and header.format == 1, path .. ": no journal header")
   return list
 end
 
--- Each line's records, in order: by[n] = { record, … }.
-local function by_line(list, key)
+-- Each item's records, in order: by[n] = { record, … } (item n is line n: these inputs have no
+-- blank line).
+local function by_line(list)
   local by = {}
   for _, r in ipairs(list) do
-    local n = r[key or "line"]
+    local n = r.item
     by[n] = by[n] or {}
     table.insert(by[n], r)
   end
@@ -121,7 +125,11 @@ describe("acquire-case --batch", function()
           if r.state == "sent" then
             sent = sent + 1
             local nxt = recs[k + 1]
-            if nxt and (nxt.state == "created" or nxt.state == "failed") then answered = answered + 1 end
+            -- (a "failed" record a stop wrote for an attempt never handed to libcurl is no answer)
+            local unsent = nxt and nxt.state == "failed" and tostring(nxt.error):find("^not sent")
+            if nxt and (nxt.state == "created" or nxt.state == "failed") and not unsent then
+              answered = answered + 1
+            end
           end
         end
         local got = reqs[i] or 0
@@ -249,6 +257,47 @@ describe("acquire-case --batch", function()
       assert.same(uncertain, agree(path, 40, ""))
     end)
 
+    it("two runs started together on one journal: exactly one sends, the other names its pid", function()
+      srv:fault{ action = "delay", seconds = 0.05 }               -- the first run lasts about a second
+      local path = tmp .. "/journal"
+      local text = input(40)
+      local args = { "--batch", "--concurrency", "2", "--journal", path }
+      local a = helper.spawn_cli(args, { env = env, stdin = text })
+      local b = helper.spawn_cli(args, { env = env, stdin = text })
+      local ra, rb = a.wait(60), b.wait(60)
+      local reqs = requests_by_item(srv)
+      for i = 1, 40 do assert.equal(1, reqs[i], "item " .. i .. " sent " .. tostring(reqs[i]) .. " times") end
+      local loser, winner = ra, rb
+      if rb.code == 2 or (ra.code == 0 and summary(ra.err).before == 40) then loser, winner = rb, ra end
+      assert.equal(0, winner.code, winner.err)
+      assert.equal(40, summary(winner.err).created)
+      if loser.code == 2 then                                     -- refused at once, naming the holder
+        contains(loser.err, ("--journal %s is in use by process %d"):format(path, loser == ra and b.pid or a.pid))
+        assert.equal("", loser.out)
+      else                                                        -- it started after the first ended
+        assert.same({ 0, 40 }, { loser.code, summary(loser.err).before }, loser.err)
+      end
+    end)
+
+    it("refuses a file that is not a journal (unchanged, byte for byte) and a symbolic link", function()
+      local path = tmp .. "/notes"
+      for _, text in ipairs({ "my notes\n", "my notes", "597752\n597752\n" }) do
+        helper.write_file(path, text)
+        local r = run({ "--batch", "--journal", path }, input(2))
+        assert.equal(2, r.code, r.err)
+        contains(r.err, "--journal " .. path .. ": not a lua-acquire journal")
+        assert.equal(text, helper.read_file(path))
+      end
+      os.execute(("ln -s notes %s/link"):format(tmp))
+      local r = run({ "--batch", "--journal", tmp .. "/link" }, input(2))
+      assert.equal(2, r.code, r.err)
+      contains(r.err, "is a symbolic link: refused")
+      assert.same({}, srv:requests())
+      r = run({ "--batch", "--journal", tmp .. "/new" }, input(2))
+      assert.equal(0, r.code, r.err)
+      assert.equal("600", helper.sh("stat -c %a " .. tmp .. "/new"):match("%d+"))
+    end)
+
     it("--resend-uncertain sends the uncertain items again", function()
       -- an answer lost after the case was stored: maybe_created, and journaled so
       srv:fault{ action = "reset", create = true, times = 1 }
@@ -284,29 +333,31 @@ describe("acquire-case --batch", function()
       contains(r.err, "line 1 changed")
       r = run({ "--batch", "--journal", path }, text:match("^(.-\n.-\n)"))    -- lines 3 to 5 gone
       assert.equal(2, r.code)
-      contains(r.err, "line 3 is gone")
+      contains(r.err, "written for another input (item 3 is gone since the journal recorded it)")
+      r = run({ "--batch", "--journal", path }, text .. "597752\n")            -- a line added
+      assert.equal(2, r.code)
+      contains(r.err, "written for another input (5 items; these 6 differ)")
       assert.equal(sent, #srv:requests())
       r = run({ "--batch", "--resend-uncertain" }, text)
       assert.equal(2, r.code)
       contains(r.err, "--resend-uncertain goes with --journal")
       r = run({ "--batch", "--csv", "--journal", path }, "contactId\n597752\n")
       assert.equal(2, r.code)
-      contains(r.err, "written for line input, not CSV")
+      contains(r.err, "row 2 changed since the journal recorded it")
       assert.equal(sent, #srv:requests())
     end)
 
     it("tolerates a last record cut short (the command killed while writing it), and nothing else", function()
       local path = tmp .. "/journal"
       local text = input(3)
-      assert.equal(0, run({ "--batch", "--journal", path }, input(2)).code)
+      assert.equal(0, run({ "--batch", "--journal", path }, text).code)
       local whole = helper.read_file(path)
-      helper.write_file(path, whole .. '{"line":3,"hash":"0123')
+      helper.write_file(path, whole .. '{"item":3,"digest":"0123')
       local r = run({ "--batch", "--journal", path }, text)
       assert.equal(0, r.code, r.err)
-      assert.same({ 1, 2 }, { summary(r.err).created, summary(r.err).before })
-      local list = records(path)                                  -- the file is whole JSON lines again
-      assert.equal(6, #list)
-      assert.equal(helper.read_file(path):sub(1, #whole), whole)
+      assert.same({ 0, 3 }, { summary(r.err).created, summary(r.err).before })
+      assert.equal(whole, helper.read_file(path))                -- cut back to whole JSON lines
+      assert.equal(6, #records(path))
       helper.write_file(path, whole:gsub("\n", "\nnot json\n", 1))
       r = run({ "--batch", "--journal", path }, text)
       assert.equal(2, r.code)

@@ -1,0 +1,298 @@
+-- acquire.journal: create_cases with a journal, as a library (bin/acquire-case --journal is one of
+-- its users). Its promises, each against the local Acquire server's own log: one run at a time
+-- (a POSIX lock naming its holder), no request before its "sent" record is whole on disk (short
+-- writes for real, under ulimit -f), a journal is created new 0600, never through a symbolic
+-- link, and a file that is not this input's journal is never modified.
+--
+-- The short-write generator is seeded: SPEC_SEED=S repeats a run; the seed is in every failure.
+local cjson = require "cjson"
+local helper = require "spec.helper"
+local socket = require "socket"
+local acquire = require "acquire"
+local journal = require "acquire.journal"
+
+local contains = helper.contains
+
+local LUA_ENV = { LUA_CPATH = "./?.so;;", LUA_PATH = "./?.lua;./lua/?.lua;;" }
+
+-- Items 1..n: { 597752, { title = "item N" } }; those in `missing` name contact 1 (404).
+local function items(n, missing)
+  local t = {}
+  for i = 1, n do t[i] = { missing and missing[i] and 1 or 597752, { title = "item " .. i } } end
+  return t
+end
+
+-- "item N" for each create the server received: requests[N] = how many.
+local function requests_by_item(srv)
+  local n = {}
+  for _, q in ipairs(srv:requests()) do
+    local item = q.body:match('"title":"item (%d+)"')
+    if item then n[tonumber(item)] = (n[tonumber(item)] or 0) + 1 end
+  end
+  return n
+end
+
+-- The cases the server stored for "item N": cases[N] = { case, … }.
+local function cases_by_item(srv)
+  local by = {}
+  for _, c in ipairs(srv:cases()) do
+    local item = type(c.title) == "string" and c.title:match("^item (%d+)$")
+    if item then
+      by[tonumber(item)] = by[tonumber(item)] or {}
+      table.insert(by[tonumber(item)], c)
+    end
+  end
+  return by
+end
+
+-- The journal's lines, decoded: header, { record, … } (every line must be whole).
+local function read_journal(path)
+  local text = helper.slurp(path)
+  local list = {}
+  for line in text:gmatch("([^\n]*)\n") do list[#list + 1] = cjson.decode(line) end
+  return table.remove(list, 1), list, text
+end
+
+local function mode(path)
+  return helper.sh("stat -c %a " .. helper.shell_quote(path)):match("%d+")
+end
+
+describe("acquire.journal", function()
+  local srv = helper.server()
+  local client, tmp
+
+  before_each(function()
+    srv:config{ unique_ids = true }          -- each create answers its own case's id
+    client = acquire.new{ base_url = srv.base_url, api_key = srv.key }
+    tmp = helper.tmpdir()
+  end)
+
+  after_each(function()
+    client:close()
+    helper.rmrf(tmp)
+  end)
+
+  it("creates each item once across runs; returns create_cases' shape, earlier runs' items marked", function()
+    local path = tmp .. "/j"
+    local list = items(3, { [2] = true })
+    local results, stopped = journal.create_cases(client, list, { path = path, concurrency = 2 })
+    assert.is_nil(stopped)
+    assert.equal(3, #results)
+    assert.is_number(results[1].res.data.id)
+    assert.same({ "http", 404, false }, { results[2].err.kind, results[2].err.status, results[2].err.maybe_created })
+    assert.is_nil(results[1].journal)
+    assert.equal("600", mode(path))
+    local header, recs = read_journal(path)
+    assert.same({ "lua-acquire", 1, 3 }, { header.journal, header.format, header.items })
+    assert.matches("^%x+$", header.input)
+    assert.equal(6, #recs)                                       -- sent, then the outcome, each
+
+    local again = journal.create_cases(client, list, { path = path })
+    assert.same({ "created", results[1].res.data.id }, { again[1].journal, again[1].res.data.id })
+    assert.same({ "created", results[3].res.data.id }, { again[3].journal, again[3].res.data.id })
+    assert.same({ nil, 404 }, { again[2].journal, again[2].err.status })   -- failed: sent again
+    assert.same({ 1, 2, 1 }, { requests_by_item(srv)[1], requests_by_item(srv)[2], requests_by_item(srv)[3] })
+    local delivered = {}
+    journal.create_cases(client, list, { path = path, on_result = function(i) delivered[#delivered + 1] = i end })
+    assert.same({ 2 }, delivered)                                -- hooks see the item's own index
+  end)
+
+  it("leaves uncertain items to a person unless resend_uncertain", function()
+    srv:fault{ action = "reset", create = true, times = 1 }      -- stored, the answer lost
+    local path = tmp .. "/j"
+    local list = items(2)
+    local results = journal.create_cases(client, list, { path = path, concurrency = 1 })
+    assert.is_true(results[1].err.maybe_created)
+    local again = journal.create_cases(client, list, { path = path })
+    assert.same({ "maybe_created", "uncertain", true }, { again[1].journal, again[1].err.kind, again[1].err.maybe_created })
+    contains(tostring(again[1].err), "not sent: the journal says it may have been created")
+    assert.equal(1, requests_by_item(srv)[1])
+    again = journal.create_cases(client, list, { path = path, resend_uncertain = true })
+    assert.is_table(again[1].res)
+    assert.equal(2, requests_by_item(srv)[1])
+  end)
+
+  it("refuses misuse: no path, a bad item, before the journal exists", function()
+    local path = tmp .. "/j"
+    helper.raises(function() journal.create_cases(client, items(1), {}) end, "bad option 'path'")
+    helper.raises(function() journal.create_cases(client, { { 597752 }, { "x" } }, { path = path }) end,
+      "bad item #2")
+    helper.raises(function() journal.create_cases(client, items(1), { path = path, resend_uncertain = 1 }) end,
+      "bad option 'resend_uncertain'")
+    assert.is_false(helper.exists(path))
+    helper.raises(function() journal.create_cases(client, items(1), { path = path, bogus = 1 }) end, "bogus")
+    assert.same({}, srv:requests())
+    -- that run left a journal with no record: the corrected input takes it over
+    local results = journal.create_cases(client, items(2), { path = path })
+    assert.is_table(results[2].res)
+  end)
+
+  it("never modifies a file that is not this input's journal, nor opens one through a symlink", function()
+    local function refused(path, reason, what)
+      local before = helper.exists(path) and helper.read_file(path)
+      local res, err = journal.create_cases(client, items(2), { path = path })
+      assert.is_nil(res, what)
+      assert.same({ "journal", reason }, { err.kind, err.reason }, what .. ": " .. tostring(err))
+      if before then assert.equal(before, helper.read_file(path), what .. ": the file changed") end
+      return err
+    end
+    for _, text in ipairs({ "one line\n", "one line, no newline", "two\nlines\n", '{"journal":"other"}\n',
+                            "\n", '{"journal":"lua-acquire","format":1,"input":"x"}' }) do
+      local path = tmp .. "/f"
+      helper.write_file(path, text)
+      contains(tostring(refused(path, "not_journal", ("%q"):format(text))), "not a lua-acquire journal")
+    end
+    -- another input's journal
+    local path = tmp .. "/j"
+    assert.equal(3, #journal.create_cases(client, items(3), { path = path }))
+    local sent = #srv:requests()
+    local list = items(3)
+    list[2][2].title = "changed"
+    local res, err = journal.create_cases(client, list, { path = path })
+    assert.is_nil(res)
+    assert.same({ "changed", 2 }, { err.reason, err.item })
+    assert.same({ "gone", 3 }, { select(2, journal.create_cases(client, items(2), { path = path })).reason,
+      select(2, journal.create_cases(client, items(2), { path = path })).item })
+    local _, other = journal.create_cases(client, items(4), { path = path })    -- an item added
+    assert.equal("other_input", other.reason)
+    contains(tostring(other), "written for another input (3 items; these 4 differ)")
+    assert.equal(sent, #srv:requests())
+    -- a symbolic link, to a journal or to nothing
+    os.execute(("ln -s j %s/link && ln -s nowhere %s/dangling"):format(tmp, tmp))
+    contains(tostring(refused(tmp .. "/link", "symlink", "a link to a journal")), "symbolic link")
+    refused(tmp .. "/dangling", "symlink", "a dangling link")
+    assert.is_false(helper.exists(tmp .. "/nowhere"))
+    assert.equal(sent, #srv:requests())
+  end)
+
+  it("a second run on a locked journal is refused at once, naming the holder's pid; nothing sent", function()
+    local path = tmp .. "/j"
+    local script = helper.tmpfile(([[
+      local socket = require "socket"
+      local j = assert(require("acquire")._journal_open(%q))
+      io.stdout:write("locked\n") io.stdout:flush()
+      for _ = 1, 2000 do
+        if io.open(%q) then break end
+        socket.sleep(0.01)
+      end
+      j:close()
+    ]]):format(path, tmp .. "/release"))
+    local child = helper.spawn({ helper.interpreter(), script }, { env = LUA_ENV })
+    local ok, err = pcall(function()
+      for _ = 1, 2000 do
+        if helper.slurp(child.dir .. "/out"):find("locked") then break end
+        socket.sleep(0.01)
+      end
+      local res, e = journal.create_cases(client, items(3), { path = path })
+      assert.is_nil(res)
+      assert.same({ "journal", "locked", child.pid }, { e.kind, e.reason, e.pid })
+      contains(tostring(e), ("journal %s is in use by process %d"):format(path, child.pid))
+      assert.same({}, srv:requests())
+    end)
+    helper.write_file(tmp .. "/release", "")
+    child.wait()
+    os.remove(script)
+    assert(ok, err)
+    assert.equal(3, #journal.create_cases(client, items(3), { path = path }))   -- released: it runs
+  end)
+
+  it("a journal is opened once per process: a second open is refused, and the lock still holds", function()
+    local path = tmp .. "/j"
+    local inner, other
+    journal.create_cases(client, items(2), { path = path, concurrency = 1, on_result = function(i)
+      if i ~= 1 then return end
+      local res, err = journal.create_cases(client, items(2), { path = path })
+      inner = { res, err }
+      local code, out = helper.run_lua(([[print(require("acquire")._journal_open(%q))]]):format(path), { env = LUA_ENV })
+      other = { code, out }
+    end })
+    assert.is_nil(inner[1])
+    contains(tostring(inner[2]), "is in use by this process")
+    contains(other[2], "is in use by process " .. helper.my_pid())
+  end)
+
+  it("passes the ids it records as created to create_cases as claimed", function()
+    local path = tmp .. "/j"
+    local list = items(3, { [3] = true })                       -- item 3: 404, sent again next run
+    local first = journal.create_cases(client, list, { path = path })
+    local seen
+    local spy = { create_cases = function(_, l, o) seen = o.claimed return client:create_cases(l, o) end }
+    journal.create_cases(spy, list, { path = path })
+    table.sort(seen)
+    local ids = { first[1].res.data.id, first[2].res.data.id }
+    table.sort(ids)
+    assert.same(ids, seen)
+  end)
+end)
+
+describe("acquire.journal under short writes (ulimit -f)", function()
+  local srv = helper.server()
+
+  -- A child that runs the journal with its file size capped at `blocks` 512-byte blocks (SIGXFSZ
+  -- ignored, so write(2) returns short, then EFBIG). -> exit status, its one line of output
+  local function capped_run(path, n, blocks)
+    local code, out, err = helper.run_lua(([[
+      local acquire = require "acquire"
+      local client = acquire.new{ base_url = %q, api_key = %q }
+      local list = {}
+      for i = 1, %d do list[i] = { 597752, { title = "item " .. i } } end
+      local results, stopped = require("acquire.journal").create_cases(client, list, { path = %q, concurrency = 4 })
+      if not results then print("REFUSED " .. tostring(stopped):sub(1, 200)) os.exit(3) end
+      print(stopped and ("STOPPED %%s %%s"):format(stopped.reason, tostring(stopped):sub(1, 300)) or "DONE")
+    ]]):format(srv.base_url, srv.key, n, path), { env = LUA_ENV, prefix = ("trap '' XFSZ; ulimit -f %d;"):format(blocks) })
+    return code, out .. err
+  end
+
+  it("stops with a clear error, no request without its whole record; the re-run resends nothing received", function()
+    local base = tonumber(os.getenv("SPEC_SEED") or "") or os.time()
+    local stops = 0
+    for s = 0, 2 do
+      local seed = base + s
+      local why = (" (seed %d: SPEC_SEED=%d repeats it)"):format(seed, seed)
+      math.randomseed(seed)
+      srv:reset()
+      srv:config{ unique_ids = true }
+      local tmp = helper.tmpdir()
+      local path, N = tmp .. "/j", 40
+      local blocks = math.random(1, 16)                           -- the whole run writes about 20
+      local code, out = capped_run(path, N, blocks)
+      why = (" (%d blocks)"):format(blocks) .. why
+      assert.equal(0, code, out .. why)
+      if out:find("^STOPPED") then
+        stops = stops + 1
+        contains(out, "STOPPED write journal " .. path .. ": cannot write a record: File too large")
+        contains(out, "the batch stopped")
+      else
+        assert.matches("^DONE", out, why)
+      end
+      -- every line on disk whole; every request the server received has its "sent" record
+      local _, recs, text = read_journal(path)
+      assert.equal("\n", text:sub(-1), "a torn record left on disk" .. why)
+      local sent = {}
+      for _, r in ipairs(recs) do if r.state == "sent" then sent[r.item] = true end end
+      local received = requests_by_item(srv)
+      for i in pairs(received) do assert.is_true(sent[i], ("item %d sent without its record%s"):format(i, why)) end
+      -- run again, without the cap: nothing the server received is sent again
+      local client = acquire.new{ base_url = srv.base_url, api_key = srv.key }
+      local list = {}
+      for i = 1, N do list[i] = { 597752, { title = "item " .. i } } end
+      local results, stopped = journal.create_cases(client, list, { path = path, concurrency = 4 })
+      client:close()
+      assert.is_nil(stopped, tostring(stopped) .. why)
+      local after, cases = requests_by_item(srv), cases_by_item(srv)
+      for i = 1, N do
+        if received[i] then assert.equal(received[i], after[i], ("item %d sent again%s"):format(i, why)) end
+        assert.is_true(#(cases[i] or {}) <= 1, ("item %d created twice%s"):format(i, why))
+        local r = results[i]
+        if r.res then
+          assert.equal(1, #cases[i], ("item %d reported created%s"):format(i, why))
+          assert.equal(cases[i][1].id, r.res.data.id, ("item %d: its own case%s"):format(i, why))
+        else
+          assert.is_true(r.err.maybe_created, ("item %d: %s%s"):format(i, tostring(r.err), why))
+        end
+      end
+      helper.rmrf(tmp)
+    end
+    assert.is_true(stops > 0, "no capped run stopped (seed " .. base .. ")")
+  end)
+end)
