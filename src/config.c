@@ -498,25 +498,42 @@ static void check_proxy(lua_State *L, int idx, acq_config_t *cfg, int derived) {
     }
 }
 
-static long check_ms(lua_State *L, const char *opt, int idx) {
-    double v;
-    if (lua_type(L, idx) != LUA_TNUMBER) bad(L, opt, "positive number", idx);
-    v = lua_tonumber(L, idx);
-    if (!(v > 0) || v > 86400 * 30.0)     /* also NaN */
-        luaL_error(L, "bad option '%s' (positive number of seconds expected, got %s)",
-                   opt, error_pushnumber(L, idx));
-    v = ceil(v * 1000.0);
-    return (long)v;
-}
+/* ---- the numbers ---------------------------------------------------------
+   Every option that becomes a C integer, a sleep or a deadline, with its
+   range: the check, its message and the defaults come from here (README's
+   options table says the same). A value is range-checked as a double
+   before any conversion (NaN fails every comparison), so no conversion is
+   ever out of range. Seconds are kept as whole milliseconds, rounded up. */
+enum { NUM_TIMEOUT, NUM_CONNECT_TIMEOUT, NUM_MAX_RETRIES, NUM_MAX_RESPONSE_BYTES, NUM_RECONCILE };
+static const struct {
+    const char *name;
+    int seconds;                    /* 1: seconds (to ms); 0: an integer */
+    double lo, hi;
+} numbers[] = {
+    { "timeout", 1, 0.001, 86400 },
+    { "connect_timeout", 1, 0.001, 86400 },
+    { "max_retries", 0, 0, 10 },
+    { "max_response_bytes", 0, 1, 1073741824.0 },
+    { "reconcile", 1, 0, 60 },      /* or a boolean */
+};
 
-static long check_int(lua_State *L, const char *opt, int idx, long lo, long hi) {
-    double v;
-    if (lua_type(L, idx) != LUA_TNUMBER) bad(L, opt, "integer", idx);
-    v = lua_tonumber(L, idx);
-    if (v != floor(v) || v < (double)lo || v > (double)hi)     /* also NaN */
-        luaL_error(L, "bad option '%s' (integer from %d to %d expected, got %s)", opt,
-                   (int)lo, (int)hi, error_pushnumber(L, idx));
-    return (long)v;
+/* The number at idx, checked against numbers[which]: milliseconds for
+   seconds, else the integer. Raises naming the option and its range. */
+static long check_number(lua_State *L, int idx, int which, const char *also) {
+    char range[96];
+    double v = 0;
+    int ok = lua_type(L, idx) == LUA_TNUMBER;
+    snprintf(range, sizeof range, "%s%s from %.14g to %.14g", also,
+             numbers[which].seconds ? "seconds" : "integer", numbers[which].lo, numbers[which].hi);
+    if (ok) {
+        v = (double)lua_tonumber(L, idx);
+        ok = v >= numbers[which].lo && v <= numbers[which].hi &&     /* false for NaN */
+             (numbers[which].seconds || v == floor(v));
+    }
+    if (!ok)
+        luaL_error(L, "bad option '%s' (%s expected, got %s)", numbers[which].name, range,
+                   lua_type(L, idx) == LUA_TNUMBER ? error_pushnumber(L, idx) : acq_typename(L, idx));
+    return numbers[which].seconds ? (long)ceil(v * 1000.0) : (long)v;
 }
 
 static const char *check_str(lua_State *L, const char *opt, int idx, size_t *len) {
@@ -616,17 +633,16 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     }
 
     rawfield(L, idx, "timeout");
-    if (!lua_isnil(L, -1)) cfg->timeout_ms = check_ms(L, "timeout", -1);
+    if (!lua_isnil(L, -1)) cfg->timeout_ms = check_number(L, -1, NUM_TIMEOUT, "");
     rawfield(L, idx, "connect_timeout");
     if (!lua_isnil(L, -1))
-        cfg->connect_timeout_ms = check_ms(L, "connect_timeout", -1);
+        cfg->connect_timeout_ms = check_number(L, -1, NUM_CONNECT_TIMEOUT, "");
     rawfield(L, idx, "max_retries");
     if (!lua_isnil(L, -1))
-        cfg->max_retries = (int)check_int(L, "max_retries", -1, 0, 10);
+        cfg->max_retries = (int)check_number(L, -1, NUM_MAX_RETRIES, "");
     rawfield(L, idx, "max_response_bytes");
     if (!lua_isnil(L, -1))
-        cfg->max_response_bytes =
-            check_int(L, "max_response_bytes", -1, 1, 1L << 30);
+        cfg->max_response_bytes = check_number(L, -1, NUM_MAX_RESPONSE_BYTES, "");
     rawfield(L, idx, "insecure");
     if (!lua_isnil(L, -1)) cfg->insecure = check_bool(L, "insecure", -1);
     rawfield(L, idx, "strict");
@@ -643,12 +659,7 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     if (lua_isboolean(L, -1)) {
         cfg->reconcile_ms = lua_toboolean(L, -1) ? ACQ_RECONCILE_WAIT_MS : -1;
     } else if (!lua_isnil(L, -1)) {
-        lua_Number v = lua_tonumber(L, -1);
-        if (lua_type(L, -1) != LUA_TNUMBER || !(v >= 0 && v <= 60))
-            luaL_error(L, "bad option 'reconcile' (boolean, or seconds from 0 to 60 expected, "
-                          "got %s)", lua_type(L, -1) == LUA_TNUMBER
-                                     ? error_pushnumber(L, -1) : acq_typename(L, -1));
-        cfg->reconcile_ms = (long)ceil(v * 1000.0);
+        cfg->reconcile_ms = check_number(L, -1, NUM_RECONCILE, "boolean, or ");
     }
     lua_pop(L, 1);
     lua_settop(L, top + 4);           /* keep the strings pointed into */
