@@ -25,11 +25,24 @@ local function judge(groups)
   local dport = helper.free_port()
   local decide = helper.write_file(dir .. "/decide.lua", [[
 local acquire = require "acquire"
+local asan = os.getenv("QUALITY_ASAN_SO")
+if asan then
+  local f = assert(io.open("/proc/self/maps"))
+  assert(f:read("*a"):find(asan, 1, true), "not the sanitized build")
+  f:close()
+end
 for i = 2, #arg do
   local ok, c = pcall(acquire.config, { base_url = "http://" .. arg[i] .. ":" .. arg[1], api_key = "k" })
   print(not ok and "error: " .. tostring(c):gsub("\n", " ") or c.proxy and "proxy" or "direct")
 end
 ]])
+  -- under scripts/sanitize.sh, the children load the sanitized build too, its runtimes preloaded
+  local asan, cpath, sanitized = os.getenv("QUALITY_ASAN_SO"), "./?.so;;", ""
+  if asan then
+    cpath = asan:gsub("[^/]*$", "") .. "?.so;;"
+    sanitized = table.concat({ "QUALITY_ASAN_SO=" .. q(asan), "LD_PRELOAD=" .. q(os.getenv("LD_PRELOAD") or ""),
+      "ASAN_OPTIONS=" .. q(os.getenv("ASAN_OPTIONS") or ""), "UBSAN_OPTIONS=" .. q(os.getenv("UBSAN_OPTIONS") or "") }, " ")
+  end
   local lines, out, n = { "cd " .. q(helper.repo_root) .. " || exit 1" }, {}, 0
   for g, group in ipairs(groups) do
     local env = { "env -i", "PATH=" .. q(os.getenv("PATH")), "http_proxy=http://127.0.0.1:" .. pport }
@@ -40,8 +53,8 @@ end
     env = table.concat(env, " ")
     -- -q: no ~/.curlrc; the bounds only bound a broken run: every attempt is local
     local curl = { env, "curl -q -s --connect-timeout 1 -m 5 -w '%{remote_port}\\n'" }
-    local lua = { env, "LUA_CPATH='./?.so;;' LUA_PATH='./?.lua;./lua/?.lua;;'", q(helper.interpreter()),
-                  q(decide), tostring(dport) }
+    local lua = { env, "LUA_CPATH=" .. q(cpath), "LUA_PATH='./?.lua;./lua/?.lua;;'", sanitized,
+                  q(helper.interpreter()), q(decide), tostring(dport) }
     for _, host in ipairs(group.hosts) do
       n = n + 1
       out[n] = { host = host, env = group.env, group = g }
