@@ -231,6 +231,13 @@ describe("acquire.new", function()
       end)
     end
 
+    it("says why an IPv6 literal or a host of numbers is refused", function()
+      contains(raises(acquire.new, { base_url = "http://[...]:1", api_key = "k" }),
+        "an IPv6 literal must be an address")
+      contains(raises(acquire.new, { base_url = "http://127.1", api_key = "k" }),
+        "a host of numbers must be an IPv4 address in dotted-decimal form")
+    end)
+
     it("rejects a non-string", function()
       rejects({ base_url = {}, api_key = "k" }, "base_url")
       rejects({ base_url = 8080, account_id = "a", api_key = "k" }, "base_url")

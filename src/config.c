@@ -165,8 +165,9 @@ static int numeric_host_ok(const char *h, size_t n) {
 }
 
 /* http(s)://host[:port] with an optional single trailing '/'. host is a
-   DNS name of labels or an IPv4/IPv6 literal ([...]); nothing else. */
-static int is_base_url(const char *s, size_t n, size_t *keep) {
+   DNS name of labels or an IPv4/IPv6 literal ([...]); nothing else.
+   *why (when not NULL) says what was wrong with the host, if that was it. */
+static int is_base_url(const char *s, size_t n, size_t *keep, const char **why) {
     const char *p, *end = s + n;
     if (n > 0 && s[n - 1] == '/') end--;
     if (n >= 7 && memcmp(s, "http://", 7) == 0) p = s + 7;
@@ -181,7 +182,10 @@ static int is_base_url(const char *s, size_t n, size_t *keep) {
         if (q == p + 1 || q >= end || *q != ']' || (size_t)(q - p - 1) >= sizeof a) return 0;
         memcpy(a, p + 1, (size_t)(q - p - 1));
         a[q - p - 1] = '\0';
-        if (inet_pton(AF_INET6, a, bin) != 1) return 0;
+        if (inet_pton(AF_INET6, a, bin) != 1) {
+            if (why) *why = "; an IPv6 literal must be an address, without a zone id";
+            return 0;
+        }
         p = q + 1;
     } else {                                         /* labels */
         const char *label = p, *host = p;
@@ -192,7 +196,11 @@ static int is_base_url(const char *s, size_t n, size_t *keep) {
                 label = p + 1;
             }
         }
-        if (!numeric_host_ok(host, (size_t)(p - host))) return 0;
+        if (!numeric_host_ok(host, (size_t)(p - host))) {
+            if (why) *why = "; a host of numbers must be an IPv4 address in dotted-decimal "
+                            "form, as curl would rewrite it";
+            return 0;
+        }
     }
     if (p < end) {                                   /* :port */
         long port = 0;
@@ -390,7 +398,7 @@ static void set_proxy(lua_State *L, acq_config_t *cfg, int derived, const char *
         size_t un;
         const char *u = lua_tolstring(L, -1, &un);
         const char *h = u + 7, *end = u + un, *c;
-        ok = hpn <= ACQ_BASE_URL_MAX && is_base_url(u, un, &keep) && keep == un;
+        ok = hpn <= ACQ_BASE_URL_MAX && is_base_url(u, un, &keep, NULL) && keep == un;
         if (*h == '[') { c = memchr(h, ']', (size_t)(end - h)); c = c ? c + 1 : end; }
         else c = memchr(h, ':', (size_t)(end - h));
         if (!ok || c == NULL || c >= end || *c != ':') {
@@ -670,10 +678,11 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
                       "give one)");
     if (!lua_isnil(L, -1)) {
         size_t keep = 0;
+        const char *why = "";
         const char *u = check_str(L, "base_url", -1, &len);
-        if (len > ACQ_BASE_URL_MAX || !is_base_url(u, len, &keep))
+        if (len > ACQ_BASE_URL_MAX || !is_base_url(u, len, &keep, &why))
             luaL_error(L, "bad option 'base_url' (http(s)://host[:port] "
-                          "expected, without path, query or userinfo)");
+                          "expected, without path, query or userinfo%s)", why);
         lua_pushlstring(L, u, keep);
         lua_remove(L, -2);
     } else if (account != NULL) {
