@@ -190,6 +190,11 @@ describe("acquire.new", function()
       { "https://api.example.co.uk:443", "https://api.example.co.uk:443" },
       { "http://h:1", "http://h:1" },
       { "http://h:65535", "http://h:65535" },
+      { "http://[::1]:8080", "http://[::1]:8080" },
+      { "http://[::FFFF:127.0.0.1]", "http://[::FFFF:127.0.0.1]" },
+      { "http://8ball:1", "http://8ball:1" },                -- a name may begin with a digit
+      { "http://1.2.3.4.5", "http://1.2.3.4.5" },            -- five numbers: a name, for curl too
+      { "http://0.0.0.0", "http://0.0.0.0" },
     }
     for _, case in ipairs(good) do
       it("accepts " .. case[1], function()
@@ -213,12 +218,25 @@ describe("acquire.new", function()
       "http://h#f", "ftp://h", "h", "127.0.0.1:8080", "//h", "http://", "https://", "http://:80",
       "http://h:99999", "http://h:65536", "http://h:abc", "http://h:", "", "http://a b", "http://h\r\n",
       "file:///etc/passwd",
+      -- issue 17.11 and 22.2: an IPv6 literal must be an address; a NUL is not one of its digits
+      "http://[...]:1", "http://[:]", "http://[::1::1]", "http://[1:2:3:4:5:6:7:8:9]", "http://[::1%25lo]",
+      "https://[::1\0dead:beef]:443", "http://[\0\0]:1", "http://[::1\0]", "http://[]",
+      -- numbers curl would rewrite as another IPv4 address: only the dotted quad itself
+      "http://127.1", "http://0x7f.0.0.1", "http://0x7f000001", "http://2130706433", "http://127.000.0.1",
+      "http://017700000001", "http://256.1.1.1", "http://1.2.3.04",
     }
     for _, u in ipairs(bad) do
       it("rejects " .. string.format("%q", u), function()
         rejects({ base_url = u, api_key = "k" }, "base_url")
       end)
     end
+
+    it("says why an IPv6 literal or a host of numbers is refused", function()
+      contains(raises(acquire.new, { base_url = "http://[...]:1", api_key = "k" }),
+        "an IPv6 literal must be an address")
+      contains(raises(acquire.new, { base_url = "http://127.1", api_key = "k" }),
+        "a host of numbers must be an IPv4 address in dotted-decimal form")
+    end)
 
     it("rejects a non-string", function()
       rejects({ base_url = {}, api_key = "k" }, "base_url")
@@ -261,8 +279,8 @@ describe("acquire.new", function()
   describe("a NaN", function()
     -- printf writes 0/0 as "-nan" on x86: the message says nan, on every Lua
     for _, case in ipairs({
-      { "timeout", "bad option 'timeout' (positive number of seconds expected, got nan)" },
-      { "connect_timeout", "bad option 'connect_timeout' (positive number of seconds expected, got nan)" },
+      { "timeout", "bad option 'timeout' (seconds from 0.001 to 86400 expected, got nan)" },
+      { "connect_timeout", "bad option 'connect_timeout' (seconds from 0.001 to 86400 expected, got nan)" },
       { "max_retries", "bad option 'max_retries' (integer from 0 to 10 expected, got nan)" },
       { "max_response_bytes", "bad option 'max_response_bytes' (integer from 1 to 1073741824 expected, got nan)" },
       { "reconcile", "bad option 'reconcile' (boolean, or seconds from 0 to 60 expected, got nan)" },
@@ -300,6 +318,143 @@ describe("acquire.new", function()
       local req = acquire.build_request(597752, { foo = 1 }, with(GOOD, { strict = false }))
       assert.equal('{"foo":1}', req.body)
     end)
+  end)
+end)
+
+describe("a proxy's IPv6 literal", function()
+  -- issue 22.2: strchr(set, c) also finds the terminating NUL
+  for _, u in ipairs({ "http://u:p@[\0\0]:3128", "http://[::1\0dead:beef]:3128", "http://[...]:3128",
+                       "http://[]:3128" }) do
+    it("refuses " .. string.format("%q", u), function()
+      contains(raises(acquire.config, with(GOOD, { proxy = u })), "bad option 'proxy'")
+    end)
+  end
+
+  it("reads an address as one", function()
+    local c = acquire.config(with(GOOD, { proxy = "http://u:p@[::1]:3128" }))
+    assert.equal("http://[::1]:3128", c.proxy.url)
+    assert.equal("[::1]", c.proxy.host)
+  end)
+end)
+
+describe("ca_file", function()
+  local dir
+  before_each(function() dir = helper.tmpdir() end)
+  after_each(function() helper.rmrf(dir) end)
+
+  -- in a child with a time limit: on a build that reads a FIFO or /dev/zero, the check never returns
+  local function check_in_child(path)
+    local code, out, err = helper.run_lua(([[
+local acquire = require "acquire"
+local ok, e = pcall(acquire.new, { base_url = "https://127.0.0.1:9", api_key = "k", ca_file = %q })
+io.write(ok and "accepted" or e)
+]]):format(path), { limit = 10 })
+    assert(code == 0, "the check did not return (exit " .. tostring(code) .. "): " .. out .. err)
+    return out
+  end
+
+  it("refuses a FIFO at once, saying why (issue 22.4)", function()
+    local fifo = dir .. "/fifo"
+    assert.equal(0, select(2, helper.sh("mkfifo " .. helper.shell_quote(fifo))))
+    local msg = check_in_child(fifo)
+    contains(msg, "bad option 'ca_file'")
+    contains(msg, "a FIFO, not a regular file")
+  end)
+
+  it("refuses /dev/zero and /dev/null: devices, not files", function()
+    for _, dev in ipairs({ "/dev/zero", "/dev/null" }) do
+      local msg = check_in_child(dev)
+      contains(msg, "bad option 'ca_file'")
+      contains(msg, "a device, not a regular file")
+    end
+  end)
+
+  it("refuses a file larger than 16 MiB without reading it", function()
+    local big = dir .. "/big.pem"
+    local f = assert(io.open(big, "wb"))
+    f:seek("set", 16 * 1024 * 1024)
+    f:write("x")                                   -- sparse: nothing of it is on disk
+    f:close()
+    local msg = raises(acquire.new, with(GOOD, { ca_file = big }))
+    contains(msg, "bad option 'ca_file'")
+    contains(msg, "16777217 bytes, more than the 16 MiB")
+  end)
+
+  it("still takes a bundle of certificates", function()
+    local c = acquire.config(with(GOOD, { ca_file = "/etc/ssl/certs/ca-certificates.crt" }))
+    assert.equal("/etc/ssl/certs/ca-certificates.crt", c.ca_file)
+  end)
+end)
+
+describe("every number's range", function()
+  -- { option, lo, hi, integer?, "boolean, or " when a boolean is taken too }; README's table
+  local RANGES = {
+    { "timeout", 0.001, 86400, false, "" },
+    { "connect_timeout", 0.001, 86400, false, "" },
+    { "max_retries", 0, 10, true, "" },
+    { "max_response_bytes", 1, 1073741824, true, "" },
+    { "reconcile", 0, 60, false, "boolean, or " },
+  }
+  local function fmt(x) return (("%.14g"):format(x)) end
+
+  -- A generator: numbers of every kind against every option; each either raises naming the
+  -- option and its range, or is read back through acquire.config inside the range (and as an
+  -- integer where one is needed): no value slips through converted out of range.
+  it("refuses what is outside, naming the option and its range; keeps what is inside", function()
+    local seed = tonumber(os.getenv("SPEC_SEED")) or os.time()
+    math.randomseed(seed)
+    local R = math.random
+    local SPECIAL = { 0 / 0, -(0 / 0), math.huge, -math.huge, 0, -0.0, 2 ^ 31, 2 ^ 31 - 1, -2 ^ 31, 2 ^ 32,
+                      2 ^ 53, 2 ^ 53 + 1, 2 ^ 63, -2 ^ 63, 2 ^ 64, 1e300, -1e300, 1e-300, -1e-300, 5e-324,
+                      0.0005, 0.001, 0.0010000001, 0.5, 1, 1.5, 10, 10.5, 11, 60, 60.000001, 86400,
+                      86400.001, 1073741824, 1073741825, 2 ^ 30 + 0.5, 1 - 2 ^ -53, 2 ^ -1074 }
+    if math.maxinteger then
+      SPECIAL[#SPECIAL + 1] = math.maxinteger
+      SPECIAL[#SPECIAL + 1] = math.mininteger
+      SPECIAL[#SPECIAL + 1] = math.tointeger(2 ^ 31)
+    end
+    local function draw()
+      local k = R(4)
+      if k == 1 then return SPECIAL[R(#SPECIAL)] end
+      if k == 2 then return (R() - 0.5) * 10 ^ R(-8, 12) end           -- any size, any sign
+      if k == 3 then return R(-3, 100) + (R(2) == 1 and 0 or R()) end  -- near the ranges
+      return R() * 2 ^ R(-1074, 1023) * (R(2) == 1 and -1 or 1)        -- any double
+    end
+    for n = 1, 400 do
+      local r = RANGES[(n - 1) % #RANGES + 1]
+      local opt, lo, hi, integer, also = r[1], r[2], r[3], r[4], r[5]
+      local v = draw()
+      local why = ("SPEC_SEED=%d: %s = %s"):format(seed, opt, ("%.17g"):format(v))
+      local ok, c = pcall(acquire.config, with(GOOD, { [opt] = v }))
+      local inside = v >= lo and v <= hi and (not integer or v == math.floor(v))
+      if ok then
+        assert(inside, why .. ": accepted, outside its range")
+        local got = c[opt]
+        assert(type(got) == "number" and got >= lo and got <= hi, why .. ": read back as " .. tostring(got))
+        if integer then
+          assert(got == v and got == math.floor(got), why .. ": read back as " .. tostring(got))
+        else
+          -- kept in whole milliseconds, rounded up
+          assert(got >= v and got - v <= 0.001, why .. ": read back as " .. tostring(got))
+        end
+        assert(acquire.new(with(GOOD, { [opt] = v }))):close()
+      else
+        assert(not inside, why .. ": refused, inside its range: " .. tostring(c))
+        local want = ("bad option '%s' (%s%s from %s to %s expected, got "):format(opt, also,
+          integer and "integer" or "seconds", fmt(lo), fmt(hi))
+        assert(tostring(c):find(want, 1, true), why .. ": the message does not say " .. want .. ": " .. tostring(c))
+      end
+    end
+  end)
+
+  it("names the range for a value of another type too", function()
+    for _, r in ipairs(RANGES) do
+      for _, v in ipairs({ "1", {}, r[1] == "reconcile" and "x" or true }) do
+        contains(raises(acquire.new, with(GOOD, { [r[1]] = v })),
+          ("bad option '%s' (%s%s from %s to %s expected, got %s)"):format(r[1], r[5],
+            r[4] and "integer" or "seconds", fmt(r[2]), fmt(r[3]), type(v)))
+      end
+    end
   end)
 end)
 

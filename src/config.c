@@ -12,15 +12,23 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include "core.h"
+
+/* c is in set (a C string): strchr alone also finds the terminating NUL. */
+static int in_set(const char *set, int c) {
+    return c != '\0' && strchr(set, c) != NULL;
+}
 
 static const char *const options[] = {
     "account_id", "api_key", "base_url", "timeout", "connect_timeout",
     "max_retries", "user_agent", "ca_file", "insecure", "strict",
     "max_response_bytes", "debug", "reconcile", "proxy", "logger", NULL
 };
+#define ACQ_CA_FILE_MAX (16L << 20)     /* a ca_file larger than this is refused */
 #define OPTION_LIST "account_id, api_key, base_url, timeout, connect_timeout, " \
     "max_retries, user_agent, ca_file, insecure, strict, max_response_bytes, debug, " \
     "reconcile, proxy, logger"
@@ -28,22 +36,43 @@ static const char *const options[] = {
 /* Does the file hold a PEM certificate: a "-----BEGIN ...CERTIFICATE-----"
    block of base64 that decodes to a DER SEQUENCE? NULL if so, else why
    not. A garbage or empty ca_file would otherwise only fail at the first
-   call, as a TLS error that looks like the server's fault. */
+   call, as a TLS error that looks like the server's fault. Only a regular
+   file of at most ACQ_CA_FILE_MAX bytes: a FIFO or /dev/zero would hold
+   the check (and libcurl after it) forever. */
 static const char *check_ca_file(const char *path, char why[160]) {
     static const char begin[] = "-----BEGIN ", tail[] = "CERTIFICATE-----";
     struct stat st;
     FILE *f;
     char line[512];
-    int in = 0, first = 0, found = 0;
-    if (stat(path, &st) != 0 || (f = fopen(path, "r")) == NULL) {
+    int in = 0, first = 0, found = 0, fd;
+    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer */
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0 || fstat(fd, &st) != 0) {
         snprintf(why, 160, "cannot read it: %s", strerror(errno));
+        if (fd >= 0) close(fd);
         return why;
     }
-    if (S_ISDIR(st.st_mode)) {
-        fclose(f);
-        return "a directory, not a file of PEM certificates";
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return S_ISDIR(st.st_mode) ? "a directory, not a file of PEM certificates"
+             : S_ISFIFO(st.st_mode) ? "a FIFO, not a regular file of PEM certificates"
+             : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)
+               ? "a device, not a regular file of PEM certificates"
+               : "not a regular file of PEM certificates";
     }
-    while (!found && fgets(line, sizeof line, f)) {
+    if (st.st_size > (off_t)ACQ_CA_FILE_MAX) {
+        close(fd);
+        snprintf(why, 160, "%lld bytes, more than the %d MiB a bundle of certificates needs",
+                 (long long)st.st_size, (int)(ACQ_CA_FILE_MAX >> 20));
+        return why;
+    }
+    if ((f = fdopen(fd, "r")) == NULL) {
+        snprintf(why, 160, "cannot read it: %s", strerror(errno));
+        close(fd);
+        return why;
+    }
+    /* bounded even if the file grows while it is read */
+    while (!found && ftell(f) <= (long)ACQ_CA_FILE_MAX && fgets(line, sizeof line, f)) {
         size_t n = strcspn(line, "\r\n");
         line[n] = '\0';
         if (!in) {
@@ -54,7 +83,7 @@ static const char *check_ca_file(const char *path, char why[160]) {
             in = 0;
         } else if (first && n >= 4) {
             /* "MI..." is base64 for 0x30 0x8x: a DER SEQUENCE with a long length */
-            found = line[0] == 'M' && strchr("IJ", line[1]) != NULL &&
+            found = line[0] == 'M' && (line[1] == 'I' || line[1] == 'J') &&
                     strspn(line, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                                  "0123456789+/=") == n;
             first = 0;
@@ -88,6 +117,13 @@ static int is_label(const char *s, size_t n) {
     return 1;
 }
 
+static int hexdigit(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 /* Header-safe: no CR, LF, NUL or other control byte. */
 static int is_header_value(const char *s, size_t n) {
     size_t i;
@@ -98,28 +134,72 @@ static int is_header_value(const char *s, size_t n) {
     return 1;
 }
 
+/* curl's URL parser reads a host of 1 to 4 dot-separated numbers (decimal,
+   0-octal, 0x-hex: "127.1", "0x7f000001") as an IPv4 address and rewrites
+   it as a dotted quad, which is then what it connects to and what NO_PROXY
+   is matched against. Such a host is accepted only already in that form,
+   so the host the module sees is the one libcurl uses. 1 if h is fine. */
+static int numeric_host_ok(const char *h, size_t n) {
+    const char *p = h, *end = h + n;
+    int parts = 0;
+    char quad[16];
+    struct in_addr a;
+    while (p < end) {
+        if (*p < '0' || *p > '9') return 1;             /* a name */
+        if (p + 2 < end && p[0] == '0' && (p[1] == 'x' || p[1] == 'X') && hexdigit(p[2]) >= 0) {
+            for (p += 2; p < end && hexdigit(*p) >= 0; p++) {}
+        } else if (*p == '0') {
+            for (p++; p < end && *p >= '0' && *p <= '7'; p++) {}
+        } else {
+            for (; p < end && *p >= '0' && *p <= '9'; p++) {}
+        }
+        if (++parts > 4) return 1;
+        if (p == end) break;
+        if (*p != '.') return 1;
+        if (++p == end) return 1;                      /* "1.2.3.4." is a name */
+    }
+    if (n >= sizeof quad) return 0;
+    memcpy(quad, h, n);
+    quad[n] = '\0';
+    return inet_pton(AF_INET, quad, &a) == 1;
+}
+
 /* http(s)://host[:port] with an optional single trailing '/'. host is a
-   DNS name of labels or an IPv4/IPv6 literal ([...]); nothing else. */
-static int is_base_url(const char *s, size_t n, size_t *keep) {
+   DNS name of labels or an IPv4/IPv6 literal ([...]); nothing else.
+   *why (when not NULL) says what was wrong with the host, if that was it. */
+static int is_base_url(const char *s, size_t n, size_t *keep, const char **why) {
     const char *p, *end = s + n;
     if (n > 0 && s[n - 1] == '/') end--;
     if (n >= 7 && memcmp(s, "http://", 7) == 0) p = s + 7;
     else if (n >= 8 && memcmp(s, "https://", 8) == 0) p = s + 8;
     else return 0;
     if (p >= end) return 0;                          /* no host ("https://") */
-    if (*p == '[') {                      /* IPv6 literal */
+    if (*p == '[') {                      /* IPv6 literal: an address, no zone id */
         const char *q = p + 1;
-        while (q < end && (strchr("0123456789abcdefABCDEF:.", *q) != NULL)) q++;
-        if (q == p + 1 || q >= end || *q != ']') return 0;
+        char a[INET6_ADDRSTRLEN];
+        unsigned char bin[16];
+        while (q < end && in_set("0123456789abcdefABCDEF:.", *q)) q++;
+        if (q == p + 1 || q >= end || *q != ']' || (size_t)(q - p - 1) >= sizeof a) return 0;
+        memcpy(a, p + 1, (size_t)(q - p - 1));
+        a[q - p - 1] = '\0';
+        if (inet_pton(AF_INET6, a, bin) != 1) {
+            if (why) *why = "; an IPv6 literal must be an address, without a zone id";
+            return 0;
+        }
         p = q + 1;
     } else {                                         /* labels */
-        const char *label = p;
+        const char *label = p, *host = p;
         for (;; p++) {
             if (p == end || *p == '.' || *p == ':') {
                 if (!is_label(label, (size_t)(p - label))) return 0;
                 if (p == end || *p == ':') break;
                 label = p + 1;
             }
+        }
+        if (!numeric_host_ok(host, (size_t)(p - host))) {
+            if (why) *why = "; a host of numbers must be an IPv4 address in dotted-decimal "
+                            "form, as curl would rewrite it";
+            return 0;
         }
     }
     if (p < end) {                                   /* :port */
@@ -139,13 +219,6 @@ static int is_base_url(const char *s, size_t n, size_t *keep) {
 
 /* ---- the proxy ---------------------------------------------------------- */
 
-static int hexdigit(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes s (n bytes of userinfo) and pushes it; 0 (nothing pushed)
    on a bad escape or a byte userinfo cannot hold. */
 static int push_decoded(lua_State *L, const char *s, size_t n) {
@@ -153,7 +226,7 @@ static int push_decoded(lua_State *L, const char *s, size_t n) {
     size_t i;
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c <= 0x20 || c >= 0x7f || strchr("@/?#[]", c) != NULL) return 0;
+        if (c <= 0x20 || c >= 0x7f || in_set("@/?#[]", c)) return 0;
         if (c == '%' && (i + 2 >= n || hexdigit((unsigned char)s[i + 1]) < 0 ||
                          hexdigit((unsigned char)s[i + 2]) < 0 ||
                          (s[i + 1] == '0' && s[i + 2] == '0')))   /* %00: no C string holds it */
@@ -190,29 +263,103 @@ static void push_base64(lua_State *L, const char *s, size_t n) {
     luaL_pushresult(&b);
 }
 
-/* Does NO_PROXY (no_proxy first) exempt host (IPv6 without brackets)?
-   Entries are comma- or space-separated; "*" is every host; an entry
-   matches the host itself or as a domain suffix, a leading dot optional;
-   letters in either case. */
-static int no_proxy(const char *host, size_t hn) {
-    const char *v = getenv("no_proxy"), *p;
-    if (v == NULL || v[0] == '\0') v = getenv("NO_PROXY");
-    if (v == NULL) return 0;
-    for (p = v; *p;) {
-        size_t n;
+/* ---- NO_PROXY, as Debian 12's curl 7.88 reads it ----------------------
+   The rules of its lib/noproxy.c and of the URL parser before it (checked
+   against curl itself by spec/24-noproxy_spec.lua):
+   - the value exactly "*" exempts every host; a "*" among others is a name;
+   - entries are separated by commas, spaces and tabs, any mix;
+   - an IPv4 host (a dotted quad) is compared as an address: an entry is an
+     address, optionally /bits (what atoi reads after the first '/'); bits
+     0 or 32 is the address alone, above 32 matches nothing, a name never;
+   - any other host, an IPv6 literal included (curl strips its brackets
+     first, and rewrites it as inet_ntop would when that is shorter), is
+     compared as a name: one trailing dot of host and entry and one leading
+     dot of the entry ignored, any case, the host itself or one ending in
+     '.' + entry; so no CIDR and no brackets for IPv6 ("::1" matches [::1],
+     "[::1]" and "::1/128" do not), no partial labels. */
+#define NP_BLANK(c) ((c) == ' ' || (c) == '\t')
+
+/* What atoi (a strtol cut to int) reads, as curl's unsigned bits. */
+static unsigned int np_bits(const char *s) {
+    long v = strtol(s, NULL, 10);
+    return (unsigned int)((unsigned long)v & 0xffffffffUL);
+}
+
+/* Is the IPv4 address a within entry e (n bytes, NUL-free)? */
+static int np_cidr4(const struct in_addr *a, const char *e, size_t n) {
+    char net[128], *slash;
+    unsigned int bits = 0;
+    struct in_addr b;
+    uint32_t x, y;
+    if (n >= sizeof net) return 0;
+    memcpy(net, e, n);
+    net[n] = '\0';
+    if ((slash = strchr(net, '/')) != NULL) {
+        bits = np_bits(slash + 1);
+        *slash = '\0';
+    }
+    if (bits > 32 || inet_pton(AF_INET, net, &b) != 1) return 0;
+    x = ntohl(a->s_addr);
+    y = ntohl(b.s_addr);
+    if (bits == 0 || bits == 32) return x == y;
+    return ((x ^ y) & (0xffffffffU << (32 - bits))) == 0;
+}
+
+/* Does the list (a NO_PROXY value) exempt host (h, hn bytes: a name, a
+   dotted quad, or an IPv6 literal without brackets, ipv6 set)? */
+static int no_proxy_match(const char *list, const char *h, size_t hn, int ipv6) {
+    char name[ACQ_BASE_URL_MAX + 1];
+    struct in_addr a4;
+    int v4 = 0;
+    const char *p = list;
+    if (strcmp(list, "*") == 0) return 1;
+    if (hn == 0 || hn >= sizeof name) return 0;
+    memcpy(name, h, hn);
+    name[hn] = '\0';
+    if (ipv6) {
+        unsigned char bin[16];
+        char shorter[INET6_ADDRSTRLEN];
+        if (inet_pton(AF_INET6, name, bin) == 1 &&
+            inet_ntop(AF_INET6, bin, shorter, sizeof shorter) != NULL && strlen(shorter) < hn) {
+            hn = strlen(shorter);
+            memcpy(name, shorter, hn + 1);
+        }
+    } else if (inet_pton(AF_INET, name, &a4) == 1) {
+        v4 = 1;
+    }
+    if (!v4 && name[hn - 1] == '.') hn--;
+    while (*p) {
         const char *e;
-        p += strspn(p, ", \t");
-        n = strcspn(p, ", \t");
-        e = p;
-        p += n;
-        if (n == 1 && e[0] == '*') return 1;
+        size_t n;
+        while (NP_BLANK(*p) || *p == ',') p++;
+        for (e = p; *p && !NP_BLANK(*p) && *p != ','; p++) {}
+        n = (size_t)(p - e);
+        if (n == 0) continue;
+        if (v4) {
+            if (np_cidr4(&a4, e, n)) return 1;
+            continue;
+        }
+        if (e[n - 1] == '.') n--;
         if (n > 0 && e[0] == '.') { e++; n--; }
-        if (n > 1 && e[0] == '[' && e[n - 1] == ']') { e++; n -= 2; }
-        if (n == 0 || n > hn) continue;
-        if (strncasecmp(host + hn - n, e, n) == 0 && (n == hn || host[hn - n - 1] == '.'))
+        if (n == hn ? strncasecmp(e, name, n) == 0
+                    : n < hn && name[hn - n - 1] == '.' &&
+                      strncasecmp(e, name + hn - n, n) == 0)
             return 1;
     }
     return 0;
+}
+
+/* Does the environment's NO_PROXY exempt the host of base_url? curl reads
+   no_proxy, then (when that is unset or empty) NO_PROXY. */
+static int no_proxy(const acq_config_t *cfg) {
+    const char *v = getenv("no_proxy");
+    const char *h = cfg->host;
+    size_t hn = cfg->host_len;
+    int ipv6 = hn > 1 && h[0] == '[';
+    if (v == NULL || v[0] == '\0') v = getenv("NO_PROXY");
+    if (v == NULL || v[0] == '\0') return 0;
+    if (ipv6) { h++; hn -= 2; }
+    return no_proxy_match(v, h, hn, ipv6);
 }
 
 /* The proxy URL (the option, or name's value: a missing scheme is http://)
@@ -251,7 +398,7 @@ static void set_proxy(lua_State *L, acq_config_t *cfg, int derived, const char *
         size_t un;
         const char *u = lua_tolstring(L, -1, &un);
         const char *h = u + 7, *end = u + un, *c;
-        ok = hpn <= ACQ_BASE_URL_MAX && is_base_url(u, un, &keep) && keep == un;
+        ok = hpn <= ACQ_BASE_URL_MAX && is_base_url(u, un, &keep, NULL) && keep == un;
         if (*h == '[') { c = memchr(h, ']', (size_t)(end - h)); c = c ? c + 1 : end; }
         else c = memchr(h, ':', (size_t)(end - h));
         if (!ok || c == NULL || c >= end || *c != ':') {
@@ -353,36 +500,48 @@ static void check_proxy(lua_State *L, int idx, acq_config_t *cfg, int derived) {
     for (; *vars; vars++) {
         const char *v = getenv(*vars);
         if (v == NULL || v[0] == '\0') continue;
-        {
-            const char *h = cfg->host;
-            size_t hn = cfg->host_len;
-            if (hn > 1 && h[0] == '[') { h++; hn -= 2; }
-            if (no_proxy(h, hn)) return;
-        }
+        if (no_proxy(cfg)) return;
         set_proxy(L, cfg, derived, *vars, 1, v, strlen(v));
         return;
     }
 }
 
-static long check_ms(lua_State *L, const char *opt, int idx) {
-    double v;
-    if (lua_type(L, idx) != LUA_TNUMBER) bad(L, opt, "positive number", idx);
-    v = lua_tonumber(L, idx);
-    if (!(v > 0) || v > 86400 * 30.0)     /* also NaN */
-        luaL_error(L, "bad option '%s' (positive number of seconds expected, got %s)",
-                   opt, error_pushnumber(L, idx));
-    v = ceil(v * 1000.0);
-    return (long)v;
-}
+/* ---- the numbers ---------------------------------------------------------
+   Every option that becomes a C integer, a sleep or a deadline, with its
+   range: the check, its message and the defaults come from here (README's
+   options table says the same). A value is range-checked as a double
+   before any conversion (NaN fails every comparison), so no conversion is
+   ever out of range. Seconds are kept as whole milliseconds, rounded up. */
+enum { NUM_TIMEOUT, NUM_CONNECT_TIMEOUT, NUM_MAX_RETRIES, NUM_MAX_RESPONSE_BYTES, NUM_RECONCILE };
+static const struct {
+    const char *name;
+    int seconds;                    /* 1: seconds (to ms); 0: an integer */
+    double lo, hi;
+} numbers[] = {
+    { "timeout", 1, 0.001, 86400 },
+    { "connect_timeout", 1, 0.001, 86400 },
+    { "max_retries", 0, 0, 10 },
+    { "max_response_bytes", 0, 1, 1073741824.0 },
+    { "reconcile", 1, 0, 60 },      /* or a boolean */
+};
 
-static long check_int(lua_State *L, const char *opt, int idx, long lo, long hi) {
-    double v;
-    if (lua_type(L, idx) != LUA_TNUMBER) bad(L, opt, "integer", idx);
-    v = lua_tonumber(L, idx);
-    if (v != floor(v) || v < (double)lo || v > (double)hi)     /* also NaN */
-        luaL_error(L, "bad option '%s' (integer from %d to %d expected, got %s)", opt,
-                   (int)lo, (int)hi, error_pushnumber(L, idx));
-    return (long)v;
+/* The number at idx, checked against numbers[which]: milliseconds for
+   seconds, else the integer. Raises naming the option and its range. */
+static long check_number(lua_State *L, int idx, int which, const char *also) {
+    char range[96];
+    double v = 0;
+    int ok = lua_type(L, idx) == LUA_TNUMBER;
+    snprintf(range, sizeof range, "%s%s from %.14g to %.14g", also,
+             numbers[which].seconds ? "seconds" : "integer", numbers[which].lo, numbers[which].hi);
+    if (ok) {
+        v = (double)lua_tonumber(L, idx);
+        ok = v >= numbers[which].lo && v <= numbers[which].hi &&     /* false for NaN */
+             (numbers[which].seconds || v == floor(v));
+    }
+    if (!ok)
+        luaL_error(L, "bad option '%s' (%s expected, got %s)", numbers[which].name, range,
+                   lua_type(L, idx) == LUA_TNUMBER ? error_pushnumber(L, idx) : acq_typename(L, idx));
+    return numbers[which].seconds ? (long)ceil(v * 1000.0) : (long)v;
 }
 
 static const char *check_str(lua_State *L, const char *opt, int idx, size_t *len) {
@@ -482,17 +641,16 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     }
 
     rawfield(L, idx, "timeout");
-    if (!lua_isnil(L, -1)) cfg->timeout_ms = check_ms(L, "timeout", -1);
+    if (!lua_isnil(L, -1)) cfg->timeout_ms = check_number(L, -1, NUM_TIMEOUT, "");
     rawfield(L, idx, "connect_timeout");
     if (!lua_isnil(L, -1))
-        cfg->connect_timeout_ms = check_ms(L, "connect_timeout", -1);
+        cfg->connect_timeout_ms = check_number(L, -1, NUM_CONNECT_TIMEOUT, "");
     rawfield(L, idx, "max_retries");
     if (!lua_isnil(L, -1))
-        cfg->max_retries = (int)check_int(L, "max_retries", -1, 0, 10);
+        cfg->max_retries = (int)check_number(L, -1, NUM_MAX_RETRIES, "");
     rawfield(L, idx, "max_response_bytes");
     if (!lua_isnil(L, -1))
-        cfg->max_response_bytes =
-            check_int(L, "max_response_bytes", -1, 1, 1L << 30);
+        cfg->max_response_bytes = check_number(L, -1, NUM_MAX_RESPONSE_BYTES, "");
     rawfield(L, idx, "insecure");
     if (!lua_isnil(L, -1)) cfg->insecure = check_bool(L, "insecure", -1);
     rawfield(L, idx, "strict");
@@ -509,12 +667,7 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
     if (lua_isboolean(L, -1)) {
         cfg->reconcile_ms = lua_toboolean(L, -1) ? ACQ_RECONCILE_WAIT_MS : -1;
     } else if (!lua_isnil(L, -1)) {
-        lua_Number v = lua_tonumber(L, -1);
-        if (lua_type(L, -1) != LUA_TNUMBER || !(v >= 0 && v <= 60))
-            luaL_error(L, "bad option 'reconcile' (boolean, or seconds from 0 to 60 expected, "
-                          "got %s)", lua_type(L, -1) == LUA_TNUMBER
-                                     ? error_pushnumber(L, -1) : acq_typename(L, -1));
-        cfg->reconcile_ms = (long)ceil(v * 1000.0);
+        cfg->reconcile_ms = check_number(L, -1, NUM_RECONCILE, "boolean, or ");
     }
     lua_pop(L, 1);
     lua_settop(L, top + 4);           /* keep the strings pointed into */
@@ -525,10 +678,11 @@ void config_check(lua_State *L, int idx, acq_config_t *cfg) {
                       "give one)");
     if (!lua_isnil(L, -1)) {
         size_t keep = 0;
+        const char *why = "";
         const char *u = check_str(L, "base_url", -1, &len);
-        if (len > ACQ_BASE_URL_MAX || !is_base_url(u, len, &keep))
+        if (len > ACQ_BASE_URL_MAX || !is_base_url(u, len, &keep, &why))
             luaL_error(L, "bad option 'base_url' (http(s)://host[:port] "
-                          "expected, without path, query or userinfo)");
+                          "expected, without path, query or userinfo%s)", why);
         lua_pushlstring(L, u, keep);
         lua_remove(L, -2);
     } else if (account != NULL) {
