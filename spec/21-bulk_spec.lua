@@ -148,6 +148,37 @@ describe("create_cases for bulk work", function()
     end)
   end)
 
+  -- on_wave(n): once a loop turn, after the on_send of the n attempts it started and before any
+  -- of them can put a byte on the wire (a journal's group commit: one flush for the wave).
+  describe("on_wave", function()
+    it("runs before any request of its wave reaches the server", function()
+      local sends, waves, seen = 0, {}, {}
+      local results = c:create_cases(items(12), { concurrency = 4,
+        on_send = function() sends = sends + 1 end,
+        on_wave = function(n)
+          waves[#waves + 1] = n
+          -- every attempt started before this wave may have arrived; none of this wave's
+          seen[#seen + 1] = { srv:stats().requests, sends - n }
+        end })
+      for i = 1, 12 do assert.truthy(results[i].res) end
+      local total = 0
+      for i, n in ipairs(waves) do
+        total = total + n
+        assert.is_true(seen[i][1] <= seen[i][2], ("wave %d: %d requests received, %d sent before it")
+          :format(i, seen[i][1], seen[i][2]))
+      end
+      assert.equal(12, total)
+      assert.equal(1, waves[1])                         -- the first transfer goes alone
+    end)
+
+    it("raising stops the batch: nothing of that wave is sent", function()
+      local msg = helper.raises(c.create_cases, c, items(6), { concurrency = 3,
+        on_wave = function() error("disk full") end })
+      helper.contains(msg, "disk full")
+      assert.equal(0, srv:stats().requests)
+    end)
+  end)
+
   describe("on_send", function()
     it("runs before each attempt, retries included; the server never sees a request before it", function()
       srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "0" }, times = 3 }
@@ -198,7 +229,7 @@ describe("create_cases for bulk work", function()
       helper.contains(raises{ on_result = "f" }, "bad option 'on_result' (function expected, got string)")
       helper.contains(raises{ nope = true },
         "bad option 'nope' (expected one of: claimed, concurrency, journal, on_progress, on_result, "
-        .. "on_send, rate, resend_uncertain)")
+        .. "on_send, on_wave, rate, resend_uncertain)")
       assert.equal(0, srv:stats().requests)
     end)
   end)

@@ -145,11 +145,11 @@ static int batch_l_encode_item(lua_State *L) {
 typedef struct opts_t {
     int concurrency;
     double interval;                          /* 1 / rate; 0: no rate */
-    int on_send, on_result, on_progress;      /* the hooks' stack indices; 0: none */
+    int on_send, on_wave, on_result, on_progress;   /* the hooks' stack indices; 0: none */
 } opts_t;
 
 static int is_hook(lua_State *L, int key) {
-    static const char *const names[] = { "on_send", "on_result", "on_progress" };
+    static const char *const names[] = { "on_send", "on_wave", "on_result", "on_progress" };
     size_t i;
     for (i = 0; i < sizeof names / sizeof *names; i++) {
         if (!acq_equals(L, key, names[i])) continue;
@@ -215,13 +215,14 @@ static void parse_opts(lua_State *L, int idx, opts_t *o) {
                 check_claimed(L, lua_gettop(L));
             } else if (!is_hook(L, lua_gettop(L) - 1)) {
                 luaL_error(L, "bad option '%s' (expected one of: claimed, concurrency, journal, "
-                              "on_progress, on_result, on_send, rate, resend_uncertain)",
+                              "on_progress, on_result, on_send, on_wave, rate, resend_uncertain)",
                            error_pushname(L, -2));
             }
             lua_pop(L, 1);
         }
     }
     o->on_send = push_hook(L, idx, "on_send");
+    o->on_wave = push_hook(L, idx, "on_wave");
     o->on_result = push_hook(L, idx, "on_result");
     o->on_progress = push_hook(L, idx, "on_progress");
 }
@@ -553,6 +554,15 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             if (alone) lead = c->batch->slots[s];
             active++;
             added++;
+        }
+        /* on_wave(n): the attempts this turn started (their on_send done) are
+           libcurl's, but none has put a byte on the wire: that happens in
+           curl_multi_perform. A journal flushes their records once, here. If
+           it raises, call_hook removes them all, unsent. */
+        if (added > 0 && b->o.on_wave) {
+            lua_pushvalue(L, b->o.on_wave);
+            lua_pushinteger(L, added);
+            call_hook(L, c, 1);
         }
         b->paused += now() - t;                /* on_send's time is not the network's */
         if (active > 0) curl_multi_perform(c->batch->multi, &running);
