@@ -102,6 +102,22 @@ describe("acquire.ngx through a proxy #ngx", function()
         assert.equal(20, #srv():requests())
       end)
 
+      -- issue 17, finding 3, on this transport: a 407 from Acquire itself. Inside the tunnel it is
+      -- Acquire's (kind http, status 407); through a plain proxy the proxy's. Never resent.
+      it("a 407 from Acquire " .. (tls and "inside the tunnel is Acquire's" or "is not retried"), function()
+        srv():fault{ action = "status", status = 407, create = true, times = 5 }
+        local doc = call(srv(), { proxy = px.url, max_retries = 3 })
+        assert.is_false(doc.ok, cjson.encode(doc))
+        assert.equal(1, doc.err.attempts)
+        assert.equal(1, #srv():requests())
+        if tls then
+          assert.same({ "http", 407 }, { doc.err.kind, doc.err.status })
+          assert.is_nil(doc.err.proxy_status)
+        else
+          assert.same({ "proxy", 407, false }, { doc.err.kind, doc.err.proxy_status, doc.err.maybe_created })
+        end
+      end)
+
       it("answers 407 without credentials (kind proxy, not retried), goes through with them", function()
         local doc = call(srv(), { proxy = authpx.url, max_retries = 2 })
         assert.is_false(doc.ok, cjson.encode(doc))
