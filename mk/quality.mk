@@ -54,7 +54,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_STRICT  ?= 0
 FUZZ_CC      ?= clang
 FUZZ_DIR     := .tmp/fuzz
-FUZZ_NAMES   := fuzz_response fuzz_request fuzz_dates fuzz_client fuzz_config fuzz_reconcile
+FUZZ_NAMES   := fuzz_response fuzz_request fuzz_dates fuzz_client fuzz_config fuzz_reconcile fuzz_redact
 FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=undefined $(WARN) -std=gnu99 $(QUALITY_LUA_INC) $(CURL_CFLAGS) -Ifuzz -Isrc
 FUZZ_FLAGS   := -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=30 -detect_leaks=0 \
