@@ -35,6 +35,7 @@ static const luaL_Reg module_functions[] = {
     { "build_request", request_l_build },
     { "decode_response", response_l_decode },
     { "retry_after", policy_l_retry_after },
+    { "proxy_answered", policy_l_proxy_answered },
     { "redact", redact_l_redact },
     { "find_cases", client_l_default_find_cases },
     { "build_list_request", reconcile_l_build },

@@ -58,6 +58,30 @@ for _, tls in ipairs{ false, true } do
       c:close()
     end)
 
+    -- issue 17, finding 3: whose 407 is it? Decided by stage (policy.c): inside the tunnel it
+    -- is Acquire's (kind http, never resent); through a plain proxy the proxy's (kind proxy,
+    -- not retried). Either way: one POST, one case at most, nothing sent again.
+    it("a 407 from Acquire " .. (tls and "inside the tunnel is Acquire's" or "through a plain proxy is not retried"),
+      function()
+        srv:fault{ action = "status", status = 407, create = true, times = 5,
+                   headers = { ["Proxy-Authenticate"] = 'Basic realm="acquire"' } }
+        local c = srv:client{ proxy = px.url, max_retries = 3 }
+        local res, err = c:create_case(CONTACT, { title = "407" })
+        assert.is_nil(res)
+        assert.equal(1, err.attempts)
+        assert.equal(1, #srv:requests())             -- never sent twice
+        if tls then
+          assert.equal("http", err.kind)
+          assert.equal(407, err.status)
+          assert.is_nil(err.proxy_status)
+        else
+          assert.equal("proxy", err.kind)
+          assert.equal(407, err.proxy_status)
+          assert.is_false(err.maybe_created)
+        end
+        c:close()
+      end)
+
     if tls then
       it("verifies Acquire's certificate end to end, through the tunnel", function()
         local c = acquire.new{ base_url = srv.base_url, api_key = srv.key, proxy = px.url }

@@ -67,7 +67,6 @@ void batch_release(acq_client_t *c) {
     detach_all(c);
     for (i = 0; i < ACQ_MAX_CONCURRENCY; i++) {
         if (c->batch->slots[i] == NULL) continue;
-        c->batch->slots[i]->t.headers = NULL;          /* c->t owns the list */
         transport_close(&c->batch->slots[i]->t);
         free(c->batch->slots[i]);
         c->batch->slots[i] = NULL;
@@ -102,13 +101,7 @@ static void setup(lua_State *L, acq_client_t *c, int concurrency) {
             luaL_error(L, "not enough memory");
             return;
         }
-        if (transport_dup(&c->batch->slots[i]->t, &c->t, c->batch->slots[i]) != 0) {
-            transport_close(&c->batch->slots[i]->t);
-            free(c->batch->slots[i]);
-            c->batch->slots[i] = NULL;
-            luaL_error(L, "acquire: cannot set up a libcurl handle");
-            return;
-        }
+        transport_dup(&c->batch->slots[i]->t, &c->t, c->batch->slots[i]);
         c->batch->slots[i]->item = -1;
     }
 }
@@ -348,7 +341,10 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             body = lua_tolstring(L, -1, &len);      /* anchored in bodies */
             lua_pop(L, 1);
             snprintf(url + c->prefix_len, 24, "%lld", it[pick].id);
-            transport_prepare(&c->batch->slots[s]->t, url, body, len);
+            if (transport_prepare(&c->batch->slots[s]->t, url, body, len) != 0) {
+                detach_all(c);
+                luaL_error(L, "not enough memory");
+            }
             c->batch->slots[s]->item = pick;
             if (alone) lead = c->batch->slots[s];
             if (it[pick].started == 0) it[pick].started = client_clock();

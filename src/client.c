@@ -31,7 +31,7 @@ void client_check_fork(lua_State *L, acq_client_t *c) {
     if (c->pid == pid) return;
     transport_disown(&c->sockets);
     batch_release(c);
-    if (c->t.easy && transport_renew(&c->t) != 0)
+    if (c->t.tmpl && transport_renew(&c->t) != 0)
         luaL_error(L, "acquire: cannot set up libcurl after fork()");
     c->pid = pid;
 }
@@ -263,7 +263,8 @@ static int create_case(lua_State *L, acq_client_t *c, int arg) {
     started = client_clock();
     for (attempt = 1;; attempt++) {
         double wait;
-        transport_perform(&c->t, c->url, c->req.p, c->req.len, &r);
+        if (transport_perform(&c->t, c->url, c->req.p, c->req.len, &r) != 0)
+            luaL_error(L, "not enough memory");
         client_log_attempt(L, c, &c->t, &r, "", attempt, c->url, c->req.p, c->req.len);
         n = client_outcome(L, c, &c->t, &r);
         if (n == 1) return 1;
@@ -295,7 +296,8 @@ static int list_page(lua_State *L, acq_client_t *c, long long id, int page) {
     reconcile_list_url(&base, id, page, url);
     for (attempt = 1;; attempt++) {
         double wait;
-        transport_perform(&c->t, url, NULL, 0, &r);
+        if (transport_perform(&c->t, url, NULL, 0, &r) != 0)
+            luaL_error(L, "not enough memory");
         client_log_attempt(L, c, &c->t, &r, "", attempt, url, NULL, 0);
         if (client_outcome(L, c, &c->t, &r) == 1) return 1;
         error_setbool(L, lua_gettop(L), "maybe_created", 0);

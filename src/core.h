@@ -33,6 +33,9 @@
 #define ACQ_BODY_CAP         4096          /* err.body is cut here */
 #define ACQ_MAX_RESPONSE     (8u << 20)    /* default max_response_bytes */
 #define ACQ_RETRY_AFTER_CAP  30.0          /* longer Retry-After: give up */
+#define ACQ_MAX_WAIT         120.0         /* no sleep of the module's is longer */
+#define ACQ_PROXY_MODE_PLAIN  1            /* http target through a proxy: absolute-form */
+#define ACQ_PROXY_MODE_TUNNEL 2            /* https target: a CONNECT tunnel */
 
 /* ---- buffer.c: a growable byte buffer owned by C -------------------- */
 typedef struct acq_buf_t {
@@ -250,7 +253,10 @@ typedef struct acq_failure_t {
 /* Seconds to wait before attempt+1, or -1 to give up. rng: xorshift state. */
 double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
                     uint64_t *rng);
-void  policy_sleep(double seconds);
+void  policy_sleep(double seconds);                 /* at most ACQ_MAX_WAIT */
+/* Was the answer (CONNECT's, or the request's) the proxy's? By stage. */
+int   policy_from_proxy(int proxy_mode, long connect_status, long status);
+int   policy_l_proxy_answered(lua_State *L);
 uint64_t policy_seed(const void *salt);
 /* The one retry step, for every loop: after attempt failed with the err
    table at idx, the seconds to wait before trying again, or -1 to give up,

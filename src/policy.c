@@ -97,9 +97,34 @@ double policy_pause(lua_State *L, int err) {
     return honoured(&f);
 }
 
+/* Whose answer is a status? Decided by the stage it came at, never by the
+   number alone: through a CONNECT tunnel, the CONNECT's answer is the
+   proxy's (connect_status) and everything after the tunnel is up is
+   Acquire's, a 407 included; through a plain proxy (absolute-form requests)
+   a 407 is the proxy's (Acquire never asks for proxy credentials; either
+   way nothing was created, and it is not retried: a 407 will not heal). */
+int policy_from_proxy(int proxy_mode, long connect_status, long status) {
+    if (proxy_mode == ACQ_PROXY_MODE_TUNNEL)
+        return connect_status > 0 && connect_status / 100 != 2;
+    if (proxy_mode == ACQ_PROXY_MODE_PLAIN) return status == 407;
+    return 0;
+}
+
+/* acquire.proxy_answered(mode, connect_status, status) -> boolean: the
+   rule above, for acquire.ngx (mode: "plain", "tunnel" or nil) */
+int policy_l_proxy_answered(lua_State *L) {
+    static const char *const modes[] = { "none", "plain", "tunnel", NULL };
+    int mode = lua_isnoneornil(L, 1) ? 0 : luaL_checkoption(L, 1, NULL, modes);
+    lua_Number a = luaL_optnumber(L, 2, 0), b = luaL_optnumber(L, 3, 0);
+    long cs = a >= 0 && a < 1000 ? (long)a : 0, st = b >= 0 && b < 1000 ? (long)b : 0;
+    lua_pushboolean(L, policy_from_proxy(mode, cs, st));
+    return 1;
+}
+
 void policy_sleep(double seconds) {
     struct timespec ts;
     if (!(seconds > 0)) return;
+    if (seconds > ACQ_MAX_WAIT) seconds = ACQ_MAX_WAIT;   /* and no overflowing cast */
     ts.tv_sec = (time_t)seconds;
     ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}

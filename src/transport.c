@@ -1,8 +1,18 @@
 /*
- * transport.c: moves bytes with one libcurl easy handle per client, kept
- * across calls so its connection is reused. Knows nothing of the API's
- * body. The callbacks only copy bytes into C buffers: no Lua API call
- * happens inside libcurl, so no Lua error can unwind through it.
+ * transport.c: moves bytes with libcurl. Knows nothing of the API's body.
+ * The callbacks only copy bytes into C buffers: no Lua API call happens
+ * inside libcurl, so no Lua error can unwind through it.
+ *
+ * A client keeps a template easy handle (every option set once, never
+ * performed) and a share handle (the connection cache, the DNS cache and
+ * TLS sessions). Every transfer runs on a fresh duplicate of the template,
+ * cleaned up when the next one starts: keep-alive and DNS come from the
+ * share, never from a reused easy handle. The reason is a bug in libcurl
+ * before 8.1.0 (curl issue 11101, Debian 12's 7.88.1 has it): a reused
+ * handle keeps a pointer to the previous transfer's last header after
+ * freeing it, and an answer whose first header line begins with a blank
+ * (an obsolete folded line) is unfolded into that freed block. A fresh
+ * handle starts with the pointer NULL, on every libcurl.
  */
 #include <errno.h>
 #include <string.h>
@@ -144,15 +154,54 @@ const char *transport_user_agent(const acq_config_t *cfg, char buf[ACQ_UA_MAX]) 
     return buf;
 }
 
+/* The options that point at one transfer's state: set on each fresh handle. */
+static int point_at(CURL *e, acq_transport_t *t) {
+    return
+#if ACQ_PREREQ
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, (void *)t) != CURLE_OK ||
+#else
+        curl_easy_setopt(e, CURLOPT_READDATA, (void *)t) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_SEEKDATA, (void *)t) != CURLE_OK ||
+#endif
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)t) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)t) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_PRIVATE, t->priv) != CURLE_OK ? -1 : 0;
+}
+
+static CURLSH *new_share(void) {
+    CURLSH *sh = curl_share_init();
+    if (sh == NULL) return NULL;
+    if (curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) != CURLSHE_OK ||
+        curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK ||
+        curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+        curl_share_cleanup(sh);
+        return NULL;
+    }
+    return sh;
+}
+
 #define SET(opt, val) \
-    do { if (curl_easy_setopt(t->easy, opt, val) != CURLE_OK) { *what = #opt; return -1; } } while (0)
+    do { if (curl_easy_setopt(t->tmpl, opt, val) != CURLE_OK) { *what = #opt; return -1; } } while (0)
 
 int transport_init(acq_transport_t *t, const acq_config_t *cfg,
                    const char *const *header_lines, const char **what) {
     const char *const *h;
+    t->owner = 1;
+    *what = "curl_share_init";
+    t->share = new_share();
+    if (t->share == NULL) return -1;
     *what = "curl_easy_init";
-    t->easy = curl_easy_init();
-    if (t->easy == NULL) return -1;
+    t->tmpl = curl_easy_init();
+    if (t->tmpl == NULL) return -1;
+    *what = "curl_multi_init";
+    t->multi = curl_multi_init();
+    if (t->multi == NULL) return -1;
+    /* a batch keeps up to this many idle connections: a single call must
+       not prune them to libcurl's default of 4 when it hands one back */
+    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
+    SET(CURLOPT_SHARE, t->share);
     for (h = header_lines; *h; h++) {
         struct curl_slist *l = curl_slist_append(t->headers, *h);
         if (l == NULL) { *what = "curl_slist_append"; return -1; }
@@ -170,18 +219,12 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     SET(CURLOPT_POST, 1L);
 #if ACQ_PREREQ
     SET(CURLOPT_PREREQFUNCTION, on_prereq);
-    SET(CURLOPT_PREREQDATA, (void *)t);
 #else
     SET(CURLOPT_READFUNCTION, on_read);
-    SET(CURLOPT_READDATA, (void *)t);
     SET(CURLOPT_SEEKFUNCTION, on_seek);
-    SET(CURLOPT_SEEKDATA, (void *)t);
 #endif
     SET(CURLOPT_WRITEFUNCTION, on_body);
-    SET(CURLOPT_WRITEDATA, (void *)t);
     SET(CURLOPT_HEADERFUNCTION, on_header);
-    SET(CURLOPT_HEADERDATA, (void *)t);
-    SET(CURLOPT_ERRORBUFFER, t->errbuf);
     SET(CURLOPT_TIMEOUT_MS, cfg->timeout_ms);
     SET(CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
     SET(CURLOPT_FOLLOWLOCATION, 0L);           /* a redirect is an answer */
@@ -190,7 +233,6 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
        on_prereq cannot tell from a dangerous one. README: Reliability. */
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SET(CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
-    SET(CURLOPT_OPENSOCKETDATA, (void *)t);
     SET(CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
     SET(CURLOPT_CLOSESOCKETDATA, (void *)t->sockets);
 #if ACQ_CURL_AT_LEAST(7, 85, 0)
@@ -227,8 +269,13 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     return 0;
 }
 
-void transport_prepare(acq_transport_t *t, const char *url, const char *body,
-                       size_t len) {
+int transport_prepare(acq_transport_t *t, const char *url, const char *body,
+                      size_t len) {
+    CURL *fresh = curl_easy_duphandle(t->tmpl);      /* shares t->tmpl's share */
+    if (fresh == NULL) return -1;
+    if (t->easy) curl_easy_cleanup(t->easy);         /* its connection stays in the share */
+    t->easy = fresh;
+    if (point_at(t->easy, t) != 0) return -1;
     t->body.len = 0;
     t->too_large = 0;
     t->retry_after[0] = '\0';
@@ -242,13 +289,14 @@ void transport_prepare(acq_transport_t *t, const char *url, const char *body,
     curl_easy_setopt(t->easy, CURLOPT_URL, url);          /* libcurl copies it */
     if (body == NULL) {                                   /* a read: GET */
         curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
-        return;
+        return 0;
     }
     curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 #if ACQ_PREREQ
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);  /* one write with the headers */
 #endif
+    return 0;
 }
 
 /* Whether the request may have reached the server is read off the
@@ -281,7 +329,7 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
           code == CURLE_SSL_CONNECT_ERROR || code == CURLE_RECV_ERROR ||
           code == CURLE_GOT_NOTHING)) ||
         (t->proxy == ACQ_PROXY_PLAIN && !r->maybe_sent && code != CURLE_OK) ||
-        (t->proxy && r->status == 407);       /* only a proxy asks that */
+        policy_from_proxy(t->proxy, r->connect_status, r->status);
     if (r->proxy_failed) r->maybe_sent = 0;
     /* libcurl 7.88 returns CURLE_OK for an answer cut inside its header
        block (the status line and some headers, then FIN): that is no
@@ -293,44 +341,65 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
     }
 }
 
-void transport_perform(acq_transport_t *t, const char *url, const char *body,
-                       size_t len, acq_result_t *r) {
-    transport_prepare(t, url, body, len);
-    transport_finish(t, curl_easy_perform(t->easy), r);
+/* One transfer to its end, on the client's multi handle (curl_easy_perform
+   would make a multi handle per easy handle, and with it lose the
+   connection when the handle goes). */
+int transport_perform(acq_transport_t *t, const char *url, const char *body,
+                      size_t len, acq_result_t *r) {
+    CURLcode code = CURLE_OK;
+    CURLMsg *msg;
+    int running = 1, queued;
+    if (transport_prepare(t, url, body, len) != 0) return -1;
+    if (curl_multi_add_handle(t->multi, t->easy) != CURLM_OK) return -1;
+    for (;;) {
+        if (curl_multi_perform(t->multi, &running) != CURLM_OK) {
+            code = CURLE_OUT_OF_MEMORY;
+            break;
+        }
+        if (running == 0) break;
+        if (curl_multi_poll(t->multi, NULL, 0, 1000, NULL) != CURLM_OK) {
+            code = CURLE_OUT_OF_MEMORY;
+            break;
+        }
+    }
+    while ((msg = curl_multi_info_read(t->multi, &queued)) != NULL)
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == t->easy) code = msg->data.result;
+    curl_multi_remove_handle(t->multi, t->easy);
+    transport_finish(t, code, r);
+    return 0;
 }
 
-/* A second handle with src's options (libcurl copies them) whose callbacks
-   write into dst. The header list stays src's: dst must not outlive it. */
-int transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) {
+void transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) {
     memset(dst, 0, sizeof *dst);
-    dst->easy = curl_easy_duphandle(src->easy);
-    if (dst->easy == NULL) return -1;
+    dst->tmpl = src->tmpl;
+    dst->priv = priv;
     dst->max_bytes = src->max_bytes;
     dst->proxy = src->proxy;
     dst->proxy_display = src->proxy_display;
     dst->sockets = src->sockets;
-    if (
-#if ACQ_PREREQ
-        curl_easy_setopt(dst->easy, CURLOPT_PREREQDATA, (void *)dst) != CURLE_OK ||
-#else
-        curl_easy_setopt(dst->easy, CURLOPT_READDATA, (void *)dst) != CURLE_OK ||
-        curl_easy_setopt(dst->easy, CURLOPT_SEEKDATA, (void *)dst) != CURLE_OK ||
-#endif
-        curl_easy_setopt(dst->easy, CURLOPT_WRITEDATA, (void *)dst) != CURLE_OK ||
-        curl_easy_setopt(dst->easy, CURLOPT_HEADERDATA, (void *)dst) != CURLE_OK ||
-        curl_easy_setopt(dst->easy, CURLOPT_DEBUGDATA, (void *)dst) != CURLE_OK ||
-        curl_easy_setopt(dst->easy, CURLOPT_ERRORBUFFER, dst->errbuf) != CURLE_OK ||
-        curl_easy_setopt(dst->easy, CURLOPT_OPENSOCKETDATA, (void *)dst) != CURLE_OK ||
-        curl_easy_setopt(dst->easy, CURLOPT_PRIVATE, priv) != CURLE_OK)
-        return -1;
-    return 0;
 }
 
+/* After fork(): the transfer's handle and the share hold the parent's
+   connections (their sockets already point at /dev/null): both go, and the
+   template moves to a new share. */
 int transport_renew(acq_transport_t *t) {
-    CURL *fresh = curl_easy_duphandle(t->easy);   /* options, not connections */
+    CURLSH *fresh = new_share();
     if (fresh == NULL) return -1;
-    curl_easy_cleanup(t->easy);
-    t->easy = fresh;
+    if (t->easy) curl_easy_cleanup(t->easy);
+    t->easy = NULL;
+    if (t->multi) curl_multi_cleanup(t->multi);     /* its DNS and connections */
+    t->multi = curl_multi_init();
+    if (t->multi == NULL) {
+        curl_share_cleanup(fresh);
+        return -1;
+    }
+    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
+    if (curl_easy_setopt(t->tmpl, CURLOPT_SHARE, fresh) != CURLE_OK) {
+        curl_share_cleanup(fresh);
+        return -1;
+    }
+    curl_share_cleanup(t->share);
+    t->share = fresh;
     return 0;
 }
 
@@ -363,7 +432,10 @@ int transport_push_error(lua_State *L, const acq_transport_t *t,
     } else {
         const char *msg = t->errbuf[0] ? t->errbuf : curl_easy_strerror(r->code);
         char os[160];
-        if (r->code == CURLE_SEND_FAIL_REWIND || r->code == CURLE_ABORTED_BY_CALLBACK)
+        if (r->code == CURLE_BAD_FUNCTION_ARGUMENT && r->status > 0)
+            msg = "malformed answer: its header block has a continuation line "
+                  "with no header before it";
+        else if (r->code == CURLE_SEND_FAIL_REWIND || r->code == CURLE_ABORTED_BY_CALLBACK)
             msg = "the connection closed after the request was sent; "
                   "not sent again, the case may exist";
         else if (t->sock_errno && !r->maybe_sent) {
@@ -405,13 +477,22 @@ int transport_push_error(lua_State *L, const acq_transport_t *t,
     return 2;
 }
 
+/* Frees what t owns; the owner's template, share and header list last
+   (every transfer made from them is closed first: batch_release). */
 void transport_close(acq_transport_t *t) {
     struct curl_slist *l;
     if (t->easy) curl_easy_cleanup(t->easy);
     t->easy = NULL;
+    buf_free(&t->body);
+    if (!t->owner) return;
+    if (t->multi) curl_multi_cleanup(t->multi);
+    t->multi = NULL;
+    if (t->tmpl) curl_easy_cleanup(t->tmpl);
+    t->tmpl = NULL;
+    if (t->share) curl_share_cleanup(t->share);   /* closes the idle connections */
+    t->share = NULL;
     for (l = t->headers; l; l = l->next)  /* the Authorization line */
         acq_wipe(l->data, strlen(l->data));
     curl_slist_free_all(t->headers);
     t->headers = NULL;
-    buf_free(&t->body);
 }

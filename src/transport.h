@@ -15,8 +15,8 @@
 
 /* ---- transport.c: libcurl easy handle ------------------------------- */
 #define ACQ_DEBUG_BODY_CAP   16384   /* debug = "body" logs this much of each body */
-#define ACQ_PROXY_PLAIN      1       /* http target through a proxy: absolute-form */
-#define ACQ_PROXY_TUNNEL     2       /* https target: a CONNECT tunnel */
+#define ACQ_PROXY_PLAIN      ACQ_PROXY_MODE_PLAIN
+#define ACQ_PROXY_TUNNEL     ACQ_PROXY_MODE_TUNNEL
 
 /* The sockets libcurl opened for one client, open now: after fork() they
    are the parent's too, and the child points them at /dev/null before its
@@ -28,7 +28,12 @@ typedef struct acq_sockets_t {
 } acq_sockets_t;
 
 typedef struct acq_transport_t {
-    CURL              *easy;
+    CURL              *easy;               /* this transfer's: a fresh one each time */
+    CURL              *tmpl;               /* the options every transfer starts from */
+    CURLSH            *share;              /* connections, DNS, TLS sessions; owner only */
+    CURLM             *multi;              /* transport_perform's; owner only */
+    void              *priv;               /* CURLOPT_PRIVATE of each transfer */
+    int                owner;              /* tmpl, share and headers are this one's */
     struct curl_slist *headers;
     acq_buf_t          body;               /* response body */
     const char        *out;                /* request body being sent */
@@ -61,17 +66,24 @@ const char *transport_user_agent(const acq_config_t *cfg, char buf[ACQ_UA_MAX]);
 /* header_lines: NULL-terminated "Name: value" lines. */
 int   transport_init(acq_transport_t *t, const acq_config_t *cfg,
                      const char *const *header_lines, const char **what);
-void  transport_perform(acq_transport_t *t, const char *url,
+/* -1 as transport_prepare */
+int   transport_perform(acq_transport_t *t, const char *url,
                         const char *body, size_t len, acq_result_t *r);
-/* perform in two halves, for a multi handle; body NULL: a GET */
-void  transport_prepare(acq_transport_t *t, const char *url,
+/* perform in two halves, for a multi handle; body NULL: a GET. Every
+   transfer gets an easy handle of its own, made from the template (see
+   transport.c: libcurl before 8.1.0 reads freed memory when a handle is
+   reused). -1 when libcurl cannot make one (out of memory). */
+int   transport_prepare(acq_transport_t *t, const char *url,
                         const char *body, size_t len);
 void  transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r);
-int   transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv);
+/* dst makes its transfers from src's template (and shares its
+   connections); dst must not outlive src. */
+void  transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv);
 /* After fork(): every socket of the set made /dev/null, so that closing
    them (libcurl's cleanup) touches nothing of the parent's. */
 void  transport_disown(acq_sockets_t *s);
-/* A fresh handle with t's options, the old one cleaned up. 0 on success. */
+/* After fork(): the share (the parent's connections) dropped, a new one
+   made. 0 on success. */
 int   transport_renew(acq_transport_t *t);
 void  transport_close(acq_transport_t *t);
 /* Pushes nil, err for a failed transfer; returns 2. */

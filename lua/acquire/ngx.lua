@@ -32,6 +32,7 @@ local normalise, build_request, decode_response, retry_after, redact =
   acquire.config, acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
 local build_list_request, match_cases, sent_filter, settle =
   acquire.build_list_request, acquire.match_cases, acquire.sent_filter, acquire.settle
+local proxy_answered = acquire.proxy_answered
 local concat, sort, unpack = table.concat, table.sort, table.unpack or unpack
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
@@ -468,10 +469,10 @@ local function once(st, msg, attempt, deadline)
   end
   local status, headers, body, reuse = read_response({ sock = sock, buf = "", deadline = deadline },
                                                     st.max_response_bytes)
-  -- an http target through a proxy: a 407 is the proxy's, not Acquire's (its status line is
-  -- enough: tinyproxy resets the connection after it, the request's body unread); anything
-  -- else is Acquire's answer
-  local proxy_407 = st.proxy and (status or body) == 407
+  -- whose answer is it: acquire.proxy_answered's rule, by stage (through a tunnel, everything
+  -- after CONNECT is Acquire's, a 407 included; through a plain proxy a 407 is the proxy's,
+  -- its status line enough: tinyproxy resets the connection after it, the body unread)
+  local proxy_407 = st.proxy and proxy_answered(st.absolute and "plain" or "tunnel", 0, status or body)
   if not status then
     sock:close()
     e, status = headers, body
