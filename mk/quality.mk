@@ -55,8 +55,12 @@ FUZZ_STRICT  ?= 0
 FUZZ_CC      ?= clang
 FUZZ_DIR     := .tmp/fuzz
 FUZZ_NAMES   := fuzz_response fuzz_request fuzz_dates fuzz_client fuzz_config fuzz_reconcile fuzz_redact
-FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
-	-fno-sanitize-recover=undefined $(WARN) -std=gnu99 $(QUALITY_LUA_INC) $(CURL_CFLAGS) -Ifuzz -Isrc
+# the module's sources are compiled once (fuzzer-no-link: instrumented for
+# coverage, no main), each harness against them
+FUZZ_SAN     := -g -O1 -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_CFLAGS  := $(FUZZ_SAN) -fsanitize=fuzzer,address,undefined \
+	$(WARN) -std=gnu99 $(QUALITY_LUA_INC) $(CURL_CFLAGS) -Ifuzz -Isrc
+FUZZ_OBJS    := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(QUALITY_SRC))
 FUZZ_FLAGS   := -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=30 -detect_leaks=0 \
 	-print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/
 FUZZ_ENV     := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
@@ -69,9 +73,14 @@ FUZZ_ARGS_fuzz_reconcile := -max_len=1024
 FUZZ_ARGS_fuzz_redact   := -max_len=1024
 FUZZ_ARGS_fuzz_client   := -dict=fuzz/client.dict -max_len=4096 -timeout=20
 
-$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/harness.h $(QUALITY_SRC) $(QUALITY_HDR) mk/quality.mk
+$(FUZZ_DIR)/obj/%.o: %.c $(QUALITY_HDR) mk/quality.mk
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer-no-link,address,undefined $(WARN) -std=gnu99 \
+	  $(QUALITY_LUA_INC) $(CURL_CFLAGS) -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/harness.h $(FUZZ_OBJS) $(QUALITY_HDR) mk/quality.mk
 	@mkdir -p $(FUZZ_DIR)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) $< $(QUALITY_SRC) -o $@ -llua5.4 $(CURL_LIBS) -lpthread
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $< $(FUZZ_OBJS) -o $@ -llua5.4 $(CURL_LIBS) -lpthread
 
 # JSON's tokens and the names the decoder looks up, for fuzz_response.
 $(FUZZ_DIR)/response.dict: mk/quality.mk
