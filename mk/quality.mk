@@ -51,7 +51,7 @@ sanitize: deps
 # FUZZ_STRICT=1 turns on the checks of known findings not fixed yet (each
 # harness's comment says which).
 FUZZ_SECONDS ?= 60
-FUZZ_STRICT  ?= 0
+FUZZ_STRICT  ?= 1
 FUZZ_CC      ?= clang
 FUZZ_DIR     := .tmp/fuzz
 FUZZ_NAMES   := fuzz_response fuzz_request fuzz_dates fuzz_client fuzz_config fuzz_reconcile fuzz_redact

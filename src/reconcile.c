@@ -37,8 +37,8 @@ static int digits(const char *s, int n) {
     return v;
 }
 
-/* "2020-08-11T07:25:59.000Z" -> seconds since the epoch; -1 if it is not
-   that. The form is RFC 3339's, read strictly: four-digit year, two-digit
+/* "2020-08-11T07:25:59.000Z" -> seconds since the epoch (before 1970:
+   negative); NAN if it is not that. The form is RFC 3339's, read strictly: four-digit year, two-digit
    fields, a real day of its month, a fraction of one digit or more, and
    "Z" or an offset "+hh:mm" / "-hh:mm"; nothing after it. */
 static double parse_iso(const char *s, size_t len) {
@@ -48,28 +48,28 @@ static double parse_iso(const char *s, size_t len) {
     double frac = 0, offset = 0;
     if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') ||
         s[13] != ':' || s[16] != ':')
-        return -1;
+        return NAN;
     y = digits(s, 4); mo = digits(s + 5, 2); d = digits(s + 8, 2);
     h = digits(s + 11, 2); mi = digits(s + 14, 2); sec = digits(s + 17, 2);
     if (y < 0 || mo < 1 || mo > 12 || d < 1 || h < 0 || h > 23 || mi < 0 || mi > 59 ||
         sec < 0 || sec > 60)
-        return -1;
+        return NAN;
     leap = mo == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    if (d > mdays[mo - 1] + leap) return -1;
+    if (d > mdays[mo - 1] + leap) return NAN;
     if (s[at] == '.') {
         double scale = 0.1;
         size_t first = ++at;
         for (; at < len && s[at] >= '0' && s[at] <= '9'; at++, scale /= 10) frac += (s[at] - '0') * scale;
-        if (at == first) return -1;
+        if (at == first) return NAN;
     }
     if (at + 1 == len && (s[at] == 'Z' || s[at] == 'z')) {
         offset = 0;
     } else if (at + 6 == len && (s[at] == '+' || s[at] == '-') && s[at + 3] == ':') {
         int oh = digits(s + at + 1, 2), om = digits(s + at + 4, 2);
-        if (oh < 0 || oh > 23 || om < 0 || om > 59) return -1;
+        if (oh < 0 || oh > 23 || om < 0 || om > 59) return NAN;
         offset = (s[at] == '-' ? -1 : 1) * (oh * 3600.0 + om * 60.0);
     } else {
-        return -1;
+        return NAN;
     }
     return (double)response_days_from_civil(y, mo, d) * 86400.0 +
            h * 3600.0 + mi * 60.0 + sec + frac - offset;
@@ -126,7 +126,7 @@ int reconcile_matches(lua_State *L, int c, const acq_filter_t *f) {
     if (!lua_istable(L, c)) return 0;
     c = acq_absindex(L, c);
     if (f->has_since || f->has_until) {      /* within [since, until], less/plus the skew */
-        double at = -1;
+        double at = NAN;
         lua_getfield(L, c, "dateCreated");
         if (lua_type(L, -1) == LUA_TSTRING) {
             size_t n;
@@ -134,7 +134,7 @@ int reconcile_matches(lua_State *L, int c, const acq_filter_t *f) {
             at = parse_iso(d, n);
         }
         lua_pop(L, 1);
-        if (at < 0 || (f->has_since && at < f->since - ACQ_RECONCILE_SKEW) ||
+        if (isnan(at) || (f->has_since && at < f->since - ACQ_RECONCILE_SKEW) ||
             (f->has_until && at > f->until + ACQ_RECONCILE_SKEW))
             return 0;
     }

@@ -138,7 +138,7 @@ static long clock_of(const char *s) {
 
 /* An HTTP-date (RFC 9110 5.6.7: IMF-fixdate, and the obsolete RFC 850 and
    asctime forms a recipient must accept), exactly, in seconds since the
-   epoch; -1 if v is not one. */
+   epoch (before 1970: negative); NAN if v is not one. */
 static double http_date(const char *v, size_t n, double now) {
     static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
     static const char days[] = "MonTueWedThuFriSatSun";
@@ -151,11 +151,11 @@ static double http_date(const char *v, size_t n, double now) {
     if (n == 29 && c == v + 3) {                           /* Sun, 06 Nov 1994 08:49:37 GMT */
         if (v[4] != ' ' || v[7] != ' ' || v[11] != ' ' || v[16] != ' ' ||
             strcmp(v + 25, " GMT") != 0)
-            return -1;
+            return NAN;
         w = which(days, v); d = num(v + 5, 2, 0); mo = which(months, v + 8);
         y = num(v + 12, 4, 0); secs = clock_of(v + 17);
     } else if (n == 24 && c == NULL) {                     /* Sun Nov  6 08:49:37 1994 */
-        if (v[3] != ' ' || v[7] != ' ' || v[10] != ' ' || v[19] != ' ') return -1;
+        if (v[3] != ' ' || v[7] != ' ' || v[10] != ' ' || v[19] != ' ') return NAN;
         w = which(days, v); mo = which(months, v + 4); d = num(v + 8, 2, 1);
         secs = clock_of(v + 11); y = num(v + 20, 4, 0);
     } else if (c != NULL && n == (size_t)(c - v) + 24) {   /* Sunday, 06-Nov-94 08:49:37 GMT */
@@ -164,7 +164,7 @@ static double http_date(const char *v, size_t n, double now) {
                 break;
         if (w == 7 || c[1] != ' ' || c[4] != '-' || c[8] != '-' || c[11] != ' ' ||
             strcmp(c + 20, " GMT") != 0)
-            return -1;
+            return NAN;
         d = num(c + 2, 2, 0); mo = which(months, c + 5); y = num(c + 9, 2, 0);
         secs = clock_of(c + 12);
         if (y >= 0) {           /* more than 50 years ahead: the century before */
@@ -173,11 +173,11 @@ static double http_date(const char *v, size_t n, double now) {
                 y -= 100;
         }
     } else {
-        return -1;
+        return NAN;
     }
     if (w < 0 || mo < 0 || y < 1900 || d < 1 || secs < 0 ||
         d > mdays[mo] + (mo == 1 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
-        return -1;
+        return NAN;
     return (double)response_days_from_civil(y, mo + 1, d) * 86400.0 + (double)secs;
 }
 
@@ -191,21 +191,22 @@ double response_parse_retry_after(const char *v, double now) {
     while (*v == ' ' || *v == '\t') v++;
     n = strlen(v);
     while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
-    if (n == 0 || n >= sizeof buf) return -1;
-    memcpy(buf, v, n);
-    buf[n] = '\0';
-    if (buf[0] >= '0' && buf[0] <= '9') {
+    if (n == 0) return -1;
+    if (v[0] >= '0' && v[0] <= '9') {             /* delay-seconds, leading zeros and all */
         double s = 0;
         size_t i;
         for (i = 0; i < n; i++) {
-            if (buf[i] < '0' || buf[i] > '9') return -1;
-            s = s * 10 + (buf[i] - '0');
+            if (v[i] < '0' || v[i] > '9') return -1;
+            if (s < 1e9) s = s * 10 + (v[i] - '0');
         }
         return s < 1e9 ? s : -1;
     }
+    if (n >= sizeof buf) return -1;               /* no date is that long */
+    memcpy(buf, v, n);
+    buf[n] = '\0';
     {
         double at = http_date(buf, n, now);
-        if (at < 0) return -1;
+        if (isnan(at)) return -1;
         return at > now ? at - now : 0;
     }
 }
