@@ -142,9 +142,12 @@ static int is_alnum(int c) {
 
 static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 
+/* c is one of set's bytes (strchr alone also finds the terminator: NUL). */
+static int one_of(int c, const char *set) { return c != 0 && strchr(set, c) != NULL; }
+
 /* Ends a URL's authority: a delimiter, or a byte no URL holds. */
 static int url_end(int c) {
-    return c <= 0x20 || c == 0x7F || strchr("/?#\"<>\\^`{|}", c) != NULL;
+    return c <= 0x20 || c == 0x7F || one_of(c, "/?#\"<>\\^`{|}");
 }
 
 static int b64val(int c) {
@@ -216,7 +219,7 @@ static void feed(stand_t *st, int c, size_t a, size_t b) {
         url_done(st);
         /* fallthrough */
     case 0: u0:
-        if (c == ':' && st->seen > 1 && (is_alnum(st->win[WIN - 2]) || strchr("+-.", st->win[WIN - 2])))
+        if (c == ':' && st->seen > 1 && (is_alnum(st->win[WIN - 2]) || one_of(st->win[WIN - 2], "+-.")))
             st->u = 1;
         break;
     case 1:
@@ -272,7 +275,7 @@ static void feed(stand_t *st, int c, size_t a, size_t b) {
 
     if (st->t) {                                      /* Bearer TOKEN, Basic TOKEN */
         int v = b64val(c);
-        if (v >= 0 || c == '=' || strchr("-._~", c) != NULL) {
+        if (v >= 0 || c == '=' || one_of(c, "-._~")) {
             if (st->t_len++ == 0) st->t_start = a;
             if (c == '=') st->t_pad = 1;
             else if (v < 0 || st->t_pad) st->t_ok = 0;
