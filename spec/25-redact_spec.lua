@@ -199,6 +199,14 @@ describe("acquire.redact", function()
     end)
   end)
 
+  it("applies when a secret is given: decode_response without one leaves the body as it came", function()
+    local body = "Authorization: Bearer x; via http://u:p@h"
+    assert.equal(body, (select(2, acquire.decode_response(401, nil, body))).body)
+    assert.equal(body, (select(2, acquire.decode_response(401, nil, body, ""))).body)
+    assert.equal("Authorization: Bearer " .. R .. "; via http://" .. R .. "@h",
+      (select(2, acquire.decode_response(401, nil, body, "unrelated-key"))).body)
+  end)
+
   it("generated secrets, texts and encodings: nothing readable, the rest untouched (generator)", function()
     math.randomseed(SEED)
     for case = 1, 400 do

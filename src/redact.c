@@ -15,6 +15,7 @@
  *     from any byte of the text (a stray backslash before it hides nothing);
  *     and a secret the end of the text cuts short, from ACQ_REDACT_TAIL_MIN
  *     of its bytes on.
+ * Both apply when at least one secret is given: with none, nothing is touched.
  * Overlapping and adjacent spans, of one secret or several, are one span and
  * one [REDACTED]: no tail of a secret survives. A span that touches an escape
  * takes the whole escape, so the text reads as before around [REDACTED].
@@ -450,6 +451,7 @@ static int redact_mask(const char *s, size_t n, const acq_secret_t *k, mask_t *m
     int json = memchr(s, '\\', n) != NULL;       /* without one, both readings are the text */
     mask_t *hit = NULL;
     size_t p;
+    if (k == NULL) return 0;                     /* none given, none redacted (decode_response) */
     stand(s, n, json, 1, m);
     if (json) stand(s, n, 0, 0, m);
     for (; k != NULL; k = k->next) {
