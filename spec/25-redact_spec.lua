@@ -200,10 +200,10 @@ describe("acquire.redact", function()
   end)
 
   it("applies when a secret is given: decode_response without one leaves the body as it came", function()
-    local body = "Authorization: Bearer x; via http://u:p@h"
+    local body = "via http://u:p@h\r\nAuthorization: Bearer x"
     assert.equal(body, (select(2, acquire.decode_response(401, nil, body))).body)
     assert.equal(body, (select(2, acquire.decode_response(401, nil, body, ""))).body)
-    assert.equal("Authorization: Bearer " .. R .. "; via http://" .. R .. "@h",
+    assert.equal("via http://" .. R .. "@h\r\nAuthorization: Bearer " .. R,
       (select(2, acquire.decode_response(401, nil, body, "unrelated-key"))).body)
   end)
 
