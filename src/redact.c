@@ -160,7 +160,8 @@ static int b64val(int c) {
     return -1;
 }
 
-#define WIN 14                                  /* "authorization" and the byte before */
+#define WIN 16                                  /* a ring: "authorization" and the byte before */
+#define BACK(st, k) ((st)->win[((st)->seen - 1 - (k)) & (WIN - 1)])   /* k bytes before the last */
 static const char AUTHZ[] = "authorization";
 
 /* The machines that find credentials where they stand, fed one byte at a
@@ -168,7 +169,7 @@ static const char AUTHZ[] = "authorization";
 typedef struct stand_t {
     mask_t *m;
     int headers;                 /* the header and Bearer/Basic rules too */
-    unsigned char win[WIN];      /* the last bytes read, oldest first */
+    unsigned char win[WIN];      /* the last bytes read */
     size_t seen;                 /* bytes read so far */
     /* a URL: 0 none, 1 "x:", 2 "x:/", 3 in the authority */
     int u;  size_t u_start, u_at;  int u_has_at;
@@ -183,10 +184,10 @@ static int win_ends(const stand_t *st, const char *w, size_t wl, int fold) {
     size_t i;
     if (st->seen < wl) return 0;
     for (i = 0; i < wl; i++) {
-        int c = st->win[WIN - wl + i];
+        int c = BACK(st, wl - 1 - i);
         if ((fold ? lower(c) : c) != (unsigned char)w[i]) return 0;
     }
-    return st->seen == wl || !is_alnum(st->win[WIN - wl - 1]);
+    return st->seen == wl || !is_alnum(BACK(st, wl));
 }
 
 static void url_done(stand_t *st) {
@@ -209,9 +210,8 @@ static void token_done(stand_t *st, size_t end) {
 }
 
 static void feed(stand_t *st, int c, size_t a, size_t b) {
-    memmove(st->win, st->win + 1, WIN - 1);
-    st->win[WIN - 1] = (unsigned char)c;
-    st->seen++;
+    st->win[st->seen++ & (WIN - 1)] = (unsigned char)c;
+    if (!(st->u | st->h | st->t) && c != ':' && c != ' ' && lower(c) != 'n') return;   /* idle */
 
     switch (st->u) {                                  /* scheme://userinfo@ */
     case 3:
@@ -220,7 +220,7 @@ static void feed(stand_t *st, int c, size_t a, size_t b) {
         url_done(st);
         /* fallthrough */
     case 0: u0:
-        if (c == ':' && st->seen > 1 && (is_alnum(st->win[WIN - 2]) || one_of(st->win[WIN - 2], "+-.")))
+        if (c == ':' && st->seen > 1 && (is_alnum(BACK(st, 1)) || one_of(BACK(st, 1), "+-.")))
             st->u = 1;
         break;
     case 1:
@@ -267,11 +267,12 @@ static void feed(stand_t *st, int c, size_t a, size_t b) {
         }
         break;
     }
-    if (st->h == 0 && lower(c) == 'n' && st->seen >= sizeof AUTHZ - 1 && win_ends(st, AUTHZ, sizeof AUTHZ - 1, 1)) {
+    if (st->h == 0 && lower(c) == 'n' && st->seen >= sizeof AUTHZ - 1 && lower(BACK(st, 1)) == 'o'
+        && win_ends(st, AUTHZ, sizeof AUTHZ - 1, 1)) {
         st->h = 1;
         st->h_seen_q = 0;
         st->h_quoted = 0;
-        st->h_qctx = st->seen > sizeof AUTHZ - 1 && st->win[WIN - sizeof AUTHZ] == '"';
+        st->h_qctx = st->seen > sizeof AUTHZ - 1 && BACK(st, sizeof AUTHZ - 1) == '"';
     }
 
     if (st->t) {                                      /* Bearer TOKEN, Basic TOKEN */
@@ -292,8 +293,9 @@ static void feed(stand_t *st, int c, size_t a, size_t b) {
         }
         token_done(st, a);
     }
-    if (c == ' ' && (win_ends(st, "Bearer ", 7, 0) || win_ends(st, "Basic ", 6, 0))) {
-        st->t = st->win[WIN - 2] == 'r' ? 1 : 2;
+    if (c == ' ' && st->seen > 6 && ((BACK(st, 1) == 'r' && win_ends(st, "Bearer ", 7, 0))
+                                     || (BACK(st, 1) == 'c' && win_ends(st, "Basic ", 6, 0)))) {
+        st->t = BACK(st, 1) == 'r' ? 1 : 2;
         st->t_len = 0;
         st->t_acc = 0;
         st->t_bits = 0;
@@ -312,9 +314,17 @@ static void stand(const char *s, size_t n, int decode, int headers, mask_t *m) {
     st.headers = headers;
     while (p < n) {
         unsigned char out[4];
-        size_t olen, i, e = 1;
-        if (decode) e = token(s, n, p, out, &olen);
-        else out[0] = (unsigned char)s[p], olen = 1;
+        size_t olen, i, e;
+        if (!decode || s[p] != '\\') {
+            int c = (unsigned char)s[p];
+            if (!(st.u | st.h | st.t) && c != ':' && c != ' ' && lower(c) != 'n')
+                st.win[st.seen++ & (WIN - 1)] = (unsigned char)c;     /* idle: feed's first step */
+            else
+                feed(&st, c, p, p + 1);
+            p++;
+            continue;
+        }
+        e = token(s, n, p, out, &olen);
         for (i = 0; i < olen; i++) feed(&st, out[i], p, p + e);
         p += e;
     }
@@ -348,6 +358,11 @@ static void search_raw(const unsigned char *s, size_t n, const unsigned char *k,
                        const size_t *f, mask_t *m) {
     size_t p, j = 0, done = 0;
     for (p = 0; p < n; p++) {
+        if (j == 0) {                             /* to the next byte that can begin it */
+            const unsigned char *q = memchr(s + p, k[0], n - p);
+            if (q == NULL) return;
+            p = (size_t)(q - s);
+        }
         j = kmp_step(k, kn, f, j, s[p]);
         if (j == kn) {                            /* starts only grow: mark each byte once */
             size_t a = p + 1 - kn;
@@ -362,11 +377,24 @@ static void search_raw(const unsigned char *s, size_t n, const unsigned char *k,
    escape the end cuts counts as the secret's next bytes). ring: kn offsets. */
 static void search_tail(const char *s, size_t n, const unsigned char *k, size_t kn,
                         const size_t *f, size_t *ring, mask_t *m) {
-    size_t p = 0, j = 0, d = 0;
+    size_t p = 0, j = 0, d = 0, run = 0;
+    if (n > 12 * kn + 12) {                       /* only the last kn tokens matter: start at a */
+        p = n - 12 * kn - 12;                     /* boundary of every reading, 12 bytes with no */
+        while (p > 0 && run < 12) {               /* backslash before it (a token is 12 at most) */
+            p--;
+            run = s[p] == '\\' ? 0 : run + 1;
+        }
+        if (run == 12) p += 12;
+    }
     while (p < n) {
         unsigned char out[4];
         size_t olen, i, e;
-        if (s[p] == '\\' && escape(s + p, n - p, out, &olen) == CUT) break;
+        if (s[p] != '\\') {
+            j = kmp_step(k, kn, f, j, (unsigned char)s[p]);
+            ring[d++ % kn] = p++;
+            continue;
+        }
+        if (escape(s + p, n - p, out, &olen) == CUT) break;
         e = token(s, n, p, out, &olen);
         for (i = 0; i < olen; i++, d++) {
             j = kmp_step(k, kn, f, j, out[i]);
@@ -377,42 +405,63 @@ static void search_tail(const char *s, size_t n, const unsigned char *k, size_t 
     if (j >= ACQ_REDACT_TAIL_MIN && j < kn) mark(m, ring[(d - j) % kn], n);
 }
 
-/* The JSON reading from every offset: see the header. dfa: 256 * (kn + 1)
-   states of the reversed secret rk; hit: scratch, MASK_BYTES(n). */
+/* The JSON reading from every offset: see the header. rk: the reversed
+   secret; dfa: its automaton, (kn + 1) rows of one entry per class of byte
+   (at most 257)
+   (each byte of rk its own class, every other byte class 0, which leads to
+   state 0 from any state); hit: scratch, MASK_BYTES(n). */
 static void search_json(const char *s, size_t n, const unsigned char *rk, size_t kn,
                         unsigned *dfa, mask_t *hit, mask_t *m) {
+    unsigned short cls[256];
     unsigned st[16];
     size_t need[16];
-    size_t p, j, x = 0;
-    memset(dfa, 0, 256 * sizeof *dfa);
-    dfa[rk[0]] = 1;
+    size_t p, j, x = 0, nc = 1, active = 0;
+    memset(cls, 0, sizeof cls);
+    for (j = 0; j < kn; j++)
+        if (cls[rk[j]] == 0) cls[rk[j]] = (unsigned short)nc++;
+    memset(dfa, 0, nc * sizeof *dfa);
+    dfa[cls[rk[0]]] = 1;
     for (j = 1; j <= kn; j++) {                   /* the KMP automaton */
-        memcpy(dfa + j * 256, dfa + x * 256, 256 * sizeof *dfa);
+        memcpy(dfa + j * nc, dfa + x * nc, nc * sizeof *dfa);
         if (j < kn) {
-            dfa[j * 256 + rk[j]] = (unsigned)(j + 1);
-            x = dfa[x * 256 + rk[j]];
+            dfa[j * nc + cls[rk[j]]] = (unsigned)(j + 1);
+            x = dfa[x * nc + cls[rk[j]]];
         }
     }
     memset(hit, 0, MASK_BYTES(n));
     st[n & 15] = 0;
     for (p = n; p-- > 0;) {                       /* back: does the reading from p begin with it? */
-        unsigned char out[4];
-        size_t olen, i, e = token(s, n, p, out, &olen);
-        unsigned q = st[(p + e) & 15];
-        for (i = olen; i-- > 0;) q = dfa[(size_t)q * 256 + out[i]];
+        unsigned q;
+        if (s[p] != '\\') {
+            q = dfa[(size_t)st[(p + 1) & 15] * nc + cls[(unsigned char)s[p]]];
+        } else {
+            unsigned char out[4];
+            size_t olen, i, e = token(s, n, p, out, &olen);
+            q = st[(p + e) & 15];
+            for (i = olen; i-- > 0;) q = dfa[(size_t)q * nc + cls[out[i]]];
+        }
         st[p & 15] = q;
         if (q == kn) SET(hit, p);
     }
     memset(need, 0, sizeof need);
     for (p = 0; p < n; p++) {                     /* forth: mark the tokens each match reads */
-        size_t v = need[p & 15];
-        need[p & 15] = 0;
+        size_t v;
+        if (active == 0) {                        /* to the next match */
+            while (p < n && hit[p >> 3] == 0) p = (p | 7) + 1;
+            while (p < n && !ISSET(hit, p)) p++;
+            if (p >= n) return;
+        }
+        v = need[p & 15];
+        if (v > 0) { need[p & 15] = 0; active--; }
         if (ISSET(hit, p)) v = kn;
         if (v > 0) {
             unsigned char out[4];
-            size_t olen, e = token(s, n, p, out, &olen);
+            size_t olen, e = token(s, n, p, out, &olen), *t = &need[(p + e) & 15];
             mark(m, p, p + e);
-            if (v > olen && need[(p + e) & 15] < v - olen) need[(p + e) & 15] = v - olen;
+            if (v > olen && *t < v - olen) {
+                if (*t == 0) active++;
+                *t = v - olen;
+            }
         }
     }
 }
@@ -423,7 +472,7 @@ static int search_secret(const char *s, size_t n, const unsigned char *k, size_t
     unsigned *dfa = NULL;
     unsigned char *rk = NULL;
     int ok = 0;
-    if (kn > ((size_t)-1 / sizeof(unsigned) / 256) - 1 || kn >= (unsigned)-1) return -1;
+    if (kn > ((size_t)-1 / sizeof(unsigned) / 257) - 1 || kn >= (unsigned)-1) return -1;
     f = malloc(kn * sizeof *f);
     if (f == NULL) goto out;
     kmp_failure(k, kn, f);
@@ -431,7 +480,7 @@ static int search_secret(const char *s, size_t n, const unsigned char *k, size_t
     if (json) {
         ring = malloc(kn * sizeof *ring);
         rk = malloc(kn);
-        dfa = malloc((kn + 1) * 256 * sizeof *dfa);
+        dfa = malloc((kn + 1) * 257 * sizeof *dfa);
         if (ring == NULL || rk == NULL || dfa == NULL) goto out;
         search_tail(s, n, k, kn, f, ring, m);
         for (i = 0; i < kn; i++) rk[i] = k[kn - 1 - i];
@@ -446,6 +495,16 @@ out:
     return ok ? 0 : -1;
 }
 
+/* Does s hold "://"? */
+static int has_scheme_sep(const char *s, size_t n) {
+    const char *p = s, *end = s + n;
+    while ((p = memchr(p, ':', (size_t)(end - p))) != NULL) {
+        if (end - p >= 3 && p[1] == '/' && p[2] == '/') return 1;
+        p++;
+    }
+    return 0;
+}
+
 /* m (MASK_BYTES(n), zeroed): the bytes of s to redact. 0, or -1 when out of memory. */
 static int redact_mask(const char *s, size_t n, const acq_secret_t *k, mask_t *m) {
     int json = memchr(s, '\\', n) != NULL;       /* without one, both readings are the text */
@@ -453,7 +512,7 @@ static int redact_mask(const char *s, size_t n, const acq_secret_t *k, mask_t *m
     size_t p;
     if (k == NULL) return 0;                     /* none given, none redacted (decode_response) */
     stand(s, n, json, 1, m);
-    if (json) stand(s, n, 0, 0, m);
+    if (json && has_scheme_sep(s, n)) stand(s, n, 0, 0, m);   /* URLs as written */
     for (; k != NULL; k = k->next) {
         if (k->len < ACQ_REDACT_MIN) continue;
         if (json && hit == NULL && (hit = malloc(MASK_BYTES(n))) == NULL) return -1;
@@ -463,6 +522,8 @@ static int redact_mask(const char *s, size_t n, const acq_secret_t *k, mask_t *m
         }
     }
     free(hit);
+    for (p = 0; json && p < MASK_BYTES(n) && m[p] == 0; p++) {}
+    if (json && p == MASK_BYTES(n)) return 0;   /* nothing to redact */
     for (p = 0; json && p < n;) {                /* a span takes each escape it touches whole */
         unsigned char out[4];
         size_t olen, i, e = token(s, n, p, out, &olen);
