@@ -2,8 +2,9 @@
  * redact.c: credentials out of every string the module hands back or logs.
  *
  * The rule (README, "acquire.redact"). A credential is redacted
- *  1. where it stands, whatever its length, in the text as written and as a
- *     JSON reader reads it: the userinfo of a URL (scheme://USER:PASS@host ->
+ *  1. where it stands, whatever its length, in the text as a JSON reader
+ *     reads it from its start (URLs also as written; without a backslash
+ *     the two are one): the userinfo of a URL (scheme://USER:PASS@host ->
  *     scheme://[REDACTED]@host; up to the last '@' before the authority
  *     ends); the value of an Authorization or Proxy-Authorization header
  *     (its scheme word kept: "Authorization: Bearer [REDACTED]"); the token
@@ -21,10 +22,11 @@
  * takes the whole escape, so the text reads as before around [REDACTED].
  *
  * The work is linear, whatever the secrets' bytes: O(n) per secret, plus
- * O(256 * length) for its automaton. Read from offset p, the JSON reading of
- * the text is one token (an escape, or one raw byte), then the reading from
- * the token's end: each offset has one successor, at most 12 bytes on, and
- * the readings form a tree rooted at the text's end. "The reading from p
+ * O(length * its distinct bytes) for its automaton, built only when the text
+ * holds a backslash (else every reading is the text). Read from offset p,
+ * the JSON reading of the text is one token (an escape, or one raw byte),
+ * then the reading from the token's end: each offset has one successor, at
+ * most 12 bytes on, and the readings form a tree rooted at the text's end. "The reading from p
  * begins with the secret" is then one pass of the reversed secret's automaton
  * from the end of the text back to its start (13 states kept), and a pass
  * forwards marks the bytes of each match. The text as written is a KMP
