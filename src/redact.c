@@ -26,12 +26,12 @@
  * holds a backslash (else every reading is the text). Read from offset p,
  * the JSON reading of the text is one token (an escape, or one raw byte),
  * then the reading from the token's end: each offset has one successor, at
- * most 12 bytes on, and the readings form a tree rooted at the text's end. "The reading from p
- * begins with the secret" is then one pass of the reversed secret's automaton
- * from the end of the text back to its start (13 states kept), and a pass
- * forwards marks the bytes of each match. The text as written is a KMP
- * search. Nothing recurses; no byte is read more than a constant number of
- * times per secret.
+ * most 12 bytes on, and the readings form a tree rooted at the text's end.
+ * "The reading from p begins with the secret" is then one pass of the
+ * reversed secret's automaton from the end of the text back to its start (13
+ * states kept), and a pass forwards marks the bytes of each match. The text
+ * as written is a KMP search. Nothing recurses; no byte is read more than a
+ * constant number of times per secret.
  */
 #include <stdlib.h>
 #include <string.h>
