@@ -390,16 +390,16 @@ describe("acquire.decode_response", function()
     end)
 
     it("redacts the api_key given as 4th argument from type, message and body", function()
-      local body = '{"type":"sk-9","message":"bad key sk-9, sk-9!"}'
-      local _, err = acquire.decode_response(401, nil, body, "sk-9")
+      local body = '{"type":"sk-9xyz","message":"bad key sk-9xyz, sk-9xyz!"}'
+      local _, err = acquire.decode_response(401, nil, body, "sk-9xyz")
       assert.equal("[REDACTED]", err.type)
       assert.equal("bad key [REDACTED], [REDACTED]!", err.message)
       assert.equal('{"type":"[REDACTED]","message":"bad key [REDACTED], [REDACTED]!"}', err.body)
-      local _, bad = acquire.decode_response(200, nil, "sk-9 is not JSON", "sk-9")
-      helper.not_contains(tostring(bad) .. bad.body, "sk-9")
+      local _, bad = acquire.decode_response(200, nil, "sk-9xyz is not JSON", "sk-9xyz")
+      helper.not_contains(tostring(bad) .. bad.body, "sk-9xyz")
       local _, plain = acquire.decode_response(401, nil, body)       -- none given: none redacted
-      assert.equal("sk-9", plain.type)
-      assert.equal("sk-9", (select(2, acquire.decode_response(401, nil, body, ""))).type)
+      assert.equal("sk-9xyz", plain.type)
+      assert.equal("sk-9xyz", (select(2, acquire.decode_response(401, nil, body, ""))).type)
     end)
 
     it("prints any status a caller put in the table, without overflow", function()

@@ -105,6 +105,18 @@ print(res and "created" or tostring(err))
     helper.not_contains(out, KEY)
   end)
 
+  it("too short to be told from text, it is redacted where it stands; the rest stays readable", function()
+    local srv = helper.start_server()
+    srv:fault{ action = "status", status = 401, content_type = "text/plain",
+               body = "rejected: Authorization: Bearer k\r\nkeep kind words; via http://kk:k@h/k" }
+    local c = acquire.new{ base_url = srv.base_url, api_key = "k", max_retries = 0 }
+    local _, err = c:create_case(597752)
+    c:close()
+    srv:stop()
+    assert.equal(401, err.status)
+    assert.equal("rejected: Authorization: Bearer [REDACTED]\r\nkeep kind words; via http://[REDACTED]@h/k", err.body)
+  end)
+
   it("never shows in tostring(client), nor in a closed one", function()
     local c = acquire.new{ account_id = "x", api_key = KEY }
     helper.not_contains(tostring(c), KEY)

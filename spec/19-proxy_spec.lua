@@ -277,7 +277,9 @@ describe("the proxy option", function()
       end
       local line = "echo " .. pass .. " and " .. url .. " and " .. cfg.proxy.authorization
       local red = acquire.redact(line, (table.unpack or unpack)(cfg.secrets))
-      assert(not red:find(pass, 1, true) and not red:find(enc(pass), 1, true),
+      -- a password under 6 bytes is redacted where it stands only (the URL, the token): README
+      assert(not red:find(url, 1, true) and not red:find(cfg.proxy.authorization, 1, true)
+        and (#pass < 6 or not red:find(pass, 1, true) and not red:find(enc(pass), 1, true)),
         ("seed %d round %d: %q"):format(seed, round, red))
     end
   end)

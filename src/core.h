@@ -183,13 +183,15 @@ void  request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b);
 
 /* ---- error.c: the err table ----------------------------------------- */
 
-/* ---- redact.c: the key out of every string, raw or JSON-escaped ------ */
+/* ---- redact.c: credentials out of every string (the rule: redact.c) --- */
 #define ACQ_REDACTED         "[REDACTED]"
-#define ACQ_REDACT_TAIL_MIN  4     /* a key cut short at the very end: redacted from this length */
-/* The first of k's secrets in s, raw or in any JSON escaping: 1, with its
-   offset and length (a secret cut short by the end of s counts from
-   ACQ_REDACT_TAIL_MIN of its bytes). 0 when none (*at is n). */
+#define ACQ_REDACT_MIN       6     /* a secret searched for wherever it appears from this length */
+#define ACQ_REDACT_TAIL_MIN  4     /* a secret cut short at the very end: redacted from this length */
+/* The first span to redact in s (credentials where they stand; k's secrets,
+   raw or in any JSON escaping, overlapping ones merged): 1, with its offset
+   and length; 0 when none (*at is n). Linear in n per secret. */
 int   redact_next(const char *s, size_t n, const acq_secret_t *k, size_t *at, size_t *len);
+/* s with every span replaced by ACQ_REDACTED, pushed. */
 void  redact_push(lua_State *L, const char *s, size_t n, const acq_secret_t *k);
 int   redact_l_redact(lua_State *L);
 
