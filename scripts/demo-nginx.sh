@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/demo-nginx.sh: examples/nginx.conf itself (the file users copy, not a copy of it) in a
+# scripts/demo-nginx.sh: examples/nginx.conf (the file users copy, its CHANGE lines given this run's values) in a
 # real nginx, creating cases on the Acquire server named by ACQUIRE_BASE_URL with ACQUIRE_API_KEY
 # (`make demo-nginx` runs it under spec/server/with-server, the local Acquire server).
 #
@@ -10,14 +10,15 @@
 #                                      listening on 127.0.0.1:PORT; returns once it listens
 #   scripts/demo-nginx.sh down DIR     stops that nginx (master and workers) and removes DIR
 #
-# How the example is parameterised: DIR/nginx.conf is a symbolic link to examples/nginx.conf, so
-# the example's `include acquire-http.conf;` and `include acquire-server.conf;` (relative to the
-# config's directory) read the two files written here, into DIR: this checkout's lua/ and
-# .tmp/luajit/ (make .tmp/luajit/acquire.so) on Lua's paths, the nameserver of /etc/resolv.conf,
-# nginx's temporary files and access log in DIR; `listen 127.0.0.1:PORT`. The pid file (DIR) and,
-# when started as root, `user root` (workers as nobody could not read a checkout under /root) are
-# given with -g, the error log with -e: none of them is in the example. spec/07-ngx_spec.lua runs
-# the example through `up` and `down`.
+# How the example is parameterised: DIR/nginx.conf is examples/nginx.conf (the whole file, as
+# doc/nginx.md shows it) with only its lines marked `# CHANGE` given this run's values (`listen
+# 127.0.0.1:PORT`, this checkout's lua/ and .tmp/luajit/ (make .tmp/luajit/acquire.so) on Lua's
+# paths, the nameserver of /etc/resolv.conf; the `account_id` line stays: ACQUIRE_BASE_URL wins),
+# and, right after `http {`, lines marked `# demo-nginx.sh` that keep nginx's files in DIR (the
+# access log, the temporary directories). The pid file (DIR) and, when started as root, `user
+# root` (workers as nobody could not read a checkout under /root) are given with -g, the error
+# log with -e: none of them is in the example. spec/07-ngx_spec.lua and spec/30-nginx_doc_spec.lua
+# run the example through `up` and `down`.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 EXAMPLE=$ROOT/examples/nginx.conf
@@ -49,20 +50,30 @@ globals() {
     printf '%s' "$g"
 }
 
-write_site() {  # DIR PORT
-    local dir=$1 port=$2 ns d
+# examples/nginx.conf for DIR and PORT on stdout: the CHANGE lines substituted, DIR's files added.
+write_conf() {  # DIR PORT
+    local dir=$1 port=$2 ns d extra=""
     ns=$(nameserver)
-    {
-        echo "# written by scripts/demo-nginx.sh: this checkout's acquire, nginx's files in $dir"
-        echo "lua_package_path  $(q "$ROOT/lua/?.lua;;");"
-        echo "lua_package_cpath $(q "$ROOT/.tmp/luajit/?.so;/usr/lib/$(multiarch)/lua/5.1/?.so;;");"
-        if [ -n "$ns" ]; then echo "resolver $ns ipv6=off;       # /etc/resolv.conf's"; fi
-        echo "access_log $(q "$dir/access.log");"
-        for d in client_body proxy fastcgi uwsgi scgi; do
-            echo "${d}_temp_path $(q "$dir/tmp/$d");"
-        done
-    } >"$dir/acquire-http.conf"
-    echo "listen 127.0.0.1:$port;" >"$dir/acquire-server.conf"
+    extra="    access_log $(q "$dir/access.log");    # demo-nginx.sh"
+    for d in client_body proxy fastcgi uwsgi scgi; do
+        extra="$extra
+    ${d}_temp_path $(q "$dir/tmp/$d");    # demo-nginx.sh"
+    done
+    awk -v port="$port" -v ns="$ns" -v extra="$extra" \
+        -v lpath="$(q "$ROOT/lua/?.lua;;")" \
+        -v cpath="$(q "$ROOT/.tmp/luajit/?.so;/usr/lib/$(multiarch)/lua/5.1/?.so;;")" '
+        function put(value,   indent, comment) {
+            indent = $0; sub(/[^ \t].*$/, "", indent)
+            comment = substr($0, index($0, "# CHANGE"))
+            print indent $1 " " value ";    " comment
+        }
+        /# CHANGE/ && $1 == "listen" { put("127.0.0.1:" port); next }
+        /# CHANGE/ && $1 == "lua_package_path" { put(lpath); next }
+        /# CHANGE/ && $1 == "lua_package_cpath" { put(cpath); next }
+        /# CHANGE/ && $1 == "resolver" && ns != "" { put(ns " ipv6=off"); next }
+        { print }
+        /^http \{/ { print extra }
+    ' "$EXAMPLE"
 }
 
 # The nginx command line for DIR, with ARGS after it.
@@ -83,8 +94,7 @@ up() {  # DIR PORT
     [ -r "$ROOT/.tmp/luajit/acquire.so" ] || die "no .tmp/luajit/acquire.so: make .tmp/luajit/acquire.so"
     [ -n "${ACQUIRE_API_KEY:-}" ] || die "ACQUIRE_API_KEY is not set"
     # nginx's workers read DIR (mktemp -d makes it 0700); as root they run as root (globals).
-    ln -s "$EXAMPLE" "$dir/nginx.conf" && chmod 755 "$dir" && mkdir "$dir/tmp" || exit 1
-    write_site "$dir" "$port"
+    write_conf "$dir" "$port" >"$dir/nginx.conf" && chmod 755 "$dir" && mkdir "$dir/tmp" || exit 1
     # nginx checks the config, opens its port, then goes into the background (its default,
     # `daemon on`): a failure to start is this command's status, with what nginx said.
     if ! run_nginx "$dir" </dev/null >"$dir/stdout" 2>&1; then
@@ -112,7 +122,7 @@ gone() {
 down() {  # DIR
     local dir=$1 master kids k
     # only a directory `up` made: an empty one is removed, anything else left alone
-    [ -L "$dir/nginx.conf" ] || { rmdir "$dir" 2>/dev/null; return 0; }
+    grep -q '# demo-nginx.sh$' "$dir/nginx.conf" 2>/dev/null || { rmdir "$dir" 2>/dev/null; return 0; }
     master=$(cat "$dir/nginx.pid" 2>/dev/null)
     if [ -n "$master" ] && kill -0 "$master" 2>/dev/null; then
         kids=$(cat "/proc/$master/task/$master/children" 2>/dev/null)

@@ -5,7 +5,9 @@
 --   install-luajit: `luarocks --lua-version=5.1 make ... LUA_INCDIR=/usr/include/luajit-2.1`;
 --                   a real nginx whose lua_package_path/cpath name only that tree (and ;;)
 --                   loads acquire and acquire.ngx from it and creates a case through acquire.ngx.
--- And both rockspecs (scm-1 and the release's 0.1.0-1) list every C source and build alike.
+-- Both blocks into one tree leave 5.4's acquire-case the one in its bin/ (the nginx rock,
+-- lua-acquire-ngx, installs no command). And every rockspec lists every C source; scm-1 and
+-- the release's 0.1.0-1 build alike.
 -- The #rock specs (busted --exclude-tags=rock skips them) run in make test-all's 5.4 pass.
 --
 -- LuaRocks' builtin backend compiles in the source directory and leaves acquire.so and the .o
@@ -17,6 +19,7 @@ local ROOT = helper.repo_root
 local sh, q = helper.sh, helper.shell_quote
 local VERSION = "0.1.0"
 local ROCKSPECS = { "lua-acquire-scm-1.rockspec", "lua-acquire-" .. VERSION .. "-1.rockspec" }
+local NGX_ROCKSPEC = "lua-acquire-ngx-scm-1.rockspec"      -- the nginx rock: no acquire-case
 
 local exists = helper.exists
 
@@ -90,7 +93,7 @@ describe("the rockspecs", function()
   for f in sh("cd " .. q(ROOT) .. " && ls src/*.c"):gmatch("%S+") do present[#present + 1] = f end
   table.sort(present)
 
-  for _, name in ipairs(ROCKSPECS) do
+  for _, name in ipairs { ROCKSPECS[1], ROCKSPECS[2], NGX_ROCKSPEC } do
     it(name .. " lists every C source of the module, and nothing else", function()
       local listed = {}
       for f in helper.read_file(ROOT .. "/" .. name):gmatch('"([%w_/]+%.c)"') do listed[#listed + 1] = f end
@@ -218,6 +221,19 @@ describe("the rock for nginx, README's install-luajit #rock", function()
     assert.is_truthy(build_out:find("-I/usr/include/luajit-2.1", 1, true), build_out)
     assert.is_true(exists(tree .. "/lib/lua/5.1/acquire.so"))
     assert.is_true(exists(tree .. "/share/lua/5.1/acquire/ngx.lua"))
+    assert.is_true(exists(tree .. "/share/lua/5.1/acquire/journal.lua"))
+    assert.is_truthy(build_out:find("lua-acquire-ngx scm-1 is now installed in " .. tree, 1, true), build_out)
+    assert.is_false(exists(tree .. "/bin/acquire-case"), "the nginx rock installs no acquire-case")
+  end)
+
+  it("differs from the rock of lua-acquire-scm-1 only in its name, description, dependencies and command", function()
+    local scm, ngx = load_rockspec(ROCKSPECS[1]), load_rockspec(NGX_ROCKSPEC)
+    assert.equal("lua-acquire-ngx", ngx.package)
+    assert.same({ "lua >= 5.1", "lua-cjson" }, ngx.dependencies)
+    assert.same(scm.build.modules, ngx.build.modules)
+    assert.same(scm.source, ngx.source)
+    assert.equal(scm.version, ngx.version)
+    assert.is_nil(ngx.build.install)
   end)
 
   -- nginx's Lua paths: the tree's, then LuaJIT's defaults (;;), as README says; nothing of the
@@ -257,5 +273,38 @@ describe("the rock for nginx, README's install-luajit #rock", function()
     assert.equal(1, #reqs)
     assert.equal("Bearer " .. srv.key, reqs[1].headers["authorization"])
     assert.equal(cjson.encode({ title = "from nginx" }), reqs[1].body)
+  end)
+end)
+
+describe("both rocks in one tree, README's install-lua54 then install-luajit #rock", function()
+  local srv, tmp, tree, out54, code54, outjit, codejit
+
+  lazy_setup(function()
+    srv = helper.start_server()
+    tmp = helper.tmpdir()
+    tree = tmp .. "/tree"
+    out54, code54 = run_block(tmp, "install-lua54", tree)
+    outjit, codejit = run_block(tmp, "install-luajit", tree)
+  end)
+
+  lazy_teardown(function()
+    if srv then srv:stop() end
+    helper.rmrf(tmp)
+  end)
+
+  it("leave each Lua its module, and 5.4's acquire-case working", function()
+    assert.equal(0, code54, out54)
+    assert.equal(0, codejit, outjit)
+    assert.is_true(exists(tree .. "/lib/lua/5.4/acquire.so"))
+    assert.is_true(exists(tree .. "/lib/lua/5.1/acquire.so"))
+    local cmd = helper.read_file(tree .. "/bin/acquire-case")
+    assert.is_truthy(cmd:find("lua5.4", 1, true), cmd)
+    assert.is_nil(cmd:find("lua5.1", 1, true), cmd)
+    srv:reset()
+    local r = helper.run({ tree .. "/bin/acquire-case", "597752", "--title", "both rocks" },
+      { dir = tmp, env = { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key }, merge = true })
+    assert.equal(0, r.code, r.out)
+    assert.is_truthy(r.out:find('"id":2071', 1, true), r.out)
+    assert.equal('{"title":"both rocks"}', srv:last_request().body)
   end)
 end)

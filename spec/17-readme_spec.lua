@@ -20,9 +20,12 @@
 -- just before its fence (the reason is required). Fences without a language are output and synopses: never run.
 --
 -- ```sh blocks of README.md: each command line (comments and blank lines aside) must be in
--- SH_COMMANDS below, which says what runs it: this spec (the block is then run here, with the
--- prelude above through LUA_INIT and `acquire-case` on PATH), a make target (which must exist),
--- or another spec file (pending while that file is not in the tree).
+-- SH_COMMANDS below, which says what runs it: this spec (the block's commands that are this
+-- spec's then run here, in order, with the prelude above through LUA_INIT, `acquire-case` and
+-- `lua5.4` (the Lua under test) on PATH, ACQUIRE_BASE_URL and ACQUIRE_API_KEY set to the local
+-- server, and `127.0.0.1:PORT` replaced by its address), a make target (which must exist), or
+-- another spec file (pending while that file is not in the tree). A command that calls
+-- acquire-case is always run here.
 local helper = require "spec.helper"
 local contains = helper.contains
 
@@ -151,37 +154,35 @@ local function where(b, i) return ("%s:%d"):format(b.file, b.line + (i or 0)) en
 
 local SPEC17 = "spec/17-readme_spec.lua"
 local SH_COMMANDS = {
-  -- The two commands
-  ["make demo"] = { make = "demo" },           -- builds, starts the local server, runs examples/create_case.lua
-  ["make test"] = { make = "test" },           -- this suite; CI's .ci/run runs it on every Lua (make test-all)
+  -- Quick start: make server runs until Ctrl-C (the reader's); the rest runs here, with
+  -- 127.0.0.1:PORT the local server's address and lua5.4 the Lua under test
+  ["make server"] = { make = "server" },
+  ["export ACQUIRE_BASE_URL=http://127.0.0.1:PORT ACQUIRE_API_KEY=test-key"] = { spec = SPEC17 },
+  ["make build"] = { make = "build", note = "this suite runs on the module make test built" },
+  ["LUA_CPATH=\"$PWD/?.so;;\" lua5.4 examples/quickstart.lua"] = { spec = SPEC17 },
   -- Install: spec/05 runs each luarocks block as written (apt-get by a stand-in that checks the
-  -- packages are installed), spec/18 runs make install for every Lua
-  ["apt-get install gcc libc6-dev libcurl4-openssl-dev lua5.4 liblua5.4-dev lua-cjson lua-argparse lua-luv luarocks"] =
+  -- packages are installed), alone and both into one tree; spec/18 runs make install for every Lua
+  ["apt-get install gcc libc6-dev libcurl4-openssl-dev lua5.4 liblua5.4-dev lua-cjson lua-argparse luarocks"] =
     { spec = "spec/05-rock_spec.lua", make = "deps", note = "spec/05 checks every package is installed" },
   ["luarocks --lua-version=5.4 make --deps-mode=none CURL_INCDIR=/usr/include/$(gcc -print-multiarch) lua-acquire-scm-1.rockspec"] =
     { spec = "spec/05-rock_spec.lua", note = "spec/05 runs the block as written, into a private tree" },
-  ["apt-get install gcc libc6-dev libcurl4-openssl-dev libluajit2-5.1-dev lua-cjson lua-argparse lua-luv luarocks"] =
+  ["apt-get install gcc libc6-dev libcurl4-openssl-dev libluajit2-5.1-dev lua-cjson luarocks"] =
     { spec = "spec/05-rock_spec.lua", make = "deps", note = "spec/05 checks every package is installed" },
   ["luarocks --lua-version=5.1 make --deps-mode=none LUA_INCDIR=/usr/include/luajit-2.1 "
-    .. "CURL_INCDIR=/usr/include/$(gcc -print-multiarch) lua-acquire-scm-1.rockspec"] =
+    .. "CURL_INCDIR=/usr/include/$(gcc -print-multiarch) lua-acquire-ngx-scm-1.rockspec"] =
     { spec = "spec/05-rock_spec.lua", note = "spec/05 runs it, then a real nginx loads the tree" },
   ["make install"] = { spec = "spec/18-install_spec.lua", make = "install" },
   ["make install LUA=luajit PREFIX=/opt/acquire"] = { spec = "spec/18-install_spec.lua", make = "install",
     note = "spec/18 installs for every Lua, LuaJIT among them, into a temporary PREFIX" },
-  ["make demo-nginx"] = { make = "demo-nginx" },
-  -- Command line: run here
-  ["export ACQUIRE_API_KEY=…"] = { spec = SPEC17 },
-  ["acquire-case --account mycompany 597752 --title Refund --message \"I'm reopening the closed case\""] =
-    { spec = SPEC17 },
-  ["acquire-case --account mycompany 597752 --output summary"] = { spec = SPEC17 },
-  ["echo '{\"threadId\":1683,\"sessionId\":3711819272}' | acquire-case --account mycompany 597752 --json -"] =
-    { spec = SPEC17 },
+  -- Command line: run here, against the local server through the environment
+  ["acquire-case 597752 --title Refund --message \"I'm reopening the closed case\""] = { spec = SPEC17 },
+  ["acquire-case 597752 --output summary"] = { spec = SPEC17 },
+  ["echo '{\"threadId\":1683,\"sessionId\":3711819272}' | acquire-case 597752 --json -"] = { spec = SPEC17 },
   -- Bulk imports: run here, in a directory of mktemp's under this spec's own (TMPDIR)
   ["cd \"$(mktemp -d)\""] = { spec = SPEC17 },
   ["printf 'contactId,title,fields.plan\\n597752,\"Refund, urgent\",gold\\n597752,Second,silver\\n' > contacts.csv"] =
     { spec = SPEC17 },
-  ["acquire-case --account mycompany --batch --csv --journal import.journal --rate 20 < contacts.csv"] =
-    { spec = SPEC17 },
+  ["acquire-case --batch --csv --journal import.journal --rate 20 < contacts.csv"] = { spec = SPEC17 },
 }
 
 -- The command lines of a sh block: comments and blank lines aside, trailing comments cut.
@@ -230,6 +231,12 @@ describe("the README and doc/*.md", function()
     helper.write_file(dir .. "/acquire-case", ("#!/bin/sh\nexec %s %s \"$@\"\n"):format(
       helper.shell_quote(helper.interpreter()), helper.shell_quote(ROOT .. "/bin/acquire-case")))
     os.execute("chmod +x " .. helper.shell_quote(dir .. "/acquire-case"))
+    -- lua5.4 in a block is the Lua under test (on its PATH, as acquire-case is), by its path:
+    -- the interpreter may be called lua5.4 itself
+    local interp = helper.sh("command -v " .. helper.shell_quote(helper.interpreter())):match("[^\n]+")
+    assert(interp and interp:match("^/"), "no path for " .. helper.interpreter())
+    helper.write_file(dir .. "/lua5.4", ("#!/bin/sh\nexec %s \"$@\"\n"):format(helper.shell_quote(interp)))
+    os.execute("chmod +x " .. helper.shell_quote(dir .. "/lua5.4"))
   end)
 
   teardown(function() helper.rmrf(dir) end)
@@ -282,7 +289,7 @@ describe("the README and doc/*.md", function()
   for _, b in ipairs(all) do
     if SH[b.lang] and b.file == "README.md" and not b.skip then
       it("accounts for every command of the sh block at " .. where(b), function()
-        local here = false
+        local here = {}
         for _, c in ipairs(commands(b)) do
           local by = SH_COMMANDS[c.cmd]
           assert(by, where(b, c.line) .. ": `" .. c.cmd .. "` is run by nothing: run it in "
@@ -292,14 +299,22 @@ describe("the README and doc/*.md", function()
             local t = c.cmd:match("^make%s+([%w%-_]+)")
             if t then assert(targets[t], where(b, c.line) .. ": no make target '" .. t .. "'") end
           end
-          if by.spec == SPEC17 then here = true end
+          assert(by.spec == SPEC17 or not c.cmd:find("acquire-case", 1, true), where(b, c.line)
+            .. ": a command that calls acquire-case runs here, against the local server")
+          if by.spec == SPEC17 then here[#here + 1] = c.cmd end
         end
-        if here then
-          local r = helper.run({ "sh", "-ec", b.text }, { env = env {
+        if #here > 0 then
+          -- this spec's commands of the block, in order, as one script: 127.0.0.1:PORT is the
+          -- local server's address (as make server prints it); ACQUIRE_BASE_URL and
+          -- ACQUIRE_API_KEY point at it, as make server's export line does
+          local addr = srv.base_url:match("^https?://(.*)$")
+          local script = table.concat(here, "\n"):gsub("127%.0%.0%.1:PORT", addr) .. "\n"
+          local r = helper.run({ "sh", "-ec", script }, { env = env {
             PATH = dir .. ":" .. os.getenv("PATH"), TMPDIR = dir,
+            ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key,
             LUA_CPATH = ROOT .. "/?.so;;", LUA_PATH = ROOT .. "/lua/?.lua;;" } })
-          assert(r.code == 0, ("%s: the block exited %s\n--- stdout ---\n%s--- stderr ---\n%s")
-            :format(where(b), tostring(r.code), r.out, r.err))
+          assert(r.code == 0, ("%s: the block exited %s\n--- script ---\n%s--- stdout ---\n%s--- stderr ---\n%s")
+            :format(where(b), tostring(r.code), script, r.out, r.err))
         end
       end)
     end

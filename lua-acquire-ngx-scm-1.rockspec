@@ -1,0 +1,60 @@
+-- The nginx rock: lua-acquire-scm-1.rockspec without acquire-case (README, Install).
+rockspec_format = "3.0"
+package = "lua-acquire-ngx"
+version = "scm-1"
+source = {
+   url = "git+https://github.com/lua-acquire/lua-acquire.git",
+}
+description = {
+   summary = "Create cases in Acquire's CRM from nginx/OpenResty (acquire.ngx; LuaJIT)",
+   detailed = [[
+acquire.create_case(contactId, opts) sends POST /api/v1/crm/messenger/chat/create
+to https://{account_id}.acquire.io with a Bearer key, encodes opts from the
+API's schema, and returns the response as nested Lua tables, or nil and a
+structured error.
+
+This rock is for nginx's Lua (LuaJIT, the Lua 5.1 tree): the module, acquire.ngx and
+acquire.journal, and no acquire-case command, so that it installs beside the lua-acquire
+rock of another Lua without replacing that one's command.
+]],
+   license = "MIT",
+   labels = { "http", "api", "crm", "libcurl" },
+}
+dependencies = {
+   "lua >= 5.1",
+   "lua-cjson",
+}
+external_dependencies = {
+   CURL = { header = "curl/curl.h", library = "curl" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["acquire.ngx"] = "lua/acquire/ngx.lua",
+      ["acquire.journal"] = "lua/acquire/journal.lua",
+      acquire = {
+         sources = {
+            "lua_acquire.c",
+            "src/batch.c",
+            "src/buffer.c",
+            "src/client.c",
+            "src/config.c",
+            "src/error.c",
+            "src/journal.c",
+            "src/json.c",
+            "src/policy.c",
+            "src/reconcile.c",
+            "src/redact.c",
+            "src/request.c",
+            "src/response.c",
+            "src/transport.c",
+         },
+         libraries = { "curl" },
+         incdirs = { "$(CURL_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)" },
+      },
+   },
+}
+test = {
+   type = "busted",
+}
