@@ -249,6 +249,29 @@ describe("reconcile never hands one case to two requests", function()
     c:close()
   end)
 
+  it("inside a batch's hook, a lookup while an item for the contact is live settles nothing", function()
+    srv:config{ unique_ids = true }
+    local c = client{ max_retries = 2 }
+    -- item 2 (CONTACT) waits to retry after a 503; item 1 (contact 1, a slow 404) ends meanwhile,
+    -- and its on_result makes a call for CONTACT that gets a 500 after creating: item 2's case
+    -- could be found, unclaimed: no lookup, ambiguous
+    srv:fault{ action = "delay", seconds = 0.5, contactId = 1, times = 1 }
+    srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "1" }, contactId = CONTACT, times = 1 }
+    local nested
+    local results = c:create_cases({ { 1, { title = "n" } }, { CONTACT, { title = "n" } } }, {
+      concurrency = 2,
+      on_result = function(i)
+        if i ~= 1 then return end
+        srv:fault{ action = "status", status = 500, endpoint = "create", create = true, times = 1 }
+        nested = { c:create_case(CONTACT, { title = "n" }) }
+      end })
+    c:close()
+    assert.truthy(results[2].res)
+    assert.is_nil(nested[1])
+    assert.equal("ambiguous", nested[2].reconcile)
+    assert.equal(1, nested[2].in_flight)
+  end)
+
   it("the same case listed twice is one candidate, not two", function()
     local c = client()
     srv:fault{ action = "status", status = 500, endpoint = "create", create = true, times = 1 }

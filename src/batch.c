@@ -478,6 +478,15 @@ static int pick(lua_State *L, acq_client_t *c, run_t *b, double t) {
     return p;
 }
 
+int batch_live(acq_client_t *c, long long id) {
+    run_t *b = (run_t *)c->run;
+    int p, n = 0;
+    if (b == NULL) return 0;
+    for (p = 0; p < POOL; p++)
+        if (b->pool[p].used && b->pool[p].id == id) n++;
+    return n;
+}
+
 static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     run_t *b;
     int active = 0;
@@ -488,6 +497,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     luaL_checkstack(L, LUA_MINSTACK + 16, "create_cases");   /* the loop holds many values */
     b = (run_t *)acq_newuserdata(L, sizeof *b);
     memset(b, 0, sizeof *b);
+    c->run = b;                                 /* cleared by guarded() */
     b->items = items;
     b->stream = lua_isfunction(L, items);
     b->reconcile = c->reconcile_ms >= 0;
@@ -655,6 +665,7 @@ static int guarded(lua_State *L, acq_client_t *c, int items, int opts) {
     c->busy = 1;
     status = lua_pcall(L, 3, 1, 0);
     c->busy = 0;
+    c->run = NULL;
     detach_all(c);
     if (status != 0) return lua_error(L);
     return 1;

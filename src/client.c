@@ -341,6 +341,17 @@ int client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
     maybe = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (!maybe) return 2;
+    if (batch_live(c, id) > 0) {
+        /* inside a hook of create_cases on this client: items for this
+           contact are still on their way, their cases not yet claimed, so
+           a case found could be theirs. No lookup: ambiguous. */
+        lua_pushliteral(L, "ambiguous");
+        lua_setfield(L, err, "reconcile");
+        error_setint(L, err, "in_flight", batch_live(c, id));
+        lua_pushnil(L);
+        lua_pushvalue(L, err);
+        return 2;
+    }
     reconcile_push_filter(L, id, sent, started, client_clock());
     filter = lua_gettop(L);
     reconcile_check_filter(L, filter, &f);

@@ -115,6 +115,7 @@ typedef struct acq_client_t {
     acq_transport_t t;
     acq_batch_t *batch;               /* create_cases: made on first use */
     int       busy;                   /* create_cases is running (on_progress) */
+    void     *run;                    /* its state (batch.c), while it runs */
     long      reconcile_ms;           /* -1: off */
     long      timeout_ms;             /* a transfer's; create_cases keeps it itself */
     long      pid;                    /* the process whose connections these are */
@@ -156,6 +157,9 @@ int   client_l_default_find_cases(lua_State *L);
 int   batch_l_create_cases(lua_State *L);
 int   batch_l_default_create_cases(lua_State *L);
 void  batch_release(acq_client_t *c);
+/* Items of the running create_cases, for contact id, whose outcome is still
+   to come (in flight or waiting to retry): their cases may exist unclaimed. */
+int   batch_live(acq_client_t *c, long long id);
 int   client_l_new(lua_State *L);
 int   client_l_create_case(lua_State *L);
 int   client_l_close(lua_State *L);

@@ -137,6 +137,7 @@ function _M.new(config)
   st.connect_opts = { pool = format("acquire:%s:%s:%d:%s:%s:%s", st.scheme, host, st.port, st.name,
                                     st.verify and "verify" or "noverify", via) }
   st.claims = new_claims()           -- the case ids this client's calls have (reconcile)
+  st.inflight = {}                   -- content_key -> calls of it whose answer is to come
   local self = setmetatable({}, Client)
   state[self] = st
   return self
@@ -583,6 +584,14 @@ local function checked(self, fname)
   return st
 end
 
+-- The calls of this client whose answer is still to come, by what they send (contact, title,
+-- text): light threads run calls at once, and a case another call created but whose answer
+-- has not arrived is not claimed yet, so a lookup must not take it for its own.
+local function content_key(filter)
+  local d = filter.description
+  return table.concat({ tostring(filter.contactId), tostring(filter.title), d == acquire.null and "" or tostring(d) }, "\0")
+end
+
 --- client:create_case(contactId, opts) -> res | nil, err: as acquire's (README).
 function Client:create_case(contactId, opts)
   local st = checked(self, "create_case")
@@ -591,19 +600,34 @@ function Client:create_case(contactId, opts)
   local msg = payload(st, req)
   local started = clock()
   local deadline = started + st.timeout        -- the whole call's, retries included
+  local key = st.reconcile and content_key(sent_filter(contactId, opts, started))
+  if key then st.inflight[key] = (st.inflight[key] or 0) + 1 end
   local attempt = 0
   while true do
     attempt = attempt + 1
     local res, err = once(st, msg, attempt, deadline)
     if res then
       claim(st.claims, res)                    -- its case settles no other call's reconcile
+      if key then st.inflight[key] = st.inflight[key] - 1 end
       return res
     end
     local delay = next_delay(st, err, attempt, deadline)
     if not delay then
+      if key then st.inflight[key] = st.inflight[key] - 1 end
       if not (st.reconcile and err.maybe_created) then return nil, err end
       sleep(st.reconcile)                      -- reconcile: look the case up, never resend
+      -- the same content still on its way in another call: wait for it (within a timeout)
+      local until_ = clock() + st.timeout
+      while (st.inflight[key] or 0) > 0 and clock() < until_ do sleep(0.01) end
       local found, lookup_err = find_cases(st, contactId, sent_filter(contactId, opts, started))
+      if (st.inflight[key] or 0) > 0 and found then
+        -- still: a case found may be that call's, its answer not in yet
+        err.reconcile, err.in_flight = "ambiguous", st.inflight[key]
+        local ids = {}
+        for i, c in ipairs(found) do ids[i] = c.id end
+        err.candidates = ids
+        return nil, err
+      end
       return settle(err, found, lookup_err, st.claims)   -- a case another call has is not this one
     end
     sleep(delay)
