@@ -3,6 +3,8 @@
 -- config = {...}, contacts = {...}?, messages = {...}? }, runs one create_case per marker in
 -- light threads at once (so pooled connections are shared and reused across behaviours), and
 -- answers each result as JSON. Then the same with config.reconcile = 0 (n/2 calls).
+-- Then CHAOS_NGX_PROXY_CALLS (default 100) through the hostile proxy (spec/server/chaos_proxy.py),
+-- half over http (absolute-form), half over https (a CONNECT tunnel; the target may answer 407).
 --   CHAOS_SEED=n, CHAOS_NGX_CALLS=n (default 300), CHAOS_READ_CHAOS=p (default 0.1)
 local chaos = require "spec.chaos"
 local nginx = require "spec.nginx"
@@ -10,6 +12,7 @@ local cjson = require "cjson"
 
 local SEED = chaos.SEED
 local CALLS = tonumber(os.getenv("CHAOS_NGX_CALLS")) or 300
+local PROXY_CALLS = tonumber(os.getenv("CHAOS_NGX_PROXY_CALLS")) or 100
 local READ_CHAOS = chaos.READ_CHAOS
 local CONTACT = 597752
 local PER_CONTACT = chaos.PER_CONTACT
@@ -182,3 +185,52 @@ describe("chaos through acquire.ngx #ngx #chaos", function()
     assert.is_nil(log:find("%[alert%]"), log)
   end)
 end)
+
+for _, mode in ipairs{ { name = "plain", tls = false }, { name = "tunnel", tls = true } } do
+  describe("chaos through acquire.ngx and a hostile proxy, " .. mode.name .. " #ngx #chaos #proxy", function()
+    local srv, p, n, cfg
+
+    setup(function()
+      math.randomseed(SEED + 3)
+      srv = chaos.start(SEED + 3, { tls = mode.tls })
+      p = chaos.start_proxy(SEED + 3)
+      cfg = chaos.client_config(srv, p.url)
+      cfg.debug, cfg.ca_file = nil, nil
+      n = nginx.start(function(ngx_)
+        return nginx.config(ngx_, { http = ([[
+  lua_ssl_trusted_certificate %s;
+  lua_ssl_verify_depth 2;
+  server {
+    listen 127.0.0.1:%d;
+    location = /cases { content_by_lua_block { %s } }
+  }]]):format(srv.ca_file or "/etc/ssl/certs/ca-certificates.crt", ngx_.port, HANDLER) })
+      end)
+    end)
+    teardown(function()
+      if n then nginx.stop(n) end
+      if p then p:stop() end
+      if srv then srv:stop() end
+    end)
+
+    it("never sent again once received, kind \"proxy\" only when the target received nothing, "
+       .. "a 407 from the target is kind \"http\" (seed " .. SEED .. ")", function()
+      chaos.reset(srv)
+      chaos.proxy_reset(p)
+      if mode.tls then chaos.config(srv, { answers = { s407 = 3 } }) end
+      local calls = run(n, cfg, "chaos-ngx-proxy-" .. mode.name, math.floor(PROXY_CALLS / 2), cfg.timeout + chaos.SLACK)
+      local plog = chaos.proxy_log(p)
+      local log = chaos.log(srv)
+      if os.getenv("CHAOS_VERBOSE") then
+        io.stderr:write("\n", chaos.tally(log), "\n", chaos.proxy_tally(plog), "\n")
+      end
+      local ok, why = chaos.check(calls, log, SEED, nil, { proxy = true, plog = plog })
+      assert(ok, why)
+    end)
+
+    it("never crashed a handler (nginx's error log)", function()
+      local log = n:log()
+      assert.is_nil(log:find("%[error%]") and log:find("lua entry thread aborted"), log)
+      assert.is_nil(log:find("%[alert%]"), log)
+    end)
+  end)
+end
