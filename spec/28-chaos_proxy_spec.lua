@@ -133,7 +133,7 @@ for _, mode in ipairs{ { name = "plain", tls = false }, { name = "tunnel", tls =
         end)
       end
 
-      for _, m in ipairs{ "c502", "close_connect", "garbage_200" } do
+      for _, m in ipairs{ "c502", "close_connect", "connect_close", "garbage_200" } do
         it("the proxy " .. m .. " on every CONNECT: nothing reached the target, maybe_created false", function()
           chaos.proxy_config(p, { force = { { mode = m, count = 3 } } })
           local call = pinned()

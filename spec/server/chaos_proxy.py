@@ -62,6 +62,7 @@ CONNECT_MODES = {
     "c500": 2,             # 500 of its own
     "c502": 3,             # 502 Bad Gateway
     "close_connect": 3,    # FIN right after reading the CONNECT: nothing forwarded
+    "connect_close": 2,    # the target connected to, then FIN to the client without answering
     "rst_connect": 2,      # RST right after reading the CONNECT
     "garbage_200": 3,      # "200 Connection established", then garbage, then close
     "trickle_up": 3,       # a tunnel whose client->target bytes go out slowly
@@ -389,6 +390,11 @@ class Conn:
             if up is None:
                 self.state.update(ev, status=502, note="target unreachable")
                 return self.answer(502)
+            if mode == "connect_close":
+                self.state.update(ev, note="connected to the target, closed without answering")
+                half_close(self.sock)
+                self.sock.close()
+                return up.close()
             up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.state.update(ev, status=200)
             if not send_all(self.sock, b"HTTP/1.1 200 Connection established\r\n\r\n"):
