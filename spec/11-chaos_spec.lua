@@ -209,8 +209,8 @@ describe("chaos #chaos", function()
         assert.equal(3, #log.reads)
       end)
 
-      -- (before claims this was "ambiguous" with both ids: the first call's case is its own now)
-      it("the same title and text twice: the second is reconciled with its own case, not the first's", function()
+      it("the same title and text twice, the first answered: the second is reconciled with its own "
+         .. "case, never the first's (claimed)", function()
         local m = marker()
         chaos.force(srv, { { answer = "ok", delivery = "keepalive" }, { answer = "ok", delivery = "rst_now", count = 3 } })
         local first = one_r{ title = m }
@@ -220,6 +220,21 @@ describe("chaos #chaos", function()
         assert.equal(log[1].case_id, first.res.data.id)
         assert.is_true(second.res.reconciled)
         assert.equal(log[2].case_id, second.res.data.id)
+      end)
+
+      it("the same title and text twice, neither answered, the first not looked up: "
+         .. "reconcile = \"ambiguous\", both case ids", function()
+        local m = marker()
+        chaos.force(srv, { { answer = "ok", delivery = "rst_now", count = 2 } })
+        local first = chaos.call("create_case", m, function() return client:create_case(CONTACT, { title = m }) end,
+                                 chaos.bound(cfg))
+        local second = one_r{ title = m }
+        local log = chaos.log(srv)
+        assert.equal(2, #log)
+        assert.is_true(first.err.maybe_created)
+        assert.is_true(second.err.maybe_created)
+        assert.equal("ambiguous", second.err.reconcile)
+        assert.same({ log[1].case_id, log[2].case_id }, second.err.candidates)
       end)
 
       it("create_cases: a whole answer, a reset after creating, nothing created: ok, reconciled, not found", function()

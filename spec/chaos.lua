@@ -22,6 +22,14 @@
 --   (e) err is a table with a known kind and a one-line tostring, nothing
 --       raised, the call returned within its time bound (which, with
 --       reconcile, includes the wait and the lookup's pages);
+--   (g) err.maybe_created == false after a reception that was not a whole
+--       retryable 429/503 (retry_ok): the client read the target's definitive
+--       answer: err.kind "http" and err.status the status the target sent
+--       (a request the target received, answered by nothing definitive, is
+--       maybe_created, whatever a proxy on the path did);
+--   (h) with a proxy (check's opts.proxy): kind "proxy" is allowed, and only
+--       when the target received nothing of that call but whole retryable
+--       429/503s (a 407 the target sent inside a tunnel is kind "http");
 --   (f) reconcile (check's opts.reconcile): err.maybe_created == true has an
 --       err.reconcile, "lookup failed" (with err.lookup) or "not found" (only
 --       when no reception was created: the server lists what it created at
@@ -37,7 +45,13 @@ local socket = require "socket"
 
 local chaos = {}
 
+local function denull(v)
+  if v == cjson.null then return nil end
+  return v
+end
+
 chaos.KINDS = { network = true, timeout = true, tls = true, http = true, decode = true }
+chaos.PROXY_KINDS = { network = true, timeout = true, tls = true, http = true, decode = true, proxy = true }
 
 -- The knobs both chaos spec files read: the seed (CHAOS_SEED, default the clock), how often a
 -- read of the case list fails under reconcile (CHAOS_READ_CHAOS), and how many calls share a
@@ -47,13 +61,58 @@ chaos.READ_CHAOS = tonumber(os.getenv("CHAOS_READ_CHAOS")) or 0.1
 chaos.PER_CONTACT = 250
 chaos.SLACK = tonumber(os.getenv("CHAOS_SLACK")) or 0.5
 
-function chaos.start(seed)
+-- opts.tls: the server speaks TLS (srv.base_url https, srv.ca_file its certificate).
+function chaos.start(seed, opts)
   local srv = helper.start_server{
     script = helper.repo_root .. "/spec/server/chaos_server.py",
     args = { "--seed", ("%d"):format(seed) },
+    tls = opts and opts.tls,
   }
   srv.seed = seed
   return srv
+end
+
+-- The hostile proxy (spec/server/chaos_proxy.py): p.url for a client's proxy option,
+-- p:call for its control calls, p:stop(). Its own seed: seed + 1.
+function chaos.start_proxy(seed)
+  local p = helper.start_server{
+    script = helper.repo_root .. "/spec/server/chaos_proxy.py",
+    args = { "--seed", ("%d"):format(seed + 1) },
+  }
+  p.url = "http://" .. p.host .. ":" .. p.port
+  return p
+end
+
+-- Clears the proxy's log, forced modes and weights (its draws go on).
+function chaos.proxy_reset(p) return p:call("POST", "/_control/reset", "{}") end
+
+-- { connect = { mode = weight }, absolute = { ... }, force = { { mode =, count = }, ... } }
+function chaos.proxy_config(p, t) return p:call("POST", "/_control/config", cjson.encode(t)) end
+
+-- What the proxy did: its events, in order, JSON nulls as nil; .pending.
+function chaos.proxy_log(p)
+  local log = p:call("GET", "/_control/log")
+  local out = { seed = log.seed, pending = log.pending }
+  for i, e in ipairs(log.events) do
+    local ev = {}
+    for k, v in pairs(e) do ev[k] = denull(v) end
+    out[i] = ev
+  end
+  return out
+end
+
+-- The proxy's events counted by kind and mode, for a summary line.
+function chaos.proxy_tally(plog)
+  local by, keys = {}, {}
+  for _, e in ipairs(plog) do
+    local k = tostring(e.kind) .. ":" .. tostring(e.mode)
+    if not by[k] then by[k] = 0; keys[#keys + 1] = k end
+    by[k] = by[k] + 1
+  end
+  table.sort(keys)
+  local parts = {}
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. by[k] end
+  return ("%d proxy events: %s"):format(#plog, table.concat(parts, " "))
 end
 
 -- Clears the server's log, forced behaviours and weights (its draws go on).
@@ -65,11 +124,6 @@ function chaos.config(srv, t) return srv:call("POST", "/_control/config", cjson.
 
 -- The next behaviours, in order: { answer =, delivery =, variant =, cut =, count = }.
 function chaos.force(srv, list) return chaos.config(srv, { force = list }) end
-
-local function denull(v)
-  if v == cjson.null then return nil end
-  return v
-end
 
 -- The receptions, in order, JSON nulls as nil.
 function chaos.log(srv)
@@ -91,9 +145,11 @@ function chaos.log(srv)
 end
 
 -- The client's configuration against srv.
-function chaos.client_config(srv)
+-- proxy: a proxy URL (chaos.start_proxy's p.url) or nil.
+function chaos.client_config(srv, proxy)
   return { base_url = srv.base_url, api_key = srv.key, timeout = 1, connect_timeout = 1,
-           max_retries = 2, debug = os.getenv("CHAOS_DEBUG") ~= nil }
+           max_retries = 2, debug = os.getenv("CHAOS_DEBUG") ~= nil, ca_file = srv.ca_file,
+           proxy = proxy }
 end
 
 -- One request and its retries: every attempt's timeout, the backoff's
@@ -160,7 +216,7 @@ function chaos.batch(client, items, concurrency, bound, lookup)
   local calls = {}
   for i, item in ipairs(items) do
     local call = { path = ("create_cases[%d/%d c=%d]"):format(i, #items, concurrency),
-                   marker = item[2].title, elapsed = dt, bound = bound }
+                   marker = item[2].title, contact = item[1], elapsed = dt, bound = bound }
     if not ok then
       call.raised = tostring(results)
     elseif type(results) ~= "table" or type(results[i]) ~= "table" then
@@ -201,6 +257,7 @@ local function describe_client(call)
     s = ("nil, err{kind=%s status=%s code=%s attempts=%s maybe_created=%s retry_after=%s message=%q")
       :format(tostring(e.kind), tostring(e.status), tostring(e.code), tostring(e.attempts),
               tostring(e.maybe_created), tostring(e.retry_after), msg)
+    if e.proxy_status ~= nil then s = s .. " proxy_status=" .. tostring(e.proxy_status) end
     if e.reconcile ~= nil then
       s = s .. (" reconcile=%q"):format(tostring(e.reconcile))
       if type(e.lookup) == "table" then
@@ -226,7 +283,7 @@ chaos.RECONCILE = { ["not found"] = true, ["ambiguous"] = true, ["lookup failed"
 
 -- The problems with one call, given its receptions in order; reconcile: the
 -- client looked up what may have been created.
-local function problems(call, recs, reconcile)
+local function problems(call, recs, reconcile, proxy)
   local out = {}
   local function bad(s) out[#out + 1] = s end
   local created = {}
@@ -253,8 +310,30 @@ local function problems(call, recs, reconcile)
     if type(e) ~= "table" then
       bad("(e) err is a " .. type(e) .. ", not a table")
     else
-      if type(e.kind) ~= "string" or not chaos.KINDS[e.kind] then
+      if type(e.kind) ~= "string" or not (proxy and chaos.PROXY_KINDS or chaos.KINDS)[e.kind] then
         bad("(e) err.kind is " .. tostring(e.kind))
+      end
+      local last = recs[#recs]
+      -- (g)
+      if e.maybe_created == false and last and not last.retry_ok then
+        if not last.full then
+          bad(("(g) maybe_created is false, but the target read part of the request (#%s) and "
+            .. "gave no answer"):format(num(last.seq)))
+        elseif e.kind ~= "http" or tonumber(e.status) ~= tonumber(last.status) then
+          bad(("(g) maybe_created is false, but the answer the client reports (kind %s, status %s) is "
+            .. "not the target's (status %s to #%s)"):format(tostring(e.kind), tostring(e.status),
+            num(last.status), num(last.seq)))
+        end
+      end
+      -- (h)
+      if e.kind == "proxy" then
+        for _, r in ipairs(recs) do
+          if not r.retry_ok then
+            bad(("(h) kind \"proxy\", but the target received #%s (%s, status %s)"):format(
+              num(r.seq), r.full and "in full" or "in part", num(r.status)))
+            break
+          end
+        end
       end
       if type(e.maybe_created) ~= "boolean" then
         bad("(e) err.maybe_created is " .. tostring(e.maybe_created))
@@ -325,6 +404,15 @@ end
 function chaos.check(calls, log, seed, max_shown, opts)
   max_shown = max_shown or 8
   local reconcile = type(opts) == "table" and opts.reconcile or false
+  local proxy = type(opts) == "table" and opts.proxy or false
+  -- the proxy's events for a marker (absolute-form requests only: a tunnel's are opaque)
+  local plog_by = {}
+  for _, ev in ipairs(type(opts) == "table" and opts.plog or {}) do
+    if ev.marker then
+      plog_by[ev.marker] = plog_by[ev.marker] or {}
+      table.insert(plog_by[ev.marker], ev)
+    end
+  end
   local by_marker = {}
   for _, r in ipairs(log) do
     if r.marker then
@@ -347,7 +435,7 @@ function chaos.check(calls, log, seed, max_shown, opts)
   for _, call in ipairs(calls) do
     local recs = by_marker[call.marker] or {}
     table.sort(recs, function(x, y) return x.seq < y.seq end)
-    local p = problems(call, recs, reconcile)
+    local p = problems(call, recs, reconcile, proxy)
     if #p > 0 then
       failed = failed + 1
       if failed <= max_shown then
@@ -355,6 +443,11 @@ function chaos.check(calls, log, seed, max_shown, opts)
         for _, s in ipairs(p) do report[#report + 1] = "    " .. s end
         report[#report + 1] = "    client: " .. describe_client(call)
         if #recs == 0 then report[#report + 1] = "    server: no reception" end
+        for _, ev in ipairs(plog_by[call.marker] or {}) do
+          report[#report + 1] = ("    proxy: #%s conn %s %s %s forwarded=%s up=%s down=%s%s"):format(
+            num(ev.seq), num(ev.conn), tostring(ev.method), tostring(ev.mode), tostring(ev.forwarded),
+            num(ev.up), num(ev.down), ev.note and (" (" .. tostring(ev.note) .. ")") or "")
+        end
         for _, r in ipairs(recs) do
           local prev = before[r]
           if prev and prev.marker ~= call.marker then
@@ -371,6 +464,114 @@ function chaos.check(calls, log, seed, max_shown, opts)
   table.insert(report, 1, ("chaos seed %s: %d of %d calls broke the promise (rerun with CHAOS_SEED=%s)%s")
     :format(num(seed), failed, #calls, num(seed),
             (log.pending or 0) > 0 and (" [%s answers still pending]"):format(num(log.pending)) or ""))
+  return false, table.concat(report, "\n")
+end
+
+-- Identical content: several calls or batch items send the same contact, title and message,
+-- so a marker (the title) names a group of calls, not one. Each call's contact is call.contact.
+-- With reconcile on, per call:
+--   (s1) the shape of (e): a res or a table err of a known kind with a boolean maybe_created and
+--        a one-line tostring; nothing raised; within its time bound;
+--   (s2) no case id is reported for two calls (res.data.id), across groups too;
+--   (s3) a reported id is a case the server created (its log), for a request with this call's
+--        title and contact; not reconciled: that request's answer was a 2xx JSON object;
+--        reconciled: res.data.title is the title;
+-- and per group, in aggregate (the server cannot tell whose request is whose):
+--   (s4) receptions that were not a whole retryable 429/503 number at most the group's calls
+--        (nothing received is sent again);
+--   (s5) the cases created number at most the calls that returned a res plus those that said
+--        maybe_created (a created case is never denied).
+-- -> true, or false and a report naming the seed.
+function chaos.check_shared(calls, log, seed, opts)
+  local kinds = type(opts) == "table" and opts.proxy and chaos.PROXY_KINDS or chaos.KINDS
+  local groups, order = {}, {}
+  local function group(m)
+    if not groups[m] then groups[m] = { calls = {}, recs = {} }; order[#order + 1] = m end
+    return groups[m]
+  end
+  local by_id = {}
+  for _, call in ipairs(calls) do table.insert(group(call.marker).calls, call) end
+  for _, r in ipairs(log) do
+    if r.marker then table.insert(group(r.marker).recs, r) end
+    if r.decision == "created" and r.case_id then by_id[tonumber(r.case_id)] = r end
+  end
+  local owner = {}
+  local report, failed = {}, 0
+  for _, m in ipairs(order) do
+    local g = groups[m]
+    local out = {}
+    local function bad(s) out[#out + 1] = s end
+    local with_res, maybe, created, sent = 0, 0, 0, 0
+    for _, r in ipairs(g.recs) do
+      if r.decision == "created" then created = created + 1 end
+      if not r.retry_ok then sent = sent + 1 end
+    end
+    for _, call in ipairs(g.calls) do
+      local who = ("%s: "):format(call.path)
+      if call.raised then
+        bad(who .. "(s1) raised: " .. call.raised)
+      elseif call.res ~= nil then
+        with_res = with_res + 1
+        local data = type(call.res) == "table" and type(call.res.data) == "table" and call.res.data or {}
+        local id = tonumber(data.id)
+        if call.err ~= nil then bad(who .. "(s1) returned both res and err") end
+        if id == nil then
+          bad(who .. "(s3) res.data.id is " .. tostring(data.id))
+        else
+          if owner[id] then
+            bad(("%s(s2) case %d reported for two calls (the other: %s, %s)"):format(who, id,
+              owner[id].marker, owner[id].path))
+          end
+          owner[id] = call
+          local r = by_id[id]
+          if not r then
+            bad(("%s(s3) case %d is not one the server created"):format(who, id))
+          elseif r.marker ~= call.marker or (call.contact and tonumber(r.contact) ~= tonumber(call.contact)) then
+            bad(("%s(s3) case %d was created for %s (contact %s), not this call's content"):format(who, id,
+              tostring(r.marker), num(r.contact)))
+          elseif call.res.reconciled then
+            if data.title ~= call.marker then bad(who .. "(s3) reconciled, but res.data.title is " .. tostring(data.title)) end
+          elseif not (type(r.status) == "number" and r.status >= 200 and r.status <= 299 and r.body_json) then
+            bad(("%s(s3) case %d's answer was %s, not a 2xx JSON object"):format(who, id, num(r.status)))
+          end
+        end
+      else
+        local e = call.err
+        if type(e) ~= "table" then
+          bad(who .. "(s1) err is a " .. type(e))
+        else
+          if not kinds[e.kind] then bad(who .. "(s1) err.kind is " .. tostring(e.kind)) end
+          if type(e.maybe_created) ~= "boolean" then bad(who .. "(s1) err.maybe_created is " .. tostring(e.maybe_created)) end
+          if e.maybe_created then maybe = maybe + 1 end
+          local ok, line = pcall(tostring, e)
+          if not ok or type(line) ~= "string" or line:find("\n") then bad(who .. "(s1) tostring(err) is not one line") end
+        end
+      end
+      if call.bound and call.elapsed > call.bound then
+        bad(("%s(s1) took %.3f s, over its bound %.1f s"):format(who, call.elapsed, call.bound))
+      end
+    end
+    if sent > #g.calls then
+      bad(("(s4) %d calls, but the server received %d requests that were not a whole retryable 429/503")
+        :format(#g.calls, sent))
+    end
+    if created > with_res + maybe then
+      bad(("(s5) the server created %d cases, but only %d calls returned one and %d said maybe_created")
+        :format(created, with_res, maybe))
+    end
+    if #out > 0 then
+      failed = failed + 1
+      if failed <= 8 then
+        report[#report + 1] = ("  %s (%d calls):"):format(m, #g.calls)
+        for _, s2 in ipairs(out) do report[#report + 1] = "    " .. s2 end
+        for _, call in ipairs(g.calls) do report[#report + 1] = "    client: " .. call.path .. ": " .. describe_client(call) end
+        for _, r in ipairs(g.recs) do report[#report + 1] = "    server: " .. describe_rec(r) end
+      end
+    end
+  end
+  if failed == 0 then return true end
+  table.insert(report, 1, ("chaos seed %s: identical content: %d of %d groups broke the promise (rerun with CHAOS_SEED=%s)")
+    :format(num(seed), failed, #order, num(seed)))
   return false, table.concat(report, "\n")
 end
 

@@ -329,7 +329,11 @@ void transport_finish(acq_transport_t *t, CURLcode code, acq_result_t *r) {
           code == CURLE_SSL_CONNECT_ERROR || code == CURLE_RECV_ERROR ||
           code == CURLE_GOT_NOTHING)) ||
         (t->proxy == ACQ_PROXY_PLAIN && !r->maybe_sent && code != CURLE_OK) ||
-        policy_from_proxy(t->proxy, r->connect_status, r->status);
+        /* a CONNECT refused after the request was written is libcurl's own
+           reconnect once a reused tunnel died under it: the request may
+           have reached Acquire, so it is no failure of the proxy's leg */
+        (policy_from_proxy(t->proxy, r->connect_status, r->status) &&
+         !(t->proxy == ACQ_PROXY_TUNNEL && t->sends > 0));
     if (r->proxy_failed) r->maybe_sent = 0;
     /* libcurl 7.88 returns CURLE_OK for an answer cut inside its header
        block (the status line and some headers, then FIN): that is no

@@ -9,11 +9,17 @@ how the answer was delivered (in full, cut short, garbled, badly framed, not
 at all). spec/chaos.lua checks the log against what the client returned.
 
     chaos_server.py [--host 127.0.0.1] [--port-file F] [--parent-pid P]
-                    [--seed S] [--verbose]
+                    [--seed S] [--tls-cert C --tls-key K] [--verbose]
 
 The port file gets "PORT PID CONTROL_PORT\\n", written atomically. The
 control port is a separate plain HTTP listener: control calls never get
 chaos. Standard library only (Debian's python3).
+
+With --tls-cert/--tls-key, PORT speaks TLS: a relay there does the handshake
+and passes the bytes to and from the (plain, internal) chaos listener, a FIN
+as a bare TCP FIN (no close_notify), a reset as a reset, so every behaviour
+below reaches a TLS client as it would a plain one. The log is the chaos
+listener's, as without TLS.
 
 Control endpoints (JSON):
     GET  /_control/log        {"seed", "receptions": [...], "pending"} (waits
@@ -25,14 +31,15 @@ Control endpoints (JSON):
     POST /_control/config     {"seed"?, "answers"?: {name: weight},
                                "deliveries"?: {name: weight},
                                "force"?: [{"answer", "delivery", "variant"?,
-                                           "cut"?, "count"?}, ...],
+                                           "cut"?, "count"?, "idle"?}, ...],
                                "read_chaos"?: p, "read_force"?: [name, ...]}
                               (cut, for trunc_*: a fraction of the answer,
                               "headers": the whole head, "head_open": the
                               status line and the answer's own headers, the
                               head never ended: no Content-Length, no blank line)
                               (force: the next behaviours, in order, before
-                              any random one)
+                              any random one; idle: for idle_close, the
+                              seconds before the idle connection is closed)
     GET  /_control/behaviours the names: answers (with their decision),
                               deliveries, garbage variants, read chaos
     POST /_control/shutdown   answers, then stops the server
@@ -66,6 +73,7 @@ import re
 import select
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -77,6 +85,7 @@ from acquire_server import (  # noqa: E402  (the documented answer, parent watch
     API_PATH, CONTACT_RE, HTML_502, JSON_ERR, JSON_OK, Invalid, Server as PlainServer,
     checked_fixtures, close_inherited_fds, follow_parent, list_cases, new_case, parse_body,
     parse_case_query, spec_server_arguments, write_port_file)
+from chaos_proxy import pipe as relay_pipe, rst as relay_rst  # noqa: E402  (--tls: the relay)
 from urllib.parse import parse_qsl  # noqa: E402
 
 # ---------------------------------------------------------------------------
@@ -103,6 +112,10 @@ ANSWERS = {
     "retry_bad": ("not_created", 3),   # 429/503 with a Retry-After the client cannot read
     "retry_huge": ("not_created", 3),  # 429/503 with a Retry-After above the client's cap
     "retry_none": ("not_created", 2),  # 429/503 without Retry-After
+    # 407 from Acquire itself (behind a CONNECT tunnel it is Acquire's answer,
+    # not the proxy's): weight 0 unless a run asks (through a plain proxy a 407
+    # is the proxy's by design)
+    "s407": ("not_created", 0),
 }
 
 # How the answer goes out (or does not).
@@ -154,7 +167,7 @@ REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently
            302: "Found", 303: "See Other", 307: "Temporary Redirect",
            308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized",
            404: "Not Found", 422: "Unprocessable Entity", 429: "Too Many Requests",
-           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+           407: "Proxy Authentication Required", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 
 # How a read misbehaves, when asked to (read_chaos, read_force): each makes the
@@ -191,6 +204,7 @@ class State:
         self.cond = threading.Condition(self.lock)
         self.next_case = FIRST_CASE_ID      # never reused, across resets too
         self.conns = 0
+        self.reading = set()                # connections with a request arriving, not yet logged
         self.t0 = time.time()
         self.reset(seed)
 
@@ -251,6 +265,8 @@ class State:
                 b.cut = rng.random()          # a fraction of the answer's length
             if b.delivery == "idle_close":
                 b.idle = rng.uniform(0, 0.05)
+                if forced and forced.get("idle") is not None:
+                    b.idle = forced["idle"]
             a = b.answer
             if a in ("retry0", "retry_bad", "retry_huge", "retry_none"):
                 b.status = rng.choice((429, 503))
@@ -278,6 +294,7 @@ class State:
             rec["t"] = round(now - self.t0, 6)
             rec.setdefault("done", True)
             rec.setdefault("retry_ok", False)
+            rec["contact"] = contact
             if rec["decision"] == "created":
                 rec["case_id"] = self.next_case
                 self.next_case += 1
@@ -322,10 +339,20 @@ class State:
             rec["done"] = True
             self.cond.notify_all()
 
+    def busy(self, conn, on):
+        """A request is arriving on conn (its first bytes seen) until it is logged or
+        the connection ends: the log waits for it."""
+        with self.lock:
+            if on:
+                self.reading.add(conn)
+            else:
+                self.reading.discard(conn)
+                self.cond.notify_all()
+
     def snapshot(self, wait=3.0):
         deadline = time.time() + wait
         with self.lock:
-            while any(not r["done"] for r in self.log) and time.time() < deadline:
+            while (self.reading or any(not r["done"] for r in self.log)) and time.time() < deadline:
                 self.cond.wait(0.05)
             pending = sum(1 for r in self.log if not r["done"])
             return {"seed": self.seed, "pending": pending,
@@ -368,6 +395,7 @@ class Conn:
                 continue
             if data == b"":
                 return None
+            self.state.busy(self.id, True)
             end = data.find(b"\r\n\r\n")
             if end >= 0:
                 return self.recv_exact(end + 4)
@@ -415,6 +443,12 @@ class Conn:
 
     # ---- the loop -----------------------------------------------------------
     def run(self):
+        try:
+            return self.loop()
+        finally:
+            self.state.busy(self.id, False)
+
+    def loop(self):
         idle = None
         while not self.server.stopping.is_set():
             if idle is not None:
@@ -436,6 +470,7 @@ class Conn:
             if head is None:
                 return self.sock.close()
             keep, idle = self.request(head)
+            self.state.busy(self.id, False)
             if not keep:
                 return None
 
@@ -585,6 +620,9 @@ class Conn:
             return 404, [("Content-Type", JSON_ERR)], jdump({"message": "Contact not found"}), True
         if a == "s422":
             return 422, [("Content-Type", JSON_ERR)], jdump({"message": "Unprocessable"}), True
+        if a == "s407":
+            return 407, [("Content-Type", JSON_ERR), ("Proxy-Authenticate", 'Basic realm="acquire"')], \
+                jdump({"message": "Proxy authentication required (from Acquire)"}), True
         if a == "redirect":
             page = b"<html><body><a href=\"/elsewhere\">moved</a></body></html>\n"
             return b.status, [("Content-Type", "text/html")] + b.headers, page, False
@@ -752,6 +790,35 @@ class ChaosServer(socketserver.ThreadingTCPServer):
         super().handle_error(request, client_address)
 
 
+class TLSRelayHandler(socketserver.BaseRequestHandler):
+    """--tls: the handshake, then the bytes both ways to the chaos listener
+    (chaos_proxy.pipe: FIN for FIN, reset for reset)."""
+
+    def handle(self):
+        raw = self.request
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            raw.settimeout(5)
+            tls = self.server.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ValueError) as e:
+            if self.server.verbose:
+                sys.stderr.write("chaos_server: TLS handshake failed: %s\n" % e)
+            return relay_rst(raw)
+        try:
+            inner = socket.create_connection(self.server.inner, timeout=5)
+            inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            return relay_rst(tls)
+        relay_pipe(tls, inner, self.server.stopping)
+
+    def finish(self):
+        pass
+
+
+class TLSRelay(ChaosServer):
+    pass
+
+
 # ---------------------------------------------------------------------------
 # The control listener (plain HTTP, no chaos).
 
@@ -790,7 +857,12 @@ def check_force(force):
             count = int(count)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise Invalid("count must be a positive integer")
-        out.append({"answer": a, "delivery": d, "variant": v, "cut": cut, "count": count})
+        idle = f.get("idle")
+        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, (int, float))
+                                 or not 0 <= idle <= 5):
+            raise Invalid("idle is seconds, 0..5")
+        out.append({"answer": a, "delivery": d, "variant": v, "cut": cut, "count": count,
+                    "idle": idle})
     return out
 
 
@@ -888,29 +960,43 @@ def main():
     p = spec_server_arguments("The chaos server.")
     p.add_argument("--seed", type=int)
     p.add_argument("--fixtures", default=os.path.normpath(os.path.join(here, "..", "fixtures", "api")))
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args()
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
     seed = a.seed if a.seed is not None else int(time.time())
     fixtures = checked_fixtures(a.fixtures, "chaos_server")
 
     stopping = threading.Event()
     state = State(seed)
-    chaos = ChaosServer((a.host, a.port), ChaosHandler)
+    chaos = ChaosServer((a.host, 0 if a.tls_cert else a.port), ChaosHandler)
     chaos.state, chaos.fixtures, chaos.stopping = state, fixtures, stopping
     ctl = PlainServer((a.host, 0), ControlHandler)
     ctl.state, ctl.verbose, ctl.stopping = state, a.verbose, stopping
+    tls = None
+    if a.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        tls = TLSRelay((a.host, a.port), TLSRelayHandler)
+        tls.ctx, tls.stopping, tls.verbose = ctx, stopping, a.verbose
+        tls.inner = (a.host, chaos.server_address[1])
+        threading.Thread(target=tls.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
 
     def stop_all():
         stopping.set()
         chaos.shutdown()
         ctl.shutdown()
+        if tls:
+            tls.shutdown()
     ctl.stop_all = stop_all
 
-    port, control_port = chaos.server_address[1], ctl.server_address[1]
+    port, control_port = (tls or chaos).server_address[1], ctl.server_address[1]
     if a.port_file:
         write_port_file(a.port_file, "%d %d %d" % (port, os.getpid(), control_port))
-    print("chaos_server: listening on http://%s:%d, control on http://%s:%d"
-          % (a.host, port, a.host, control_port), flush=True)
+    print("chaos_server: listening on %s://%s:%d, control on http://%s:%d"
+          % ("https" if tls else "http", a.host, port, a.host, control_port), flush=True)
     follow_parent(a.parent_pid)
     threading.Thread(target=ctl.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     try:
