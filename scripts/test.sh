@@ -35,8 +35,8 @@ name=${TEST_NAME:-test}
 
 # The slowest files, slowest first, as measured on a 2-core machine (a fresh
 # clone has no .tmp/spec-times yet).
-SLOW="22-journal 08-cli 11-chaos 21-bulk 13-reliability 10-batch 17-readme 06-faults 04-client 16-reconcile
-19-proxy 14-chaos_ngx 07-ngx 12-h2 20-ngx_proxy 09-security"
+SLOW="18-install 05-rock 11-chaos 08-cli 07-ngx 22-journal 20-ngx_proxy 19-proxy 21-bulk 23-journal_lib 06-faults
+13-reliability 26-memsafety 16-reconcile 14-chaos_ngx 10-batch 04-client 17-readme 24-noproxy 15-server_cases 09-security"
 
 args=() files=()
 for a in "$@"; do
