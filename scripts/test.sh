@@ -26,7 +26,7 @@
 # The order: each file's last wall time (.tmp/spec-times-*, kept per
 # TEST_NAME and BUSTED interpreter), else SLOW's order below, else the largest file first.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 read -r -a busted_cmd <<< "${BUSTED:-lua5.4 /usr/bin/busted}"
 jobs_max=${TEST_JOBS:-4}
@@ -68,7 +68,7 @@ order=$(for f in "${files[@]}"; do
 done | sort -k1,1n -k2,2gr | awk '{ print $3 }')
 
 out=$(mktemp -d)
-cleanup() {
+cleanup() {   # shellcheck disable=SC2317  # run by the EXIT trap
   for p in $(jobs -p); do kill -- "$p" 2>/dev/null; done
   rm -rf "$out"
 }
