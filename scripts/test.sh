@@ -68,7 +68,8 @@ order=$(for f in "${files[@]}"; do
 done | sort -k1,1n -k2,2gr | awk '{ print $3 }')
 
 out=$(mktemp -d)
-cleanup() {   # shellcheck disable=SC2317  # run by the EXIT trap
+# shellcheck disable=SC2317  # run by the EXIT trap
+cleanup() {
   for p in $(jobs -p); do kill -- "$p" 2>/dev/null; done
   rm -rf "$out"
 }
