@@ -68,7 +68,7 @@ DEPS_DEMO   = $(DEPS_BUILD) lua-cjson python3
 DEPS_TEST   = $(DEPS_DEMO) ca-certificates openssl git curl lua-busted lua-argparse \
 	lua-luv lua-socket tinyproxy $(if $(filter 5.4,$(LUA)),$(NGX_PKGS))
 deps:
-	@./scripts/deps.sh test $(DEPS_TEST)
+	@./scripts/deps.sh -t test $(DEPS_TEST)
 
 # The core (config, request, json, response, policy, error, redact, buffer)
 # never sees libcurl: each core file is compiled against a <curl/curl.h>
@@ -132,7 +132,7 @@ check:
 ifneq ($(LUA),5.4)
 	@$(MAKE) --no-print-directory check LUA=5.4
 else
-	@./scripts/deps.sh check $(DEPS_TEST) luarocks \
+	@./scripts/deps.sh -t check $(DEPS_TEST) luarocks \
 	  $(foreach v,5.1 5.2 5.3,lua$(v) $(if $(filter 5.1,$(v)),liblua5.1-0-dev,liblua$(v)-dev))
 	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
 	CHAOS_CALLS=$${CHAOS_CALLS:-1000} TEST_NAME=check $(RUN_SPECS) --tags=$(CHECK_TAGS),chaos \
@@ -150,7 +150,7 @@ test-all:
 	if [ -n "$$failed" ]; then echo "test-all: failed on Lua$$failed"; exit 1; fi
 
 demo:
-	@./scripts/deps.sh demo $(DEPS_DEMO)
+	@./scripts/deps.sh -t demo $(DEPS_DEMO)
 	@$(MAKE) --no-print-directory build
 	PYTHON=$(PYTHON) LUA_CPATH='./?.so;;' spec/server/with-server $(LUA_BIN) examples/create_case.lua
 
@@ -160,7 +160,7 @@ demo:
 MEMCHECK_CHAOS_CALLS ?= 400
 MEMCHECK_JOBS        ?= 2
 memcheck: deps
-	@./scripts/deps.sh memcheck valgrind
+	@./scripts/deps.sh -t memcheck valgrind
 	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
 	CHAOS_CALLS=$(MEMCHECK_CHAOS_CALLS) TEST_NAME=memcheck TEST_JOBS=$(MEMCHECK_JOBS) \
 	  BUSTED='valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect $(BUSTED)' \

@@ -78,7 +78,7 @@ $(FUZZ_DIR)/response.dict: mk/quality.mk
 # opts, a message table, fields, nested pass-through values (strict =
 # false), most known fields at once; and the documented JSON's bytes.
 fuzz:
-	@./scripts/deps.sh fuzz $(DEPS_DEMO) liblua5.4-dev clang libclang-rt-14-dev
+	@./scripts/deps.sh -t fuzz $(DEPS_DEMO) liblua5.4-dev clang libclang-rt-14-dev
 	@$(MAKE) --no-print-directory $(addprefix $(FUZZ_DIR)/,$(FUZZ_NAMES)) $(FUZZ_DIR)/response.dict
 	@for t in response request; do mkdir -p fuzz/corpus-$$t && cp fuzz/seeds/$$t/* fuzz/corpus-$$t/; done
 	@rc=0; for t in $(FUZZ_NAMES); do \
@@ -107,7 +107,7 @@ QUALITY_CPPCHECK_CONFIGS := 501:$(QUALITY_CURL_NUM) 502:$(QUALITY_CURL_NUM) \
 	503:$(QUALITY_CURL_NUM) 504:$(QUALITY_CURL_NUM) 504:0x074a00
 
 lint: luacheck check-layers
-	@./scripts/deps.sh lint $(DEPS_DEMO) liblua5.4-dev cppcheck clang-tidy
+	@./scripts/deps.sh -t lint $(DEPS_DEMO) liblua5.4-dev cppcheck clang-tidy
 	@for c in $(QUALITY_CPPCHECK_CONFIGS); do \
 	  echo "cppcheck: LUA_VERSION_NUM=$${c%%:*} LIBCURL_VERSION_NUM=$${c#*:}"; \
 	  $(QUALITY_CPPCHECK) -DLUA_VERSION_NUM=$${c%%:*} -DLIBCURL_VERSION_NUM=$${c#*:} \

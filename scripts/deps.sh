@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs Debian packages for a make target, only those missing:
 #
-#   scripts/deps.sh TARGET PACKAGE...
+#   scripts/deps.sh [-t TARGET] PACKAGE...
 #
 # The lists are the Makefile's (DEPS_BUILD, DEPS_DEMO, DEPS_TEST, NGX_PKGS...):
 # each target asks for what it needs and nothing else. Before installing, it
@@ -13,8 +13,8 @@
 # nothing. Runs apt-get update first when anything is missing (not in a dry
 # run as non-root); needs root or sudo then.
 set -eu
-target=${1:?usage: scripts/deps.sh TARGET PACKAGE...}
-shift
+target=deps
+if [ "${1:-}" = -t ]; then target=${2:?usage: scripts/deps.sh [-t TARGET] PACKAGE...}; shift 2; fi
 
 missing=""
 for p in "$@"; do
