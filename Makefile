@@ -38,7 +38,7 @@ SRC  := lua_acquire.c $(wildcard src/*.c)
 HDR  := $(wildcard src/*.h)
 MOD  := acquire.so
 
-.PHONY: all deps build test test-all demo install clean memcheck check-exports check-layers
+.PHONY: all deps build test check test-all demo install clean memcheck check-exports check-layers
 
 all: build
 build: $(MOD)
@@ -56,9 +56,19 @@ $(MOD): $(SRC) $(HDR) .tmp/built-for-$(LUA)
 .tmp/built-for-$(LUA):
 	@mkdir -p .tmp && rm -f .tmp/built-for-* && touch $@
 
-# Installs the Debian packages the project needs, only those missing.
+# The Debian packages each target needs (scripts/deps.sh installs those
+# missing, saying what it installs and what, if anything, that removes):
+#   make deps    what make test needs for LUA (for 5.4: with nginx's, luajit2 among them)
+#   make demo    DEPS_DEMO: the build, LUA's interpreter and headers, lua-cjson, python3
+# luajit2 (which replaces Debian's libluajit-5.1-2) only for LUA=luajit and the
+# nginx specs (make test on 5.4, make check, make test-ngx, make demo-nginx).
+DEPS_CC     = make gcc libc6-dev pkg-config libcurl4-openssl-dev
+DEPS_BUILD  = $(DEPS_CC) $(LUA_PKGS)
+DEPS_DEMO   = $(DEPS_BUILD) lua-cjson python3
+DEPS_TEST   = $(DEPS_DEMO) ca-certificates openssl git curl lua-busted lua-argparse \
+	lua-luv lua-socket tinyproxy $(if $(filter 5.4,$(LUA)),$(NGX_PKGS))
 deps:
-	@./scripts/deps.sh $(LUA_PKGS)
+	@./scripts/deps.sh -t test $(DEPS_TEST)
 
 # The core (config, request, json, response, policy, error, redact, buffer)
 # never sees libcurl: each core file is compiled against a <curl/curl.h>
@@ -90,41 +100,73 @@ $(TESTRESOLVER): spec/support/testresolver.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(WARN) -std=gnu99 -fPIC $< -shared -o $@ -ldl
 
-test: deps
-	$(MAKE) build check-exports check-layers $(TESTPOSIX) $(TESTRESOLVER)
-	LUA_BIN=$(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
+# The spec runner: each spec file its own busted, TEST_JOBS at a time, the
+# longest first; prints each file's summary line and a total (scripts/test.sh).
+TEST_JOBS    ?= 4
+RUN_SPECS     = BUSTED='$(BUSTED)' LUA_BIN=$(LUA_BIN) TEST_JOBS=$(TEST_JOBS) ./scripts/test.sh
+# What the specs use, built before they run in parallel (the nginx specs'
+# LuaJIT build with the 5.4 suite, which runs them).
+SPEC_HELPERS  = check-exports check-layers $(TESTPOSIX) $(TESTRESOLVER) \
+	$(if $(filter 5.4,$(LUA)),.tmp/luajit/acquire.so)
 
-# The whole suite on every Lua; the rock, install and nginx specs (which do
-# not depend on the interpreter running busted: spec/18 runs make install for
-# each Lua itself) and those tagged #once (the journal's kill-and-rerun runs,
-# 3 seeds of 500 items through the CLI) run once, in the 5.4 pass, and the
-# chaos spec runs its 1,000 calls there, OTHER_CHAOS_CALLS on the other Luas
-# (the promise it checks is the C module's; the other Luas' passes check that
-# nothing of it depends on the Lua).
-OTHER_CHAOS_CALLS ?= 300
-test-all: deps
+# make test: the whole suite for LUA, but the long proofs, which make check
+# runs: the tags in CHECK_TAGS (#rock: the rock and make install specs;
+# #once: the journal's kill-and-rerun, 3 seeds of 500 items through the CLI),
+# and the chaos spec's 1,000 calls (make test runs TEST_CHAOS_CALLS of them).
+CHECK_TAGS           := rock,once
+TEST_CHAOS_CALLS     ?= 200
+TEST_CHAOS_NGX_CALLS ?= 100
+test: deps
+	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
+	CHAOS_CALLS=$${CHAOS_CALLS:-$(TEST_CHAOS_CALLS)} CHAOS_NGX_CALLS=$${CHAOS_NGX_CALLS:-$(TEST_CHAOS_NGX_CALLS)} \
+	  TEST_NAME="test (Lua $(LUA))" $(RUN_SPECS) \
+	  --exclude-tags=$(CHECK_TAGS)$(if $(filter 5.4,$(LUA)),,$(comma)ngx) $(BUSTED_ARGS)
+
+# make check: the long proofs, on Lua 5.4: the #rock and #once specs, and the
+# chaos specs (#chaos) at full length: CHAOS_CALLS 1,000 (spec/11), 300
+# through nginx (spec/14; make test: 100). make test and make check together
+# run every spec. Only the files with such a tag are run (a describe's setup
+# runs even when its specs are filtered out).
+CHECK_FILES = $(shell grep -l -E '\#($(subst $(comma),|,$(CHECK_TAGS))|chaos)\b' spec/*_spec.lua)
+check:
+ifneq ($(LUA),5.4)
+	@$(MAKE) --no-print-directory check LUA=5.4
+else
+	@./scripts/deps.sh -t check $(DEPS_TEST) luarocks \
+	  $(foreach v,5.1 5.2 5.3,lua$(v) $(if $(filter 5.1,$(v)),liblua5.1-0-dev,liblua$(v)-dev))
+	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
+	CHAOS_CALLS=$${CHAOS_CALLS:-1000} TEST_NAME=check $(RUN_SPECS) --tags=$(CHECK_TAGS),chaos \
+	  $(or $(filter %_spec.lua,$(BUSTED_ARGS)),$(CHECK_FILES)) $(filter-out %_spec.lua,$(BUSTED_ARGS))
+endif
+
+# make test on every Lua, one after the other (acquire.so is built for each),
+# each file by file in parallel; the nginx specs in the 5.4 pass only (they
+# load the LuaJIT build in nginx, whatever Lua runs busted).
+test-all:
 	@failed=; for v in $(ALL_LUAS); do \
 	  echo "== Lua $$v"; \
-	  if [ $$v = 5.4 ]; then $(MAKE) --no-print-directory test LUA=$$v || failed="$$failed $$v"; \
-	  else CHAOS_CALLS=$${CHAOS_CALLS:-$(OTHER_CHAOS_CALLS)} $(MAKE) --no-print-directory test LUA=$$v \
-	    BUSTED_ARGS="--exclude-tags=rock,ngx,once $(BUSTED_ARGS)" || failed="$$failed $$v"; fi; \
+	  $(MAKE) --no-print-directory test LUA=$$v || failed="$$failed $$v"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "test-all: failed on Lua$$failed"; exit 1; fi
 
-demo: deps
-	$(MAKE) build
+demo:
+	@./scripts/deps.sh -t demo $(DEPS_DEMO)
+	@$(MAKE) --no-print-directory build
 	PYTHON=$(PYTHON) LUA_CPATH='./?.so;;' spec/server/with-server $(LUA_BIN) examples/create_case.lua
 
-# The spec suite under valgrind: no definite or indirect leak, no error. The
-# chaos spec runs CHECK_CHAOS_CALLS calls here and under make sanitize (the
-# plain suite runs 1,000 on every Lua).
-CHECK_CHAOS_CALLS ?= 400
+# The spec suite under valgrind, file by file, 2 at a time (valgrind is
+# CPU-bound): no definite or indirect leak, no error. The chaos spec runs
+# MEMCHECK_CHAOS_CALLS calls here and under make sanitize.
+MEMCHECK_CHAOS_CALLS ?= 400
+MEMCHECK_JOBS        ?= 2
 memcheck: deps
-	$(MAKE) build
-	CHAOS_CALLS=$(CHECK_CHAOS_CALLS) valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
-	  --show-leak-kinds=definite,indirect \
-	  $(BUSTED) $(BUSTED_ARGS) --exclude-tags=rock,ngx
+	@./scripts/deps.sh -t memcheck valgrind
+	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
+	CHAOS_CALLS=$(MEMCHECK_CHAOS_CALLS) TEST_NAME=memcheck TEST_JOBS=$(MEMCHECK_JOBS) \
+	  BUSTED='valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect $(BUSTED)' \
+	  LUA_BIN=$(LUA_BIN) ./scripts/test.sh $(BUSTED_ARGS) --exclude-tags=rock,ngx
 
+comma := ,
 # Further targets (quality checks, nginx, CLI...) each live in mk/<area>.mk.
 -include $(wildcard mk/*.mk)
 

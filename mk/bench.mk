@@ -4,8 +4,8 @@ BENCH_PKGS := nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev lua5.1 libl
 	lua-socket lua-cjson lua-curl wrk gnuplot-nox curl
 .PHONY: bench bench-smoke
 bench:
-	@./scripts/deps.sh $(BENCH_PKGS)
+	@./scripts/deps.sh -t bench $(DEPS_BUILD) $(BENCH_PKGS)
 	./bench/bench.sh
 bench-smoke:
-	@./scripts/deps.sh $(BENCH_PKGS)
+	@./scripts/deps.sh -t bench $(DEPS_BUILD) $(BENCH_PKGS)
 	BENCH_SMOKE=1 ./bench/bench.sh

@@ -2,5 +2,5 @@
 LUA_FILES := bin/acquire-case examples spec bench $(wildcard lua)
 .PHONY: luacheck
 luacheck:
-	@./scripts/deps.sh lua-check
+	@./scripts/deps.sh -t luacheck lua-check
 	luacheck $(LUA_FILES)

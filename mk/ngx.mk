@@ -19,12 +19,12 @@ NGX_LUAJIT_CFLAGS ?= $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/u
 acquire-luajit.so: .tmp/luajit/acquire.so
 
 test-ngx: deps
-	@./scripts/deps.sh $(NGX_PKGS)
+	@./scripts/deps.sh -t test-ngx $(NGX_PKGS)
 	$(MAKE) --no-print-directory build .tmp/luajit/acquire.so
 	$(BUSTED) --tags=ngx $(BUSTED_ARGS) spec/07-ngx_spec.lua spec/12-h2_spec.lua spec/14-chaos_ngx_spec.lua \
 	    spec/20-ngx_proxy_spec.lua
 
-demo-nginx: deps
-	@./scripts/deps.sh $(NGX_PKGS)
+demo-nginx:
+	@./scripts/deps.sh -t demo-nginx $(DEPS_CC) python3 $(NGX_PKGS)
 	$(MAKE) --no-print-directory .tmp/luajit/acquire.so
 	PYTHON=$(PYTHON) spec/server/with-server ./scripts/demo-nginx.sh

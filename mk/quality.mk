@@ -33,7 +33,7 @@ $(QUALITY_ASAN_SO): $(QUALITY_SRC) $(QUALITY_HDR) mk/quality.mk
 sanitize: deps
 	@$(MAKE) --no-print-directory build LUA=5.4
 	@$(MAKE) --no-print-directory $(QUALITY_ASAN_SO)
-	CHAOS_CALLS=$(CHECK_CHAOS_CALLS) SAN_CC=$(QUALITY_SAN_CC) ./scripts/sanitize.sh $(QUALITY_ASAN_SO) $(BUSTED_ARGS)
+	CHAOS_CALLS=$(MEMCHECK_CHAOS_CALLS) SAN_CC=$(QUALITY_SAN_CC) ./scripts/sanitize.sh $(QUALITY_ASAN_SO) $(BUSTED_ARGS)
 
 # ---- make fuzz ------------------------------------------------------------
 # Each fuzz/fuzz_<name>.c says what it drives and checks. Each is built with
@@ -97,7 +97,7 @@ $(FUZZ_DIR)/response.dict: mk/quality.mk
 # finding of issue 22 (seed-finding<N>-...) are its reproducers; those of a
 # check that FUZZ_STRICT=1 turns on fail today.
 fuzz:
-	@./scripts/deps.sh clang libclang-rt-14-dev liblua5.4-dev lua-cjson
+	@./scripts/deps.sh -t fuzz $(DEPS_DEMO) liblua5.4-dev clang libclang-rt-14-dev
 	@$(MAKE) --no-print-directory $(addprefix $(FUZZ_DIR)/,$(FUZZ_NAMES)) $(FUZZ_DIR)/response.dict
 	@for t in $(FUZZ_NAMES:fuzz_%=%); do mkdir -p fuzz/corpus-$$t && cp fuzz/seeds/$$t/* fuzz/corpus-$$t/; done
 	@rc=0; $(foreach t,$(FUZZ_NAMES),echo "== $(t), $(FUZZ_SECONDS) s"; \
@@ -123,7 +123,7 @@ QUALITY_CPPCHECK_CONFIGS := 501:$(QUALITY_CURL_NUM) 502:$(QUALITY_CURL_NUM) \
 	503:$(QUALITY_CURL_NUM) 504:$(QUALITY_CURL_NUM) 504:0x074a00
 
 lint: luacheck check-layers
-	@./scripts/deps.sh cppcheck clang-tidy
+	@./scripts/deps.sh -t lint $(DEPS_DEMO) liblua5.4-dev cppcheck clang-tidy
 	@for c in $(QUALITY_CPPCHECK_CONFIGS); do \
 	  echo "cppcheck: LUA_VERSION_NUM=$${c%%:*} LIBCURL_VERSION_NUM=$${c#*:}"; \
 	  $(QUALITY_CPPCHECK) -DLUA_VERSION_NUM=$${c%%:*} -DLIBCURL_VERSION_NUM=$${c#*:} \

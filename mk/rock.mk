@@ -4,5 +4,5 @@
 # (scripts/rock.sh says what that proves and what it does not).
 .PHONY: rock
 rock:
-	@./scripts/deps.sh lua5.1 liblua5.1-0-dev luarocks git
+	@./scripts/deps.sh -t rock $(DEPS_DEMO) lua5.4 liblua5.4-dev lua5.1 liblua5.1-0-dev luarocks git
 	./scripts/rock.sh

@@ -54,4 +54,6 @@ package.loaded.acquire = nil
 io.stderr:write("sanitize: the specs load ", so, " (ASan + UBSan, leak detection on)\n")
 '
 
-exec lua5.4 /usr/bin/busted --cpath="$dir/?.so" -e "$check" --exclude-tags=rock,ngx "$@"
+# Each spec file its own busted, SANITIZE_JOBS at a time (scripts/test.sh).
+BUSTED="lua5.4 /usr/bin/busted --cpath=$dir/?.so" TEST_NAME=sanitize TEST_JOBS=${SANITIZE_JOBS:-2} \
+  exec ./scripts/test.sh -e "$check" --exclude-tags=rock,ngx "$@"

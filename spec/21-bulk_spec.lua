@@ -257,7 +257,11 @@ describe("create_cases for bulk work", function()
       end
       assert.equal(0, srv:stats().requests)
       assert.equal(2071, c:create_cases(items(1), { rate = 10000 })[1].res.data.id)
+      -- and it returns once its one item is answered, not 1 / rate = 100 s after that item started
+      local t0 = socket.gettime()
       assert.equal(2071, c:create_cases(items(1), { rate = 0.01 })[1].res.data.id)
+      local took = socket.gettime() - t0
+      assert.is_true(took < 50, ("one item at rate 0.01 took %.1f s"):format(took))
     end)
   end)
 

@@ -212,11 +212,12 @@ function helper.spawn(words, opts)
   os.execute(("(sh -c %s; echo $? > %s.tmp && mv %s.tmp %s) </dev/null >/dev/null 2>&1 &"):format(
     shell_quote(inner), shell_quote(dir .. "/code"), shell_quote(dir .. "/code"), shell_quote(dir .. "/code")))
   local child = { dir = dir }
-  for _ = 1, 500 do
+  local deadline = socket.gettime() + 60       -- a loaded machine: generous, ends when it started
+  repeat
     child.pid = tonumber(helper.slurp(dir .. "/pid"):match("%d+"))
     if child.pid then break end
     socket.sleep(0.01)
-  end
+  until socket.gettime() > deadline
   assert(child.pid, "helper.spawn: the command did not start")
   function child.done() return helper.exists(dir .. "/code") end
   function child.kill(signal) os.execute(("kill -%s %d 2>/dev/null"):format(signal or "TERM", child.pid)) end
@@ -554,7 +555,10 @@ local function launch(what, script, args, dir)
     shell_quote(dir .. "/log")))
   local launched = tonumber(p:read("*l") or "")
   p:close()
-  for _ = 1, 500 do                  -- 10 s
+  -- up to 60 s: on a loaded machine (specs run 4 at a time, beside other work) python3
+  -- can take seconds to start; the loop ends as soon as the port file is there or it died
+  local deadline = socket.gettime() + 60
+  while socket.gettime() < deadline do
     local line = helper.slurp(dir .. "/port"):match("^[^\n]+")
     if line and line:match("^%d+ %d+") then return line end
     if launched and not alive(launched) then break end

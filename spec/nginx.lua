@@ -99,7 +99,8 @@ local function launch(n, conf, env)
   n.pid = tonumber(p:read("*l"))
   p:close()
   assert(n.pid, "nginx did not start")
-  for _ = 1, 200 do
+  local deadline = socket.gettime() + 60        -- a loaded machine: generous, ends when it listens
+  while socket.gettime() < deadline do
     if not alive(n.pid) then break end
     local s = socket.tcp()
     s:settimeout(0.2)

@@ -83,7 +83,8 @@ local function launch(dir, port, opts)
   local watchdog = tonumber(p:read("*l") or "")
   p:close()
   local pid
-  for _ = 1, 250 do                                   -- 5 s
+  local deadline = socket.gettime() + 30               -- ends when it listens, or exits (port taken)
+  while socket.gettime() < deadline do
     pid = pid or tonumber(helper.slurp(dir .. "/tp.pid"):match("%d+") or "")
     if pid and connectable(opts.host, port) then return pid, watchdog end
     if pid and not helper.alive(pid) then break end

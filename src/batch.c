@@ -334,6 +334,9 @@ static int draw(lua_State *L, acq_client_t *c, run_t *b, int p) {
         lua_rawgeti(L, b->items, (int)k + 1);
         lua_rawseti(L, -2, 2);
         it->id = b->ids[k];
+        /* the last one: the batch ends when it is answered, not after
+           another 1 / rate (no start is due to find the end) */
+        if (k + 1 >= b->n) b->ended = 1;
     } else {
         lua_pushvalue(L, b->items);
         lua_call(L, 0, 1);
