@@ -3,7 +3,7 @@
 -- folded line (curl issue 11101; Debian 12's 7.88.1 has it). Every transfer now runs on a
 -- fresh easy handle (transport.c). spec/folded.lua is the generator: here in-process (seen by
 -- make memcheck and make sanitize) and, in the plain suite, in a child under valgrind.
-local acquire = require "acquire"
+require "acquire"                   -- loads before the server starts: a missing build fails here
 local helper = require "spec.helper"
 local folded = require "spec.folded"
 
@@ -24,7 +24,7 @@ describe("memory safety", function()
   }
 
   it("a folded first header line after a normal answer, on every path (generator, in-process)", function()
-    local bad = folded(acquire, ctl, SEED, 24)
+    local bad = folded(ctl, SEED, 24)
     assert.is_nil(bad)
   end)
 
@@ -66,7 +66,7 @@ describe("memory safety", function()
           return acquire.new(cfg)
         end,
       }
-      local bad = require("spec.folded")(acquire, ctl, %d, 8)
+      local bad = require("spec.folded")(ctl, %d, 8)
       if bad then io.stderr:write(bad, "\n") os.exit(1) end
     ]]):format("http://" .. srv.host .. ":" .. srv.control_port, srv.base_url, srv.key, SEED)
     local path = helper.tmpfile(code)

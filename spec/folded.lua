@@ -6,7 +6,7 @@
 -- spec/26-memsafety_spec.lua in-process (make memcheck's valgrind, make sanitize's ASan see
 -- it) and in a child under valgrind (the plain suite sees it).
 --
---   require("spec.folded")(acquire, ctl, seed, n) -> nil | error text
+--   require("spec.folded")(ctl, seed, n) -> nil | error text
 --   ctl.reset(), ctl.fault(rule), ctl.client(over): the local Acquire server's control calls
 local ANSWERS = {
   -- a continuation line first: nothing to unfold into (the bug's trigger)
@@ -25,7 +25,7 @@ local ANSWERS = {
 local NAMES = { "folded_first", "folded_later", "informational", "folded_200" }
 local CONTACT = 597752
 
-return function(acquire, ctl, seed, n)
+return function(ctl, seed, n)
   math.randomseed(seed)
   local client = ctl.client{ max_retries = 1, reconcile = false }
   local reconciler = ctl.client{ max_retries = 0, reconcile = 0 }

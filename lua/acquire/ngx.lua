@@ -589,7 +589,8 @@ end
 -- has not arrived is not claimed yet, so a lookup must not take it for its own.
 local function content_key(filter)
   local d = filter.description
-  return table.concat({ tostring(filter.contactId), tostring(filter.title), d == acquire.null and "" or tostring(d) }, "\0")
+  return table.concat({ tostring(filter.contactId), tostring(filter.title),
+                        d == acquire.null and "" or tostring(d) }, "\0")
 end
 
 --- client:create_case(contactId, opts) -> res | nil, err: as acquire's (README).
