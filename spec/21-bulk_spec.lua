@@ -369,6 +369,16 @@ describe("create_cases over an iterator", function()
     assert.equal(30, srv:stats().requests)
   end)
 
+  it("with a rate, ends when its last item is answered, not 1 / rate later", function()
+    local c = srv:client()
+    local t0 = socket.gettime()
+    local counts = c:create_cases(from({ { CONTACT }, { CONTACT } }), { rate = 0.2 })   -- a start every 5 s
+    local took = socket.gettime() - t0
+    c:close()
+    assert.same({ total = 2, created = 2, failed = 0, uncertain = 0 }, counts)
+    assert.is_true(took < 9, ("two items at rate 0.2 took %.1f s"):format(took))
+  end)
+
   it("checks each item as it is drawn: a bad one raises, naming it; nothing of it is sent", function()
     local c = srv:client()
     local list = { { CONTACT }, { CONTACT }, { "x" }, { CONTACT } }

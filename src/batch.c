@@ -568,6 +568,14 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             active++;
             added++;
         }
+        /* an iterator, the rate's gate closed and nothing waiting: draw the next
+           item now, to start when the gate opens; so the end of the input is
+           seen at once, not 1 / rate later (a table's end is known) */
+        if (b->stream && !b->ended && t < b->open_at && b->nwait == 0) {
+            int p;
+            for (p = 0; p < POOL && b->pool[p].used; p++) {}
+            if (p < POOL && draw(L, c, b, p)) b->waiting[b->nwait++] = p;   /* ready_at 0 */
+        }
         /* on_wave(n): the attempts this turn started (their on_send done) are
            libcurl's, but none has put a byte on the wire: that happens in
            curl_multi_perform. A journal flushes their records once, here. If
