@@ -157,6 +157,9 @@ local SH_COMMANDS = {
   -- Quick start: make server runs until Ctrl-C (the reader's); the rest runs here, with
   -- 127.0.0.1:PORT the local server's address and lua5.4 the Lua under test
   ["make server"] = { make = "server" },
+  -- the two commands: CI runs them (.ci/run: make demo; make test-all is make test on every Lua)
+  ["make demo"] = { make = "demo", note = ".ci/run runs make demo" },
+  ["make test"] = { make = "test", note = ".ci/run runs make test on every Lua (make test-all)" },
   ["export ACQUIRE_BASE_URL=http://127.0.0.1:PORT ACQUIRE_API_KEY=test-key"] = { spec = SPEC17 },
   ["make build"] = { make = "build", note = "this suite runs on the module make test built" },
   ["LUA_CPATH=\"$PWD/?.so;;\" lua5.4 examples/quickstart.lua"] = { spec = SPEC17 },
