@@ -49,9 +49,11 @@ local function summary(err)
   return t, line
 end
 
+-- The result lines, in input order (the command writes each as its item finishes).
 local function results(out)
   local list = {}
   for line in out:gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
+  table.sort(list, function(a, b) return (a.line or a.row) < (b.line or b.row) end)
   return list
 end
 
@@ -503,7 +505,7 @@ describe("acquire-case --batch", function()
       local results_out = helper.slurp(dir .. "/out")
       helper.rmrf(dir)
       assert.equal(3, code, out)                                   -- contact 1: 404
-      contains(tty, "\r0/31 done, -/s, 0 errors")
+      contains(tty, "\r0/31 done, - rows/s, 0 errors")
       contains(tty, "\r31/31 done, ")
       contains(tty, ", 1 error\27[K")
       assert.equal(31, #results(results_out))

@@ -21,8 +21,6 @@ local cjson_mod = require "cjson"
 local M = { FORMAT = 1 }
 
 local MAGIC = "lua-acquire"
-local STATES = { sent = true, created = true, failed = true, maybe_created = true }
-local unpack = table.unpack or unpack
 local cjson = cjson_mod.new and cjson_mod.new() or cjson_mod
 
 -- ---------------------------------------------------------------------
@@ -159,8 +157,9 @@ end
 -- @param items { { contactId, opts }, … } as for create_cases, or an iterator: a function
 --   returning the next item, nil at the end (read as the batch goes; nothing kept per item)
 -- @param opts path (required), resend_uncertain, precheck (with an iterator: a function
---   returning a fresh iterator over the same items, drawn to the end first to check them and
---   the journal before anything is sent), and create_cases' options (concurrency, rate,
+--   returning another iterator over the same items, drawn to the end first to check them
+--   against the journal, and the input's digest against its header, before anything is sent;
+--   then `items` is drawn to send), and create_cases' options (concurrency, rate,
 --   on_send, on_wave, on_result, on_progress…), passed through; on_journal(i, res, err, state)
 --   gets each item an earlier run settled (not sent: state "created", "sent", "maybe_created")
 -- @treturn table with a table: results[i] = { res = … } | { err = … }, as create_cases; an item
@@ -280,7 +279,7 @@ function M.create_cases(client, items, opts)
     local live, wave, nwave = {}, {}, 0
     local unsynced = 0
     local write_failed, changed = nil, nil
-    local src = precheck and precheck() or items
+    local src = tabled and table_iterator(items) or items
     local pos, k = 0, 0
 
     local on_journal = opts.on_journal
@@ -369,7 +368,11 @@ function M.create_cases(client, items, opts)
     -- outcomes written since the last one) reach the disk in one fdatasync
     copts.on_wave = function(nn)
       sync()
-      for x = 1, nwave do wave[x].phase = "flight" wave[x] = nil end
+      for x = 1, nwave do
+        local it = wave[x]
+        it.phase = "flight"
+        wave[x] = nil
+      end
       nwave = 0
       if on_wave then on_wave(nn) end
     end
@@ -436,7 +439,8 @@ function M.create_cases(client, items, opts)
     table.sort(left, function(a, b) return a.i < b.i end)
     for _, it in ipairs(left) do
       local inflight = it.phase == "flight"
-      local msg = inflight and ("sent, no answer before the batch stopped (" .. why .. "): the case may have been created")
+      local msg = inflight
+        and ("sent, no answer before the batch stopped (" .. why .. "): the case may have been created")
         or ("not sent: the batch stopped (" .. why .. ")")
       if it.phase then pcall(record, it, inflight and "maybe_created" or "failed", { { "error", msg } }, false) end
       count.stopped = count.stopped + 1
