@@ -512,4 +512,75 @@ describe("acquire-case --batch", function()
       helper.not_contains(results_out, "done")
     end)
   end)
+
+  describe("at size: streaming and group commit (issue 21)", function()
+    local tmp
+    before_each(function() tmp = helper.tmpdir() end)
+    after_each(function() helper.rmrf(tmp) end)
+
+    -- The peak RSS (VmHWM, KiB) of a CLI child, read from /proc while it runs. -> kib, result
+    local function peak(args, stdin)
+      local child = helper.spawn_cli(args, { env = env, stdin = stdin })
+      local hwm = 0
+      while not child.done() do
+        local v = tonumber(helper.slurp("/proc/" .. child.pid .. "/status"):match("VmHWM:%s*(%d+)") or "")
+        if v and v > hwm then hwm = v end
+        socket.sleep(0.02)
+      end
+      return hwm, child.wait(120)
+    end
+
+    it("--journal's memory does not grow with the rows: 500 and 4,000 rows peak within 6 MiB", function()
+      local small, r1 = peak({ "--batch", "--concurrency", "16", "--journal", tmp .. "/a" }, input(500))
+      assert.equal(0, r1.code, r1.err)
+      local big, r2 = peak({ "--batch", "--concurrency", "16", "--journal", tmp .. "/b" }, input(4000))
+      assert.equal(0, r2.code, r2.err)
+      assert.equal(4000, #results(r2.out))
+      assert.is_true(small > 0 and big > 0, "no VmHWM read")
+      assert.is_true(big - small < 6 * 1024, ("peak RSS: %d KiB at 500 rows, %d KiB at 4,000"):format(small, big))
+    end)
+
+    it("writes each result line as its item finishes, before the batch ends", function()
+      -- line 1 (contact 1) is answered after 4 s; lines 2 and 3 at once
+      srv:fault{ action = "delay", seconds = 4, contactId = 1, times = 1 }
+      local child = helper.spawn_cli({ "--batch", "--concurrency", "2", "--journal", tmp .. "/j" },
+        { env = env, stdin = '{"contactId": 1, "title": "item 1"}\n' .. input(3):gsub("^[^\n]*\n", "") })
+      local early
+      for _ = 1, 300 do
+        if child.done() then break end
+        early = helper.slurp(child.dir .. "/out")
+        if select(2, early:gsub("\n", "")) >= 2 then break end
+        socket.sleep(0.01)
+      end
+      local running = not child.done()
+      local r = child.wait(30)
+      assert.is_true(running, "the batch ended before two lines were written: " .. r.out)
+      local got = results(early)
+      assert.same({ 2, 3 }, { got[1].line, got[2].line }, early)
+      assert.equal(3, #results(r.out))
+      assert.equal(3, r.code)                                   -- contact 1: 404, in the end
+    end)
+
+    it("flushes the journal once a wave, not twice an item (strace)", function()
+      local strace = helper.sh("command -v strace"):match("^(/%S+)")
+      if not strace then return pending("no strace") end
+      local N = 300
+      local words = { strace, "-f", "-c", "-o", tmp .. "/count", "-e", "trace=fdatasync,fsync", helper.interpreter(),
+        "bin/acquire-case", "--batch", "--concurrency", "16", "--journal", tmp .. "/j" }
+      local r = helper.run(words, { env = { ACQUIRE_API_KEY = srv.key, ACQUIRE_BASE_URL = srv.base_url,
+        LUA_CPATH = "./?.so;;", LUA_PATH = "./lua/?.lua;;" }, stdin = input(N), limit = 60 })
+      assert.equal(0, r.code, r.err)
+      local text, syncs = helper.slurp(tmp .. "/count"), 0
+      for line in text:gmatch("[^\n]+") do
+        local calls, name = line:match("^%s*[%d.]+%s+[%d.]+%s+%d+%s+(%d+)%s+%d*%s*(%a+)$")
+        if name == "fdatasync" or name == "fsync" then syncs = syncs + tonumber(calls) end
+      end
+      assert.is_true(syncs >= 2, "no flush counted: " .. text)
+      -- every item's "sent" record is flushed before its request: at most one flush a wave, and a
+      -- wave starts at least one request; outcomes ride along
+      assert.is_true(syncs <= N + 3, ("%d flushes for %d items: %s"):format(syncs, N, text))
+      local by = by_line(records(tmp .. "/j"))
+      for i = 1, N do assert.equal("created", by[i][#by[i]].state, "item " .. i) end
+    end)
+  end)
 end)
