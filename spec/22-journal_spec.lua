@@ -540,6 +540,15 @@ describe("acquire-case --batch", function()
       assert.is_true(big - small < 6 * 1024, ("peak RSS: %d KiB at 500 rows, %d KiB at 4,000"):format(small, big))
     end)
 
+    it("--journal: a bad row late in the input is refused before anything is sent, no journal left", function()
+      local text = input(50):gsub('{"contactId": 597752, "title": "item 40"}', '{"contactId": "x"}')
+      local r = run({ "--batch", "--journal", tmp .. "/j" }, text)
+      assert.equal(2, r.code, r.err)
+      contains(r.err, "line 40: contactId must be a positive integer")
+      assert.same({}, srv:requests())
+      assert.is_false(helper.exists(tmp .. "/j"))
+    end)
+
     it("writes each result line as its item finishes, before the batch ends", function()
       -- line 1 (contact 1) is answered after 4 s; lines 2 and 3 at once
       srv:fault{ action = "delay", seconds = 4, contactId = 1, times = 1 }
