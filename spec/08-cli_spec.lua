@@ -585,7 +585,8 @@ describe("bin/acquire-case", function()
         n = n + 1
         -- in the text itself: a JSON string of digits, never a number
         assert.is_truthy(line:match('^{"line":%d+,"contactId":"%d+",'), line)
-        assert.equal(n < 8 and "597752" or "1", cjson.decode(line).contactId, line)
+        local res = cjson.decode(line)                            -- lines come as items finish
+        assert.equal(res.line < 8 and "597752" or "1", res.contactId, line)
       end
       assert.equal(8, n)
       for _, q in ipairs(srv:requests()) do

@@ -259,6 +259,39 @@ describe("acquire-case --batch", function()
       assert.same(uncertain, agree(path, 40, ""))
     end)
 
+    it("Ctrl-C at a random point: one result line a row, no more, no less; the summary adds up", function()
+      local base = tonumber(os.getenv("SPEC_SEED") or "") or os.time()
+      for s = 0, 2 do
+        local seed = base + s
+        local why = (" (seed %d: SPEC_SEED=%d repeats it)"):format(seed, seed)
+        math.randomseed(seed)
+        srv:reset()
+        srv:config{ unique_ids = true }
+        local N, path = 600, tmp .. "/int-" .. seed
+        local child = helper.spawn_cli({ "--batch", "--concurrency", "16", "--journal", path },
+          { env = env, stdin = input(N) })
+        local at = math.random(0, 2 * N)
+        while not child.done() and count_lines(path) < at do socket.sleep(0.001) end
+        child.kill("INT")
+        local r = child.wait(60)
+        assert.is_true(r.code == 130 or r.code == 0, "exit " .. r.code .. ": " .. r.err .. why)
+        local seen, n = {}, 0
+        for line in r.out:gmatch("[^\n]+") do
+          local res = cjson.decode(line)
+          assert.is_nil(seen[res.line], "line " .. res.line .. " twice" .. why)
+          seen[res.line], n = true, n + 1
+        end
+        if n > 0 or r.code == 0 then                  -- (none: stopped in the first pass, nothing sent)
+          assert.equal(N, n, why)
+          local sum = summary(r.err)
+          assert.equal(N, sum.created + sum.failed + sum.maybe + sum.unsent, r.err .. why)
+          agree(path, N, why)
+        else
+          assert.same({}, srv:requests(), why)
+        end
+      end
+    end)
+
     it("two runs started together on one journal: exactly one sends, the other names its pid", function()
       srv:fault{ action = "delay", seconds = 0.05 }               -- the first run lasts about a second
       local path = tmp .. "/journal"

@@ -318,11 +318,12 @@ describe("acquire.journal over an iterator (issue 21)", function()
       for _ = 1, math.random(0, 60) do
         local i = math.random(1, 25)
         local state = STATES[math.random(#STATES)]
-        local digest = ("%08x%08x"):format(math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+        local digest = ("%04x%04x%04x%04x"):format(math.random(0, 0xffff), math.random(0, 0xffff),
+          math.random(0, 0xffff), math.random(0, 0xffff))
         local parts = { ('"item":%d'):format(i), ('"digest":"%s"'):format(digest), ('"state":"%s"'):format(state),
           '"contactId":' .. cjson.encode(tostring(math.random(1, 999999))) }
         if state == "created" then
-          local id = math.random(0, 3) > 0 and math.random(1, 2 ^ 31) or nil
+          local id = math.random(0, 3) > 0 and math.random(1, 0x7fffffff) or nil
           if id then parts[#parts + 1] = ('"id":%d'):format(id) ids[#ids + 1] = id end
           parts[#parts + 1] = '"case_status":' .. cjson.encode(NASTY[math.random(#NASTY)])
         else

@@ -376,17 +376,22 @@ function M.create_cases(client, items, opts)
       nwave = 0
       if on_wave then on_wave(nn) end
     end
+    -- An item leaves `live` once delivered: a stop (Ctrl-C raises at any Lua instruction)
+    -- delivers what it finds there again, with the outcome kept in it.out once recorded, else
+    -- as stopped (a stop between the record and it.out records maybe_created after it:
+    -- uncertain, never forgotten).
     copts.on_result = function(kk, res, err)
       local it = live[kk]
-      live[kk] = nil
       local okw, werr = outcome(it, res, err)
       if not okw then fail_write(werr) end
+      it.out = { res, err }
       unsynced = unsynced + 1
-      if unsynced >= SYNC_EVERY then sync() end
       if res then count.created = count.created + 1
       elseif err.maybe_created then count.uncertain = count.uncertain + 1
       else count.failed = count.failed + 1 end
       deliver(it.i, res, err)
+      live[kk] = nil
+      if unsynced >= SYNC_EVERY then sync() end
     end
 
     local function finish(e)
@@ -438,13 +443,17 @@ function M.create_cases(client, items, opts)
     for _, it in pairs(live) do left[#left + 1] = it end
     table.sort(left, function(a, b) return a.i < b.i end)
     for _, it in ipairs(left) do
-      local inflight = it.phase == "flight"
-      local msg = inflight
-        and ("sent, no answer before the batch stopped (" .. why .. "): the case may have been created")
-        or ("not sent: the batch stopped (" .. why .. ")")
-      if it.phase then pcall(record, it, inflight and "maybe_created" or "failed", { { "error", msg } }, false) end
-      count.stopped = count.stopped + 1
-      pcall(deliver, it.i, nil, new_error{ kind = "stopped", maybe_created = inflight, message = msg })
+      if it.out then
+        pcall(deliver, it.i, it.out[1], it.out[2])
+      else
+        local inflight = it.phase == "flight"
+        local msg = inflight
+          and ("sent, no answer before the batch stopped (" .. why .. "): the case may have been created")
+          or ("not sent: the batch stopped (" .. why .. ")")
+        if it.phase then pcall(record, it, inflight and "maybe_created" or "failed", { { "error", msg } }, false) end
+        count.stopped = count.stopped + 1
+        pcall(deliver, it.i, nil, new_error{ kind = "stopped", maybe_created = inflight, message = msg })
+      end
     end
     return finish(e)
   end)
