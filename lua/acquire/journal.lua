@@ -140,7 +140,8 @@ end
 
 -- ---------------------------------------------------------------------
 
-local OWN = { path = true, resend_uncertain = true, journal = true, precheck = true, on_journal = true }
+local OWN = { path = true, resend_uncertain = true, journal = true, precheck = true, on_journal = true,
+              lookahead = true }
 local SYNC_EVERY = 1024          -- outcomes written between two fdatasyncs at most
 
 local function table_iterator(items)
@@ -160,8 +161,9 @@ end
 --   returning another iterator over the same items, drawn to the end first to check them
 --   against the journal, and the input's digest against its header, before anything is sent;
 --   then `items` is drawn to send), and create_cases' options (concurrency, rate,
---   on_send, on_wave, on_result, on_progress…), passed through; on_journal(i, res, err, state)
---   gets each item an earlier run settled (not sent: state "created", "sent", "maybe_created")
+--   on_send, on_wave, on_result, on_progress…), passed through; on_journal(i, res, err, state,
+--   contact) gets each item an earlier run settled (not sent: state "created", "sent",
+--   "maybe_created"; contact: the digits its record names)
 -- @treturn table with a table: results[i] = { res = … } | { err = … }, as create_cases; an item
 --   settled by an earlier run has `journal` = its recorded state; an item the batch did not
 --   finish has err.kind "stopped". With an iterator: counts { total, created, failed,
@@ -189,6 +191,13 @@ function M.create_cases(client, items, opts)
   end
   if opts.on_journal ~= nil and type(opts.on_journal) ~= "function" then
     error("bad option 'on_journal' (function expected, got " .. type(opts.on_journal) .. ")", 2)
+  end
+  local lookahead = opts.lookahead
+  if lookahead == nil then
+    local c = tonumber(opts.concurrency) or 8
+    lookahead = 4 * math.max(1, math.min(64, math.floor(c)))
+  elseif type(lookahead) ~= "number" or lookahead < 0 or lookahead > 4096 or lookahead % 1 ~= 0 then
+    error("bad option 'lookahead' (an integer from 0 to 4096 expected, got " .. tostring(lookahead) .. ")", 2)
   end
   local precheck = opts.precheck
   if precheck ~= nil and (tabled or type(precheck) ~= "function") then
@@ -223,6 +232,7 @@ function M.create_cases(client, items, opts)
     -- a full first pass (a table's, or precheck's): every item checked against its record, the
     -- input's digest (FNV-1a over the items' digests, LF between them) and count
     local input, n
+    local prechecked = precheck ~= nil
     if precheck then
       local it, pos = precheck(), 0
       for item in it do
@@ -283,10 +293,10 @@ function M.create_cases(client, items, opts)
     local pos, k = 0, 0
 
     local on_journal = opts.on_journal
-    local function deliver(i, res, err, recorded)
+    local function deliver(i, res, err, recorded, contact)
       if out then out[i] = { res = res, err = err, journal = recorded } end
       if recorded then
-        if on_journal then on_journal(i, res, err, recorded) end
+        if on_journal then on_journal(i, res, err, recorded, contact) end
       elseif on_result then on_result(i, res, err) end
     end
     local function fail_write(werr)
@@ -294,10 +304,13 @@ function M.create_cases(client, items, opts)
         .. ": the batch stopped (nothing more is sent)" }
       error(write_failed, 0)
     end
+    -- a record: item, digest, state and contactId first (the index reads them there; digits
+    -- and hex digits need no escaping), then `more`'s { key, value } pairs
     local function record(it, state, more, sync)
-      local r = { { "item", it.i }, { "digest", it.d }, { "state", state }, { "contactId", it.c } }
-      for _, kv in ipairs(more or {}) do r[#r + 1] = kv end
-      return j:append(encode(r), sync)
+      local head = ('{"item":%d,"digest":"%s","state":"%s","contactId":"%s"'):format(it.i, it.d, state, it.c)
+      local body = more and encode(more) or "{}\n"
+      if body == "{}\n" then return j:append(head .. "}\n", sync) end
+      return j:append(head .. "," .. body:sub(2), sync)
     end
     local function outcome(it, res, err)
       if res then
@@ -313,17 +326,23 @@ function M.create_cases(client, items, opts)
       unsynced = 0
     end
 
-    -- the next item to send, reporting those an earlier run settled; nil at the end
-    local function draw()
+    -- the next item to send, reporting those an earlier run settled: an entry { i, d, c, item }
+    -- (c: the contact's digits), or nil at the end
+    local function next_to_send()
       while true do
         local item = src()
         if item == nil then return nil end
         pos = pos + 1
         count.total = count.total + 1
         local i = pos
-        local d, contact = digest_of(i, item)
         local state, rd = j:item(i)
-        if state and rd ~= d then                 -- only without a first pass
+        local d, contact
+        -- after a first pass, an item the journal settled needs no digest: it was compared there
+        local settled = state == "created" or not resend and (state == "sent" or state == "maybe_created")
+        if not (prechecked and settled) then
+          d, contact = digest_of(i, item)
+        end
+        if state and d and rd ~= d then           -- only without a first pass
           changed = new_error{ kind = "journal", reason = "changed", item = i, message = ("journal %s: "
             .. "item %d changed since the journal recorded it: the batch stopped there (nothing more is "
             .. "sent)"):format(path, i) }
@@ -333,32 +352,50 @@ function M.create_cases(client, items, opts)
           local rec = cjson.decode(j:record(i))
           count.journal_created = count.journal_created + 1
           deliver(i, { data = { id = integer(rec.id), status = rec.case_status }, reconciled = rec.reconciled },
-            nil, "created")
+            nil, "created", rec.contactId)
         elseif (state == "sent" or state == "maybe_created") and not resend then
           local rec = cjson.decode(j:record(i))
           count.journal_uncertain = count.journal_uncertain + 1
           deliver(i, nil, new_error{ kind = "uncertain", maybe_created = true, journal = state,
             recorded = rec.error, message = "not sent: the journal says it may have been created ("
               .. (rec.error or "sent, no outcome recorded") .. "); check in Acquire, or send it again "
-              .. "with resend_uncertain" }, state)
+              .. "with resend_uncertain" }, state, rec.contactId)
         else
-          k = k + 1
-          live[k] = { i = i, d = d, c = contact }
-          return item
+          return { i = i, d = d, c = contact, item = item }
         end
       end
+    end
+
+    -- Lookahead: the items whose "sent" records went to disk with an earlier wave's, before
+    -- create_cases draws them (ahead[a1..a2]); their start needs no flush of its own. A stop
+    -- records them "failed" (not sent); a crash leaves them uncertain, as the ones in flight.
+    local ahead, a1, a2 = {}, 1, 0
+    local function draw()
+      local e
+      if a1 <= a2 then
+        e = ahead[a1]
+        ahead[a1] = nil
+        a1 = a1 + 1
+      else
+        e = next_to_send()
+        if not e then return nil end
+      end
+      live[k + 1] = e
+      k = k + 1
+      return e.item
     end
 
     local copts = {}
     for key, v in pairs(user) do copts[key] = v end
     -- phase: "sending" while on_send runs and until its wave is on disk; "flight" after
+    local need = false                            -- a "sent" record not on disk yet
     copts.on_send = function(kk, attempt)
       local it = live[kk]
       it.phase = "sending"
-      if attempt == 1 then
+      if attempt == 1 and not it.durable then
         local okw, werr = record(it, "sent", nil, false)
         if not okw then fail_write(werr) end
-        it.sent = true
+        it.durable, need = true, true
       end
       if on_send then on_send(it.i, attempt) end
       nwave = nwave + 1
@@ -367,7 +404,20 @@ function M.create_cases(client, items, opts)
     -- once a loop turn, before any attempt of it can send: their "sent" records (and the
     -- outcomes written since the last one) reach the disk in one fdatasync
     copts.on_wave = function(nn)
-      sync()
+      if need then
+        -- the next `lookahead` items' records ride on this flush
+        while a2 - a1 + 1 < lookahead do
+          local e = next_to_send()
+          if not e then break end
+          local okw, werr = record(e, "sent", nil, false)
+          if not okw then fail_write(werr) end
+          e.durable = true
+          a2 = a2 + 1
+          ahead[a2] = e
+        end
+        sync()
+        need = false
+      end
       for x = 1, nwave do
         local it = wave[x]
         it.phase = "flight"
@@ -441,6 +491,7 @@ function M.create_cases(client, items, opts)
     local why = type(e) == "string" and e:find("interrupted!$") and "interrupted" or tostring(e)
     local left = {}
     for _, it in pairs(live) do left[#left + 1] = it end
+    for x = a1, a2 do left[#left + 1] = ahead[x] end
     table.sort(left, function(a, b) return a.i < b.i end)
     for _, it in ipairs(left) do
       if it.out then
@@ -450,7 +501,9 @@ function M.create_cases(client, items, opts)
         local msg = inflight
           and ("sent, no answer before the batch stopped (" .. why .. "): the case may have been created")
           or ("not sent: the batch stopped (" .. why .. ")")
-        if it.phase then pcall(record, it, inflight and "maybe_created" or "failed", { { "error", msg } }, false) end
+        if it.phase or it.durable then
+          pcall(record, it, inflight and "maybe_created" or "failed", { { "error", msg } }, false)
+        end
         count.stopped = count.stopped + 1
         pcall(deliver, it.i, nil, new_error{ kind = "stopped", maybe_created = inflight, message = msg })
       end
