@@ -12,6 +12,7 @@ assert(url and sizes, "usage: bulk.lua URL SIZES ROUNDS [ROOT]")
 rounds = tonumber(rounds) or 3
 root = root or "."
 local CONC = tonumber(os.getenv("BULK_CONCURRENCY") or "") or 16
+local ITER_MAX = tonumber(os.getenv("BULK_ITER_MAX") or "") or math.huge   -- create_cases rows up to this size
 
 local function sh(cmd)
   local p = io.popen(cmd)
@@ -79,6 +80,7 @@ for _, n in ipairs(list) do
   out("bulk_cli_rss_kib_" .. n, r.rss)
   out("bulk_cli_wall_s_" .. n, r.wall)
   out("bulk_cli_cpu_s_" .. n, r.cpu)
+  if n > ITER_MAX then goto next_size end
   local lib = ([[lua5.4 -e 'local a = require "acquire"; local c = a.new{ base_url = os.getenv "ACQUIRE_BASE_URL",
     api_key = "bench" }; local i = 0; local r = c:create_cases(function() i = i + 1
     if i <= %d then return { 597752, { title = "row " .. i } } end end, { concurrency = %d,
@@ -87,6 +89,7 @@ for _, n in ipairs(list) do
   assert(r.code == 0, "create_cases: " .. sh("tail -c 600 " .. tmp .. "/err"))
   out("bulk_iter_rss_kib_" .. n, r.rss)
   out("bulk_iter_wall_s_" .. n, r.wall)
+  ::next_size::
   if n ~= largest then os.remove(j) end
 end
 
