@@ -276,6 +276,36 @@ describe("acquire.journal over an iterator (issue 21)", function()
       requests_by_item(srv)[4], requests_by_item(srv)[5], requests_by_item(srv)[6] })
   end)
 
+  it("lookahead: sent records ahead of their start; a stop records those never started not sent", function()
+    for _, la in ipairs({ 0, 5 }) do
+      srv:reset()
+      srv:config{ unique_ids = true }
+      local path, list = tmp .. "/la" .. la, items(12)
+      local counts, stopped = journal.create_cases(client, iter(list), { path = path, concurrency = 1,
+        lookahead = la, on_result = function(i) if i == 3 then error("stop here", 0) end end })
+      assert.equal("stop here", stopped, "lookahead " .. la)
+      assert.is_table(counts)
+      local _, recs = read_journal(path)
+      local sent, last = {}, {}
+      for _, r in ipairs(recs) do
+        if r.state == "sent" then sent[r.item] = true end
+        last[r.item] = r
+      end
+      local got = requests_by_item(srv)
+      local ahead = 0
+      for i in pairs(sent) do
+        if not got[i] then
+          ahead = ahead + 1
+          assert.same({ "failed", true }, { last[i].state, last[i].error:find("^not sent") ~= nil }, "item " .. i)
+        end
+      end
+      for i in pairs(got) do assert.is_true(sent[i], "item " .. i .. " sent without its record") end
+      if la == 0 then assert.equal(0, ahead) else assert.is_true(ahead >= 1 and ahead <= la, "ahead " .. ahead) end
+    end
+    helper.raises(function() journal.create_cases(client, iter(items(1)), { path = tmp .. "/x", lookahead = -1 }) end,
+      "bad option 'lookahead'")
+  end)
+
   it("nothing left to send: no batch at all (create_cases is not called)", function()
     local path, list = tmp .. "/j", items(4)
     journal.create_cases(client, iter(list), { path = path })
