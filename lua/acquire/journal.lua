@@ -4,10 +4,12 @@
 --   local results, stopped = journal.create_cases(client, items, { path = "import.journal" })
 --
 -- The journal is a file of JSON lines: a header, then one record a step of an item's life,
--- each written whole and fdatasync'd before the batch goes on; the "sent" record before the
--- item's request is handed to libcurl. Run again with the same file and items, it sends only
--- what is not done. The file primitives (exclusive create 0600, no symbolic link, the POSIX
--- record lock, whole appends) are src/journal.c's; this file is the bookkeeping.
+-- each written whole; the "sent" record before the item's request is handed to libcurl, and on
+-- disk (one fdatasync a wave, in on_wave, with the next `lookahead` items' records) before it
+-- can leave. Items may be a table or an iterator (nothing kept per finished item). Run again
+-- with the same file and items, it sends only what is not done. The file primitives (exclusive
+-- create 0600, no symbolic link, the POSIX record lock, whole appends, the one-pass index)
+-- are src/journal.c's; this file is the bookkeeping.
 --
 -- States (an item's last record):
 --   sent           its request may have left; no outcome recorded     uncertain: not sent again
@@ -50,6 +52,8 @@ for a = 0, 15 do
   end
 end
 
+-- (the journal's own digests are src/journal.c's j:fnv, the same digits; this one is for a
+-- script that has no journal open)
 local function fnv1a64(s)
   local floor = math.floor
   local a0, a1, a2, a3 = 0x2325, 0x8422, 0x9ce4, 0xcbf2         -- the offset basis, cbf29ce484222325
