@@ -33,6 +33,21 @@ for _ in $(seq 1 200); do curl -s -o /dev/null -X POST "http://127.0.0.1:$port/"
 url="http://127.0.0.1:$port"
 note "nginx bench server on $url (and :$slow with 20 ms of ngx.sleep)"
 
+# BENCH_BULK_ONLY=1: only the bulk rows (issue 21), spliced into BENCHMARKS.md's "Bulk imports"
+# section; BENCH_BULK_SIZES, BENCH_BULK_ROUNDS, BENCH_BULK_ROOT (another checkout: "before").
+BULK_SIZES=${BENCH_BULK_SIZES:-$([ "$SMOKE" = 1 ] && echo 200,1000 || echo 10000,100000,1000000)}
+BULK_ROUNDS=${BENCH_BULK_ROUNDS:-$([ "$SMOKE" = 1 ] && echo 1 || echo 5)}
+bulk() {
+  make -s build LUA=5.4 >/dev/null
+  BULK_TPUT_ROWS=${BENCH_BULK_TPUT_ROWS:-$([ "$SMOKE" = 1 ] && echo 300 || echo 10000)} \
+    lua5.4 bench/bulk.lua "$url" "$BULK_SIZES" "$BULK_ROUNDS" "${BENCH_BULK_ROOT:-.}" | rec ""
+}
+if [ "${BENCH_BULK_ONLY:-0}" = 1 ]; then
+  bulk
+  [ "$SMOKE" = 1 ] || { lua5.4 bench/report.lua "$out" bulk BENCHMARKS.md; note "BENCHMARKS.md: bulk rows"; }
+  exit 0
+fi
+
 echo "calls $CALLS" >> "$out"
 wrk_s=$([ "$SMOKE" = 1 ] && echo 1 || echo 5)
 wrk -t1 -c8 -d"${wrk_s}s" -s bench/wrk_post.lua "$url/api/v1/crm/messenger/chat/create?contactId=597752" \
@@ -66,6 +81,7 @@ lua5.1 bench/bench.lua luacurl "$url" "$CALLS" | rec "d_5.1_"
 LUA_CPATH="$root/.tmp/bench/5.1/?.so;;" lua5.1 bench/bench.lua acquire "$url" "$CALLS" | rec "b51again_"
 lua5.4 bench/bench.lua decode "$work/fixture.json" "$CALLS" | rec "dec_"
 lua5.4 bench/bench.lua batch "http://127.0.0.1:$slow" "$SWEEP" "$COLD" | rec ""
+bulk
 if [ "$SMOKE" != 1 ]; then
   lua5.4 bench/bench.lua rss "$url" | rec ""
   lua5.4 bench/report.lua "$out" > BENCHMARKS.md

@@ -1,11 +1,18 @@
 -- Writes BENCHMARKS.md from bench.sh's results ("key value" lines), or with
 -- "plot", the batch data for gnuplot. Targets are checked here, never tuned.
-local path, what = ...
-local r = {}
-for line in io.lines(path) do
-  local k, v = line:match("^(%S+) (%S+)$")
-  if k then r[k] = tonumber(v) end
+local path, what, target = ...
+local function read_results(file)
+  local t = {}
+  local f = io.open(file)
+  if not f then return t end
+  for line in f:lines() do
+    local k, v = line:match("^(%S+)%s+(%S+)$")
+    if k then t[k] = tonumber(v) end
+  end
+  f:close()
+  return t
 end
+local r = read_results(path)
 local CONC = { 1, 2, 4, 8, 16, 32, 64 }
 local function ideal(c) return math.ceil(200 / c) * 20 end
 
@@ -39,6 +46,126 @@ local targets = {
     1.3, "<=" },
   { "RSS growth 1,000 -> 100,000 calls < 1 MiB", r.rss_kib_100k and (r.rss_kib_100k - r.rss_kib_1k) / 1024, 1.0, "<" },
 }
+
+
+-- "## Bulk imports" (issue 21): bench/bulk.lua's rows, beside bench/bulk-before.txt (the same
+-- rows on the code before). -> lines
+local function bulk_section()
+  local b = read_results((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/bulk-before.txt")
+  local L = {}
+  local function add(...) L[#L + 1] = table.concat({ ... }) end
+  local function mib(k) return k and string.format("%.1f", k / 1024) or "n/a" end
+  local function n2(x) return x and string.format("%.2f", x) or "n/a" end
+  local function n0(x) return x and string.format("%.0f", x) or "n/a" end
+  local sizes = {}
+  for k in pairs(r) do
+    local n = k:match("^bulk_cli_rss_kib_(%d+)$")
+    if n then sizes[#sizes + 1] = tonumber(n) end
+  end
+  table.sort(sizes)
+  add("## Bulk imports")
+  add("")
+  add("`BENCH_BULK_ONLY=1 bash bench/bench.sh` (`bench/bulk.lua`; part of `make bench`): `acquire-case --batch`")
+  add("and `create_cases` against the nginx bench server, concurrency ", f0(r.bulk_concurrency or 16),
+    " unless said, each child under")
+  add("`/usr/bin/time` (wall, user+sys CPU, max RSS). Input lines `{\"contactId\": 597752, \"title\": \"row N\"}`.")
+  add("Before: the same rows on 3486a00 (`bench/bulk-before.txt`, smaller sizes: at 17 KiB a row the old CLI")
+  add("would need 17 GiB for 10^6 rows, and its journal ran at about 260 rows/s).")
+  add("")
+  add("### Memory by rows")
+  add("")
+  add("| rows | `--batch --journal` max RSS | wall | CPU | `create_cases` over an iterator, max RSS | before: `--journal` max RSS |")
+  add("|---:|---:|---:|---:|---:|---:|")
+  local lo, hi, ilo, ihi
+  for _, n in ipairs(sizes) do
+    local cli, it = r["bulk_cli_rss_kib_" .. n], r["bulk_iter_rss_kib_" .. n]
+    lo, hi = math.min(lo or cli, cli), math.max(hi or cli, cli)
+    if it then ilo, ihi = math.min(ilo or it, it), math.max(ihi or it, it) end
+    add("| ", n, " | ", mib(cli), " MiB | ", n2(r["bulk_cli_wall_s_" .. n]), " s | ", n2(r["bulk_cli_cpu_s_" .. n]),
+      " s | ", mib(it), " MiB | ", b["bulk_cli_rss_kib_" .. n] and mib(b["bulk_cli_rss_kib_" .. n]) .. " MiB" or "–", " |")
+  end
+  local shown = {}
+  for _, n in ipairs(sizes) do shown[n] = true end
+  local before = {}
+  for k in pairs(b) do
+    local n = tonumber(k:match("^bulk_cli_rss_kib_(%d+)$") or "")
+    if n and not shown[n] then before[#before + 1] = n end
+  end
+  table.sort(before)
+  for _, n in ipairs(before) do
+    do
+      add("| ", n, " | | | | ", mib(b["bulk_iter_rss_kib_" .. n]), " MiB (before) | ", mib(b["bulk_cli_rss_kib_" .. n]),
+        " MiB (", n2(b["bulk_cli_wall_s_" .. n]), " s) |")
+    end
+  end
+  add("")
+  add("### Throughput with the journal")
+  add("")
+  add("", f0(r.bulk_tput_rows), " rows a run, ", "interleaved rounds (plain, journal, journal, plain…); rows/s median")
+  add("[min–max], CPU median. Before: ", f0(b.bulk_tput_rows), " rows a run.")
+  add("")
+  add("| concurrency | without journal | with `--journal` | ratio | CPU without / with | before: ratio |")
+  add("|---:|---:|---:|---:|---:|---:|")
+  local ratios = {}
+  for _, cc in ipairs({ 16, 64 }) do
+    local k = "bulk_tput_%s_" .. cc .. "_%s"
+    local p, j = r[k:format("plain", "rps")], r[k:format("journal", "rps")]
+    local bp, bj = b[k:format("plain", "rps")], b[k:format("journal", "rps")]
+    ratios[cc] = p and j and j / p
+    add("| ", cc, " | ", n0(p), " [", n0(r[k:format("plain", "min")]), "–", n0(r[k:format("plain", "max")]),
+      "] | ", n0(j), " [", n0(r[k:format("journal", "min")]), "–", n0(r[k:format("journal", "max")]),
+      "] | ", n2(ratios[cc]), " | ", n2(r[k:format("plain", "cpu_s")]), " / ", n2(r[k:format("journal", "cpu_s")]),
+      " s | ", n2(bp and bj and bj / bp), " (", n0(bj), " / ", n0(bp), ") |")
+  end
+  add("")
+  add("### Resume and flushes")
+  add("")
+  add("- Resume of a ", f0(r.bulk_resume_rows), "-row journal (", f1(r.bulk_resume_journal_mib), " MiB) with nothing left to send: ",
+    n2(r.bulk_resume_s), " s [", n2(r.bulk_resume_min_s), "–", n2(r.bulk_resume_max_s), "], CPU ", n2(r.bulk_resume_cpu_s),
+    " s, max RSS ", mib(r.bulk_resume_rss_kib), " MiB (one read of the journal, two of the input, no batch).")
+  add("  Before: ", f0(b.bulk_resume_rows), " rows in ", n2(b.bulk_resume_s), " s (CPU ", n2(b.bulk_resume_cpu_s), " s, ",
+    mib(b.bulk_resume_rss_kib), " MiB).")
+  add("- `strace -c -f -e trace=fdatasync,fsync,write`, ", f0(r.bulk_strace_rows), " rows with `--journal`: ",
+    string.format("%.3f", r.bulk_fdatasync_per_item or 0), " fdatasync an item (before: ", n2(b.bulk_fdatasync_per_item), "), ",
+    n2(r.bulk_write_per_item), " writes an item (its `sent` record, its outcome, its result line; before ",
+    n2(b.bulk_write_per_item), ": the result lines were written at the end).")
+  add("  A flush covers one loop turn's `sent` records (the slots that freed since the last turn, up to")
+  add("  `concurrency`, and the retries due; fewer under `rate`), the outcomes written since, and the `sent`")
+  add("  records of the next `lookahead` items (4 × `concurrency`), which then start without one: about one flush")
+  add("  for `lookahead` items. Without the lookahead (a flush a loop turn) it measured 0.087 an item.")
+  add("")
+  add("| target (issue 21) | measured | limit | |")
+  add("|---|---:|---:|---|")
+  local function row(name, v, limit, op)
+    local ok = v and (op == "<=" and v <= limit or op == ">=" and v >= limit)
+    add("| ", name, " | ", n2(v), " | ", op, " ", limit, " | ", v == nil and "not measured" or ok and "met" or "MISSED", " |")
+  end
+  row("`--journal` max RSS, largest minus smallest size (MiB)", hi and (hi - lo) / 1024, 16, "<=")
+  row("`create_cases` over an iterator, the same (MiB)", ihi and (ihi - ilo) / 1024, 16, "<=")
+  row("journal throughput / without, concurrency 16", ratios[16], 0.8, ">=")
+  row("journal throughput / without, concurrency 64", ratios[64], 0.8, ">=")
+  add("")
+  return L
+end
+
+if what == "bulk" then                   -- splice the section into target (BENCHMARKS.md)
+  local f = assert(io.open(target))
+  local text = f:read("*a")
+  f:close()
+  local section = table.concat(bulk_section(), "\n") .. "\n"
+  local from = text:find("\n## Bulk imports\n", 1, true)
+  if from then
+    local b2 = text:find("\n## ", from + 1, true)
+    text = text:sub(1, from) .. section .. (b2 and text:sub(b2 + 1) or "")
+  else
+    local at = text:find("\n## Targets\n", 1, true)
+    text = at and text:sub(1, at) .. section .. text:sub(at + 1) or text .. "\n" .. section
+  end
+  f = assert(io.open(target, "w"))
+  f:write(text)
+  f:close()
+  return
+end
 
 local o = {}
 local function w(...) o[#o + 1] = table.concat({ ... }) end
@@ -190,6 +317,9 @@ w("RSS of the Lua 5.4 process: ", f1(r.rss_kib_1k and r.rss_kib_1k / 1024), " Mi
   f1(r.rss_kib_100k and r.rss_kib_100k / 1024), " MiB after 100,000, ",
   f1(r.rss_kib_batches and r.rss_kib_batches / 1024), " MiB after 1,000 more batches of 100.")
 w("")
+if r.bulk_tput_rows then
+  for _, l in ipairs(bulk_section()) do w(l) end
+end
 w("## Targets")
 w("")
 w("| target | measured | limit | |")

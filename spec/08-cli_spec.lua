@@ -509,13 +509,15 @@ describe("bin/acquire-case", function()
   end)
 
   describe("--batch", function()
+    -- The result lines, in input order (the command writes each as its item finishes).
     local function results(out)
       local list = {}
       for line in out:gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
+      table.sort(list, function(a, b) return (a.line or a.row) < (b.line or b.row) end)
       return list
     end
 
-    it("creates one case a line, in input order, one JSON result a line", function()
+    it("creates one case a line, one JSON result a line naming its line", function()
       local input = "597752\n\n{\"contactId\": 597752, \"title\": \"from json\"}\n1\n597752\n"
       local r = run({ "--batch", "--concurrency", "2", "--title", "flag" }, env, input)
       assert.equal(3, r.code)                    -- one item rejected by the API (404)
@@ -583,7 +585,8 @@ describe("bin/acquire-case", function()
         n = n + 1
         -- in the text itself: a JSON string of digits, never a number
         assert.is_truthy(line:match('^{"line":%d+,"contactId":"%d+",'), line)
-        assert.equal(n < 8 and "597752" or "1", cjson.decode(line).contactId, line)
+        local res = cjson.decode(line)                            -- lines come as items finish
+        assert.equal(res.line < 8 and "597752" or "1", res.contactId, line)
       end
       assert.equal(8, n)
       for _, q in ipairs(srv:requests()) do
@@ -641,9 +644,11 @@ describe("bin/acquire-case", function()
       { "-(2^53+1)", "-9007199254740993", false },
     }
 
+    -- The result lines, in input order (the command writes each as its item finishes).
     local function results(out)
       local list = {}
       for line in out:gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
+      table.sort(list, function(a, b) return (a.line or a.row) < (b.line or b.row) end)
       return list
     end
 

@@ -225,6 +225,182 @@ describe("acquire.journal", function()
   end)
 end)
 
+describe("acquire.journal over an iterator (issue 21)", function()
+  local srv = helper.server()
+  local client, tmp
+
+  before_each(function()
+    srv:config{ unique_ids = true }
+    client = acquire.new{ base_url = srv.base_url, api_key = srv.key }
+    tmp = helper.tmpdir()
+  end)
+
+  after_each(function()
+    client:close()
+    helper.rmrf(tmp)
+  end)
+
+  local function iter(list)
+    local i = 0
+    return function()
+      i = i + 1
+      return list[i]
+    end
+  end
+
+  it("streams: counts returned, outcomes through on_result, an earlier run's through on_journal", function()
+    local path, list = tmp .. "/j", items(6, { [4] = true })
+    local got, waves = {}, 0
+    local counts, stopped = journal.create_cases(client, iter(list), { path = path, concurrency = 3,
+      on_result = function(i, res) got[i] = res and "created" or "failed" end,
+      on_wave = function(n) assert(n >= 1) waves = waves + 1 end })
+    assert.is_nil(stopped)
+    assert.same({ 6, 5, 1, 0, 0, 0 }, { counts.total, counts.created, counts.failed, counts.uncertain,
+      counts.journal_created, counts.journal_uncertain })
+    assert.same({ "created", "created", "created", "failed", "created", "created" }, got)
+    assert.is_true(waves >= 2, "the caller's on_wave runs too")
+    local header, recs = read_journal(path)
+    assert.is_nil(header.input)                                -- a stream's header: no digest
+    assert.equal(12, #recs)
+    -- again: the created ones are the journal's, the failed one is sent again
+    local seen = {}
+    local again = journal.create_cases(client, iter(list), { path = path,
+      on_journal = function(i, res, _, state) seen[i] = { state, res.data.id } end,
+      on_result = function(i) seen[i] = "sent" end })
+    assert.same({ 6, 5, 0, 1 }, { again.total, again.journal_created, again.created, again.failed })
+    assert.equal("sent", seen[4])
+    for i, r in pairs(seen) do
+      if i ~= 4 then assert.same({ "created", cases_by_item(srv)[i][1].id }, r, "item " .. i) end
+    end
+    assert.same({ 1, 1, 1, 2, 1, 1 }, { requests_by_item(srv)[1], requests_by_item(srv)[2], requests_by_item(srv)[3],
+      requests_by_item(srv)[4], requests_by_item(srv)[5], requests_by_item(srv)[6] })
+  end)
+
+  it("lookahead: sent records ahead of their start; a stop records those never started not sent", function()
+    for _, la in ipairs({ 0, 5 }) do
+      srv:reset()
+      srv:config{ unique_ids = true }
+      local path, list = tmp .. "/la" .. la, items(12)
+      local counts, stopped = journal.create_cases(client, iter(list), { path = path, concurrency = 1,
+        lookahead = la, on_result = function(i) if i == 3 then error("stop here", 0) end end })
+      assert.equal("stop here", stopped, "lookahead " .. la)
+      assert.is_table(counts)
+      local _, recs = read_journal(path)
+      local sent, last = {}, {}
+      for _, r in ipairs(recs) do
+        if r.state == "sent" then sent[r.item] = true end
+        last[r.item] = r
+      end
+      local got = requests_by_item(srv)
+      local ahead = 0
+      for i in pairs(sent) do
+        if not got[i] then
+          ahead = ahead + 1
+          assert.same({ "failed", true }, { last[i].state, last[i].error:find("^not sent") ~= nil }, "item " .. i)
+        end
+      end
+      for i in pairs(got) do assert.is_true(sent[i], "item " .. i .. " sent without its record") end
+      if la == 0 then assert.equal(0, ahead) else assert.is_true(ahead >= 1 and ahead <= la, "ahead " .. ahead) end
+    end
+    helper.raises(function() journal.create_cases(client, iter(items(1)), { path = tmp .. "/x", lookahead = -1 }) end,
+      "bad option 'lookahead'")
+  end)
+
+  it("nothing left to send: no batch at all (create_cases is not called)", function()
+    local path, list = tmp .. "/j", items(4)
+    journal.create_cases(client, iter(list), { path = path })
+    local spy = { create_cases = function() error("called") end }
+    local counts = journal.create_cases(spy, iter(list), { path = path })
+    assert.same({ 4, 4 }, { counts.total, counts.journal_created })
+  end)
+
+  it("precheck: a changed item is refused before anything is sent; without it, the batch stops there", function()
+    local path, list = tmp .. "/j", items(4)
+    journal.create_cases(client, iter(list), { path = path, concurrency = 1 })
+    local sent = #srv:requests()
+    local changed = items(6)
+    changed[3] = { 597752, { title = "changed" } }
+    local res, err = journal.create_cases(client, iter(changed), { path = path,
+      precheck = function() return iter(changed) end })
+    assert.is_nil(res)
+    assert.same({ "journal", "changed", 3 }, { err.kind, err.reason, err.item })
+    assert.equal(sent, #srv:requests())
+    -- a one-pass stream: items 1 and 2 are the journal's, 3 stops it, 5 and 6 are never drawn
+    local drawn = 0
+    local counts, stop = journal.create_cases(client, function() drawn = drawn + 1 return changed[drawn] end,
+      { path = path })
+    assert.same({ "journal", "changed", 3 }, { stop.kind, stop.reason, stop.item })
+    assert.same({ 3, 2 }, { counts.total, counts.journal_created })
+    assert.equal(3, drawn)
+    assert.equal(sent, #srv:requests())
+  end)
+
+  it("the index is what cjson reads: a generator of journals, torn tails included", function()
+    local seed = tonumber(os.getenv("SPEC_SEED") or "") or os.time()
+    local STATES = { "sent", "created", "failed", "maybe_created" }
+    local NASTY = { "", "a", ',"id":7', '"', "\\", "é€", '\\",\\"id\\":9', "\n", "x,y}" }
+    for round = 0, 19 do
+      math.randomseed(seed + round)
+      local why = (" (seed %d, round %d: SPEC_SEED=%d repeats it)"):format(seed, round, seed)
+      local path = tmp .. "/g" .. round
+      local lines = { cjson.encode{ journal = "lua-acquire", format = 1 } }
+      local last, ids = {}, {}
+      for _ = 1, math.random(0, 60) do
+        local i = math.random(1, 25)
+        local state = STATES[math.random(#STATES)]
+        local digest = ("%04x%04x%04x%04x"):format(math.random(0, 0xffff), math.random(0, 0xffff),
+          math.random(0, 0xffff), math.random(0, 0xffff))
+        local parts = { ('"item":%d'):format(i), ('"digest":"%s"'):format(digest), ('"state":"%s"'):format(state),
+          '"contactId":' .. cjson.encode(tostring(math.random(1, 999999))) }
+        if state == "created" then
+          local id = math.random(0, 3) > 0 and math.random(1, 0x7fffffff) or nil
+          if id then parts[#parts + 1] = ('"id":%d'):format(id) ids[#ids + 1] = id end
+          parts[#parts + 1] = '"case_status":' .. cjson.encode(NASTY[math.random(#NASTY)])
+        else
+          parts[#parts + 1] = '"error":' .. cjson.encode(NASTY[math.random(#NASTY)])
+        end
+        lines[#lines + 1] = "{" .. table.concat(parts, ",") .. "}"
+        last[i] = { state, digest }
+      end
+      local bad = #lines > 1 and math.random(0, 3) == 0 and math.random(2, #lines)
+      if bad then table.insert(lines, bad, ({ "garbage", '{"item":0,"digest":"0000000000000000","state":"sent"}',
+        '{"item":1,"digest":"000000000000000g","state":"sent"}', '{"item":1,"state":"sent"}' })[math.random(4)]) end
+      local text = table.concat(lines, "\n") .. "\n"
+      local keep = #text
+      local tail = math.random(0, 2)
+      if tail == 1 then text = text .. '{"item":3,"digest":"0123' end                 -- cut short
+      if tail == 2 then text = text .. '{"item":3,"digest":"01234567",\n' end         -- whole, unreadable
+      helper.write_file(path, text)
+      local j = assert(acquire._journal_open(path))
+      if bad then                                  -- a record that is none, before the last line
+        local no, msg, _, line = j:scan()
+        assert.same({ nil, bad }, { no, line }, why)
+        contains(msg, ("line %d is not a journal record"):format(bad))
+        j:close()
+        local res, err = journal.create_cases(client, items(1), { path = path })
+        assert.same({ nil, "bad_record" }, { res, err.reason }, why)
+        assert.equal(text, helper.slurp(path), "modified" .. why)
+      else
+        local header, k, hi, size = j:scan()
+        assert.equal(lines[1], header, why)
+        assert.same({ keep, #text }, { k, size }, why)
+        local max = 0
+        for i in pairs(last) do if i > max then max = i end end
+        assert.equal(max, hi, why)
+        for i = 1, 26 do
+          assert.same(last[i] or {}, { j:item(i) }, "item " .. i .. why)
+          if last[i] then assert.equal(last[i][1], cjson.decode(j:record(i)).state, why) end
+        end
+        local claimed = j:claimed()
+        table.sort(claimed)
+        table.sort(ids)
+        assert.same(ids, claimed, why)
+        j:close()
+      end
+    end
+  end)
+end)
+
 describe("acquire.journal under short writes (ulimit -f)", function()
   local srv = helper.server()
 

@@ -2,10 +2,24 @@
  * journal.c: the journal's file, for lua/acquire/journal.lua.
  *
  *   acquire._journal_open(path) -> j, created | nil, msg, errno[, pid]
- *   j:append(s)      -> true | nil, msg, errno   whole and fdatasync'd, or failed for good
+ *   j:append(s [, sync]) -> true | nil, msg, errno   whole (and fdatasync'd unless sync is
+ *                    false), or failed for good
+ *   j:sync()         -> true | nil, msg, errno   fdatasync of what was appended unsynced
  *   j:read()         -> the whole file | nil, msg, errno
+ *   j:scan()         -> header, keep, last | nil, msg, errno[, line]   one pass over the
+ *                    file, in chunks: the header line's text, the bytes that are whole
+ *                    records, the highest item recorded; builds the index below
+ *   j:item(i)        -> state, digest | nil     the last record of item i (from scan)
+ *   j:record(i)      -> that record's text, read from the file
+ *   j:claimed()      -> { case ids of the "created" records }
+ *   j:fnv(s [, prev]) -> 16 hex digits: FNV-1a 64 of s, going on from the digest prev
+ *   j:flushes()      -> the fdatasyncs this handle made
  *   j:truncate(len)  -> true | nil, msg, errno   (a torn tail; fdatasync'd)
  *   j:close()        idempotent; also __gc and __close
+ *
+ * The index holds 17 bytes an item (a state, a digest, the record's offset)
+ * and 8 a created case: a 10^6-item journal is found out in one read of it
+ * with about 25 MB, and a record is read again only when asked for.
  *
  * A journal is opened once per process: POSIX record locks belong to the
  * process and drop when ANY of its descriptors of the file closes, so a
@@ -29,7 +43,19 @@ typedef struct acq_journal_t {
     int    undone;               /* that append's bytes were taken back */
     char  *path;
     char   id[64];               /* "dev:ino", in this state's table of open journals */
+    int    dirty;                /* appended since the last fdatasync */
+    long   flushes;              /* fdatasyncs made */
+    /* the index (scan): item i's last record, i = 1..last */
+    unsigned char *state;        /* 0: none; else a STATES entry */
+    uint64_t *digest;
+    uint64_t *off;               /* where its record starts */
+    size_t   cap, last;
+    int64_t *ids;                /* the ids of "created" records */
+    size_t   nids, capids;
 } acq_journal_t;
+
+static const char *const STATES[] = { NULL, "sent", "created", "failed", "maybe_created" };
+#define NSTATES 5
 
 /* The registry key of the table of open journals: id -> true. */
 static const char open_key = 0;
@@ -85,7 +111,17 @@ static acq_journal_t *check_open(lua_State *L) {
     return j;
 }
 
+static void index_free(acq_journal_t *j) {
+    free(j->state);
+    free(j->digest);
+    free(j->off);
+    free(j->ids);
+    j->state = NULL, j->digest = NULL, j->off = NULL, j->ids = NULL;
+    j->cap = j->last = j->nids = j->capids = 0;
+}
+
 static void journal_release(lua_State *L, acq_journal_t *j) {
+    index_free(j);
     if (j->fd >= 0) {
         push_open_table(L);
         lua_pushstring(L, j->id);
@@ -222,10 +258,20 @@ static int push_failed(lua_State *L, acq_journal_t *j) {
     return 3;
 }
 
+static int datasync(acq_journal_t *j) {
+    j->flushes++;
+    if (fdatasync(j->fd) != 0) return -1;
+    j->dirty = 0;
+    return 0;
+}
+
+/* A failed write is taken back to the last whole record (unsynced ones
+   before it stay: they were written whole, and the next sync covers them). */
 static int journal_l_append(lua_State *L) {
     acq_journal_t *j = check_open(L);
     size_t len, left;
     const char *p = luaL_checklstring(L, 2, &len);
+    int sync = lua_isnoneornil(L, 3) || lua_toboolean(L, 3);
     if (j->failed) return push_failed(L, j);
     for (left = len; left > 0;) {
         ssize_t n = write(j->fd, p, left);
@@ -237,13 +283,34 @@ static int journal_l_append(lua_State *L) {
         p += n;
         left -= (size_t)n;
     }
-    if (!j->failed && fdatasync(j->fd) != 0) j->failed = errno;
+    if (!j->failed && sync && datasync(j) != 0) j->failed = errno;
     if (j->failed) {
-        j->undone = ftruncate(j->fd, j->good) == 0 && fdatasync(j->fd) == 0;
+        j->undone = ftruncate(j->fd, j->good) == 0 && datasync(j) == 0;
         return push_failed(L, j);
     }
     j->good += (off_t)len;
+    if (!sync) j->dirty = 1;
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* fdatasync of the records appended unsynced; a failure is for good: the
+   kernel may have dropped those pages, so nothing after them is trusted. */
+static int journal_l_sync(lua_State *L) {
+    acq_journal_t *j = check_open(L);
+    if (j->failed) return push_failed(L, j);
+    if (j->dirty && datasync(j) != 0) {
+        j->failed = errno;
+        j->undone = 0;
+        return push_failed(L, j);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int journal_l_flushes(lua_State *L) {
+    acq_journal_t *j = check_journal(L);
+    lua_pushinteger(L, (lua_Integer)j->flushes);
     return 1;
 }
 
@@ -272,10 +339,249 @@ static int journal_l_truncate(lua_State *L) {
     acq_journal_t *j = check_open(L);
     lua_Integer len = luaL_checkinteger(L, 2);
     luaL_argcheck(L, len >= 0 && len <= (lua_Integer)j->good, 2, "outside the journal");
-    if (ftruncate(j->fd, (off_t)len) != 0 || fdatasync(j->fd) != 0)
+    if (ftruncate(j->fd, (off_t)len) != 0 || datasync(j) != 0)
         return fail_errno(L, j->path, "cannot cut its torn end", errno);
     j->good = (off_t)len;
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ---- the index: one pass over the file, a few bytes an item ---------- */
+
+#define SCAN_CHUNK ((size_t)1 << 20)
+
+static int index_grow(acq_journal_t *j, size_t item) {
+    size_t cap = j->cap ? j->cap : 1024, old = j->cap;
+    unsigned char *st;
+    uint64_t *dg, *of;
+    while (cap <= item) {
+        if (cap > ((size_t)1 << 40)) return 0;
+        cap *= 2;
+    }
+    if (cap == old) return 1;
+    if ((st = (unsigned char *)realloc(j->state, cap)) == NULL) return 0;
+    j->state = st;
+    if ((dg = (uint64_t *)realloc(j->digest, cap * sizeof *dg)) == NULL) return 0;
+    j->digest = dg;
+    if ((of = (uint64_t *)realloc(j->off, cap * sizeof *of)) == NULL) return 0;
+    j->off = of;
+    memset(j->state + old, 0, cap - old);
+    j->cap = cap;
+    return 1;
+}
+
+static int add_id(acq_journal_t *j, int64_t id) {
+    if (j->nids == j->capids) {
+        size_t cap = j->capids ? j->capids * 2 : 1024;
+        int64_t *p = (int64_t *)realloc(j->ids, cap * sizeof *p);
+        if (p == NULL) return 0;
+        j->ids = p, j->capids = cap;
+    }
+    j->ids[j->nids++] = id;
+    return 1;
+}
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* A record line (without its LF) as journal.lua writes one: the keys item,
+   digest and state first, in that order, then others, and a closing brace.
+   -> 1 with item, digest, state (and a created one's id, or 0) */
+static int parse_record(const char *p, size_t n, uint64_t *item, uint64_t *dg, int *state, int64_t *id) {
+    static const char K_ITEM[] = "{\"item\":", K_DIGEST[] = ",\"digest\":\"", K_STATE[] = "\",\"state\":\"";
+    size_t i = 0, k;
+    uint64_t v = 0;
+    int s;
+    if (n < 2 || p[n - 1] != '}') return 0;
+    if (n < sizeof K_ITEM - 1 || memcmp(p, K_ITEM, sizeof K_ITEM - 1) != 0) return 0;
+    i = sizeof K_ITEM - 1;
+    for (k = 0; i < n && p[i] >= '0' && p[i] <= '9' && k < 12; i++, k++) v = v * 10 + (uint64_t)(p[i] - '0');
+    if (k == 0 || k >= 12 || v == 0 || p[sizeof K_ITEM - 1] == '0') return 0;
+    *item = v;
+    if (n - i < sizeof K_DIGEST - 1 + 16 || memcmp(p + i, K_DIGEST, sizeof K_DIGEST - 1) != 0) return 0;
+    i += sizeof K_DIGEST - 1;
+    for (v = 0, k = 0; k < 16; k++, i++) {
+        int h = hexval((unsigned char)p[i]);
+        if (h < 0) return 0;
+        v = v << 4 | (uint64_t)h;
+    }
+    *dg = v;
+    if (n - i < sizeof K_STATE - 1 || memcmp(p + i, K_STATE, sizeof K_STATE - 1) != 0) return 0;
+    i += sizeof K_STATE - 1;
+    for (s = 1; s < NSTATES; s++) {
+        size_t len = strlen(STATES[s]);
+        if (n - i > len && memcmp(p + i, STATES[s], len) == 0 && p[i + len] == '"') break;
+    }
+    if (s == NSTATES) return 0;
+    *state = s;
+    i += strlen(STATES[s]) + 1;
+    if (p[i] != '}' && p[i] != ',') return 0;
+    *id = 0;
+    if (s == 2) {                     /* "created": its "id", the first after the state */
+        static const char K_ID[] = ",\"id\":";
+        for (; i + sizeof K_ID - 1 < n; i++) {
+            if (p[i] == '"' && i > 0 && p[i - 1] == ',' && memcmp(p + i - 1, K_ID, sizeof K_ID - 1) == 0) {
+                int64_t x = 0;
+                size_t d = i - 1 + sizeof K_ID - 1;
+                for (k = 0; d < n && p[d] >= '0' && p[d] <= '9' && k < 19; d++, k++) x = x * 10 + (p[d] - '0');
+                if (k > 0 && k < 19) *id = x;
+                break;
+            }
+        }
+    }
+    return 1;
+}
+
+static int journal_l_scan(lua_State *L) {
+    acq_journal_t *j = check_open(L);
+    acq_buf_t *b;
+    off_t base = 0, keep = 0, size;
+    size_t have = 0, pos, lineno = 0;
+    struct stat st;
+    int eof = 0, header = 0;
+    if (fstat(j->fd, &st) != 0) return fail_errno(L, j->path, "cannot read", errno);
+    size = st.st_size;
+    index_free(j);
+    b = buf_push(L);                                  /* 2 */
+    buf_lreserve(L, b, SCAN_CHUNK);
+    lua_pushboolean(L, 0);                            /* 3: the header's text */
+    while (!eof || have > 0) {
+        char *nl;
+        if (!eof) {
+            ssize_t got;
+            if (b->cap - have < SCAN_CHUNK / 2) {     /* a line longer than what is read */
+                b->len = have;
+                buf_lreserve(L, b, SCAN_CHUNK);
+            }
+            got = pread(j->fd, b->p + have, b->cap - have, base + (off_t)have);
+            if (got < 0 && errno == EINTR) continue;
+            if (got < 0) return fail_errno(L, j->path, "cannot read", errno);
+            if (got == 0 || base + (off_t)have + got >= size) eof = 1;
+            have += (size_t)got;
+        }
+        pos = 0;
+        while (pos < have && (nl = (char *)memchr(b->p + pos, '\n', have - pos)) != NULL) {
+            size_t len = (size_t)(nl - (b->p + pos));
+            off_t at = base + (off_t)pos;
+            lineno++;
+            if (!header) {
+                lua_pushlstring(L, b->p + pos, len);
+                lua_replace(L, 3);
+                header = 1;
+            } else {
+                uint64_t item, dg;
+                int state;
+                int64_t id;
+                if (!parse_record(b->p + pos, len, &item, &dg, &state, &id)) {
+                    if (at + (off_t)len + 1 >= size) { eof = 1, have = 0; break; }   /* the last line: cut short */
+                    lua_pushnil(L);
+                    lua_pushfstring(L, "journal %s: line %d is not a journal record: refused, the file is "
+                                       "left as it is", j->path, (int)lineno);
+                    lua_pushinteger(L, EINVAL);
+                    lua_pushinteger(L, (lua_Integer)lineno);
+                    return 4;
+                }
+                if (!index_grow(j, (size_t)item)) {
+                    index_free(j);
+                    return fail_errno(L, j->path, "cannot index", ENOMEM);
+                }
+                j->state[item] = (unsigned char)state;
+                j->digest[item] = dg;
+                j->off[item] = (uint64_t)at;
+                if ((size_t)item > j->last) j->last = (size_t)item;
+                if (id > 0 && !add_id(j, id)) {
+                    index_free(j);
+                    return fail_errno(L, j->path, "cannot index", ENOMEM);
+                }
+            }
+            pos += len + 1;
+            keep = base + (off_t)pos;
+        }
+        if (have == 0) break;
+        if (eof) break;                               /* what is left has no LF: cut short */
+        memmove(b->p, b->p + pos, have - pos);
+        base += (off_t)pos;
+        have -= pos;
+    }
+    buf_free(b);
+    acq_pushint64(L, (long long)keep);
+    acq_pushint64(L, (long long)j->last);
+    acq_pushint64(L, (long long)size);
+    return 4;
+}
+
+static void push_digest(lua_State *L, uint64_t v) {
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)v);
+    lua_pushlstring(L, hex, 16);
+}
+
+static int journal_l_item(lua_State *L) {
+    acq_journal_t *j = check_journal(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (size_t)i > j->last || j->state[i] == 0) return 0;
+    lua_pushstring(L, STATES[j->state[i]]);
+    push_digest(L, j->digest[i]);
+    return 2;
+}
+
+static int journal_l_record(lua_State *L) {
+    acq_journal_t *j = check_open(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    char chunk[512];
+    luaL_Buffer lb;
+    off_t at;
+    luaL_argcheck(L, i >= 1 && (size_t)i <= j->last && j->state[i] != 0, 2, "no record of that item");
+    at = (off_t)j->off[i];
+    luaL_buffinit(L, &lb);
+    for (;;) {
+        ssize_t n = pread(j->fd, chunk, sizeof chunk, at);
+        char *nl;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return fail_errno(L, j->path, "cannot read", errno);
+        if (n == 0) break;
+        nl = (char *)memchr(chunk, '\n', (size_t)n);
+        luaL_addlstring(&lb, chunk, nl ? (size_t)(nl - chunk) : (size_t)n);
+        if (nl) break;
+        at += n;
+    }
+    luaL_pushresult(&lb);
+    return 1;
+}
+
+static int journal_l_claimed(lua_State *L) {
+    acq_journal_t *j = check_journal(L);
+    size_t i;
+    lua_createtable(L, j->nids > INT32_MAX ? INT32_MAX : (int)j->nids, 0);
+    for (i = 0; i < j->nids; i++) {
+        acq_pushint64(L, (long long)j->ids[i]);
+        lua_rawseti(L, -2, (int)(i + 1));
+    }
+    return 1;
+}
+
+/* FNV-1a 64: an item's digest and the input's (going on from prev, so the
+   input's is computed as the items are drawn: the same digits as over their
+   concatenation). */
+static int journal_l_fnv(lua_State *L) {
+    size_t n, i;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 2, &n);
+    uint64_t h = 0xcbf29ce484222325ULL;
+    if (!lua_isnoneornil(L, 3)) {
+        size_t pn;
+        const char *p = luaL_checklstring(L, 3, &pn);
+        luaL_argcheck(L, pn == 16, 3, "a digest of 16 hex digits expected");
+        for (h = 0, i = 0; i < 16; i++) {
+            int v = hexval((unsigned char)p[i]);
+            luaL_argcheck(L, v >= 0, 3, "a digest of 16 hex digits expected");
+            h = h << 4 | (uint64_t)v;
+        }
+    }
+    for (i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ULL;
+    push_digest(L, h);
     return 1;
 }
 
@@ -293,7 +599,14 @@ static int journal_l_tostring(lua_State *L) {
 
 static const luaL_Reg journal_methods[] = {
     { "append", journal_l_append },
+    { "sync", journal_l_sync },
     { "read", journal_l_read },
+    { "scan", journal_l_scan },
+    { "item", journal_l_item },
+    { "record", journal_l_record },
+    { "claimed", journal_l_claimed },
+    { "fnv", journal_l_fnv },
+    { "flushes", journal_l_flushes },
     { "truncate", journal_l_truncate },
     { "close", journal_l_close },
     { NULL, NULL }
@@ -311,7 +624,7 @@ static const luaL_Reg journal_metamethods[] = {
 void journal_open(lua_State *L) {
     luaL_newmetatable(L, ACQ_MT_JOURNAL);
     acq_setfuncs(L, journal_metamethods, 0);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 12);
     acq_setfuncs(L, journal_methods, 0);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);

@@ -4,10 +4,12 @@
 --   local results, stopped = journal.create_cases(client, items, { path = "import.journal" })
 --
 -- The journal is a file of JSON lines: a header, then one record a step of an item's life,
--- each written whole and fdatasync'd before the batch goes on; the "sent" record before the
--- item's request is handed to libcurl. Run again with the same file and items, it sends only
--- what is not done. The file primitives (exclusive create 0600, no symbolic link, the POSIX
--- record lock, whole appends) are src/journal.c's; this file is the bookkeeping.
+-- each written whole; the "sent" record before the item's request is handed to libcurl, and on
+-- disk (one fdatasync a wave, in on_wave, with the next `lookahead` items' records) before it
+-- can leave. Items may be a table or an iterator (nothing kept per finished item). Run again
+-- with the same file and items, it sends only what is not done. The file primitives (exclusive
+-- create 0600, no symbolic link, the POSIX record lock, whole appends, the one-pass index)
+-- are src/journal.c's; this file is the bookkeeping.
 --
 -- States (an item's last record):
 --   sent           its request may have left; no outcome recorded     uncertain: not sent again
@@ -21,8 +23,6 @@ local cjson_mod = require "cjson"
 local M = { FORMAT = 1 }
 
 local MAGIC = "lua-acquire"
-local STATES = { sent = true, created = true, failed = true, maybe_created = true }
-local unpack = table.unpack or unpack
 local cjson = cjson_mod.new and cjson_mod.new() or cjson_mod
 
 -- ---------------------------------------------------------------------
@@ -52,6 +52,8 @@ for a = 0, 15 do
   end
 end
 
+-- (the journal's own digests are src/journal.c's j:fnv, the same digits; this one is for a
+-- script that has no journal open)
 local function fnv1a64(s)
   local floor = math.floor
   local a0, a1, a2, a3 = 0x2325, 0x8422, 0x9ce4, 0xcbf2         -- the offset basis, cbf29ce484222325
@@ -75,14 +77,15 @@ M.fnv1a64 = fnv1a64
 -- written. Raises on a bad item, as create_cases would.
 local DIGEST_CONFIG = { api_key = "journal", base_url = "http://journal.invalid", strict = false }
 
-local function item_digest(i, item)
+local function item_request(i, item)
   if type(item) ~= "table" then
-    error(("bad item #%d: table expected, got %s"):format(i, type(item)), 3)
+    error(("bad item #%d: table expected, got %s"):format(i, type(item)), 0)
   end
   local ok, req = pcall(acquire.build_request, item[1], item[2], DIGEST_CONFIG)
-  if not ok then error(("bad item #%d: %s"):format(i, tostring(req):gsub("^[^%s:]+:%d+: ", "")), 3) end
-  return fnv1a64(req.url:match("contactId=(%d+)$") .. "\n" .. req.body), req.url:match("contactId=(%d+)$")
+  if not ok then error(("bad item #%d: %s"):format(i, tostring(req):gsub("^[^%s:]+:%d+: ", "")), 0) end
+  return req.body, req.url:match("contactId=(%d+)$")
 end
+
 
 -- ---------------------------------------------------------------------
 -- Records: JSON objects from { { key, value } } pairs, in that order, nil values left out;
@@ -112,13 +115,21 @@ local function integer(v)
   return v
 end
 
--- Reads the journal's text: its header, the last record of each item (index[i] = record),
--- and how many bytes are whole lines (the rest, a record cut short, is dropped). Never
--- modifies anything. -> header, index, keep | nil, err
-local function parse(text, path)
-  local nl = text:find("\n", 1, true)
+-- The journal's file, read in one pass by src/journal.c (j:scan): the header, and an index of
+-- each item's last record (a state, a digest and where it is: 17 bytes an item); a record's
+-- other keys are read from the file when asked for (j:record). Never modifies anything.
+-- -> header, keep (the bytes that are whole records), last (the highest item recorded) | nil, err
+local function scan(j, path)
+  local text, keep, last, size = j:scan()
+  if text == nil then
+    if size then                                   -- a bad record: (nil, msg, errno, line)
+      return nil, new_error{ kind = "journal", reason = "bad_record", line = size, message = keep }
+    end
+    return nil, new_error{ kind = "journal", reason = "io", message = keep }
+  end
+  if size == 0 then return false, 0, 0, 0 end
   local ok, header = false, nil
-  if nl then ok, header = pcall(cjson.decode, text:sub(1, nl - 1)) end
+  if text then ok, header = pcall(cjson.decode, text) end
   if not ok or type(header) ~= "table" or header.journal ~= MAGIC then
     return nil, new_error{ kind = "journal", reason = "not_journal", message = ("journal %s: not a "
       .. "lua-acquire journal (its first line is not one's header): refused, the file is left as it is")
@@ -128,47 +139,49 @@ local function parse(text, path)
     return nil, new_error{ kind = "journal", reason = "format", message = ("journal %s: format %s, "
       .. "this lua-acquire reads format %d: refused"):format(path, tostring(header.format), M.FORMAT) }
   end
-  local index, keep, pos, lineno = {}, nl, nl + 1, 1
-  while pos <= #text do
-    local e = text:find("\n", pos, true)
-    if not e then break end                               -- cut short: dropped
-    lineno = lineno + 1
-    local okr, rec = pcall(cjson.decode, text:sub(pos, e - 1))
-    local i = okr and type(rec) == "table" and STATES[rec.state] and type(rec.digest) == "string"
-      and type(rec.item) == "number" and rec.item >= 1 and rec.item % 1 == 0 and rec.item
-    if not i then
-      if e < #text then
-        return nil, new_error{ kind = "journal", reason = "bad_record", line = lineno, message =
-          ("journal %s: line %d is not a journal record: refused, the file is left as it is"):format(path, lineno) }
-      end
-      break                                               -- the last line, unreadable: cut short
-    end
-    index[integer(i)] = rec
-    keep, pos = e, e + 1
-  end
-  return header, index, keep
+  return header, keep, last, size
 end
 
 -- ---------------------------------------------------------------------
 
-local OWN = { path = true, resend_uncertain = true, journal = true }
+local OWN = { path = true, resend_uncertain = true, journal = true, precheck = true, on_journal = true,
+              lookahead = true }
+local SYNC_EVERY = 1024          -- outcomes written between two fdatasyncs at most
+
+local function table_iterator(items)
+  local i, n = 0, #items
+  return function()
+    i = i + 1
+    if i <= n then return items[i] end
+  end
+end
 
 --- Creates the cases of `items` as client:create_cases does, recording each item's fate in the
 -- journal `opts.path`, and skipping what an earlier run with that journal did.
 -- @param client an acquire client
--- @param items { { contactId, opts }, … } as for create_cases
--- @param opts path (required), resend_uncertain, and create_cases' options (concurrency, rate,
---   on_send, on_result, on_progress…), passed through
--- @treturn table results[i] = { res = … } | { err = … }, as create_cases; an item settled by an
---   earlier run has `journal` = its recorded state; an item the batch did not finish has
---   err.kind "stopped"
--- @return nil, or what stopped the batch (a journal write's err, "interrupted!", a hook's error)
+-- @param items { { contactId, opts }, … } as for create_cases, or an iterator: a function
+--   returning the next item, nil at the end (read as the batch goes; nothing kept per item)
+-- @param opts path (required), resend_uncertain, precheck (with an iterator: a function
+--   returning another iterator over the same items, drawn to the end first to check them
+--   against the journal, and the input's digest against its header, before anything is sent;
+--   then `items` is drawn to send), and create_cases' options (concurrency, rate,
+--   on_send, on_wave, on_result, on_progress…), passed through; on_journal(i, res, err, state,
+--   contact) gets each item an earlier run settled (not sent: state "created", "sent",
+--   "maybe_created"; contact: the digits its record names)
+-- @treturn table with a table: results[i] = { res = … } | { err = … }, as create_cases; an item
+--   settled by an earlier run has `journal` = its recorded state; an item the batch did not
+--   finish has err.kind "stopped". With an iterator: counts { total, created, failed,
+--   uncertain (this run's), journal_created, journal_uncertain (settled earlier, not sent),
+--   stopped }
+-- @return nil, or what stopped the batch (a journal write's err, "interrupted!", a hook's error,
+--   an item changed since the journal recorded it: reason "changed")
 -- @treturn[2] nil
 -- @treturn[2] table err: the journal is refused (kind "journal", reason: "locked", "symlink",
 --   "not_journal", "bad_record", "format", "changed", "gone", "other_input", "io")
 function M.create_cases(client, items, opts)
-  if type(items) ~= "table" then error("bad argument #2 to 'create_cases' (table expected, got "
-    .. type(items) .. ")", 2) end
+  local tabled = type(items) == "table"
+  if not tabled and type(items) ~= "function" then error("bad argument #2 to 'create_cases' (table or "
+    .. "function expected, got " .. type(items) .. ")", 2) end
   opts = opts or {}
   if type(opts) ~= "table" then error("bad argument #3 to 'create_cases' (table expected, got "
     .. type(opts) .. ")", 2) end
@@ -180,16 +193,25 @@ function M.create_cases(client, items, opts)
   if resend ~= nil and type(resend) ~= "boolean" then
     error("bad option 'resend_uncertain' (boolean expected, got " .. type(resend) .. ")", 2)
   end
-
-  -- every item's digest (a bad item raises here, before the journal is touched)
-  local n = #items
-  local digests, contacts, all = {}, {}, {}
-  for i = 1, n do
-    digests[i], contacts[i] = item_digest(i, items[i])
-    all[i] = digests[i]
+  if opts.on_journal ~= nil and type(opts.on_journal) ~= "function" then
+    error("bad option 'on_journal' (function expected, got " .. type(opts.on_journal) .. ")", 2)
   end
-  local input = fnv1a64(table.concat(all, "\n"))
-  all = nil
+  local lookahead = opts.lookahead
+  if lookahead == nil then
+    local c = tonumber(opts.concurrency) or 8
+    lookahead = 4 * math.max(1, math.min(64, math.floor(c)))
+  elseif type(lookahead) ~= "number" or lookahead < 0 or lookahead > 4096 or lookahead % 1 ~= 0 then
+    error("bad option 'lookahead' (an integer from 0 to 4096 expected, got " .. tostring(lookahead) .. ")", 2)
+  end
+  local precheck = opts.precheck
+  if precheck ~= nil and (tabled or type(precheck) ~= "function") then
+    error("bad option 'precheck' (" .. (tabled and "only with an iterator" or "a function expected, got "
+      .. type(precheck)) .. ")", 2)
+  end
+  if tabled then precheck = function() return table_iterator(items) end end
+  if tabled then                                  -- a bad item raises before the journal is touched
+    for i = 1, #items do item_request(i, items[i]) end
+  end
 
   local j, created_file, errno, pid = acquire._journal_open(path)
   if not j then
@@ -199,141 +221,300 @@ function M.create_cases(client, items, opts)
       pid = pid ~= 0 and pid or nil }
   end
 
+  local wrote = false                             -- anything appended by this run
   local ok, results, stopped = pcall(function()
+    local function digest_of(i, item)
+      local body, contact = item_request(i, item)
+      return j:fnv(contact .. "\n" .. body), contact
+    end
+
     -- the header, or what the file says
-    local text = assert(j:read())
-    local index = {}
-    local header, idx, keep
-    if not created_file and text ~= "" then
-      header, idx, keep = parse(text, path)
-      if not header then return nil, idx end
-      if next(idx) == nil and header.input ~= input then
-        -- no record yet (a run refused before it sent anything: a bad option): nothing to keep
-        local okt, terr = j:truncate(0)
-        if not okt then return nil, new_error{ kind = "journal", reason = "io", message = terr } end
-        text = ""
+    local header, keep, last, size = scan(j, path)
+    if header == nil then return nil, keep end
+    local records = header and last > 0
+
+    -- a full first pass (a table's, or precheck's): every item checked against its record, the
+    -- input's digest (FNV-1a over the items' digests, LF between them) and count
+    local input, n
+    local prechecked = precheck ~= nil
+    if precheck then
+      local it, pos = precheck(), 0
+      for item in it do
+        pos = pos + 1
+        local d = digest_of(pos, item)
+        input = pos == 1 and j:fnv(d) or j:fnv("\n" .. d, input)
+        local state, rd = j:item(pos)
+        if state and rd ~= d then
+          return nil, new_error{ kind = "journal", reason = "changed", item = pos,
+            message = ("journal %s: written for another input (item %d changed since the journal "
+              .. "recorded it): refused, nothing sent"):format(path, pos) }
+        end
+      end
+      n, input = pos, input or j:fnv("")
+      for i = n + 1, records and last or 0 do
+        if j:item(i) then
+          return nil, new_error{ kind = "journal", reason = "gone", item = i,
+            message = ("journal %s: written for another input (item %d is gone since the journal "
+              .. "recorded it): refused, nothing sent"):format(path, i) }
+        end
       end
     end
-    if created_file or text == "" then            -- new (or made by a run that died before its header)
+
+    if header and not records and header.input ~= input then
+      -- no record yet (a run refused before it sent anything: a bad option): nothing to keep
+      local okt, terr = j:truncate(0)
+      if not okt then return nil, new_error{ kind = "journal", reason = "io", message = terr } end
+      header = false
+    end
+    if not header then                            -- new (or made by a run that died before its header)
+      wrote = true
       local okw, werr = j:append(encode{ { "journal", MAGIC }, { "format", M.FORMAT },
         { "input", input }, { "items", n } })
       if not okw then return nil, new_error{ kind = "journal", reason = "io", message = werr } end
     else
-      index = idx
-      local first                                 -- the first item recorded for other content
-      for i, rec in pairs(index) do
-        if (i > n or rec.digest ~= digests[i]) and (not first or i < first) then first = i end
-      end
-      if first then
-        local gone = first > n
-        return nil, new_error{ kind = "journal", reason = gone and "gone" or "changed", item = first,
-          message = ("journal %s: written for another input (item %d %s since the journal recorded it): "
-            .. "refused, nothing sent"):format(path, first, gone and "is gone" or "changed") }
-      end
-      if header.input ~= input then
+      if input and header.input and header.input ~= input then
         return nil, new_error{ kind = "journal", reason = "other_input", message = ("journal %s: "
           .. "written for another input (%s items; these %d differ): refused, nothing sent")
           :format(path, tostring(integer(header.items)), n) }
       end
-      if keep < #text then                        -- a record cut short: never acknowledged, dropped
+      if keep < size then                -- a record cut short: never acknowledged, dropped
         local okt, terr = j:truncate(keep)
         if not okt then return nil, new_error{ kind = "journal", reason = "io", message = terr } end
       end
     end
 
-    -- what is done, what waits for a person, what is sent
-    local out, send, list, claimed = {}, {}, {}, {}
-    for i = 1, n do
-      local rec = index[i]
-      if rec and rec.state == "created" then
-        out[i] = { res = { data = { id = integer(rec.id), status = rec.case_status }, reconciled = rec.reconciled },
-                   journal = "created" }
-        if type(rec.id) == "number" then claimed[#claimed + 1] = integer(rec.id) end
-      elseif rec and (rec.state == "sent" or rec.state == "maybe_created") and not resend then
-        out[i] = { err = new_error{ kind = "uncertain", maybe_created = true, journal = rec.state,
-          recorded = rec.error, message = "not sent: the journal says it may have been created ("
-            .. (rec.error or "sent, no outcome recorded") .. "); check in Acquire, or send it again "
-            .. "with resend_uncertain" }, journal = rec.state }
-      else
-        send[#send + 1] = i
-        list[#send] = items[i]
-      end
-    end
-    index = nil
-    if #send == 0 then return out end
-
-    local function record(i, state, more)
-      local r = { { "item", i }, { "digest", digests[i] }, { "state", state }, { "contactId", contacts[i] } }
-      for _, kv in ipairs(more or {}) do r[#r + 1] = kv end
-      return j:append(encode(r))
-    end
-    local write_failed = nil
-    local function must_record(i, state, more)
-      local okw, werr = record(i, state, more)
-      if not okw then
-        write_failed = write_failed or new_error{ kind = "journal", reason = "write", message = werr
-          .. ": the batch stopped (nothing more is sent)" }
-        error(write_failed, 0)
-      end
-    end
-
-    -- phase[k]: "sending" while on_send runs, "flight" once the attempt is libcurl's;
-    -- recorded[k]: its outcome is in the journal
-    local phase, recorded, user = {}, {}, {}
+    -- the run: the items drawn one at a time; live[k] = the k-th item handed to create_cases
+    local user = {}
     for k, v in pairs(opts) do if not OWN[k] then user[k] = v end end
-    local on_send, on_result = user.on_send, user.on_result
-    local copts = {}
-    for k, v in pairs(user) do copts[k] = v end
-    if #claimed > 0 then copts.claimed = claimed end   -- reconcile never settles with an earlier run's case
-    copts.on_send = function(k, attempt)
-      phase[k] = "sending"
-      local i = send[k]
-      if attempt == 1 then must_record(i, "sent") end
-      if on_send then on_send(i, attempt) end
-      phase[k] = "flight"
+    local on_send, on_result, on_wave = user.on_send, user.on_result, user.on_wave
+    local out = tabled and {} or nil
+    local count = { total = 0, created = 0, failed = 0, uncertain = 0, journal_created = 0,
+                    journal_uncertain = 0, stopped = 0 }
+    local live, wave, nwave = {}, {}, 0
+    local unsynced = 0
+    local write_failed, changed = nil, nil
+    local src = tabled and table_iterator(items) or items
+    local pos, k = 0, 0
+
+    local on_journal = opts.on_journal
+    local function deliver(i, res, err, recorded, contact)
+      if out then out[i] = { res = res, err = err, journal = recorded } end
+      if recorded then
+        if on_journal then on_journal(i, res, err, recorded, contact) end
+      elseif on_result then on_result(i, res, err) end
     end
-    copts.on_result = function(k, res, err)
-      local i = send[k]
-      out[i] = { res = res, err = err }
+    local function fail_write(werr)
+      write_failed = write_failed or new_error{ kind = "journal", reason = "write", message = werr
+        .. ": the batch stopped (nothing more is sent)" }
+      error(write_failed, 0)
+    end
+    -- a record: item, digest, state and contactId first (the index reads them there; digits
+    -- and hex digits need no escaping), then `more`'s { key, value } pairs
+    local function record(it, state, more, sync)
+      local head = ('{"item":%d,"digest":"%s","state":"%s","contactId":"%s"'):format(it.i, it.d, state, it.c)
+      local body = more and encode(more) or "{}\n"
+      if body == "{}\n" then return j:append(head .. "}\n", sync) end
+      return j:append(head .. "," .. body:sub(2), sync)
+    end
+    local function outcome(it, res, err)
       if res then
         local data = type(res.data) == "table" and res.data or {}
-        must_record(i, "created", { { "id", data.id }, { "case_status", data.status }, { "reconciled", res.reconciled } })
-      else
-        must_record(i, err.maybe_created and "maybe_created" or "failed", { { "error", tostring(err) } })
+        return record(it, "created", { { "id", data.id }, { "case_status", data.status },
+          { "reconciled", res.reconciled } }, false)
       end
-      recorded[k] = true
-      if on_result then on_result(i, res, err) end
+      return record(it, err.maybe_created and "maybe_created" or "failed", { { "error", tostring(err) } }, false)
+    end
+    local function sync()
+      local oks, serr = j:sync()
+      if not oks then fail_write(serr) end
+      unsynced = 0
     end
 
-    local okb, got = pcall(client.create_cases, client, list, copts)
-    if okb then
-      for k, r in ipairs(got) do out[send[k]] = r end
-      return out
-    end
-    local e = got
-    if next(phase) == nil then error(e, 0) end   -- refused before anything was sent: misuse, raised
-    if write_failed then e = write_failed end
-    -- what the stop leaves: every sent item gets an outcome in the journal (while it takes one)
-    local why = type(e) == "string" and e:find("interrupted!$") and "interrupted" or tostring(e)
-    for k, i in ipairs(send) do
-      if out[i] and not recorded[k] then
-        local r = out[i]
-        if r.res then
-          local data = type(r.res.data) == "table" and r.res.data or {}
-          pcall(record, i, "created", { { "id", data.id }, { "case_status", data.status }, { "reconciled", r.res.reconciled } })
-        else
-          pcall(record, i, r.err.maybe_created and "maybe_created" or "failed", { { "error", tostring(r.err) } })
+    -- the next item to send, reporting those an earlier run settled: an entry { i, d, c, item }
+    -- (c: the contact's digits), or nil at the end
+    local function next_to_send()
+      while true do
+        local item = src()
+        if item == nil then return nil end
+        pos = pos + 1
+        count.total = count.total + 1
+        local i = pos
+        local state, rd = j:item(i)
+        local d, contact
+        -- after a first pass, an item the journal settled needs no digest: it was compared there
+        local settled = state == "created" or not resend and (state == "sent" or state == "maybe_created")
+        if not (prechecked and settled) then
+          d, contact = digest_of(i, item)
         end
-      elseif not out[i] then
-        local inflight = phase[k] == "flight"
-        local msg = inflight and ("sent, no answer before the batch stopped (" .. why .. "): the case may have been created")
-          or ("not sent: the batch stopped (" .. why .. ")")
-        if phase[k] then pcall(record, i, inflight and "maybe_created" or "failed", { { "error", msg } }) end
-        out[i] = { err = new_error{ kind = "stopped", maybe_created = inflight, message = msg } }
+        if state and d and rd ~= d then           -- only without a first pass
+          changed = new_error{ kind = "journal", reason = "changed", item = i, message = ("journal %s: "
+            .. "item %d changed since the journal recorded it: the batch stopped there (nothing more is "
+            .. "sent)"):format(path, i) }
+          error(changed, 0)
+        end
+        if state == "created" then
+          local rec = cjson.decode(j:record(i))
+          count.journal_created = count.journal_created + 1
+          deliver(i, { data = { id = integer(rec.id), status = rec.case_status }, reconciled = rec.reconciled },
+            nil, "created", rec.contactId)
+        elseif (state == "sent" or state == "maybe_created") and not resend then
+          local rec = cjson.decode(j:record(i))
+          count.journal_uncertain = count.journal_uncertain + 1
+          deliver(i, nil, new_error{ kind = "uncertain", maybe_created = true, journal = state,
+            recorded = rec.error, message = "not sent: the journal says it may have been created ("
+              .. (rec.error or "sent, no outcome recorded") .. "); check in Acquire, or send it again "
+              .. "with resend_uncertain" }, state, rec.contactId)
+        else
+          return { i = i, d = d, c = contact, item = item }
+        end
       end
     end
-    return out, e
+
+    -- Lookahead: the items whose "sent" records went to disk with an earlier wave's, before
+    -- create_cases draws them (ahead[a1..a2]); their start needs no flush of its own. A stop
+    -- records them "failed" (not sent); a crash leaves them uncertain, as the ones in flight.
+    local ahead, a1, a2 = {}, 1, 0
+    local function draw()
+      local e
+      if a1 <= a2 then
+        e = ahead[a1]
+        ahead[a1] = nil
+        a1 = a1 + 1
+      else
+        e = next_to_send()
+        if not e then return nil end
+      end
+      live[k + 1] = e
+      k = k + 1
+      return e.item
+    end
+
+    local copts = {}
+    for key, v in pairs(user) do copts[key] = v end
+    -- phase: "sending" while on_send runs and until its wave is on disk; "flight" after
+    local need = false                            -- a "sent" record not on disk yet
+    copts.on_send = function(kk, attempt)
+      local it = live[kk]
+      it.phase = "sending"
+      if attempt == 1 and not it.durable then
+        local okw, werr = record(it, "sent", nil, false)
+        if not okw then fail_write(werr) end
+        it.durable, need = true, true
+      end
+      if on_send then on_send(it.i, attempt) end
+      nwave = nwave + 1
+      wave[nwave] = it
+    end
+    -- once a loop turn, before any attempt of it can send: their "sent" records (and the
+    -- outcomes written since the last one) reach the disk in one fdatasync
+    copts.on_wave = function(nn)
+      if need then
+        -- the next `lookahead` items' records ride on this flush
+        while a2 - a1 + 1 < lookahead do
+          local e = next_to_send()
+          if not e then break end
+          local okw, werr = record(e, "sent", nil, false)
+          if not okw then fail_write(werr) end
+          e.durable = true
+          a2 = a2 + 1
+          ahead[a2] = e
+        end
+        sync()
+        need = false
+      end
+      for x = 1, nwave do
+        local it = wave[x]
+        it.phase = "flight"
+        wave[x] = nil
+      end
+      nwave = 0
+      if on_wave then on_wave(nn) end
+    end
+    -- An item leaves `live` once delivered: a stop (Ctrl-C raises at any Lua instruction)
+    -- delivers what it finds there again, with the outcome kept in it.out once recorded, else
+    -- as stopped (a stop between the record and it.out records maybe_created after it:
+    -- uncertain, never forgotten).
+    copts.on_result = function(kk, res, err)
+      local it = live[kk]
+      local okw, werr = outcome(it, res, err)
+      if not okw then fail_write(werr) end
+      it.out = { res, err }
+      unsynced = unsynced + 1
+      if res then count.created = count.created + 1
+      elseif err.maybe_created then count.uncertain = count.uncertain + 1
+      else count.failed = count.failed + 1 end
+      deliver(it.i, res, err)
+      live[kk] = nil
+      if unsynced >= SYNC_EVERY then sync() end
+    end
+
+    local function finish(e)
+      pcall(j.sync, j)
+      if out then
+        for i = 1, #items do
+          if not out[i] then out[i] = { err = new_error{ kind = "stopped", maybe_created = false,
+            message = "not sent: the batch stopped (" .. tostring(e) .. ")" } } end
+        end
+        return out, e
+      end
+      return count, e
+    end
+
+    -- nothing left to send: no batch at all (a finished journal re-runs in one read of it and
+    -- of the input)
+    local okd, first = pcall(draw)
+    if not okd then
+      if changed then return finish(changed) end
+      error(first, 0)
+    end
+    if first == nil then return finish(nil) end
+    local claimed = j:claimed()
+    if #claimed > 0 then copts.claimed = claimed end  -- reconcile never settles with an earlier run's case
+    local given = false
+    local function feed()
+      if not given then given = true return first end
+      return draw()
+    end
+
+    local okb, got = pcall(client.create_cases, client, feed, copts)
+    if okb then
+      local okf, ferr = j:sync()
+      if not okf then return finish(new_error{ kind = "journal", reason = "write", message = ferr }) end
+      return finish(nil)
+    end
+    local e = got
+    local any = false
+    for _, it in pairs(live) do if it.phase then any = true end end
+    if not any and count.created + count.failed + count.uncertain == 0 and not changed and not write_failed then
+      pcall(j.sync, j)
+      error(e, 0)                                -- refused before anything was sent: misuse, raised
+    end
+    if write_failed then e = write_failed elseif changed then e = changed end
+    -- what the stop leaves: every item drawn and unfinished gets an outcome (while the journal
+    -- takes one)
+    local why = type(e) == "string" and e:find("interrupted!$") and "interrupted" or tostring(e)
+    local left = {}
+    for _, it in pairs(live) do left[#left + 1] = it end
+    for x = a1, a2 do left[#left + 1] = ahead[x] end
+    table.sort(left, function(a, b) return a.i < b.i end)
+    for _, it in ipairs(left) do
+      if it.out then
+        pcall(deliver, it.i, it.out[1], it.out[2])
+      else
+        local inflight = it.phase == "flight"
+        local msg = inflight
+          and ("sent, no answer before the batch stopped (" .. why .. "): the case may have been created")
+          or ("not sent: the batch stopped (" .. why .. ")")
+        if it.phase or it.durable then
+          pcall(record, it, inflight and "maybe_created" or "failed", { { "error", msg } }, false)
+        end
+        count.stopped = count.stopped + 1
+        pcall(deliver, it.i, nil, new_error{ kind = "stopped", maybe_created = inflight, message = msg })
+      end
+    end
+    return finish(e)
   end)
+  if not ok and created_file and not wrote then os.remove(path) end   -- a bad item: as if never opened
   j:close()
   if not ok then error(results, 0) end
   return results, stopped
