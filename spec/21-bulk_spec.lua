@@ -361,7 +361,7 @@ describe("create_cases over an iterator", function()
     local got, totals = {}, {}
     local counts = c:create_cases(from(list), { concurrency = 4,
       on_result = function(i, res, err) got[i] = res and "res" or err.kind end,
-      on_progress = function(done, total) totals[#totals + 1] = total == nil end })
+      on_progress = function(_, total) totals[#totals + 1] = total == nil end })
     c:close()
     assert.same({ total = 30, created = 27, failed = 3, uncertain = 0 }, counts)
     for i = 1, 30 do assert.equal(i % 10 == 0 and "http" or "res", got[i], "item " .. i) end

@@ -122,9 +122,9 @@ static int num(const char *s, int n, int blank) {
 
 /* The index (0-11) of the three letters at s in list (3 letters each), or -1 */
 static int which(const char *list, const char *s) {
-    int i;
+    size_t i;
     for (i = 0; list[3 * i]; i++)
-        if (strncmp(list + 3 * i, s, 3) == 0) return i;
+        if (strncmp(list + 3 * i, s, 3) == 0) return (int)i;
     return -1;
 }
 
