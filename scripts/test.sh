@@ -49,7 +49,12 @@ for a in "$@"; do
   fi
 done
 if [ ${#files[@]} -eq 0 ]; then
-  for f in spec/*_spec.lua; do files+=("$f"); done
+  for f in spec/*_spec.lua; do
+    # TEST_SKIP: files this run leaves out (make sanitize: the docs spec, which touches no C
+    # memory and whose process LeakSanitizer's tracer crashes in at exit)
+    case " ${TEST_SKIP:-} " in *" $f "*) continue ;; esac
+    files+=("$f")
+  done
 fi
 
 mkdir -p .tmp

@@ -564,7 +564,12 @@ describe("acquire-case --batch", function()
       return hwm, child.wait(120)
     end
 
+    -- under make sanitize the children run with ASan preloaded: its quarantine keeps freed memory
+    -- (RSS no measure of ours), and LeakSanitizer does not work under strace
+    local asan = (os.getenv("LD_PRELOAD") or ""):find("libasan", 1, true)
+
     it("--journal's memory does not grow with the rows: 500 and 4,000 rows peak within 6 MiB", function()
+      if asan then return pending("under ASan: its quarantine, not our memory") end
       local small, r1 = peak({ "--batch", "--concurrency", "16", "--journal", tmp .. "/a" }, input(500))
       assert.equal(0, r1.code, r1.err)
       local big, r2 = peak({ "--batch", "--concurrency", "16", "--journal", tmp .. "/b" }, input(4000))
@@ -607,6 +612,7 @@ describe("acquire-case --batch", function()
     it("flushes the journal once for many items, not twice an item (strace)", function()
       local strace = helper.sh("command -v strace"):match("^(/%S+)")
       if not strace then return pending("no strace") end
+      if asan then return pending("under ASan: LeakSanitizer does not work under ptrace") end
       local N = 300
       local words = { strace, "-f", "-c", "-o", tmp .. "/count", "-e", "trace=fdatasync,fsync", helper.interpreter(),
         "bin/acquire-case", "--batch", "--concurrency", "16", "--journal", tmp .. "/j" }
