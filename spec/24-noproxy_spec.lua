@@ -279,8 +279,9 @@ describe("NO_PROXY", function()
       assert(p.acquire == p.curl, ("SPEC_SEED=%d, pair %d: %s: curl goes %s, acquire.config %s")
         :format(seed, i, show(p), p.curl, p.acquire))
     end
-    -- the generator exercises both outcomes, or the check above proves little
-    assert(went.proxy > 20 and went.direct > 20,
+    -- the generator exercises both outcomes, or the check above proves little (a seed in ten
+    -- draws only 10-20 direct pairs of 240: enough; none at all would not be)
+    assert(went.proxy >= 5 and went.direct >= 5,
       ("SPEC_SEED=%d: a lopsided sample: %d through the proxy, %d direct"):format(seed, went.proxy, went.direct))
   end)
 end)
