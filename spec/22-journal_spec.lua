@@ -57,28 +57,7 @@ local function results(out)
   return list
 end
 
--- "item N" for each create the server received: requests[N] = how many.
-local function requests_by_item(srv)
-  local n = {}
-  for _, q in ipairs(srv:requests()) do
-    local item = q.body:match('"title":"item (%d+)"')
-    if item then n[tonumber(item)] = (n[tonumber(item)] or 0) + 1 end
-  end
-  return n
-end
-
--- The cases the server stored for "item N": cases[N] = { case, … }.
-local function cases_by_item(srv)
-  local by = {}
-  for _, c in ipairs(srv:cases()) do
-    local item = type(c.title) == "string" and c.title:match("^item (%d+)$")
-    if item then
-      by[tonumber(item)] = by[tonumber(item)] or {}
-      table.insert(by[tonumber(item)], c)
-    end
-  end
-  return by
-end
+local requests_by_item, cases_by_item = helper.requests_by_item, helper.cases_by_item
 
 -- Items 1..n, one a line: {"contactId": 597752, "title": "item N"}; the lines in `missing`
 -- name contact 1, which does not exist (404: failed, nothing created).

@@ -18,6 +18,7 @@
 --   helper.sh(cmd) -> output, exit status; helper.shell_quote(s)
 --   helper.read_file(path), helper.slurp(path) (or ""), helper.write_file(path, s), helper.exists(path),
 --   helper.tmpdir(), helper.tmpfile(content), helper.rmrf(path), helper.alive(pid), helper.my_pid()
+--   helper.requests_by_item(srv), helper.cases_by_item(srv) (items titled "item N")
 --   helper.free_port(), helper.unanswered_port(), helper.fixture(name), helper.repo_root, helper.self_signed(dir)
 local socket = require "socket"
 local http = require "socket.http"
@@ -279,6 +280,29 @@ end
 -- Starts bin/acquire-case args in the background: helper.spawn's child.
 function helper.spawn_cli(args, opts)
   return helper.spawn(cli(args, opts))
+end
+
+-- For specs whose items are titled "item N" (the journal's): how many creates the server
+-- received for each, requests[N]; and the cases it stored for each, cases[N] = { case, … }.
+function helper.requests_by_item(srv)
+  local n = {}
+  for _, q in ipairs(srv:requests()) do
+    local item = q.body:match('"title":"item (%d+)"')
+    if item then n[tonumber(item)] = (n[tonumber(item)] or 0) + 1 end
+  end
+  return n
+end
+
+function helper.cases_by_item(srv)
+  local by = {}
+  for _, c in ipairs(srv:cases()) do
+    local item = type(c.title) == "string" and c.title:match("^item (%d+)$")
+    if item then
+      by[tonumber(item)] = by[tonumber(item)] or {}
+      table.insert(by[tonumber(item)], c)
+    end
+  end
+  return by
 end
 
 -- A loopback port with nothing listening on it.
