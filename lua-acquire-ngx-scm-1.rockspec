@@ -37,6 +37,7 @@ build = {
             "lua_acquire.c",
             "src/batch.c",
             "src/buffer.c",
+            "src/call.c",
             "src/client.c",
             "src/config.c",
             "src/error.c",

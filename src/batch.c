@@ -37,11 +37,11 @@ struct acq_slot_t {
 };
 
 typedef struct item_t {
+    acq_call_t call;                  /* the engine's state of it */
     long long id;
     long k;                           /* 0-based item index */
     int attempts, used;               /* used: the pool entry holds a live item */
     double ready_at;                  /* monotonic seconds, while waiting to retry */
-    double started;                   /* wall clock, when first sent (reconcile) */
 } item_t;
 
 static double now(void) {
@@ -137,8 +137,11 @@ static int batch_l_encode_item(lua_State *L) {
                    : lua_type(L, 4) == LUA_TNUMBER ? error_pushnumber(L, 4)
                    : acq_typename(L, 4));
     lua_settop(L, 5);
-    request_encode_body(L, 5, c->strict, &c->req);
-    lua_pushlstring(L, c->req.p, c->req.len);
+    {
+        acq_buf_t *b = buf_push(L);
+        request_encode_body(L, 5, c->e.strict, b);
+        lua_pushlstring(L, b->p, b->len);
+    }
     return 1;
 }
 
@@ -256,8 +259,9 @@ typedef struct run_t {
     int stream;                                /* it is a function */
     int bodies;                                /* table input: every body, encoded first */
     int results;                               /* table input: results[k]; else 0 */
-    int live;                                  /* live[p] = { body, item } of pool entry p */
-    int held;                                  /* { { k, err, item, id, started }, … }: reconcile */
+    int live;                                  /* live[p]: pool entry p's call values (call.c) */
+    int live_ref;                              /* the same, in the registry (abort) */
+    int held;                                  /* { { k, call, vals }, … }: to reconcile */
     int reconcile;
     long n;                                    /* items known so far (table: all) */
     long drawn;                                /* items taken from the input */
@@ -269,7 +273,6 @@ typedef struct run_t {
     double open_at;                            /* no request starts before (monotonic) */
     double timeout;                            /* a transfer's, in seconds; 0: none */
     double paused;                             /* seconds spent in hooks and the log so far */
-    char url[ACQ_URL_MAX], pfx[32];
 } run_t;
 
 /* Item k's outcome is final (res or err on top, popped): kept (table input),
@@ -294,26 +297,23 @@ static void settled(lua_State *L, acq_client_t *c, run_t *b, long k, int ok) {
 }
 
 /* reconcile: after the batch, one wait, then every item held back (it may
-   have been created) is looked up, one after another (lookups are few and
-   short), and settled with what the lookup found. */
+   have been created: its engine said to wait before looking) goes on, one
+   after another (lookups are few and short), on the client's own handles. */
 static void reconcile_all(lua_State *L, acq_client_t *c, run_t *b) {
     int i, nheld = (int)acq_rawlen(L, b->held);
     for (i = 1; i <= nheld; i++) {
-        int top = lua_gettop(L), rec;
-        long long id;
-        double started;
+        int top = lua_gettop(L), n;
+        acq_obs_t o;
         long k;
-        if (i == 1) policy_sleep((double)c->reconcile_ms / 1000.0);
+        if (i == 1) policy_sleep((double)c->e.reconcile_ms / 1000.0);
         lua_rawgeti(L, b->held, i);
-        rec = lua_gettop(L);
-        lua_rawgeti(L, rec, 1); k = (long)lua_tonumber(L, -1);
-        lua_rawgeti(L, rec, 4); json_to_int(L, -1, &id);
-        lua_rawgeti(L, rec, 5); started = (double)lua_tonumber(L, -1);
-        lua_rawgeti(L, rec, 2);                              /* err: top + 5 */
-        lua_rawgeti(L, rec, 3);                              /* the item */
-        lua_rawgeti(L, -1, 2);                               /* its opts */
-        if (client_reconcile(L, c, id, -1, started, top + 5) == 1) settled(L, c, b, k, 1);
-        else settled(L, c, b, k, 0);
+        lua_rawgeti(L, top + 1, 1); k = (long)lua_tonumber(L, -1);
+        lua_rawgeti(L, top + 1, 2);                          /* the call: top + 3 */
+        lua_rawgeti(L, top + 1, 3);                          /* its values: top + 4 */
+        client_observe_wait(&o);
+        n = client_drive(L, c, (acq_call_t *)lua_touserdata(L, top + 3), top + 4, &o);
+        if (n == 2) lua_remove(L, -2);
+        settled(L, c, b, k, n == 1);
         lua_settop(L, top);
     }
 }
@@ -326,13 +326,11 @@ static int draw(lua_State *L, acq_client_t *c, run_t *b, int p) {
     long k = b->drawn;
     if (b->ended) return 0;
     memset(it, 0, sizeof *it);
-    lua_createtable(L, 2, 0);                                 /* live[p] = { body, item } */
     if (!b->stream) {
-        if (k >= b->n) { b->ended = 1; lua_pop(L, 1); return 0; }
-        lua_rawgeti(L, b->bodies, (int)k + 1);
-        lua_rawseti(L, -2, 1);
+        if (k >= b->n) { b->ended = 1; return 0; }
         lua_rawgeti(L, b->items, (int)k + 1);
-        lua_rawseti(L, -2, 2);
+        lua_rawgeti(L, -1, 2);                                /* its opts */
+        lua_rawgeti(L, b->bodies, (int)k + 1);
         it->id = b->ids[k];
         /* the last one: the batch ends when it is answered, not after
            another 1 / rate (no start is due to find the end) */
@@ -340,7 +338,7 @@ static int draw(lua_State *L, acq_client_t *c, run_t *b, int p) {
     } else {
         lua_pushvalue(L, b->items);
         lua_call(L, 0, 1);
-        if (lua_isnil(L, -1)) { b->ended = 1; lua_pop(L, 2); return 0; }
+        if (lua_isnil(L, -1)) { b->ended = 1; lua_pop(L, 1); return 0; }
         lua_pushcfunction(L, batch_l_encode_item);
         lua_pushlightuserdata(L, c);
         lua_pushlightuserdata(L, it);
@@ -349,94 +347,80 @@ static int draw(lua_State *L, acq_client_t *c, run_t *b, int p) {
             detach_all(c);
             luaL_error(L, "bad item #%d: %s", (int)k + 1, lua_tostring(L, -1));
         }
-        lua_rawseti(L, -3, 1);
-        lua_rawseti(L, -2, 2);
+        lua_rawgeti(L, -2, 2);                                /* its opts */
+        lua_insert(L, -2);
         b->n = k + 1;
     }
+    call_create(L, &it->call, &c->e, it->id, -2, -1);       /* item, opts, body: values */
+    snprintf(it->call.pfx, sizeof it->call.pfx, "item %ld: ", k + 1);
     lua_rawseti(L, b->live, p + 1);
+    lua_pop(L, 3);
     it->k = k;
     it->used = 1;
     b->drawn++;
     return 1;
 }
 
-/* Transfer slot ended with code: its outcome delivered (returns 1: the
-   item is done), or its item put back to wait for a retry (returns 0). */
+/* Transfer slot ended with code: the engine told what the item does next:
+   done (its outcome delivered: returns 1), or wait to retry, or wait for
+   reconcile after the batch (returns 0, 1). */
 static int complete(lua_State *L, acq_client_t *c, run_t *b, acq_slot_t *slot, CURLcode code) {
     acq_result_t r;
-    double wait;
-    int p = (int)slot->item;
+    acq_obs_t o;
+    acq_step_t st;
+    int p = (int)slot->item, vals;
     item_t *it = &b->pool[p];
     transport_finish(&slot->t, code, &r);
+    transport_observe(&slot->t, &r, now(), client_clock(), &o);
     curl_multi_remove_handle(c->batch->multi, slot->t.easy);  /* a msg of it is gone now */
     slot->item = -1;
     it->attempts++;
-    snprintf(b->pfx, sizeof b->pfx, "item %ld: ", it->k + 1);  /* its log lines' */
-    if (c->debug) {
-        size_t blen;
-        const char *body;
-        snprintf(b->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", it->id);
-        lua_rawgeti(L, b->live, p + 1);
-        lua_rawgeti(L, -1, 1);
-        body = lua_tolstring(L, -1, &blen);
-        client_log_attempt(L, c, &slot->t, &r, b->pfx, it->attempts, b->url, body, blen);
-        lua_pop(L, 2);
-    }
-    if (client_outcome(L, c, &slot->t, &r) == 1) {
-        client_claim(L, c, -1);
+    lua_rawgeti(L, b->live, p + 1);
+    vals = lua_gettop(L);
+    call_next(L, &it->call, vals, &o, &st);
+    if (st.lines) client_write_lines(L, c, vals);
+    if (st.pause >= 0 && now() + st.pause > b->open_at) b->open_at = now() + st.pause;
+    if (st.action == ACQ_DONE) {
+        if (st.nret == 2) lua_remove(L, -2);
         it->used = 0;
-        settled(L, c, b, it->k, 1);
+        settled(L, c, b, it->k, st.nret == 1);
+        lua_settop(L, vals - 1);
         return 1;
     }
-    {
-        double pause = policy_pause(L, -1);   /* the server asked the whole batch */
-        if (pause >= 0 && now() + pause > b->open_at) b->open_at = now() + pause;
-    }
-    wait = policy_next(L, -1, it->attempts, c->max_retries, &c->rng);
-    client_log_failure(L, c, b->pfx, it->attempts, lua_gettop(L), wait);
-    if (wait >= 0) {
-        lua_pop(L, 2);
-        it->ready_at = now() + wait;
-        b->waiting[b->nwait++] = p;
-        return 0;
-    }
-    lua_remove(L, -2);
-    it->used = 0;
-    if (b->reconcile && maybe_created(L, -1)) {     /* settled once looked up, after the batch */
-        lua_createtable(L, 5, 0);
+    if (st.action == ACQ_WAIT && st.reconcile) {  /* looked up after the batch */
+        acq_call_t *held;
+        lua_createtable(L, 3, 0);
         acq_pushint64(L, it->k);
         lua_rawseti(L, -2, 1);
-        lua_pushvalue(L, -2);
+        held = (acq_call_t *)acq_newuserdata(L, sizeof *held);
+        memcpy(held, &it->call, sizeof *held);
         lua_rawseti(L, -2, 2);
-        lua_rawgeti(L, b->live, p + 1);
-        lua_rawgeti(L, -1, 2);
-        lua_rawseti(L, -3, 3);
-        lua_pop(L, 1);
-        acq_pushint64(L, it->id);
-        lua_rawseti(L, -2, 4);
-        lua_pushnumber(L, it->started);
-        lua_rawseti(L, -2, 5);
+        lua_pushvalue(L, vals);
+        lua_rawseti(L, -2, 3);
         lua_rawseti(L, b->held, (int)acq_rawlen(L, b->held) + 1);
         if (b->results) {                               /* until then, results[k] says so */
             lua_createtable(L, 0, 1);
-            lua_insert(L, -2);
+            call_push_err(L, vals);
             lua_setfield(L, -2, "err");
             lua_rawseti(L, b->results, (int)it->k + 1);
-        } else {
-            lua_pop(L, 1);
         }
+        it->used = 0;
+        lua_settop(L, vals - 1);
         return 1;
     }
-    settled(L, c, b, it->k, 0);
-    return 1;
+    it->ready_at = now() + (st.action == ACQ_WAIT ? st.wait : 0);
+    b->waiting[b->nwait++] = p;
+    lua_settop(L, vals - 1);
+    return 0;
 }
 
 /* Starts pool entry p on slot s (its on_send first). */
 static void start(lua_State *L, acq_client_t *c, run_t *b, int s, int p) {
     acq_slot_t *slot = c->batch->slots[s];
     item_t *it = &b->pool[p];
-    size_t len;
-    const char *body;
+    acq_step_t st;
+    acq_obs_t o;
+    int vals;
     if (b->o.on_send) {                        /* before the attempt is libcurl's */
         lua_pushvalue(L, b->o.on_send);
         acq_pushint64(L, it->k + 1);
@@ -444,19 +428,19 @@ static void start(lua_State *L, acq_client_t *c, run_t *b, int s, int p) {
         call_hook(L, c, 2);
     }
     lua_rawgeti(L, b->live, p + 1);
-    lua_rawgeti(L, -1, 1);
-    body = lua_tolstring(L, -1, &len);          /* anchored in live */
-    lua_pop(L, 2);
-    snprintf(b->url + c->prefix_len, ACQ_URL_MAX - c->prefix_len, "%lld", it->id);
-    if (transport_prepare(&slot->t, b->url, body, len) != 0) {
+    vals = lua_gettop(L);
+    client_observe_wait(&o);
+    call_next(L, &it->call, vals, it->attempts ? &o : NULL, &st);   /* SEND: after a wait, always */
+    if (st.lines) client_write_lines(L, c, vals);
+    if (transport_prepare(&slot->t, st.url, st.body, st.len) != 0) {   /* body anchored in vals */
         detach_all(c);
         luaL_error(L, "not enough memory");
     }
+    lua_pop(L, 1);
     curl_easy_setopt(slot->t.easy, CURLOPT_TIMEOUT_MS, 0L);   /* kept by run() */
     slot->item = p;
     slot->start = now();
     slot->paused0 = b->paused;
-    if (it->started == 0) it->started = client_clock();
     if (curl_multi_add_handle(c->batch->multi, slot->t.easy) != CURLM_OK) {
         slot->item = -1;
         detach_all(c);
@@ -481,15 +465,6 @@ static int pick(lua_State *L, acq_client_t *c, run_t *b, double t) {
     return p;
 }
 
-int batch_live(acq_client_t *c, long long id) {
-    run_t *b = (run_t *)c->run;
-    int p, n = 0;
-    if (b == NULL) return 0;
-    for (p = 0; p < POOL; p++)
-        if (b->pool[p].used && b->pool[p].id == id) n++;
-    return n;
-}
-
 static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     run_t *b;
     int active = 0;
@@ -500,17 +475,20 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     luaL_checkstack(L, LUA_MINSTACK + 16, "create_cases");   /* the loop holds many values */
     b = (run_t *)acq_newuserdata(L, sizeof *b);
     memset(b, 0, sizeof *b);
-    c->run = b;                                 /* cleared by guarded() */
+    b->live_ref = LUA_NOREF;
+    lua_pushvalue(L, -1);
+    c->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->run = b;                                 /* both let go by guarded() */
     b->items = items;
     b->stream = lua_isfunction(L, items);
-    b->reconcile = c->reconcile_ms >= 0;
+    b->reconcile = c->e.reconcile_ms >= 0;
     b->timeout = (double)c->timeout_ms / 1000.0;
     parse_opts(L, opts, &b->o);
     if (lua_istable(L, opts)) {                 /* opts.claimed: checked by parse_opts */
         lua_getfield(L, opts, "claimed");
         if (lua_istable(L, -1)) {
             for (i = 1; lua_rawgeti(L, -1, (int)i), !lua_isnil(L, -1); i++) {
-                client_claim(L, c, -1);
+                engine_claim(L, &c->e, -1);
                 lua_pop(L, 1);
             }
             lua_pop(L, 1);
@@ -519,6 +497,8 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     }
     lua_newtable(L);
     b->live = lua_gettop(L);
+    lua_pushvalue(L, b->live);
+    b->live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
     b->held = lua_gettop(L);
     if (!b->stream) {                           /* all of them, before any is sent */
@@ -543,7 +523,6 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     }
 
     setup(L, c, b->o.concurrency);
-    memcpy(b->url, c->url, c->prefix_len);
     while (!(b->ended && active == 0 && b->nwait == 0)) {
         double t = now(), wake = -1, lua_at;
         int s, queued, added = 0, progressed = 0, running = 0;
@@ -654,6 +633,28 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
     return 1;
 }
 
+/* After a run, or what it raised: the items it left unfinished leave the
+   engine's in-flight set, and its state is let go. */
+static void let_go(lua_State *L, acq_client_t *c) {
+    run_t *b = (run_t *)c->run;
+    int p;
+    if (b != NULL && b->live_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, b->live_ref);
+        for (p = 0; p < POOL; p++) {
+            if (!b->pool[p].used) continue;
+            lua_rawgeti(L, -1, p + 1);
+            if (lua_istable(L, -1)) call_abandon(L, &b->pool[p].call, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        luaL_unref(L, LUA_REGISTRYINDEX, b->live_ref);
+        b->live_ref = LUA_NOREF;
+    }
+    if (c->run_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, c->run_ref);
+    c->run_ref = LUA_NOREF;
+    c->run = NULL;
+}
+
 static int batch_l_run(lua_State *L) {      /* client (light), items, opts */
     return run(L, (acq_client_t *)lua_touserdata(L, 1), 2, 3);
 }
@@ -674,10 +675,11 @@ static int guarded(lua_State *L, acq_client_t *c, int items, int opts) {
     lua_pushvalue(L, items);
     lua_pushvalue(L, opts);
     c->busy = 1;
+    c->run_ref = LUA_NOREF;
     status = lua_pcall(L, 3, 1, 0);
     c->busy = 0;
-    c->run = NULL;
     detach_all(c);
+    let_go(L, c);
     if (status != 0) return lua_error(L);
     return 1;
 }

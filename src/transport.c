@@ -407,78 +407,71 @@ int transport_renew(acq_transport_t *t) {
     return 0;
 }
 
-static const char *kind_of(CURLcode code) {
+static int tls_failure(CURLcode code) {
     switch (code) {
-    case CURLE_OPERATION_TIMEDOUT:
-        return "timeout";
     case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_ENGINE_NOTFOUND: case CURLE_SSL_ENGINE_SETFAILED:
     case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER:
     case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_ENGINE_INITFAILED:
     case CURLE_SSL_CRL_BADFILE: case CURLE_SSL_ISSUER_ERROR:
     case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_USE_SSL_FAILED:
-        return "tls";
+        return 1;
     default:
-        return "network";
+        return 0;
     }
 }
 
-int transport_push_error(lua_State *L, const acq_transport_t *t,
-                         const acq_result_t *r, const acq_secret_t *secret) {
-    int err;
-    lua_pushnil(L);
-    if (t->too_large) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "response body exceeds max_response_bytes (%lu)",
-                 (unsigned long)t->max_bytes);
-        err = error_new(L, "http");
-        error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
-    } else {
-        const char *msg = t->errbuf[0] ? t->errbuf : curl_easy_strerror(r->code);
-        char os[160];
-        if (r->code == CURLE_BAD_FUNCTION_ARGUMENT && r->status > 0)
-            msg = "malformed answer: its header block has a continuation line "
-                  "with no header before it";
-        else if (r->code == CURLE_SEND_FAIL_REWIND || r->code == CURLE_ABORTED_BY_CALLBACK)
-            msg = "the connection closed after the request was sent; "
-                  "not sent again, the case may exist";
-        else if (t->sock_errno && !r->maybe_sent) {
-            snprintf(os, sizeof os, "cannot open a socket: %s%s", strerror(t->sock_errno),
-                     t->sock_errno == EMFILE ? " (EMFILE: this process is out of file descriptors)"
-                     : t->sock_errno == ENFILE ? " (ENFILE: the system is out of file descriptors)"
-                     : "");
-            msg = os;
-        }
-        if (r->proxy_failed) {
-            lua_pushfstring(L, "proxy %s: ", t->proxy_display);
-            if (r->connect_status > 0 && r->connect_status / 100 != 2)
-                lua_pushfstring(L, "answered CONNECT with %d", (int)r->connect_status);
-            else if (r->status == 407)
-                lua_pushliteral(L, "answered 407 (Proxy Authentication Required)");
-            else if (r->connect_status / 100 == 2)
-                lua_pushfstring(L, "the tunnel closed before TLS to Acquire was up (%s)", msg);
-            else if (r->code == CURLE_COULDNT_CONNECT)
-                lua_pushfstring(L, "could not connect (%s)", msg);
-            else
-                lua_pushstring(L, msg);
-            lua_concat(L, 2);
-            msg = lua_tostring(L, -1);                 /* popped below */
-            err = error_new(L, "proxy");
-            error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
-            if (r->connect_status > 0) error_setint(L, err, "proxy_status", r->connect_status);
-            else if (r->status == 407) error_setint(L, err, "proxy_status", 407);
-            lua_remove(L, -2);                         /* the message */
-            err = lua_gettop(L);
-        } else {
-            err = error_new(L, kind_of(r->code));
-            error_setstring(L, err, "message", msg, strlen(msg), secret, ACQ_BODY_CAP);
-        }
-        if (r->code != CURLE_OK) error_setint(L, err, "code", (long long)r->code);
-        if (t->sock_errno && !r->maybe_sent) error_setint(L, err, "errno", t->sock_errno);
+/* What the transfer saw, for the call engine: the answer, or where and
+   how it failed (libcurl's own words in detail). */
+void transport_observe(acq_transport_t *t, const acq_result_t *r, double now, double wall,
+                       acq_obs_t *o) {
+    double secs = 0;
+    memset(o, 0, sizeof *o);
+    o->now = now;
+    o->wall = wall;
+    if (t->easy) curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &secs);
+    o->elapsed = secs;
+    o->status = r->proxy_failed && r->status != 407 ? 0 : r->status;
+    o->answered = r->code == CURLE_OK && !r->proxy_failed;
+    o->body = t->body.p ? t->body.p : "";
+    o->body_len = t->body.len;
+    o->retry_after = t->retry_after[0] ? t->retry_after : NULL;
+    o->sent = r->maybe_sent;
+    o->too_large = t->too_large;
+    if (o->answered) return;
+    o->code = (long)r->code;
+    o->timed_out = r->code == CURLE_OPERATION_TIMEDOUT;
+    o->detail = t->errbuf[0] ? t->errbuf : curl_easy_strerror(r->code);
+    if (r->code == CURLE_BAD_FUNCTION_ARGUMENT && r->status > 0)
+        o->detail = "malformed answer: its header block has a continuation line "
+                    "with no header before it";
+    else if (r->code == CURLE_SEND_FAIL_REWIND || r->code == CURLE_ABORTED_BY_CALLBACK)
+        o->detail = "the connection closed after the request was sent; "
+                    "not sent again, the case may exist";
+    else if (t->sock_errno && !r->maybe_sent) {
+        snprintf(t->detail, sizeof t->detail, "cannot open a socket: %s%s", strerror(t->sock_errno),
+                 t->sock_errno == EMFILE ? " (EMFILE: this process is out of file descriptors)"
+                 : t->sock_errno == ENFILE ? " (ENFILE: the system is out of file descriptors)"
+                 : "");
+        o->detail = t->detail;
+        o->sys_errno = t->sock_errno;
     }
-    if (r->status > 0 && !r->proxy_failed) error_setint(L, err, "status", r->status);
-    error_setbool(L, err, "maybe_created", r->maybe_sent);
-    return 2;
+    o->stage = tls_failure(r->code) ? ACQ_STAGE_TLS : r->maybe_sent ? ACQ_STAGE_RECV
+             : ACQ_STAGE_CONNECT;
+    if (!r->proxy_failed) return;
+    if (r->connect_status > 0 && r->connect_status / 100 != 2) {
+        o->stage = ACQ_STAGE_PROXY_ANSWER;
+        o->proxy_status = r->connect_status;
+    } else if (r->status == 407) {
+        o->stage = ACQ_STAGE_PROXY_ANSWER;
+        o->proxy_status = 407;
+    } else if (r->connect_status / 100 == 2) {
+        o->stage = ACQ_STAGE_PROXY_TUNNEL;
+    } else if (r->code == CURLE_COULDNT_CONNECT) {
+        o->stage = ACQ_STAGE_PROXY_CONNECT;
+    } else {
+        o->stage = ACQ_STAGE_PROXY;
+    }
 }
 
 /* Frees what t owns; the owner's template, share and header list last

@@ -7,14 +7,13 @@
 #define ACQUIRE_TRANSPORT_H
 
 #include <curl/curl.h>
-#include "core.h"
+#include "call.h"
 
 #if defined(__GNUC__)
 #pragma GCC visibility push(hidden)
 #endif
 
 /* ---- transport.c: libcurl easy handle ------------------------------- */
-#define ACQ_DEBUG_BODY_CAP   16384   /* debug = "body" logs this much of each body */
 #define ACQ_PROXY_PLAIN      ACQ_PROXY_MODE_PLAIN
 #define ACQ_PROXY_TUNNEL     ACQ_PROXY_MODE_TUNNEL
 
@@ -48,6 +47,7 @@ typedef struct acq_transport_t {
     int                too_large;
     char               retry_after[64];    /* of the final response */
     char               errbuf[CURL_ERROR_SIZE];
+    char               detail[192];        /* a failure's words, when not libcurl's */
 } acq_transport_t;
 
 typedef struct acq_result_t {
@@ -86,9 +86,9 @@ void  transport_disown(acq_sockets_t *s);
    made. 0 on success. */
 int   transport_renew(acq_transport_t *t);
 void  transport_close(acq_transport_t *t);
-/* Pushes nil, err for a failed transfer; returns 2. */
-int   transport_push_error(lua_State *L, const acq_transport_t *t,
-                           const acq_result_t *r, const acq_secret_t *secret);
+/* What the transfer saw, as the call engine reads it (o's strings are t's). */
+void  transport_observe(acq_transport_t *t, const acq_result_t *r, double now, double wall,
+                        acq_obs_t *o);
 
 /* ---- client.c: the acquire.Client userdata -------------------------- */
 #define ACQ_MAX_CONCURRENCY 64                  /* create_cases' transfers at once */
@@ -99,24 +99,14 @@ typedef struct acq_batch_t acq_batch_t;         /* batch.c: the multi handle and
 
 typedef struct acq_client_t {
     int       open;
-    int       strict, max_retries;
-    uint64_t  rng;                    /* backoff jitter */
-    char     *url;                    /* base + path + "?contactId=", then the id */
-    size_t    prefix_len;
-    char     *key;                    /* the secrets, kept only to redact them */
-    size_t    key_len, secrets_len;
-    acq_secret_t secrets[ACQ_MAX_SECRETS];   /* into key: the key first */
-    char     *proxy_display;          /* NULL: no proxy */
-    int       debug;                  /* 0, 1, 2: as the option */
+    acq_engine_t e;                   /* what its calls share: options, secrets, claims */
     int       logger;                 /* registry ref of the logger, or LUA_NOREF */
-    int       claims;                 /* registry ref: the case ids its calls have (reconcile.c) */
     int       logging;                /* the logger runs: the client is not to be used */
-    acq_buf_t req;                    /* request body, reused */
     acq_transport_t t;
     acq_batch_t *batch;               /* create_cases: made on first use */
     int       busy;                   /* create_cases is running (on_progress) */
     void     *run;                    /* its state (batch.c), while it runs */
-    long      reconcile_ms;           /* -1: off */
+    int       run_ref;                /* that state, kept alive in the registry */
     long      timeout_ms;             /* a transfer's; create_cases keeps it itself */
     long      pid;                    /* the process whose connections these are */
     acq_sockets_t sockets;            /* every socket its handles hold */
@@ -127,29 +117,15 @@ acq_client_t *client_check_open(lua_State *L, int idx);
 void  client_check_fork(lua_State *L, acq_client_t *c);
 /* Pushes the default client (configured, or from the environment). */
 acq_client_t *client_default(lua_State *L);
-/* The outcome of one transfer: pushes res (1) or nil, err (2). */
-int   client_outcome(lua_State *L, acq_client_t *c, acq_transport_t *t,
-                     const acq_result_t *r);
-/* Looks cases up (the list, page by page, retried as the policy allows:
-   a read creates nothing). Pushes the matching cases (1) or nil, err (2). */
-int   client_find(lua_State *L, acq_client_t *c, long long id, const acq_filter_t *f);
-/* After a call failed with maybe_created (err at idx): when the client
-   reconciles, looks for the case and replaces nil, err by res (returns 1)
-   or notes in err what it found (returns 2). sent: the opts at that index;
-   started: when the first attempt began (seconds since the epoch). */
-int   client_reconcile(lua_State *L, acq_client_t *c, long long id, int sent,
-                       double started, int err);
-/* This res (at idx) is a request's of c's: its case can settle no other. */
-void  client_claim(lua_State *L, acq_client_t *c, int res);
-double client_clock(void);
-/* The log (debug = true | "body"): after a transfer, never inside one.
-   pfx: "" or "item K: ". err: the err of a failed attempt (absolute index),
-   wait: the delay before the next, or -1 (giving up). */
-void  client_log_attempt(lua_State *L, acq_client_t *c, const acq_transport_t *t,
-                         const acq_result_t *r, const char *pfx, int attempt,
-                         const char *url, const char *body, size_t len);
-void  client_log_failure(lua_State *L, acq_client_t *c, const char *pfx, int attempt,
-                         int err, double wait);
+/* The blocking driver of a call (call.c): pushes res (1) or nil, err (2).
+   resume: NULL at the call's start, or what a wait came to. */
+int   client_drive(lua_State *L, acq_client_t *c, acq_call_t *call, int vals,
+                   const acq_obs_t *resume);
+/* The engine's log lines waiting in vals, to the logger or stderr. */
+void  client_write_lines(lua_State *L, acq_client_t *c, int vals);
+void  client_observe_wait(acq_obs_t *o);          /* the clocks, after a wait */
+double client_clock(void);                         /* the wall clock */
+double client_monotonic(void);
 /* Raises when c's own logger is running (it must not use its client). */
 void  client_check_reentry(lua_State *L, acq_client_t *c);
 int   client_l_find_cases(lua_State *L);
@@ -157,9 +133,6 @@ int   client_l_default_find_cases(lua_State *L);
 int   batch_l_create_cases(lua_State *L);
 int   batch_l_default_create_cases(lua_State *L);
 void  batch_release(acq_client_t *c);
-/* Items of the running create_cases, for contact id, whose outcome is still
-   to come (in flight or waiting to retry): their cases may exist unclaimed. */
-int   batch_live(acq_client_t *c, long long id);
 int   client_l_new(lua_State *L);
 int   client_l_create_case(lua_State *L);
 int   client_l_close(lua_State *L);
