@@ -14,9 +14,10 @@
 -- the retries with their waits), so a request handler knows how long it can be held.
 -- Never call the libcurl client (acquire.new) in a request handler: curl_easy_perform blocks
 -- the whole worker, and every request that worker serves, for as long as the call takes.
--- Here every wait yields to nginx's event loop. Only the bytes move here: the request, the
--- result and the retry decision are the C module's (build_request, decode_response, retry_after),
--- and so is every option: the client's state is acquire.config's normalised table.
+-- Here every wait yields to nginx's event loop. Only bytes and time move here: the call's
+-- sequence (attempts, retries, the deadline, reconcile, every log line and error text) is the
+-- C module's call engine (acquire.engine), which this file drives: it answers "send" (a
+-- request), "wait" (seconds) or "done" (res | nil, err), and is told what each step saw.
 -- Outside nginx there is no cosocket to move bytes with: one line that says so, rather than
 -- "module 'ngx.semaphore' not found" and a search path.
 if type(rawget(_G, "ngx")) ~= "table" or type(rawget(_G, "ngx").socket) ~= "table" then
@@ -28,11 +29,8 @@ local semaphore = require "ngx.semaphore"             -- lua-resty-core's
 local ngx = ngx
 local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.update_time
 local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
-local normalise, build_request, decode_response, retry_after, redact =
-  acquire.config, acquire.build_request, acquire.decode_response, acquire.retry_after, acquire.redact
-local build_list_request, match_cases, sent_filter, settle =
-  acquire.build_list_request, acquire.match_cases, acquire.sent_filter, acquire.settle
-local proxy_answered, new_claims, claim = acquire.proxy_answered, acquire.claims, acquire.claim
+local normalise, build_request, redact, new_engine =
+  acquire.config, acquire.build_request, acquire.redact, acquire.engine
 local concat, sort, unpack = table.concat, table.sort, table.unpack or unpack
 local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
 local floor, min, max = math.floor, math.min, math.max
@@ -46,25 +44,7 @@ local POOL_SIZE = 32           -- pooled connections per pool and worker
 local HEAD_MAX = 65536         -- status line and headers
 local LINE_MAX = 4096          -- a chunk-size or trailer line
 local READ_MAX = 65536         -- bytes asked of one receiveany
-local BODY_LOG_MAX = 16384     -- bytes of a body in one log line (debug = "body")
 local LOG_LINE = 1024          -- bytes per ngx.log call: nginx cuts a line at 2 KiB
-
--- err tables carry the module's own metatable, so tostring(err) reads the same everywhere
-local ERR_MT = getmetatable(select(2, decode_response(500, nil, "")))
-
-local function fail(kind, message, maybe_created, status)
-  return setmetatable({ kind = kind, message = message, maybe_created = maybe_created,
-                        status = status }, ERR_MT)
-end
-
--- A failure on the way to the proxy or of the proxy itself: nothing reached Acquire. The
--- message names the proxy by its display form (never its credentials), as the libcurl
--- client's does: "proxy http://127.0.0.1:3128: answered CONNECT with 407".
-local function proxy_fail(st, proxy_status, fmt, ...)
-  local err = fail("proxy", "proxy " .. st.proxy.display .. ": " .. format(fmt, ...), false)
-  err.proxy_status = proxy_status
-  return err
-end
 
 local function version(v)                       -- 10023 -> "0.10.23"
   v = tonumber(v)
@@ -97,6 +77,8 @@ end
 local function literal(host)                      -- an IP literal: connected to without DNS
   return find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil
 end
+
+local log                                         -- the log's destination, below
 
 --- new(config) -> client. The options of acquire.new, checked by the same code; raises on misuse.
 -- ca_file raises: a cosocket verifies against nginx's lua_ssl_trusted_certificate only.
@@ -136,8 +118,10 @@ function _M.new(config)
   end
   st.connect_opts = { pool = format("acquire:%s:%s:%d:%s:%s:%s", st.scheme, host, st.port, st.name,
                                     st.verify and "verify" or "noverify", via) }
-  st.claims = new_claims()           -- the case ids this client's calls have (reconcile)
-  st.inflight = {}                   -- content_key -> calls of it whose answer is to come
+  -- the request's headers, the same for every call (contactId and opts change the url and body)
+  st.headers = build_request(1, nil, options).headers
+  -- the call engine: this client's calls, their claims and those still in flight
+  st.engine = new_engine(options, function(level, text) return log(st, level, text) end)
   local self = setmetatable({}, Client)
   state[self] = st
   return self
@@ -327,11 +311,10 @@ local function to_error_log(level, text)
   end
 end
 
--- One line, whole through acquire.redact (every secret: the key, the proxy's credentials),
--- to the logger, or to nginx's error log. A logger that raises changes nothing for the call:
--- its error and the line go to the error log, and the next line to the logger again.
-local function log(st, level, text)
-  text = redact(text, unpack(st.secrets))
+-- One line of the engine's (worded and redacted there), to the logger, or to nginx's error
+-- log. A logger that raises changes nothing for the call: its error (redacted) and the line go
+-- to the error log, and the next line to the logger again.
+function log(st, level, text)
   local logger = st.logger
   if not logger then return to_error_log(level, text) end
   local ok, e = pcall(logger, level, text)
@@ -343,23 +326,20 @@ local function log(st, level, text)
   end
 end
 
--- A body for a "body" line: redacted whole, then cut, on one line.
-local function body_text(st, body)
-  body = redact(body, unpack(st.secrets))
-  local more_bytes = #body - BODY_LOG_MAX
-  if more_bytes > 0 then body = sub(body, 1, BODY_LOG_MAX) end
-  body = body:gsub("\r", "\\r"):gsub("\n", "\\n")
-  if more_bytes > 0 then body = format("%s (%d more bytes not logged)", body, more_bytes) end
-  return body
+-- ---- one attempt: what it saw, for the engine -------------------------------------
+-- An observation: { now, status, headers, body, elapsed } for an answer; else { now, stage,
+-- detail, sent, timeout, status, proxy_status, too_large }. The engine words the error.
+
+local function failed(stage, detail, sent, timeout, status)
+  return { now = clock(), stage = stage, detail = detail, sent = sent, timeout = timeout,
+           status = status }
 end
 
--- ---- one attempt -------------------------------------------------------------
-
-local function io_fail(st, e, doing, maybe_created, status)
+local function io_failed(st, stage, e, doing, sent, status)
   if e == "timeout" then
-    return fail("timeout", format("timed out %s (timeout %g s)", doing, st.timeout), maybe_created, status)
+    return failed(stage, format("timed out %s (timeout %g s)", doing, st.timeout), sent, true, status)
   end
-  return fail("network", format("%s %s: %s", doing, st.host_header, tostring(e)), maybe_created, status)
+  return failed(stage, format("%s %s: %s", doing, st.host_header, tostring(e)), sent, false, status)
 end
 
 -- sock:connect to peer (the target, or the proxy) within ms. A host name goes through nginx's
@@ -387,11 +367,11 @@ local function connect(st, peer, sock, ms)
 end
 
 -- The tunnel to the target through the proxy, on a fresh connection to it: CONNECT, and its
--- answer's head (a 2xx has no body; then the connection is the target's). true | nil, err
+-- answer's head (a 2xx has no body; then the connection is the target's). true | nil, obs
 local function tunnel(st, sock, deadline)
   local proxy, authority = st.proxy, st.host .. ":" .. st.port
   local auth = proxy.authorization and "Proxy-Authorization: " .. proxy.authorization .. "\r\n" or ""
-  if not arm(sock, deadline) then return nil, proxy_fail(st, nil, "timed out before CONNECT") end
+  if not arm(sock, deadline) then return nil, failed("proxy", "timed out before CONNECT") end
   local ok, e = sock:send(format("CONNECT %s HTTP/1.1\r\nHost: %s\r\n%sUser-Agent: %s\r\n\r\n",
                                  authority, authority, auth, st.user_agent or USER_AGENT))
   if ok then
@@ -399,19 +379,23 @@ local function tunnel(st, sock, deadline)
     local status, head_err = read_head(r)
     if status and status >= 200 and status < 300 then
       if r.buf == "" then return true end        -- the target speaks after the client, in TLS
-      return nil, proxy_fail(st, nil, "sent bytes after its answer to CONNECT")
+      return nil, failed("proxy", "sent bytes after its answer to CONNECT")
     end
-    if status then return nil, proxy_fail(st, status, "answered CONNECT with %d", status) end
+    if status then
+      local o = failed("proxy_answer")
+      o.proxy_status = status
+      return nil, o
+    end
     e = head_err
   end
-  if e == "timeout" then return nil, proxy_fail(st, nil, "no answer to CONNECT in time (timeout %g s)", st.timeout) end
-  if e == "closed" then return nil, proxy_fail(st, nil, "closed the tunnel before answering CONNECT") end
-  return nil, proxy_fail(st, nil, "bad answer to CONNECT (%s)", tostring(e))
+  if e == "timeout" then return nil, failed("proxy", format("no answer to CONNECT in time (timeout %g s)", st.timeout)) end
+  if e == "closed" then return nil, failed("proxy", "closed the tunnel before answering CONNECT") end
+  return nil, failed("proxy", format("bad answer to CONNECT (%s)", tostring(e)))
 end
 
 -- A connection ready for the request: from the pool as it was left, or new: connected (to
 -- the proxy, when there is one), tunnelled through it (an https target), TLS verified end to
--- end with the target. true | nil, err (sock closed, the case not created)
+-- end with the target. true | nil, obs (sock closed, nothing sent)
 local function open(st, sock, deadline)
   local proxy = st.proxy
   local ms = arm(sock, deadline)
@@ -425,11 +409,9 @@ local function open(st, sock, deadline)
   end
   if not ok then
     sock:close()
-    if proxy then
-      return nil, proxy_fail(st, nil, "could not connect (%s)", e == "timeout" and "timed out" or tostring(e))
-    end
-    if e == "timeout" then return nil, fail("timeout", "connecting to " .. st.host_header .. " timed out", false) end
-    return nil, fail("network", format("could not connect to %s: %s", st.host_header, tostring(e)), false)
+    if proxy then return nil, failed("proxy_connect", e == "timeout" and "timed out" or tostring(e)) end
+    if e == "timeout" then return nil, failed("connect", "connecting to " .. st.host_header .. " timed out", false, true) end
+    return nil, failed("connect", format("could not connect to %s: %s", st.host_header, tostring(e)))
   end
   if st.scheme ~= "https" or sock:getreusedtimes() > 0 then return true end
   if proxy then
@@ -443,69 +425,20 @@ local function open(st, sock, deadline)
   if ok then return true end
   sock:close()
   if e == "timeout" then
-    return nil, fail("timeout", format("TLS handshake with %s timed out", st.host_header), false)
+    return nil, failed("tls", format("TLS handshake with %s timed out", st.host_header), false, true)
   end
-  return nil, fail("tls", format("TLS handshake with %s failed: %s", st.host_header, tostring(e)), false)
-end
-
--- One attempt of the request msg (payload()'s): res | nil, err.
-local function once(st, msg, attempt, deadline)
-  local started = clock()
-  if st.debug then
-    log(st, "debug", format("attempt %d: %s", attempt, msg.line))
-    if st.debug == "body" and msg.body then
-      log(st, "debug", format("attempt %d: > %s", attempt, body_text(st, msg.body)))
-    end
-  end
-  local sock = tcp()
-  local ok, e = open(st, sock, deadline)
-  if not ok then return nil, e end
-  if not arm(sock, deadline) then
-    sock:close()
-    return nil, fail("timeout", format("timed out before sending (timeout %g s)", st.timeout), false)
-  end
-  ok, e = sock:send(msg.bytes)
-  if not ok then                        -- a cosocket cannot tell how much left: the case may exist
-    sock:close()
-    return nil, io_fail(st, e, "sending the request to", true)
-  end
-  local status, headers, body, reuse = read_response({ sock = sock, buf = "", deadline = deadline },
-                                                    st.max_response_bytes)
-  -- whose answer is it: acquire.proxy_answered's rule, by stage (through a tunnel, everything
-  -- after CONNECT is Acquire's, a 407 included; through a plain proxy a 407 is the proxy's,
-  -- its status line enough: tinyproxy resets the connection after it, the body unread)
-  local proxy_407 = st.proxy and proxy_answered(st.absolute and "plain" or "tunnel", 0, status or body)
-  if not status then
-    sock:close()
-    e, status = headers, body
-    if proxy_407 then return nil, proxy_fail(st, 407, "answered 407 (Proxy Authentication Required)") end
-    if e == "too large" then
-      return nil, fail("http", format("response body exceeds max_response_bytes (%d)", st.max_response_bytes),
-                       true, status)
-    end
-    if e == "timeout" then return nil, io_fail(st, e, "waiting for the response", true, status) end
-    if e == "closed" then e = "connection closed" end
-    return nil, io_fail(st, e, "reading the response from", true, status)
-  end
-  if reuse and not st.absolute then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
-  if proxy_407 then return nil, proxy_fail(st, 407, "answered 407 (Proxy Authentication Required)") end
-  if st.debug then
-    log(st, "debug", format("attempt %d: %d in %.1f ms, %d bytes", attempt, status, (clock() - started) * 1000, #body))
-    if st.debug == "body" then log(st, "debug", format("attempt %d: < %s", attempt, body_text(st, body))) end
-  end
-  -- the key and the proxy's credentials are redacted from err as the libcurl client redacts them
-  return decode_response(status, headers, body, st.secrets)
+  return nil, failed("tls", format("TLS handshake with %s failed: %s", st.host_header, tostring(e)))
 end
 
 local FIRST = { "Host", "Content-Type", "Accept", "Authorization", "Proxy-Authorization", "User-Agent" }
 
--- The request, the same for every attempt: { bytes, line (for the log), body }. Through a
--- proxy, an http target's request is in absolute form, with the proxy's credentials.
+-- The request's bytes, for the engine's "send" (method, url, body). Through a proxy, an http
+-- target's request is in absolute form, with the proxy's credentials.
 local function payload(st, req)
   local proxy, absolute = st.proxy, st.absolute
-  local path = absolute and req.url or sub(req.url, #st.base_url + 1)  -- the url is base_url .. target .. id
+  local path = absolute and req.url or sub(req.url, #st.base_url + 1)  -- the url is base_url .. target
   local given = {}
-  for name, value in pairs(req.headers) do given[name] = value end
+  for name, value in pairs(st.headers) do given[name] = value end
   given.Host = st.host_header
   if absolute and proxy.authorization then given["Proxy-Authorization"] = proxy.authorization end
   if given["User-Agent"] == nil then given["User-Agent"] = USER_AGENT end  -- the transport's own
@@ -524,57 +457,64 @@ local function payload(st, req)
   for _, name in ipairs(rest) do names[#names + 1] = name end
   local head = { req.method, " ", path, " HTTP/1.1\r\n" }
   for _, name in ipairs(names) do head[#head + 1] = name .. ": " .. given[name] .. "\r\n" end
-  local body = req.body or ""                 -- a GET (the case list) has none
-  if req.body then head[#head + 1] = "Content-Length: " .. #body .. "\r\n" end
+  if req.body then head[#head + 1] = "Content-Length: " .. #req.body .. "\r\n" end  -- a GET has none
   head[#head + 1] = "Connection: keep-alive\r\n\r\n"
-  head[#head + 1] = body
-  return { bytes = concat(head), body = req.body,
-           line = req.method .. " " .. req.url .. (proxy and " via proxy " .. proxy.display or "") }
+  head[#head + 1] = req.body or ""
+  return concat(head)
 end
 
--- The retry step, after attempt failed with err: the seconds to wait before the next
--- attempt, or nil (err.attempts stamped) to give up. acquire.retry_after decides, and a retry
--- starts only if its wait ends before the call's deadline.
-local function next_delay(st, err, attempt, deadline)
-  local delay = retry_after(err, attempt, st.max_retries)
-  if delay and clock() + delay >= deadline then delay = nil end
-  if st.debug then
-    if delay then
-      log(st, "warn", format("attempt %d failed: %s; retrying in %.2f s", attempt, tostring(err), delay))
-    else
-      log(st, "error", format("attempt %d failed: %s; giving up", attempt, tostring(err)))
+-- One attempt of the engine's request: what it saw.
+local function attempt(st, req)
+  local started = clock()
+  local deadline = req.deadline or started + st.timeout
+  local sock = tcp()
+  local ok, o = open(st, sock, deadline)
+  if not ok then return o end
+  if not arm(sock, deadline) then
+    sock:close()
+    return failed("send", format("timed out before sending (timeout %g s)", st.timeout), false, true)
+  end
+  local e
+  ok, e = sock:send(payload(st, req))
+  if not ok then                        -- a cosocket cannot tell how much left: the case may exist
+    sock:close()
+    return io_failed(st, "send", e, "sending the request to", true)
+  end
+  local status, headers, body, reuse = read_response({ sock = sock, buf = "", deadline = deadline },
+                                                    st.max_response_bytes)
+  if not status then
+    sock:close()
+    e, status = headers, body
+    if e == "too large" then
+      o = failed("recv", nil, true, false, status)
+      o.too_large = true
+      return o
     end
+    if e == "timeout" then return io_failed(st, "recv", e, "waiting for the response", true, status) end
+    if e == "closed" then e = "connection closed" end
+    return io_failed(st, "recv", e, "reading the response from", true, status)
   end
-  if not delay then err.attempts = attempt end
-  return delay
+  -- a plain proxy closes after forwarding one request
+  if reuse and not st.absolute then sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE) else sock:close() end
+  local t = clock()
+  return { now = t, status = status, headers = headers, body = body, elapsed = t - started, sent = true }
 end
 
--- The case list for contactId, page by page, the cases matching filter: { case, ... } | nil,
--- err. A read creates nothing: whatever happened on the wire it is retried as the policy
--- allows, within its own deadline (timeout).
-local function find_cases(st, contactId, filter)
-  local found, page, next_page = {}, 0, true
-  local deadline = clock() + st.timeout
-  while next_page do
-    local msg = payload(st, build_list_request(contactId, page, st.options))
-    local attempt, res = 0
-    repeat
-      attempt = attempt + 1
-      local err
-      res, err = once(st, msg, attempt, deadline)
-      if not res then
-        err.maybe_created = false
-        local delay = next_delay(st, err, attempt, deadline)
-        if not delay then return nil, err end
-        sleep(delay)
-      end
-    until res
-    local cases
-    cases, next_page = match_cases(res, filter, page)
-    for i = 1, #cases do found[#found + 1] = cases[i] end
-    page = page + 1
+-- The engine's call, driven to its end: its requests sent, its waits slept (yielding to
+-- nginx's event loop). res | nil, err
+local function drive(st, call)
+  local action, a, b = call:next({ now = clock() })
+  while action ~= "done" do
+    local obs
+    if action == "wait" then
+      sleep(a)
+      obs = { now = clock() }
+    else
+      obs = attempt(st, a)
+    end
+    action, a, b = call:next(obs)
   end
-  return found
+  return a, b
 end
 
 local function checked(self, fname)
@@ -584,66 +524,28 @@ local function checked(self, fname)
   return st
 end
 
--- The calls of this client whose answer is still to come, by what they send (contact, title,
--- text): light threads run calls at once, and a case another call created but whose answer
--- has not arrived is not claimed yet, so a lookup must not take it for its own.
-local function content_key(filter)
-  local d = filter.description
-  return table.concat({ tostring(filter.contactId), tostring(filter.title),
-                        d == acquire.null and "" or tostring(d) }, "\0")
-end
-
 --- client:create_case(contactId, opts) -> res | nil, err: as acquire's (README).
 function Client:create_case(contactId, opts)
   local st = checked(self, "create_case")
-  local ok, req = pcall(build_request, contactId, opts, st.options)  -- misuse raises, nothing sent
-  if not ok then rethrow(req, "create_case") end
-  local msg = payload(st, req)
-  local started = clock()
-  local deadline = started + st.timeout        -- the whole call's, retries included
-  local key = st.reconcile and content_key(sent_filter(contactId, opts, started))
-  if key then st.inflight[key] = (st.inflight[key] or 0) + 1 end
-  local attempt = 0
-  while true do
-    attempt = attempt + 1
-    local res, err = once(st, msg, attempt, deadline)
-    if res then
-      claim(st.claims, res)                    -- its case settles no other call's reconcile
-      if key then st.inflight[key] = st.inflight[key] - 1 end
-      return res
-    end
-    local delay = next_delay(st, err, attempt, deadline)
-    if not delay then
-      if key then st.inflight[key] = st.inflight[key] - 1 end
-      if not (st.reconcile and err.maybe_created) then return nil, err end
-      sleep(st.reconcile)                      -- reconcile: look the case up, never resend
-      -- the same content still on its way in another call: wait for it (within a timeout)
-      local until_ = clock() + st.timeout
-      while (st.inflight[key] or 0) > 0 and clock() < until_ do sleep(0.01) end
-      local found, lookup_err = find_cases(st, contactId, sent_filter(contactId, opts, started))
-      if (st.inflight[key] or 0) > 0 and found then
-        -- still: a case found may be that call's, its answer not in yet
-        err.reconcile, err.in_flight = "ambiguous", st.inflight[key]
-        local ids = {}
-        for i, c in ipairs(found) do ids[i] = c.id end
-        err.candidates = ids
-        return nil, err
-      end
-      return settle(err, found, lookup_err, st.claims)   -- a case another call has is not this one
-    end
-    sleep(delay)
-  end
+  local engine = st.engine
+  local ok, call = pcall(function()          -- misuse raises, nothing sent (no tail call: the
+    local c = engine:create_case(contactId, opts)   -- message counts contactId as #1)
+    return c
+  end)
+  if not ok then rethrow(call, "create_case") end
+  return drive(st, call)
 end
 
 --- client:find_cases(contactId [, filter]) -> { case, ... } | nil, err: as acquire's (README).
 function Client:find_cases(contactId, filter)
   local st = checked(self, "find_cases")
-  local ok, e = pcall(build_list_request, contactId, 0, st.options)  -- misuse raises, nothing sent
-  if ok then ok, e = pcall(match_cases, {}, filter) end
-  if not ok then rethrow(e, "find_cases") end
-  local f = { contactId = contactId }
-  for k, v in pairs(filter or {}) do f[k] = v end
-  return find_cases(st, contactId, f)
+  local engine = st.engine
+  local ok, call = pcall(function()
+    local c = engine:find_cases(contactId, filter)
+    return c
+  end)
+  if not ok then rethrow(call, "find_cases") end
+  return drive(st, call)
 end
 
 --- client:close(): as acquire's (idempotent; pooled connections stay nginx's).
