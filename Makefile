@@ -181,6 +181,7 @@ install: $(MOD)
 	install -d $(DESTDIR)$(INST_LIBDIR) $(DESTDIR)$(INST_LUADIR)/acquire $(DESTDIR)$(INST_BINDIR)
 	install -m 0755 $(MOD) $(DESTDIR)$(INST_LIBDIR)/$(MOD)
 	install -m 0644 lua/acquire/ngx.lua $(DESTDIR)$(INST_LUADIR)/acquire/ngx.lua
+	install -m 0644 lua/acquire/http1.lua $(DESTDIR)$(INST_LUADIR)/acquire/http1.lua
 	install -m 0644 lua/acquire/journal.lua $(DESTDIR)$(INST_LUADIR)/acquire/journal.lua
 	{ printf '#!%s\n' '$(LUA_INTERP)'; \
 	  printf 'package.path = [==[%s/?.lua;%s/?/init.lua;]==] .. package.path; package.cpath = [==[%s/?.so;]==] .. package.cpath\n' \

@@ -27,6 +27,7 @@ build = {
    type = "builtin",
    modules = {
       ["acquire.ngx"] = "lua/acquire/ngx.lua",
+      ["acquire.http1"] = "lua/acquire/http1.lua",
       ["acquire.journal"] = "lua/acquire/journal.lua",
       acquire = {
          sources = {

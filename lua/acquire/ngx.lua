@@ -25,25 +25,24 @@ if type(rawget(_G, "ngx")) ~= "table" or type(rawget(_G, "ngx").socket) ~= "tabl
 end
 local acquire = require "acquire"
 local semaphore = require "ngx.semaphore"             -- lua-resty-core's
+local http1 = require "acquire.http1"                 -- HTTP/1.1's bytes
+local read_head, read_response = http1.read_head, http1.read_response
 
 local ngx = ngx
 local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.update_time
 local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
 local normalise, build_request, redact, new_engine =
   acquire.config, acquire.build_request, acquire.redact, acquire.engine
-local concat, sort, unpack = table.concat, table.sort, table.unpack or unpack
-local find, sub, lower, byte, format = string.find, string.sub, string.lower, string.byte, string.format
+local unpack = table.unpack or unpack
+local find, sub, format = string.find, string.sub, string.format
 local floor, min, max = math.floor, math.min, math.max
-local error, pcall, pairs, ipairs, type, tonumber, tostring, setmetatable, getmetatable =
-  error, pcall, pairs, ipairs, type, tonumber, tostring, setmetatable, getmetatable
+local error, pcall, pairs, type, tonumber, tostring, setmetatable =
+  error, pcall, pairs, type, tonumber, tostring, setmetatable
 
 local _M = { _VERSION = acquire._VERSION }
 
 local KEEPALIVE_MS = 30000     -- idle time of a pooled connection
 local POOL_SIZE = 32           -- pooled connections per pool and worker
-local HEAD_MAX = 65536         -- status line and headers
-local LINE_MAX = 4096          -- a chunk-size or trailer line
-local READ_MAX = 65536         -- bytes asked of one receiveany
 local LOG_LINE = 1024          -- bytes per ngx.log call: nginx cuts a line at 2 KiB
 
 local function version(v)                       -- 10023 -> "0.10.23"
@@ -143,161 +142,12 @@ local function arm(sock, deadline)
   return ms
 end
 
--- ---- reading a response, within the call's deadline -------------------------
--- r = { sock, buf (read, not yet used), deadline }
-
--- Up to READ_MAX more bytes: data, or nil and the cosocket's error ("timeout", "closed"...).
-local function more(r, want)
-  if not arm(r.sock, r.deadline) then return nil, "timeout" end
-  return r.sock:receiveany(want or READ_MAX)
-end
-
-local function line(r, limit)                     -- one line, without its CRLF
-  local from = 1
-  while true do
-    local i = find(r.buf, "\n", from, true)
-    if i then
-      local l = sub(r.buf, 1, i - 1)
-      r.buf = sub(r.buf, i + 1)
-      if byte(l, -1) == 13 then l = sub(l, 1, -2) end
-      return l
-    end
-    if #r.buf > limit then return nil, "line too long" end
-    from = #r.buf + 1
-    local data, e = more(r)
-    if not data then return nil, e end
-    r.buf = r.buf .. data
-  end
-end
-
-local function take(r, n, parts)                  -- exactly n bytes into parts
-  local buf = r.buf
-  if #buf >= n then
-    parts[#parts + 1] = sub(buf, 1, n)
-    r.buf = sub(buf, n + 1)
-    return true
-  end
-  parts[#parts + 1] = buf
-  n = n - #buf
-  r.buf = ""
-  while n > 0 do
-    local data, e = more(r, n < READ_MAX and n or READ_MAX)
-    if not data then return nil, e end
-    parts[#parts + 1] = data
-    n = n - #data
-  end
-  return true
-end
-
-local function read_chunked(r, limit)
-  local parts, total = {}, 0
-  while true do
-    local l, e = line(r, LINE_MAX)
-    if not l then return nil, e end
-    local hex, rest = l:match("^[ \t]*(%x+)(.*)$")           -- then ";ext=..." maybe
-    if not hex or not (rest:match("^[ \t]*$") or rest:match("^[ \t]*;")) then
-      return nil, "bad chunk size line"
-    end
-    local size = #hex <= 12 and tonumber(hex, 16) or math.huge
-    if size == 0 then                                         -- trailers, then the end
-      for _ = 1, 100 do
-        l, e = line(r, LINE_MAX)
-        if not l then return nil, e end
-        if l == "" then return concat(parts) end
-      end
-      return nil, "too many trailers"
-    end
-    total = total + size
-    if total > limit then return nil, "too large" end
-    local ok
-    ok, e = take(r, size, parts)
-    if not ok then return nil, e end
-    l, e = line(r, 2)
-    if not l then return nil, e end
-    if l ~= "" then return nil, "bad chunk" end
-  end
-end
-
-local function read_to_close(r, limit)
-  local parts, total = { r.buf }, #r.buf
-  r.buf = ""
-  while true do
-    if total > limit then return nil, "too large" end
-    local data, e = more(r)
-    if not data then
-      if e == "closed" then return concat(parts) end
-      return nil, e
-    end
-    parts[#parts + 1] = data
-    total = total + #data
-  end
-end
-
--- A response's status line and headers: status, headers (lowercase names), HTTP/1.0?;
--- or nil, error, status. 1xx answers are skipped.
-local function read_head(r)
-  local status, http10, headers
-  repeat
-    local l, e = line(r, HEAD_MAX)
-    if not l then return nil, e end
-    local minor, code = l:match("^HTTP/1%.([01]) (%d%d%d)")
-    if not code then return nil, "not an HTTP/1.x response" end
-    status, http10, headers = tonumber(code), minor == "0", {}
-    local budget, last = HEAD_MAX, nil
-    while true do
-      l, e = line(r, budget)
-      if not l then return nil, e, status end
-      if l == "" then break end
-      budget = budget - #l - 2
-      if budget < 0 then return nil, "response head too large", status end
-      if last and find(l, "^[ \t]") then                      -- obsolete line folding
-        headers[last] = headers[last] .. " " .. l:match("^[ \t]*(.-)[ \t]*$")
-      else
-        local name, value = l:match("^([^:%s]+):[ \t]*(.-)[ \t]*$")
-        if not name then return nil, "bad header line", status end
-        name = lower(name)
-        local had = headers[name]
-        if had and name == "content-length" and had ~= value then
-          return nil, "conflicting Content-Length", status
-        end
-        headers[name] = had and name ~= "content-length" and had .. ", " .. value or value
-        last = name
-      end
-    end
-  until status >= 200 or status == 101
-  return status, headers, http10
-end
-
--- Status, headers (lowercase names), body, reusable; or nil, error, status.
-local function read_response(r, limit)
-  local status, headers, http10 = read_head(r)
-  if not status then return nil, headers, http10 end
-  local conn = lower(headers["connection"] or "")
-  local reuse = not find(conn, "close", 1, true) and (not http10 or find(conn, "keep-alive", 1, true))
-  local body, e
-  local te, cl = headers["transfer-encoding"], headers["content-length"]
-  if status == 204 or status == 304 or status < 200 then
-    body = ""
-  elseif te then
-    if find(lower(te), "chunked%s*$") then
-      body, e = read_chunked(r, limit)
-    else
-      reuse = false
-      body, e = read_to_close(r, limit)
-    end
-  elseif cl then
-    local n = cl:match("^%d+$") and tonumber(cl)
-    if not n then return nil, "bad Content-Length", status end
-    if n > limit then return nil, "too large", status end
-    local parts = {}
-    body, e = take(r, n, parts)
-    body = body and concat(parts)
-  else
-    reuse = false
-    body, e = read_to_close(r, limit)
-  end
-  if not body then return nil, e, status end
-  return status, headers, body, reuse and r.buf == ""
+-- A response reader for acquire.http1: up to want bytes within the call's deadline.
+local function reader(sock, deadline)
+  return { buf = "", more = function(want)
+    if not arm(sock, deadline) then return nil, "timeout" end
+    return sock:receiveany(want)
+  end }
 end
 
 -- ---- the log ------------------------------------------------------------------
@@ -375,7 +225,7 @@ local function tunnel(st, sock, deadline)
   local ok, e = sock:send(format("CONNECT %s HTTP/1.1\r\nHost: %s\r\n%sUser-Agent: %s\r\n\r\n",
                                  authority, authority, auth, st.user_agent or USER_AGENT))
   if ok then
-    local r = { sock = sock, buf = "", deadline = deadline }
+    local r = reader(sock, deadline)
     local status, head_err = read_head(r)
     if status and status >= 200 and status < 300 then
       if r.buf == "" then return true end        -- the target speaks after the client, in TLS
@@ -388,7 +238,9 @@ local function tunnel(st, sock, deadline)
     end
     e = head_err
   end
-  if e == "timeout" then return nil, failed("proxy", format("no answer to CONNECT in time (timeout %g s)", st.timeout)) end
+  if e == "timeout" then
+    return nil, failed("proxy", format("no answer to CONNECT in time (timeout %g s)", st.timeout))
+  end
   if e == "closed" then return nil, failed("proxy", "closed the tunnel before answering CONNECT") end
   return nil, failed("proxy", format("bad answer to CONNECT (%s)", tostring(e)))
 end
@@ -410,7 +262,9 @@ local function open(st, sock, deadline)
   if not ok then
     sock:close()
     if proxy then return nil, failed("proxy_connect", e == "timeout" and "timed out" or tostring(e)) end
-    if e == "timeout" then return nil, failed("connect", "connecting to " .. st.host_header .. " timed out", false, true) end
+    if e == "timeout" then
+      return nil, failed("connect", "connecting to " .. st.host_header .. " timed out", false, true)
+    end
     return nil, failed("connect", format("could not connect to %s: %s", st.host_header, tostring(e)))
   end
   if st.scheme ~= "https" or sock:getreusedtimes() > 0 then return true end
@@ -430,39 +284,6 @@ local function open(st, sock, deadline)
   return nil, failed("tls", format("TLS handshake with %s failed: %s", st.host_header, tostring(e)))
 end
 
-local FIRST = { "Host", "Content-Type", "Accept", "Authorization", "Proxy-Authorization", "User-Agent" }
-
--- The request's bytes, for the engine's "send" (method, url, body). Through a proxy, an http
--- target's request is in absolute form, with the proxy's credentials.
-local function payload(st, req)
-  local proxy, absolute = st.proxy, st.absolute
-  local path = absolute and req.url or sub(req.url, #st.base_url + 1)  -- the url is base_url .. target
-  local given = {}
-  for name, value in pairs(st.headers) do given[name] = value end
-  given.Host = st.host_header
-  if absolute and proxy.authorization then given["Proxy-Authorization"] = proxy.authorization end
-  if given["User-Agent"] == nil then given["User-Agent"] = USER_AGENT end  -- the transport's own
-  local names, seen = {}, {}
-  for _, name in ipairs(FIRST) do
-    if given[name] then names[#names + 1] = name; seen[name] = true end
-  end
-  local rest = {}
-  for name in pairs(given) do
-    local l = lower(name)
-    if not seen[name] and l ~= "content-length" and l ~= "connection" and l ~= "host" then
-      rest[#rest + 1] = name
-    end
-  end
-  sort(rest)
-  for _, name in ipairs(rest) do names[#names + 1] = name end
-  local head = { req.method, " ", path, " HTTP/1.1\r\n" }
-  for _, name in ipairs(names) do head[#head + 1] = name .. ": " .. given[name] .. "\r\n" end
-  if req.body then head[#head + 1] = "Content-Length: " .. #req.body .. "\r\n" end  -- a GET has none
-  head[#head + 1] = "Connection: keep-alive\r\n\r\n"
-  head[#head + 1] = req.body or ""
-  return concat(head)
-end
-
 -- One attempt of the engine's request: what it saw.
 local function attempt(st, req)
   local started = clock()
@@ -475,13 +296,15 @@ local function attempt(st, req)
     return failed("send", format("timed out before sending (timeout %g s)", st.timeout), false, true)
   end
   local e
-  ok, e = sock:send(payload(st, req))
+  ok, e = sock:send(http1.request(req, st.headers, {
+    target = st.absolute and req.url or sub(req.url, #st.base_url + 1),   -- base_url .. target
+    host = st.host_header, user_agent = USER_AGENT,
+    proxy_authorization = st.absolute and st.proxy.authorization or nil }))
   if not ok then                        -- a cosocket cannot tell how much left: the case may exist
     sock:close()
     return io_failed(st, "send", e, "sending the request to", true)
   end
-  local status, headers, body, reuse = read_response({ sock = sock, buf = "", deadline = deadline },
-                                                    st.max_response_bytes)
+  local status, headers, body, reuse = read_response(reader(sock, deadline), st.max_response_bytes)
   if not status then
     sock:close()
     e, status = headers, body
