@@ -465,20 +465,10 @@ static int pick(lua_State *L, acq_client_t *c, run_t *b, double t) {
     return p;
 }
 
-static int run(lua_State *L, acq_client_t *c, int items, int opts) {
-    run_t *b;
-    int active = 0;
-    long i, done = 0;
-    acq_slot_t *lead = NULL;                   /* the batch's first transfer */
-    int alone = 1;                             /* it runs alone (below) */
-
-    luaL_checkstack(L, LUA_MINSTACK + 16, "create_cases");   /* the loop holds many values */
-    b = (run_t *)acq_newuserdata(L, sizeof *b);
-    memset(b, 0, sizeof *b);
-    b->live_ref = LUA_NOREF;
-    lua_pushvalue(L, -1);
-    c->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    c->run = b;                                 /* both let go by guarded() */
+/* The run's state: options checked, claims taken, and for a table every
+   item checked and encoded before anything is sent. */
+static void begin(lua_State *L, acq_client_t *c, run_t *b, int items, int opts) {
+    long i;
     b->items = items;
     b->stream = lua_isfunction(L, items);
     b->reconcile = c->e.reconcile_ms >= 0;
@@ -519,13 +509,91 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
         }
         lua_createtable(L, (int)b->n, 0);
         b->results = lua_gettop(L);
-        if (b->n == 0) return 1;
     }
 
+}
+
+/* The batch keeps each transfer's timeout itself: libcurl's would count
+   the time hooks ran, and turn an answer that arrived while one ran into a
+   timeout. Checked after a perform, with that time left out: what arrived
+   is read as arrived. Returns how many items it ended. */
+static int expire(lua_State *L, acq_client_t *c, run_t *b, int *active) {
+    int s, ended = 0;
+    for (s = 0; s < b->o.concurrency && b->timeout > 0; s++) {
+        acq_slot_t *slot = c->batch->slots[s];
+        double lua_at;
+        if (slot == NULL || slot->item < 0) continue;
+        if (now() - slot->start - (b->paused - slot->paused0) < b->timeout) continue;
+        lua_at = now();
+        snprintf(slot->t.errbuf, sizeof slot->t.errbuf,
+                 "Operation timed out after %ld milliseconds", c->timeout_ms);
+        (*active)--;
+        ended += complete(L, c, b, slot, CURLE_OPERATION_TIMEDOUT);
+        b->paused += now() - lua_at;
+    }
+    return ended;
+}
+
+/* When the loop has something to do next (monotonic; -1: nothing but the
+   transfers): a free slot may start an item, a retry is due, a transfer's
+   deadline comes. */
+static double wake_at(acq_client_t *c, run_t *b, int active, int alone, double t) {
+    double wake = -1;
+    int i, s;
+    if (active < b->o.concurrency) {
+        if (!b->ended && !(alone && active > 0)) wake = t;   /* not while the lead resolves */
+        for (i = 0; i < b->nwait; i++)
+            if (wake < 0 || b->pool[b->waiting[i]].ready_at < wake) wake = b->pool[b->waiting[i]].ready_at;
+        if (wake >= 0 && wake < b->open_at) wake = b->open_at;
+    }
+    for (s = 0; s < b->o.concurrency && b->timeout > 0; s++) {
+        acq_slot_t *slot = c->batch->slots[s];
+        double due;
+        if (slot == NULL || slot->item < 0) continue;
+        due = slot->start + b->timeout + (b->paused - slot->paused0);
+        if (wake < 0 || due < wake) wake = due;
+    }
+    return wake;
+}
+
+/* What run returns: results by item (a table's), or the counts (an iterator's). */
+static int finish(lua_State *L, run_t *b) {
+    if (b->results) {
+        lua_pushvalue(L, b->results);
+        return 1;
+    }
+    lua_createtable(L, 0, 4);
+    acq_pushint64(L, b->n);
+    lua_setfield(L, -2, "total");
+    acq_pushint64(L, b->counts[0]);
+    lua_setfield(L, -2, "created");
+    acq_pushint64(L, b->counts[1]);
+    lua_setfield(L, -2, "failed");
+    acq_pushint64(L, b->counts[2]);
+    lua_setfield(L, -2, "uncertain");
+    return 1;
+}
+
+static int run(lua_State *L, acq_client_t *c, int items, int opts) {
+    run_t *b;
+    int active = 0;
+    long done = 0;
+    acq_slot_t *lead = NULL;                   /* the batch's first transfer */
+    int alone = 1;                             /* it runs alone (below) */
+
+    luaL_checkstack(L, LUA_MINSTACK + 16, "create_cases");   /* the loop holds many values */
+    b = (run_t *)acq_newuserdata(L, sizeof *b);
+    memset(b, 0, sizeof *b);
+    b->live_ref = LUA_NOREF;
+    lua_pushvalue(L, -1);
+    c->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->run = b;                                 /* both let go by guarded() */
+    begin(L, c, b, items, opts);
+    if (!b->stream && b->n == 0) return finish(L, b);
     setup(L, c, b->o.concurrency);
     while (!(b->ended && active == 0 && b->nwait == 0)) {
         double t = now(), wake = -1, lua_at;
-        int s, queued, added = 0, progressed = 0, running = 0;
+        int s, queued, added = 0, progressed = 0, running = 0, ended;
         CURLMsg *msg;
         /* The first transfer goes alone until its host is resolved (or it
            ended): started together, each transfer of a cold batch would ask
@@ -575,21 +643,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             if (complete(L, c, b, slot, msg->data.result)) done++, progressed = 1;
         }
         b->paused += now() - lua_at;           /* nor on_result's, nor the log's */
-        /* the batch keeps each transfer's timeout itself: libcurl's would
-           count the time hooks ran, and turn an answer that arrived while
-           one ran into a timeout. Checked after a perform, with that time
-           left out: what arrived is read as arrived. */
-        for (s = 0; s < b->o.concurrency && b->timeout > 0; s++) {
-            acq_slot_t *slot = c->batch->slots[s];
-            if (slot == NULL || slot->item < 0) continue;
-            if (now() - slot->start - (b->paused - slot->paused0) < b->timeout) continue;
-            lua_at = now();
-            snprintf(slot->t.errbuf, sizeof slot->t.errbuf,
-                     "Operation timed out after %ld milliseconds", c->timeout_ms);
-            active--;
-            if (complete(L, c, b, slot, CURLE_OPERATION_TIMEDOUT)) done++, progressed = 1;
-            b->paused += now() - lua_at;
-        }
+        if ((ended = expire(L, c, b, &active)) > 0) done += ended, progressed = 1;
         if (progressed && b->o.on_progress) {  /* after this turn's on_result */
             lua_at = now();
             lua_pushvalue(L, b->o.on_progress);
@@ -599,38 +653,13 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
             b->paused += now() - lua_at;
         }
         if (b->ended && active == 0 && b->nwait == 0) break;
-        if (active < b->o.concurrency) {       /* when a free slot may start one */
-            if (!b->ended && !(alone && active > 0)) wake = t;   /* not while the lead resolves */
-            for (i = 0; i < b->nwait; i++)
-                if (wake < 0 || b->pool[b->waiting[i]].ready_at < wake) wake = b->pool[b->waiting[i]].ready_at;
-            if (wake >= 0 && wake < b->open_at) wake = b->open_at;
-        }
-        for (s = 0; s < b->o.concurrency && b->timeout > 0; s++) {   /* and a deadline */
-            acq_slot_t *slot = c->batch->slots[s];
-            double due;
-            if (slot == NULL || slot->item < 0) continue;
-            due = slot->start + b->timeout + (b->paused - slot->paused0);
-            if (wake < 0 || due < wake) wake = due;
-        }
+        wake = wake_at(c, b, active, alone, t);
         if (active == 0) policy_sleep(wake - now());   /* nothing in flight: only a wait */
         else if (!added) wait_for(c, wake);
     }
     detach_all(c);
     if (b->reconcile) reconcile_all(L, c, b);
-    if (b->results) {
-        lua_pushvalue(L, b->results);
-        return 1;
-    }
-    lua_createtable(L, 0, 4);                   /* an iterator's: counts by outcome */
-    acq_pushint64(L, b->n);
-    lua_setfield(L, -2, "total");
-    acq_pushint64(L, b->counts[0]);
-    lua_setfield(L, -2, "created");
-    acq_pushint64(L, b->counts[1]);
-    lua_setfield(L, -2, "failed");
-    acq_pushint64(L, b->counts[2]);
-    lua_setfield(L, -2, "uncertain");
-    return 1;
+    return finish(L, b);
 }
 
 /* After a run, or what it raised: the items it left unfinished leave the
