@@ -82,6 +82,14 @@ static inline int acq_equals(lua_State *L, int idx, const char *lit) {
     return acq_lstreq(s, n, lit);
 }
 
+/* A hex digit's value, or -1. */
+static inline int acq_hexdigit(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 /* The strings redacted from every string: the key, then proxy credentials,
    chained. */
 #define ACQ_MAX_SECRETS      6
@@ -90,8 +98,34 @@ typedef struct acq_secret_t {
     const struct acq_secret_t *next;
 } acq_secret_t;
 
+/* ---- url.c: the one URL and host:port parser ------------------------- */
+#define ACQ_BASE_URL_MAX     1024          /* longest base_url (and proxy host:port) accepted */
+typedef struct acq_url_t {
+    int    tls;                                /* https (url_parse_base) */
+    const char *host;      size_t host_len;    /* into the string; IPv6 in [ ] */
+    int    port;                               /* explicit; 0: none (url_parse_base: the scheme's) */
+    size_t len;                                /* url_parse_base: without the trailing '/' */
+} acq_url_t;
+typedef struct acq_proxy_parts_t {
+    const char *userinfo;  size_t userinfo_len;  /* NULL: none */
+    const char *hostport;  size_t hostport_len;
+} acq_proxy_parts_t;
+/* A DNS label: letters, digits and inner hyphens, 1 to 63. */
+int   url_is_label(const char *s, size_t n);
+/* host[:port], all n bytes: host a DNS name of labels, a dotted quad or an
+   IPv6 literal in [ ]; 1 if so. *why (when not NULL) says what was wrong
+   with the host, if that was it. */
+int   url_parse_hostport(const char *s, size_t n, acq_url_t *u, const char **why);
+/* http(s)://host[:port] with an optional single trailing '/'. */
+int   url_parse_base(const char *s, size_t n, acq_url_t *u, const char **why);
+/* A proxy URL: http:// (any case; none at all when bare and s has a ':'
+   and no "://"), userinfo up to the last '@', host:port, one trailing '/'.
+   Splits it (host:port unchecked: url_parse_hostport); 0 on another scheme. */
+int   url_split_proxy(const char *s, size_t n, int bare, acq_proxy_parts_t *out);
+
 /* ---- config.c: the options of acquire.new, normalised ---------------- */
-#define ACQ_BASE_URL_MAX     1024          /* longest base_url accepted */
+#define ACQ_MAX_RETRIES_DEFAULT 2
+#define ACQ_MAX_RETRIES_MAX  10             /* max_retries: 0 to this */
 #define ACQ_URL_PREFIX       ACQ_API_PATH "?contactId="
 /* base_url + path + "?contactId=" + 19 digits + NUL */
 #define ACQ_URL_MAX          (ACQ_BASE_URL_MAX + sizeof(ACQ_URL_PREFIX) + 20)
@@ -109,8 +143,9 @@ typedef struct acq_config_t {
     int    debug;                              /* 0, 1 (true: a line per step), 2 ("body") */
     int    logger;                             /* a logger function was given */
     long   reconcile_ms;                       /* wait before looking; -1: off */
-    /* the proxy for this target, after the environment and NO_PROXY */
+    /* the proxy for this target, after the environment and NO_PROXY (proxy.c) */
     int    proxy;                              /* 1: through proxy_url */
+    int    proxy_mode;                         /* 0, ACQ_PROXY_MODE_PLAIN or ACQ_PROXY_MODE_TUNNEL */
     const char *proxy_url;                     /* "http://host:port", no credentials */
     const char *proxy_display;                 /* as shown: credentials [REDACTED] */
     const char *proxy_from;                    /* "option" or the variable's name */
@@ -132,6 +167,16 @@ typedef struct acq_config_t {
    kept in one table pushed on the stack, so exactly one value is pushed. */
 void  config_check(lua_State *L, int idx, acq_config_t *cfg);
 int   config_l_config(lua_State *L);
+
+/* ---- proxy.c: the proxy of a configuration --------------------------- */
+/* The proxy option's value at idx (nil: the environment as curl 7.88 reads
+   it, NO_PROXY included; a string: the URL) into cfg, after base_url's
+   tls and host; derived strings appended to the table at derived. Raises
+   on a bad URL. */
+void  proxy_check(lua_State *L, int idx, acq_config_t *cfg, int derived);
+/* Sets proxy (false, or { url, host, port, authorization, display, from })
+   and proxy_mode (false, "plain" or "tunnel") in the table on top. */
+void  proxy_push(lua_State *L, const acq_config_t *cfg);
 
 /* ---- json.c: the one JSON writer ------------------------------------ */
 #define ACQ_JSON_MAX_DEPTH   32

@@ -158,10 +158,10 @@ int policy_l_retry_after(lua_State *L) {
     double delay;
     luaL_checktype(L, 1, LUA_TTABLE);
     attempt = check_count(L, 2, 0, 0);
-    max_retries = check_count(L, 3, 2, 1);
+    max_retries = check_count(L, 3, ACQ_MAX_RETRIES_DEFAULT, 1);
     luaL_argcheck(L, attempt >= 1, 2, "attempt must be 1 or more");
-    luaL_argcheck(L, max_retries >= 0 && max_retries <= 10, 3,
-                  "max_retries must be from 0 to 10");
+    luaL_argcheck(L, max_retries >= 0 && max_retries <= ACQ_MAX_RETRIES_MAX, 3,
+                  lua_pushfstring(L, "max_retries must be from 0 to %d", ACQ_MAX_RETRIES_MAX));
     policy_failure_from_err(L, 1, &f);
     delay = policy_delay(&f, attempt, max_retries, &rng);
     if (delay < 0) lua_pushnil(L);

@@ -14,8 +14,6 @@
 #include <string.h>
 #include "core.h"
 
-#define ACQ_JSON_MAX_DEPTH 32
-
 /* The body's fields in the order of the API's documented request. */
 enum { K_TITLE, K_SOURCE, K_MENTION, K_MESSAGE, K_CHANNEL, K_ROUTE, K_AGENT,
        K_COBROWSE, K_FIELDS, K_THREAD, K_SESSION, K_COUNT };
