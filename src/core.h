@@ -188,7 +188,6 @@ typedef struct acq_path_t {
 } acq_path_t;
 typedef struct acq_key_t { const char *s; size_t n; } acq_key_t;
 
-const char *json_pushpath(lua_State *L, const acq_path_t *p);
 /* Raises "bad field 'PATH' (EXPECTED expected, got TYPE)". */
 ACQ_NORETURN void json_bad(lua_State *L, const acq_path_t *p, const char *expected, int idx);
 void  json_raw(lua_State *L, acq_buf_t *b, const char *s, size_t n);
@@ -196,7 +195,6 @@ void  json_raw(lua_State *L, acq_buf_t *b, const char *s, size_t n);
 void  json_char(lua_State *L, acq_buf_t *b, char c);
 void  json_string(lua_State *L, acq_buf_t *b, const char *s, size_t n, const acq_path_t *p);
 void  json_int(lua_State *L, acq_buf_t *b, long long v);
-void  json_number(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p);
 /* Any Lua value, tables as arrays or sorted objects, at most
    ACQ_JSON_MAX_DEPTH deep; acquire.null is null. Raises on what has no JSON. */
 void  json_value(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p, int depth);
@@ -223,6 +221,9 @@ size_t request_url(const acq_config_t *cfg, long long id, char *out);
 int   request_l_build(lua_State *L);
 long long request_check_contact_id(lua_State *L, int arg);
 int   request_parse_contact_id(lua_State *L, int idx, long long *out);  /* 0: bad */
+/* "contactId must be a positive integer, got ..." for the value at idx, pushed:
+   the one wording of that misuse. */
+const char *request_push_contact_id_error(lua_State *L, int idx);
 /* Encodes opts (index, may be none/nil) into b; raises on misuse. */
 void  request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b);
 
@@ -268,21 +269,18 @@ typedef struct acq_filter_t {
 } acq_filter_t;
 size_t reconcile_list_url(const acq_config_t *cfg, long long contact, int page, char *out);
 void  reconcile_check_filter(lua_State *L, int idx, acq_filter_t *f);
-int   reconcile_matches(lua_State *L, int c, const acq_filter_t *f);
 /* Appends the cases of one page of the list (res at idx) that match f to
    the table at out; returns whether another page may follow. */
 int   reconcile_collect(lua_State *L, int res, int page, const acq_filter_t *f, int out);
 /* Pushes the filter of what a call sent (opts at idx), created between
    started and until (seconds since the epoch). */
 void  reconcile_push_filter(lua_State *L, long long id, int opts, double started, double until);
-double reconcile_now(void);                      /* the wall clock */
 /* The decision, given err, the cases found (a table, or nil), the lookup's
    err and the claims set (index, or 0: none): pushes res (returns 1) or
    nil, err (returns 2). */
 int   reconcile_settle(lua_State *L, int err, int found, int lookup_err, int claims);
 /* Claims: which case ids requests of one client already have. */
 void  reconcile_push_claims(lua_State *L);
-int   reconcile_claimed(lua_State *L, int claims, int case_or_id);
 void  reconcile_claim(lua_State *L, int claims, int res_case_or_id);
 int   reconcile_l_claims(lua_State *L);
 int   reconcile_l_claim(lua_State *L);
@@ -308,9 +306,6 @@ typedef struct acq_failure_t {
     double retry_after;     /* seconds the server asked for, -1 if none */
 } acq_failure_t;
 
-/* Seconds to wait before attempt+1, or -1 to give up. rng: xorshift state. */
-double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
-                    uint64_t *rng);
 void  policy_sleep(double seconds);                 /* at most ACQ_MAX_WAIT */
 /* Was the answer (CONNECT's, or the request's) the proxy's? By stage. */
 int   policy_from_proxy(int proxy_mode, long connect_status, long status);
@@ -324,8 +319,6 @@ double policy_next(lua_State *L, int idx, int attempt, int max_retries, uint64_t
    request of that batch should start, whatever the item's attempts left (the
    Retry-After of a 429 or 503 the policy honours), or -1. */
 double policy_pause(lua_State *L, int idx);
-/* Reads the failure out of the err table at idx. */
-void  policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f);
 int   policy_l_retry_after(lua_State *L);
 
 #if defined(__GNUC__)

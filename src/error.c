@@ -1,9 +1,9 @@
 /*
  * error.c: the err table of `nil, err`.
  *
- * Fields: kind ("network", "timeout", "tls", "http", "decode"), status,
- * type, message, body (capped), code (libcurl's), attempts, maybe_created,
- * retry_after. Every string that could carry bytes from the outside world
+ * Fields: kind ("network", "timeout", "tls", "proxy", "http", "decode"), status,
+ * proxy_status, type, message, body (capped), code (libcurl's), errno,
+ * attempts, maybe_created, retry_after, and reconcile's. Every string that could carry bytes from the outside world
  * passes through error_setstring, which redacts the API key from it, so no
  * server echo or library message can leak the key.
  */

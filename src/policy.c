@@ -39,8 +39,9 @@ static double honoured(const acq_failure_t *f) {
     return f->retry_after;
 }
 
-double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
-                    uint64_t *rng) {
+/* Seconds to wait before attempt+1, or -1 to give up. rng: xorshift state. */
+static double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
+                           uint64_t *rng) {
     double ceiling;
     if (attempt > max_retries || !f->retryable) return -1;
     if (f->retry_after >= 0) return honoured(f);
@@ -49,7 +50,8 @@ double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
     return uniform(rng) * ceiling;             /* full jitter */
 }
 
-void policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f) {
+/* Reads the failure out of the err table at idx. */
+static void policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f) {
     const char *kind;
     long status = 0;
     int maybe_created;

@@ -174,16 +174,18 @@ int request_parse_contact_id(lua_State *L, int idx, long long *out) {
     return v > 0;
 }
 
+const char *request_push_contact_id_error(lua_State *L, int idx) {
+    const char *got = lua_type(L, idx) == LUA_TSTRING
+        ? lua_pushfstring(L, "'%s'", lua_tostring(L, idx))
+        : lua_type(L, idx) == LUA_TNUMBER ? error_pushnumber(L, idx)
+        : acq_typename(L, idx);
+    return lua_pushfstring(L, "contactId must be a positive integer, got %s", got);
+}
+
 long long request_check_contact_id(lua_State *L, int arg) {
     long long v;
-    if (!request_parse_contact_id(L, arg, &v)) {
-        const char *got = lua_type(L, arg) == LUA_TSTRING
-            ? lua_pushfstring(L, "'%s'", lua_tostring(L, arg))
-            : lua_type(L, arg) == LUA_TNUMBER ? error_pushnumber(L, arg)
-            : acq_typename(L, arg);
-        return luaL_argerror(L, arg, lua_pushfstring(L,
-            "contactId must be a positive integer, got %s", got));
-    }
+    if (!request_parse_contact_id(L, arg, &v))
+        return luaL_argerror(L, arg, request_push_contact_id_error(L, arg));
     return v;
 }
 
