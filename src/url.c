@@ -111,6 +111,7 @@ int url_parse_base(const char *s, size_t n, acq_url_t *u, const char **why) {
     if (n >= 7 && memcmp(s, "http://", 7) == 0) p = s + 7;
     else if (n >= 8 && memcmp(s, "https://", 8) == 0) p = s + 8;
     else return 0;
+    if (p >= end) return 0;            /* no host ("https://", whose '/' was cut) */
     if (!url_parse_hostport(p, (size_t)(end - p), u, why)) return 0;
     u->tls = p == s + 8;
     if (u->port == 0) u->port = u->tls ? 443 : 80;
