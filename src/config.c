@@ -281,14 +281,9 @@ static void check_names(lua_State *L, int idx) {
             luaL_error(L, "bad option (string keys expected, got %s key)", luaL_typename(L, -1));
         for (i = 0; i < NOPTIONS && !acq_equals(L, -1, options[i].name); i++) {}
         if (i == NOPTIONS) {
-            const char *name = error_pushname(L, -1);
-            luaL_checkstack(L, 2 * NOPTIONS + 4, "options");
-            for (i = 0; i < NOPTIONS; i++) {
-                if (i) lua_pushliteral(L, ", ");
-                lua_pushstring(L, options[i].name);
-            }
-            lua_concat(L, 2 * NOPTIONS - 1);
-            luaL_error(L, "bad option '%s' (expected one of: %s)", name, lua_tostring(L, -1));
+            const char *name = error_pushname(L, -1);      /* first: both push */
+            luaL_error(L, "bad option '%s' (expected one of: %s)", name,
+                       error_pushlist(L, &options[0].name, sizeof options[0], NOPTIONS));
         }
     }
 }

@@ -249,6 +249,9 @@ void  error_setint(lua_State *L, int err, const char *field, long long v);
 void  error_setbool(lua_State *L, int err, const char *field, int v);
 void  error_setnumber(lua_State *L, int err, const char *field, double v);
 const char *error_pushname(lua_State *L, int idx);  /* pushes it too */
+/* "a, b, c" of n names, each stride bytes after the one before (an array of
+   strings, or a field of an array of structs), pushed: a message's list. */
+const char *error_pushlist(lua_State *L, const char *const *name, size_t stride, size_t n);
 void  error_pushstring(lua_State *L, int idx);       /* tostring(err) */
 const char *error_pushnumber(lua_State *L, int idx); /* "nan", "inf", digits; pushed */
 void  error_open(lua_State *L);

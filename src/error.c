@@ -198,6 +198,18 @@ const char *error_pushname(lua_State *L, int idx) {
     return lua_tostring(L, -1);
 }
 
+const char *error_pushlist(lua_State *L, const char *const *name, size_t stride, size_t n) {
+    luaL_Buffer b;
+    size_t i;
+    luaL_buffinit(L, &b);
+    for (i = 0; i < n; i++) {
+        if (i) luaL_addstring(&b, ", ");
+        luaL_addstring(&b, *(const char *const *)(const void *)((const char *)name + i * stride));
+    }
+    luaL_pushresult(&b);
+    return lua_tostring(L, -1);
+}
+
 void error_open(lua_State *L) {
     if (luaL_newmetatable(L, ACQ_MT_ERROR)) {
         lua_pushcfunction(L, error_l_tostring);
