@@ -70,17 +70,24 @@ DEPS_TEST   = $(DEPS_DEMO) ca-certificates openssl git curl lua-busted lua-argpa
 deps:
 	@./scripts/deps.sh -t test $(DEPS_TEST)
 
-# The core (config, request, json, response, policy, error, redact, buffer)
-# never sees libcurl: each core file is compiled against a <curl/curl.h>
-# that is an #error, so including it, directly or through a header, fails.
+# The core (config, proxy, url, request, json, response, policy, error,
+# redact, buffer) never sees libcurl: each core file is compiled against a
+# <curl/curl.h> that is an #error, so including it, directly or through a
+# header, fails. And no file calls one above it: url.c neither config.c nor
+# proxy.c, proxy.c not config.c (LAYER_BELOW: file, then the prefixes it
+# must not call).
 CORE_SRC := $(filter-out src/transport.c src/client.c src/batch.c,$(wildcard src/*.c))
+LAYER_BELOW := src/url.c:config_,proxy_ src/proxy.c:config_
 check-layers:
 	@mkdir -p .tmp/poison/curl
 	@echo '#error "a core file includes <curl/curl.h> (core files include core.h; see src/transport.h)"' \
 	  > .tmp/poison/curl/curl.h
 	@for f in $(CORE_SRC); do \
 	  $(CC) -fsyntax-only $(WARN) -std=gnu99 -I.tmp/poison $(LUA_CFLAGS) $$f || exit 1; done
-	@echo "check-layers: $(notdir $(CORE_SRC)) compile without libcurl: ok"
+	@for r in $(LAYER_BELOW); do f=$${r%%:*}; for p in $$(echo $${r#*:} | tr , ' '); do \
+	  if grep -nE "\b$${p}[a-z_0-9]+\(" $$f; then echo "check-layers: $$f calls $${p}* (a file above it)"; exit 1; fi; \
+	  done; done
+	@echo "check-layers: $(notdir $(CORE_SRC)) compile without libcurl; url.c, proxy.c call no file above: ok"
 
 check-exports: $(MOD)
 	@syms=$$(nm -D --defined-only $(MOD) | awk '$$2 ~ /^[TDBR]$$/ {print $$3}'); \

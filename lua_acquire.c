@@ -4,7 +4,9 @@
  * This file is the table of contents: the module's functions, the
  * Client's methods and metamethods, and the opening of each area.
  *
- *   src/config.c     the options of acquire.new
+ *   src/config.c     the options of acquire.new: one table of them
+ *   src/proxy.c      the proxy: the option or the environment, NO_PROXY, its mode
+ *   src/url.c        the one URL and host:port parser
  *   src/request.c    contactId + opts -> url, headers, body
  *   src/transport.c  libcurl easy handle: bytes out, bytes in
  *   src/response.c   status, headers, body -> res | nil, err (lua-cjson)

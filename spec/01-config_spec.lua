@@ -337,6 +337,69 @@ describe("a proxy's IPv6 literal", function()
   end)
 end)
 
+describe("acquire.config's proxy_mode", function()
+  -- A generator: the mode every transport obeys is decided once, with the proxy: "tunnel" for an
+  -- https target, "plain" for an http one, false without a proxy; the proxy's url is its host and port.
+  it("is the target's scheme's, or false without a proxy", function()
+    local seed = tonumber(os.getenv("SPEC_SEED")) or os.time()
+    math.randomseed(seed)
+    local R = math.random
+    local HOSTS = { "h", "proxy.example", "127.0.0.1", "[::1]", "[2001:db8::7]", "8ball" }
+    local CREDS = { "", "u@", "u:p@", "us%40er:p%3Ass@" }
+    local counts = { plain = 0, tunnel = 0, none = 0 }
+    for n = 1, 300 do
+      local scheme = R(2) == 1 and "http" or "https"
+      local base = scheme .. "://" .. HOSTS[R(#HOSTS)] .. (R(2) == 1 and "" or ":" .. R(1, 65535))
+      local proxy = false
+      if R(3) > 1 then
+        proxy = (R(2) == 1 and "http://" or "HTTP://") .. CREDS[R(#CREDS)] .. HOSTS[R(#HOSTS)] .. ":" .. R(1, 65535)
+          .. (R(4) == 1 and "/" or "")
+      end
+      local why = ("SPEC_SEED=%d, draw %d: base_url %s, proxy %s"):format(seed, n, base, tostring(proxy))
+      local c = acquire.config({ base_url = base, api_key = "k", proxy = proxy })
+      assert(c.target == nil, why .. ": a target")
+      if proxy then
+        local want = scheme == "https" and "tunnel" or "plain"
+        assert(c.proxy_mode == want, why .. ": proxy_mode " .. tostring(c.proxy_mode) .. ", not " .. want)
+        assert(c.proxy.url == "http://" .. c.proxy.host .. ":" .. c.proxy.port, why .. ": url " .. c.proxy.url)
+        counts[want] = counts[want] + 1
+      else
+        assert(c.proxy == false and c.proxy_mode == false, why .. ": proxy_mode " .. tostring(c.proxy_mode))
+        counts.none = counts.none + 1
+      end
+    end
+    for k, v in pairs(counts) do assert(v > 10, ("SPEC_SEED=%d: only %d draws %s"):format(seed, v, k)) end
+  end)
+end)
+
+describe("the option table", function()
+  -- One table drives the name check and acquire.config: every option the unknown-option message
+  -- lists is one acquire.config reads back (given a value), and nothing else is accepted.
+  it("lists exactly the options acquire.config reads back", function()
+    local msg = raises(acquire.config, with(GOOD, { nosuch = 1 }))
+    local list = msg:match("expected one of: ([%w_, ]+)%)")
+    assert(list, msg)
+    local given = { api_key = "k", base_url = "http://127.0.0.1:9", timeout = 2.5, connect_timeout = 1,
+                    max_retries = 3, user_agent = "ua/1", ca_file = "/etc/ssl/certs/ca-certificates.crt",
+                    insecure = true, strict = false, max_response_bytes = 99, debug = "body", reconcile = 0.5,
+                    proxy = "http://p:1", logger = print }
+    local names = {}
+    for name in list:gmatch("[%w_]+") do names[#names + 1] = name end
+    assert.equal(15, #names)
+    for _, name in ipairs(names) do
+      if name ~= "account_id" then assert(given[name] ~= nil, "no value for " .. name) end
+    end
+    local c = acquire.config(given)
+    for _, name in ipairs(names) do
+      if name ~= "account_id" then
+        assert(c[name] ~= nil, "acquire.config does not read back " .. name)
+      end
+    end
+    assert.equal("https://a.acquire.io", acquire.config({ account_id = "a", api_key = "k" }).base_url)
+    assert.equal("a", acquire.config({ account_id = "a", api_key = "k" }).account_id)
+  end)
+end)
+
 describe("ca_file", function()
   local dir
   before_each(function() dir = helper.tmpdir() end)

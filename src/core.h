@@ -82,6 +82,14 @@ static inline int acq_equals(lua_State *L, int idx, const char *lit) {
     return acq_lstreq(s, n, lit);
 }
 
+/* A hex digit's value, or -1. */
+static inline int acq_hexdigit(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 /* The strings redacted from every string: the key, then proxy credentials,
    chained. */
 #define ACQ_MAX_SECRETS      6
@@ -90,8 +98,34 @@ typedef struct acq_secret_t {
     const struct acq_secret_t *next;
 } acq_secret_t;
 
+/* ---- url.c: the one URL and host:port parser ------------------------- */
+#define ACQ_BASE_URL_MAX     1024          /* longest base_url (and proxy host:port) accepted */
+typedef struct acq_url_t {
+    int    tls;                                /* https (url_parse_base) */
+    const char *host;      size_t host_len;    /* into the string; IPv6 in [ ] */
+    int    port;                               /* explicit; 0: none (url_parse_base: the scheme's) */
+    size_t len;                                /* url_parse_base: without the trailing '/' */
+} acq_url_t;
+typedef struct acq_proxy_parts_t {
+    const char *userinfo;  size_t userinfo_len;  /* NULL: none */
+    const char *hostport;  size_t hostport_len;
+} acq_proxy_parts_t;
+/* A DNS label: letters, digits and inner hyphens, 1 to 63. */
+int   url_is_label(const char *s, size_t n);
+/* host[:port], all n bytes: host a DNS name of labels, a dotted quad or an
+   IPv6 literal in [ ]; 1 if so. *why (when not NULL) says what was wrong
+   with the host, if that was it. */
+int   url_parse_hostport(const char *s, size_t n, acq_url_t *u, const char **why);
+/* http(s)://host[:port] with an optional single trailing '/'. */
+int   url_parse_base(const char *s, size_t n, acq_url_t *u, const char **why);
+/* A proxy URL: http:// (any case; none at all when bare and s has a ':'
+   and no "://"), userinfo up to the last '@', host:port, one trailing '/'.
+   Splits it (host:port unchecked: url_parse_hostport); 0 on another scheme. */
+int   url_split_proxy(const char *s, size_t n, int bare, acq_proxy_parts_t *out);
+
 /* ---- config.c: the options of acquire.new, normalised ---------------- */
-#define ACQ_BASE_URL_MAX     1024          /* longest base_url accepted */
+#define ACQ_MAX_RETRIES_DEFAULT 2
+#define ACQ_MAX_RETRIES_MAX  10             /* max_retries: 0 to this */
 #define ACQ_URL_PREFIX       ACQ_API_PATH "?contactId="
 /* base_url + path + "?contactId=" + 19 digits + NUL */
 #define ACQ_URL_MAX          (ACQ_BASE_URL_MAX + sizeof(ACQ_URL_PREFIX) + 20)
@@ -109,8 +143,9 @@ typedef struct acq_config_t {
     int    debug;                              /* 0, 1 (true: a line per step), 2 ("body") */
     int    logger;                             /* a logger function was given */
     long   reconcile_ms;                       /* wait before looking; -1: off */
-    /* the proxy for this target, after the environment and NO_PROXY */
+    /* the proxy for this target, after the environment and NO_PROXY (proxy.c) */
     int    proxy;                              /* 1: through proxy_url */
+    int    proxy_mode;                         /* 0, ACQ_PROXY_MODE_PLAIN or ACQ_PROXY_MODE_TUNNEL */
     const char *proxy_url;                     /* "http://host:port", no credentials */
     const char *proxy_display;                 /* as shown: credentials [REDACTED] */
     const char *proxy_from;                    /* "option" or the variable's name */
@@ -133,6 +168,16 @@ typedef struct acq_config_t {
 void  config_check(lua_State *L, int idx, acq_config_t *cfg);
 int   config_l_config(lua_State *L);
 
+/* ---- proxy.c: the proxy of a configuration --------------------------- */
+/* The proxy option's value at idx (nil: the environment as curl 7.88 reads
+   it, NO_PROXY included; a string: the URL) into cfg, after base_url's
+   tls and host; derived strings appended to the table at derived. Raises
+   on a bad URL. */
+void  proxy_check(lua_State *L, int idx, acq_config_t *cfg, int derived);
+/* Sets proxy (false, or { url, host, port, authorization, display, from })
+   and proxy_mode (false, "plain" or "tunnel") in the table on top. */
+void  proxy_push(lua_State *L, const acq_config_t *cfg);
+
 /* ---- json.c: the one JSON writer ------------------------------------ */
 #define ACQ_JSON_MAX_DEPTH   32
 /* Where a value sits, for messages: "agentId", "mentionUsers[2]",
@@ -143,7 +188,6 @@ typedef struct acq_path_t {
 } acq_path_t;
 typedef struct acq_key_t { const char *s; size_t n; } acq_key_t;
 
-const char *json_pushpath(lua_State *L, const acq_path_t *p);
 /* Raises "bad field 'PATH' (EXPECTED expected, got TYPE)". */
 ACQ_NORETURN void json_bad(lua_State *L, const acq_path_t *p, const char *expected, int idx);
 void  json_raw(lua_State *L, acq_buf_t *b, const char *s, size_t n);
@@ -151,7 +195,6 @@ void  json_raw(lua_State *L, acq_buf_t *b, const char *s, size_t n);
 void  json_char(lua_State *L, acq_buf_t *b, char c);
 void  json_string(lua_State *L, acq_buf_t *b, const char *s, size_t n, const acq_path_t *p);
 void  json_int(lua_State *L, acq_buf_t *b, long long v);
-void  json_number(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p);
 /* Any Lua value, tables as arrays or sorted objects, at most
    ACQ_JSON_MAX_DEPTH deep; acquire.null is null. Raises on what has no JSON. */
 void  json_value(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p, int depth);
@@ -178,6 +221,9 @@ size_t request_url(const acq_config_t *cfg, long long id, char *out);
 int   request_l_build(lua_State *L);
 long long request_check_contact_id(lua_State *L, int arg);
 int   request_parse_contact_id(lua_State *L, int idx, long long *out);  /* 0: bad */
+/* "contactId must be a positive integer, got ..." for the value at idx, pushed:
+   the one wording of that misuse. */
+const char *request_push_contact_id_error(lua_State *L, int idx);
 /* Encodes opts (index, may be none/nil) into b; raises on misuse. */
 void  request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b);
 
@@ -203,6 +249,9 @@ void  error_setint(lua_State *L, int err, const char *field, long long v);
 void  error_setbool(lua_State *L, int err, const char *field, int v);
 void  error_setnumber(lua_State *L, int err, const char *field, double v);
 const char *error_pushname(lua_State *L, int idx);  /* pushes it too */
+/* "a, b, c" of n names, each stride bytes after the one before (an array of
+   strings, or a field of an array of structs), pushed: a message's list. */
+const char *error_pushlist(lua_State *L, const char *const *name, size_t stride, size_t n);
 void  error_pushstring(lua_State *L, int idx);       /* tostring(err) */
 const char *error_pushnumber(lua_State *L, int idx); /* "nan", "inf", digits; pushed */
 void  error_open(lua_State *L);
@@ -223,21 +272,18 @@ typedef struct acq_filter_t {
 } acq_filter_t;
 size_t reconcile_list_url(const acq_config_t *cfg, long long contact, int page, char *out);
 void  reconcile_check_filter(lua_State *L, int idx, acq_filter_t *f);
-int   reconcile_matches(lua_State *L, int c, const acq_filter_t *f);
 /* Appends the cases of one page of the list (res at idx) that match f to
    the table at out; returns whether another page may follow. */
 int   reconcile_collect(lua_State *L, int res, int page, const acq_filter_t *f, int out);
 /* Pushes the filter of what a call sent (opts at idx), created between
    started and until (seconds since the epoch). */
 void  reconcile_push_filter(lua_State *L, long long id, int opts, double started, double until);
-double reconcile_now(void);                      /* the wall clock */
 /* The decision, given err, the cases found (a table, or nil), the lookup's
    err and the claims set (index, or 0: none): pushes res (returns 1) or
    nil, err (returns 2). */
 int   reconcile_settle(lua_State *L, int err, int found, int lookup_err, int claims);
 /* Claims: which case ids requests of one client already have. */
 void  reconcile_push_claims(lua_State *L);
-int   reconcile_claimed(lua_State *L, int claims, int case_or_id);
 void  reconcile_claim(lua_State *L, int claims, int res_case_or_id);
 int   reconcile_l_claims(lua_State *L);
 int   reconcile_l_claim(lua_State *L);
@@ -263,9 +309,6 @@ typedef struct acq_failure_t {
     double retry_after;     /* seconds the server asked for, -1 if none */
 } acq_failure_t;
 
-/* Seconds to wait before attempt+1, or -1 to give up. rng: xorshift state. */
-double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
-                    uint64_t *rng);
 void  policy_sleep(double seconds);                 /* at most ACQ_MAX_WAIT */
 /* Was the answer (CONNECT's, or the request's) the proxy's? By stage. */
 int   policy_from_proxy(int proxy_mode, long connect_status, long status);
@@ -279,8 +322,6 @@ double policy_next(lua_State *L, int idx, int attempt, int max_retries, uint64_t
    request of that batch should start, whatever the item's attempts left (the
    Retry-After of a 429 or 503 the policy honours), or -1. */
 double policy_pause(lua_State *L, int idx);
-/* Reads the failure out of the err table at idx. */
-void  policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f);
 int   policy_l_retry_after(lua_State *L);
 
 #if defined(__GNUC__)

@@ -1,9 +1,9 @@
 /*
  * error.c: the err table of `nil, err`.
  *
- * Fields: kind ("network", "timeout", "tls", "http", "decode"), status,
- * type, message, body (capped), code (libcurl's), attempts, maybe_created,
- * retry_after. Every string that could carry bytes from the outside world
+ * Fields: kind ("network", "timeout", "tls", "proxy", "http", "decode"), status,
+ * proxy_status, type, message, body (capped), code (libcurl's), errno,
+ * attempts, maybe_created, retry_after, and reconcile's. Every string that could carry bytes from the outside world
  * passes through error_setstring, which redacts the API key from it, so no
  * server echo or library message can leak the key.
  */
@@ -195,6 +195,18 @@ const char *error_pushname(lua_State *L, int idx) {
     if (n > 80) luaL_addstring(&b, "...");
     luaL_pushresult(&b);
     lua_remove(L, -2);
+    return lua_tostring(L, -1);
+}
+
+const char *error_pushlist(lua_State *L, const char *const *name, size_t stride, size_t n) {
+    luaL_Buffer b;
+    size_t i;
+    luaL_buffinit(L, &b);
+    for (i = 0; i < n; i++) {
+        if (i) luaL_addstring(&b, ", ");
+        luaL_addstring(&b, *(const char *const *)(const void *)((const char *)name + i * stride));
+    }
+    luaL_pushresult(&b);
     return lua_tostring(L, -1);
 }
 

@@ -11,7 +11,7 @@
 #include <string.h>
 #include "core.h"
 
-const char *json_pushpath(lua_State *L, const acq_path_t *p) {
+static const char *json_pushpath(lua_State *L, const acq_path_t *p) {
     if (p->index > 0) return lua_pushfstring(L, "%s[%d]", p->parent, (int)p->index);
     if (p->parent) return lua_pushfstring(L, "%s.%s", p->parent, p->key);
     lua_pushstring(L, p->key);                 /* void before 5.2 */
@@ -125,7 +125,7 @@ int json_to_int(lua_State *L, int idx, long long *out) {
 
 /* Numbers: integers exactly; other floats in the shortest form that reads
    back to the same double; NaN and infinities have no JSON form. */
-void json_number(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p) {
+static void json_number(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p) {
     char tmp[40];
     long long i;
     double d;

@@ -39,8 +39,9 @@ static double honoured(const acq_failure_t *f) {
     return f->retry_after;
 }
 
-double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
-                    uint64_t *rng) {
+/* Seconds to wait before attempt+1, or -1 to give up. rng: xorshift state. */
+static double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
+                           uint64_t *rng) {
     double ceiling;
     if (attempt > max_retries || !f->retryable) return -1;
     if (f->retry_after >= 0) return honoured(f);
@@ -49,7 +50,8 @@ double policy_delay(const acq_failure_t *f, int attempt, int max_retries,
     return uniform(rng) * ceiling;             /* full jitter */
 }
 
-void policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f) {
+/* Reads the failure out of the err table at idx. */
+static void policy_failure_from_err(lua_State *L, int idx, acq_failure_t *f) {
     const char *kind;
     long status = 0;
     int maybe_created;
@@ -158,10 +160,10 @@ int policy_l_retry_after(lua_State *L) {
     double delay;
     luaL_checktype(L, 1, LUA_TTABLE);
     attempt = check_count(L, 2, 0, 0);
-    max_retries = check_count(L, 3, 2, 1);
+    max_retries = check_count(L, 3, ACQ_MAX_RETRIES_DEFAULT, 1);
     luaL_argcheck(L, attempt >= 1, 2, "attempt must be 1 or more");
-    luaL_argcheck(L, max_retries >= 0 && max_retries <= 10, 3,
-                  "max_retries must be from 0 to 10");
+    luaL_argcheck(L, max_retries >= 0 && max_retries <= ACQ_MAX_RETRIES_MAX, 3,
+                  lua_pushfstring(L, "max_retries must be from 0 to %d", ACQ_MAX_RETRIES_MAX));
     policy_failure_from_err(L, 1, &f);
     delay = policy_delay(&f, attempt, max_retries, &rng);
     if (delay < 0) lua_pushnil(L);

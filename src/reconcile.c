@@ -122,7 +122,7 @@ static int same(lua_State *L, int c, int filter, const char *field) {
     return ok;
 }
 
-int reconcile_matches(lua_State *L, int c, const acq_filter_t *f) {
+static int reconcile_matches(lua_State *L, int c, const acq_filter_t *f) {
     if (!lua_istable(L, c)) return 0;
     c = acq_absindex(L, c);
     if (f->has_since || f->has_until) {      /* within [since, until], less/plus the skew */
@@ -228,7 +228,7 @@ void reconcile_push_claims(lua_State *L) {
     lua_setfield(L, -2, "n");
 }
 
-int reconcile_claimed(lua_State *L, int claims, int c) {
+static int reconcile_claimed(lua_State *L, int claims, int c) {
     int hit = 0, g;
     static const char *const gens[2] = { "cur", "old" };
     claims = acq_absindex(L, claims);
@@ -325,6 +325,13 @@ void reconcile_push_filter(lua_State *L, long long id, int opts, double started,
     lua_setfield(L, -2, "contactId");
 }
 
+/* The wall clock. */
+static double reconcile_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 /* acquire.sent_filter(contactId, opts, started [, until = now]) -> the
    filter reconcile looks with */
 int reconcile_l_filter(lua_State *L) {
@@ -333,12 +340,6 @@ int reconcile_l_filter(lua_State *L) {
     double until = lua_isnoneornil(L, 4) ? reconcile_now() : (double)luaL_checknumber(L, 4);
     reconcile_push_filter(L, id, 2, started, until);
     return 1;
-}
-
-double reconcile_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 /* Settles err with the cases found, leaving out those claims holds (ids

@@ -37,13 +37,6 @@
 #include <string.h>
 #include "core.h"
 
-static int hexval(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* Four hex digits at s (n bytes available): 0..0xFFFF, -1 not hex, -2 cut. */
 static long hex4(const char *s, size_t n) {
     long v = 0;
@@ -51,7 +44,7 @@ static long hex4(const char *s, size_t n) {
     for (i = 0; i < 4; i++) {
         int h;
         if (i >= n) return -2;
-        h = hexval((unsigned char)s[i]);
+        h = acq_hexdigit((unsigned char)s[i]);
         if (h < 0) return -1;
         v = v * 16 + h;
     }

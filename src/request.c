@@ -14,8 +14,6 @@
 #include <string.h>
 #include "core.h"
 
-#define ACQ_JSON_MAX_DEPTH 32
-
 /* The body's fields in the order of the API's documented request. */
 enum { K_TITLE, K_SOURCE, K_MENTION, K_MESSAGE, K_CHANNEL, K_ROUTE, K_AGENT,
        K_COBROWSE, K_FIELDS, K_THREAD, K_SESSION, K_COUNT };
@@ -29,8 +27,6 @@ static const struct { const char *name; int type; } known[K_COUNT] = {
     { "fields", T_FIELDS },      { "threadId", T_ID },
     { "sessionId", T_ID },
 };
-#define KNOWN_LIST "title, source, mentionUsers, message, channel, " \
-    "routeAgentId, agentId, isFromCobrowse, fields, threadId, sessionId"
 
 /* An id: an integer, exactly. A float past 2^53 may already be a rounded
    neighbour (9007199254740993 reads as ...992, another contact): refused,
@@ -102,10 +98,12 @@ static void put_message(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
-        if (!acq_equals(L, -1, "type") && !acq_equals(L, -1, "message") &&
-            !acq_equals(L, -1, "translateLangKey"))
-            luaL_error(L, "unknown field 'message.%s' (expected one of: type, "
-                          "message, translateLangKey)", error_pushname(L, -1));
+        for (i = 0; i < 3 && !acq_equals(L, -1, keys[i]); i++) {}
+        if (i == 3) {
+            const char *name = error_pushname(L, -1);      /* first: both push */
+            luaL_error(L, "unknown field 'message.%s' (expected one of: %s)", name,
+                       error_pushlist(L, keys, sizeof keys[0], 3));
+        }
     }
     json_char(L, b, '{');
     for (i = 0; i < 3; i++) {
@@ -176,16 +174,18 @@ int request_parse_contact_id(lua_State *L, int idx, long long *out) {
     return v > 0;
 }
 
+const char *request_push_contact_id_error(lua_State *L, int idx) {
+    const char *got = lua_type(L, idx) == LUA_TSTRING
+        ? lua_pushfstring(L, "'%s'", lua_tostring(L, idx))
+        : lua_type(L, idx) == LUA_TNUMBER ? error_pushnumber(L, idx)
+        : acq_typename(L, idx);
+    return lua_pushfstring(L, "contactId must be a positive integer, got %s", got);
+}
+
 long long request_check_contact_id(lua_State *L, int arg) {
     long long v;
-    if (!request_parse_contact_id(L, arg, &v)) {
-        const char *got = lua_type(L, arg) == LUA_TSTRING
-            ? lua_pushfstring(L, "'%s'", lua_tostring(L, arg))
-            : lua_type(L, arg) == LUA_TNUMBER ? error_pushnumber(L, arg)
-            : acq_typename(L, arg);
-        return luaL_argerror(L, arg, lua_pushfstring(L,
-            "contactId must be a positive integer, got %s", got));
-    }
+    if (!request_parse_contact_id(L, arg, &v))
+        return luaL_argerror(L, arg, request_push_contact_id_error(L, arg));
     return v;
 }
 
@@ -214,9 +214,11 @@ void request_encode_body(lua_State *L, int arg, int strict, acq_buf_t *b) {
         if (k && i < K_COUNT) {
             lua_replace(L, base + 1 + i);
         } else {
-            if (strict || k == NULL)
-                luaL_error(L, "unknown field '%s' in opts (expected one of: "
-                              KNOWN_LIST ")", error_pushname(L, -2));
+            if (strict || k == NULL) {
+                const char *name = error_pushname(L, -2);  /* first: both push */
+                luaL_error(L, "unknown field '%s' in opts (expected one of: %s)", name,
+                           error_pushlist(L, &known[0].name, sizeof known[0], K_COUNT));
+            }
             extra++;
             lua_pop(L, 1);
         }

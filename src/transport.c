@@ -257,7 +257,7 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
             SET(CURLOPT_PROXYPASSWORD, cfg->proxy_pass);
             SET(CURLOPT_PROXYAUTH, (long)CURLAUTH_BASIC);
         }
-        t->proxy = cfg->tls ? ACQ_PROXY_TUNNEL : ACQ_PROXY_PLAIN;
+        t->proxy = cfg->proxy_mode;              /* decided by proxy.c */
         /* A plain proxy often closes after each request it forwards without
            saying so (tinyproxy does): a request written into a connection it
            is closing may or may not have gone on, a false maybe_created.
