@@ -132,10 +132,7 @@ static int batch_l_encode_item(lua_State *L) {
     lua_rawgeti(L, 3, 1);                                      /* 4 */
     lua_rawgeti(L, 3, 2);                                      /* 5 */
     if (!request_parse_contact_id(L, 4, &it->id))
-        luaL_error(L, "contactId must be a positive integer, got %s",
-                   lua_type(L, 4) == LUA_TSTRING ? acq_tolstring(L, 4, NULL)
-                   : lua_type(L, 4) == LUA_TNUMBER ? error_pushnumber(L, 4)
-                   : acq_typename(L, 4));
+        luaL_error(L, "%s", request_push_contact_id_error(L, 4));
     lua_settop(L, 5);
     {
         acq_buf_t *b = buf_push(L);

@@ -51,7 +51,7 @@ int engine_init(lua_State *L, acq_engine_t *e, const acq_config_t *cfg) {
     e->reconcile_ms = cfg->reconcile_ms;
     e->timeout = (double)cfg->timeout_ms / 1000.0;
     e->max_response_bytes = cfg->max_response_bytes;
-    e->proxy_mode = !cfg->proxy ? 0 : cfg->tls ? ACQ_PROXY_MODE_TUNNEL : ACQ_PROXY_MODE_PLAIN;
+    e->proxy_mode = cfg->proxy_mode;
     e->rng = policy_seed(e);
     e->base = (char *)malloc(cfg->base_len + 1);
     if (e->base == NULL) return 0;

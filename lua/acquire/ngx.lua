@@ -111,7 +111,7 @@ function _M.new(config)
     -- an http target's request goes to the proxy whole, on a connection of its own each time:
     -- proxies close after forwarding one, and a request written into a pooled connection the
     -- proxy is closing could not be told from one it forwarded
-    st.absolute = st.scheme == "http"
+    st.absolute = st.proxy_mode == "plain"        -- acquire.config decides, as for the C client
     via = format("proxy=%s:%s", proxy.url, proxy.authorization
       and ngx.encode_base64(ngx.sha1_bin(proxy.authorization)) or "-")
   end
