@@ -39,6 +39,7 @@ static const luaL_Reg module_functions[] = {
     { "retry_after", policy_l_retry_after },
     { "proxy_answered", policy_l_proxy_answered },
     { "redact", redact_l_redact },
+    { "encode", json_l_encode },
     { "find_cases", client_l_default_find_cases },
     { "build_list_request", reconcile_l_build },
     { "match_cases", reconcile_l_match },

@@ -163,6 +163,8 @@ int   json_to_int(lua_State *L, int idx, long long *out);
 acq_key_t *json_sorted_keys(lua_State *L, int idx, size_t *count, const acq_path_t *p);
 /* n if the table at idx is exactly the sequence 1..n, else -1. */
 long  json_sequence_len(lua_State *L, int idx);
+/* acquire.encode(value [, { order = { key, ... } }]) -> JSON text. */
+int   json_l_encode(lua_State *L);
 
 /* ---- request.c: contactId and opts into bytes ----------------------- */
 /* The request's headers, the same for every transport. */
