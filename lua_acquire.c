@@ -35,6 +35,7 @@ static const luaL_Reg module_functions[] = {
     { "create_cases", batch_l_default_create_cases },
     { "fields", response_l_fields },
     { "build_request", request_l_build },
+    { "request_fields", request_l_fields },
     { "decode_response", response_l_decode },
     { "retry_after", policy_l_retry_after },
     { "proxy_answered", policy_l_proxy_answered },

@@ -178,6 +178,7 @@ int   request_headers(const acq_config_t *cfg, const char *ua,
 /* base_url + path + "?contactId=" + id into out (ACQ_URL_MAX bytes). */
 size_t request_url(const acq_config_t *cfg, long long id, char *out);
 int   request_l_build(lua_State *L);
+int   request_l_fields(lua_State *L);      /* acquire.request_fields() */
 long long request_check_contact_id(lua_State *L, int arg);
 int   request_parse_contact_id(lua_State *L, int idx, long long *out);  /* 0: bad */
 /* Encodes opts (index, may be none/nil) into b; raises on misuse. */
