@@ -178,18 +178,20 @@ comma := ,
 -include $(wildcard mk/*.mk)
 
 # make install [LUA=5.4] [PREFIX=/usr/local] [DESTDIR=]: acquire.so built for LUA into
-# INST_LIBDIR, acquire.ngx and acquire.journal into INST_LUADIR, and acquire-case into INST_BINDIR with its
+# INST_LIBDIR, acquire.ngx, acquire.journal and acquire-case's parts (acquire/cli/*.lua) into INST_LUADIR,
+# and acquire-case into INST_BINDIR with its
 # first line rewritten: a shebang for LUA's interpreter (LUA_INTERP, an absolute path), then
 # one line that puts INST_LUADIR and INST_LIBDIR first on package.path and package.cpath, so
 # the installed script finds the installed module under any PREFIX, without LUA_PATH or
 # LUA_CPATH (its lines are numbered one further than bin/acquire-case's). DESTDIR only
 # stages: the paths written into the script are PREFIX's.
 install: $(MOD)
-	install -d $(DESTDIR)$(INST_LIBDIR) $(DESTDIR)$(INST_LUADIR)/acquire $(DESTDIR)$(INST_BINDIR)
+	install -d $(DESTDIR)$(INST_LIBDIR) $(DESTDIR)$(INST_LUADIR)/acquire/cli $(DESTDIR)$(INST_BINDIR)
 	install -m 0755 $(MOD) $(DESTDIR)$(INST_LIBDIR)/$(MOD)
 	install -m 0644 lua/acquire/ngx.lua $(DESTDIR)$(INST_LUADIR)/acquire/ngx.lua
 	install -m 0644 lua/acquire/http1.lua $(DESTDIR)$(INST_LUADIR)/acquire/http1.lua
 	install -m 0644 lua/acquire/journal.lua $(DESTDIR)$(INST_LUADIR)/acquire/journal.lua
+	install -m 0644 $(wildcard lua/acquire/cli/*.lua) $(DESTDIR)$(INST_LUADIR)/acquire/cli/
 	{ printf '#!%s\n' '$(LUA_INTERP)'; \
 	  printf 'package.path = [==[%s/?.lua;%s/?/init.lua;]==] .. package.path; package.cpath = [==[%s/?.so;]==] .. package.cpath\n' \
 	    '$(INST_LUADIR)' '$(INST_LUADIR)' '$(INST_LIBDIR)'; \

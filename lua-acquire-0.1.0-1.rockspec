@@ -30,6 +30,11 @@ build = {
       ["acquire.ngx"] = "lua/acquire/ngx.lua",
       ["acquire.http1"] = "lua/acquire/http1.lua",
       ["acquire.journal"] = "lua/acquire/journal.lua",
+      ["acquire.cli.args"] = "lua/acquire/cli/args.lua",      -- acquire-case's parts
+      ["acquire.cli.decode"] = "lua/acquire/cli/decode.lua",
+      ["acquire.cli.input"] = "lua/acquire/cli/input.lua",
+      ["acquire.cli.output"] = "lua/acquire/cli/output.lua",
+      ["acquire.cli.run"] = "lua/acquire/cli/run.lua",
       acquire = {
          sources = {
             "lua_acquire.c",

@@ -206,6 +206,8 @@ int   json_to_int(lua_State *L, int idx, long long *out);
 acq_key_t *json_sorted_keys(lua_State *L, int idx, size_t *count, const acq_path_t *p);
 /* n if the table at idx is exactly the sequence 1..n, else -1. */
 long  json_sequence_len(lua_State *L, int idx);
+/* acquire.encode(value [, { order = { key, ... } }]) -> JSON text. */
+int   json_l_encode(lua_State *L);
 
 /* ---- request.c: contactId and opts into bytes ----------------------- */
 /* The request's headers, the same for every transport. */
@@ -219,6 +221,7 @@ int   request_headers(const acq_config_t *cfg, const char *ua,
 /* base_url + path + "?contactId=" + id into out (ACQ_URL_MAX bytes). */
 size_t request_url(const acq_config_t *cfg, long long id, char *out);
 int   request_l_build(lua_State *L);
+int   request_l_fields(lua_State *L);      /* acquire.request_fields() */
 long long request_check_contact_id(lua_State *L, int arg);
 int   request_parse_contact_id(lua_State *L, int idx, long long *out);  /* 0: bad */
 /* "contactId must be a positive integer, got ..." for the value at idx, pushed:

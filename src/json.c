@@ -250,3 +250,85 @@ void json_value(lua_State *L, acq_buf_t *b, int idx, const acq_path_t *p,
     }
 }
 
+
+/* ---- acquire.encode: the writer, for Lua ---------------------------- */
+
+/* The members of the object at idx: first those named in the sequence at
+   order, in that order, those nil left out; then the rest, sorted (named:
+   the set of order's keys). All three are absolute indexes. */
+static void json_ordered(lua_State *L, acq_buf_t *b, int idx, int order, int named) {
+    size_t count, k;
+    long n = (long)acq_rawlen(L, order), i;
+    int first = 1;
+    acq_key_t *keys;
+    acq_path_t p = { NULL, "value", 0 };
+    json_char(L, b, '{');
+    for (i = 1; i <= n; i++) {
+        size_t len;
+        const char *s;
+        lua_rawgeti(L, order, (int)i);
+        if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "bad option 'order' (strings expected)");
+        s = lua_tolstring(L, -1, &len);
+        lua_rawget(L, idx);
+        if (!lua_isnil(L, -1)) {
+            acq_path_t e = { NULL, s, 0 };
+            if (!first) json_char(L, b, ',');
+            first = 0;
+            json_string(L, b, s, len, &e);
+            json_char(L, b, ':');
+            json_value(L, b, -1, &e, 1);
+        }
+        lua_pop(L, 1);
+    }
+    keys = json_sorted_keys(L, idx, &count, &p);
+    for (k = 0; k < count; k++) {
+        acq_path_t e = { NULL, keys[k].s, 0 };
+        lua_pushlstring(L, keys[k].s, keys[k].n);
+        lua_rawget(L, named);
+        if (lua_isnil(L, -1)) {
+            lua_pushlstring(L, keys[k].s, keys[k].n);
+            lua_rawget(L, idx);
+            if (!first) json_char(L, b, ',');
+            first = 0;
+            json_string(L, b, keys[k].s, keys[k].n, &e);
+            json_char(L, b, ':');
+            json_value(L, b, -1, &e, 1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);                             /* keys */
+    json_char(L, b, '}');
+}
+
+/* acquire.encode(value [, opts]) -> value's JSON text as the module writes it
+   (json_value: keys sorted, acquire.null as null, integers exact, "/" as is);
+   opts.order, a sequence of keys, puts those first in a top-level object.
+   Raises on what has no JSON. */
+int json_l_encode(lua_State *L) {
+    acq_path_t p = { NULL, "value", 0 };
+    acq_buf_t *b;
+    luaL_checkany(L, 1);
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+    b = buf_push(L);                                        /* 3 */
+    if (!lua_isnil(L, 2)) lua_getfield(L, 2, "order"); else lua_pushnil(L);   /* 4 */
+    if (lua_isnil(L, 4) || !lua_istable(L, 1) || json_sequence_len(L, 1) > 0) {
+        if (!lua_isnil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
+        json_value(L, b, 1, &p, 0);
+    } else {
+        long n, i;
+        luaL_checktype(L, 4, LUA_TTABLE);
+        n = (long)acq_rawlen(L, 4);
+        lua_createtable(L, 0, (int)n);                      /* 5: the keys named in order */
+        for (i = 1; i <= n; i++) {
+            lua_rawgeti(L, 4, (int)i);
+            lua_pushboolean(L, 1);
+            lua_rawset(L, 5);
+        }
+        json_ordered(L, b, 1, 4, 5);
+    }
+    lua_pushlstring(L, b->p ? b->p : "", b->len);
+    buf_free(b);
+    return 1;
+}

@@ -324,3 +324,17 @@ int request_l_build(lua_State *L) {
     lua_setfield(L, -2, "body");
     return 1;
 }
+
+/* acquire.request_fields() -> { [name] = type }: the body's known fields, data for
+   tools (acquire-case's --csv columns). Types: "string", "users", "message", "id",
+   "boolean", "fields", in the enum's order. */
+int request_l_fields(lua_State *L) {
+    static const char *const types[] = { "string", "users", "message", "id", "boolean", "fields" };
+    int i;
+    lua_createtable(L, 0, K_COUNT);
+    for (i = 0; i < K_COUNT; i++) {
+        lua_pushstring(L, types[known[i].type]);
+        lua_setfield(L, -2, known[i].name);
+    }
+    return 1;
+}
