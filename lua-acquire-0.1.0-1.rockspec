@@ -43,6 +43,7 @@ build = {
             "src/call.c",
             "src/client.c",
             "src/config.c",
+            "src/engine.c",
             "src/error.c",
             "src/journal.c",
             "src/json.c",

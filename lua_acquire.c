@@ -16,6 +16,7 @@
  *   src/redact.c     the key out of errors and logs, raw or JSON-escaped
  *   src/call.c       the call engine: attempts, retries, reconcile, the log's
  *                    and errors' words; no I/O (SEND, WAIT, DONE); acquire.engine
+ *   src/engine.c     the engine's Lua face (acquire.engine, call:next), for Lua drivers
  *   src/client.c     acquire.Client: the blocking driver of the engine
  *   src/batch.c      create_cases: many at once on a curl multi handle
  *   src/buffer.c     C-owned byte buffers
@@ -52,7 +53,7 @@ static const luaL_Reg module_functions[] = {
     { "settle", reconcile_l_settle },
     { "claims", reconcile_l_claims },
     { "claim", reconcile_l_claim },
-    { "engine", call_l_engine },                  /* for drivers written in Lua */
+    { "engine", engine_l_new },                  /* for drivers written in Lua */
     { "_journal_open", journal_l_open },          /* for acquire.journal only */
     { NULL, NULL }
 };
@@ -99,7 +100,7 @@ ACQ_EXPORT int luaopen_acquire(lua_State *L) {
     buf_open(L);
     error_open(L);
     client_open(L);
-    call_open(L);
+    engine_open(L);
     response_open(L);
     journal_open(L);
     lua_createtable(L, 0, 10);

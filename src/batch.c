@@ -63,7 +63,7 @@ static void detach_all(acq_client_t *c) {
     }
 }
 
-void batch_release(acq_client_t *c) {
+static void batch_release(acq_client_t *c) {
     int i;
     if (c->batch == NULL) return;
     detach_all(c);
@@ -86,6 +86,7 @@ static void setup(lua_State *L, acq_client_t *c, int concurrency) {
             luaL_error(L, "not enough memory");
             return;
         }
+        c->release_batch = batch_release;     /* the client lets it go (close, fork) */
     }
     if (c->batch->multi == NULL) {
         c->batch->multi = curl_multi_init();

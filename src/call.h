@@ -84,6 +84,11 @@ typedef struct acq_obs_t {
 
 enum { ACQ_SEND = 1, ACQ_WAIT, ACQ_DONE };
 
+/* A call's values, in the table its driver anchors (V_ANCHOR: the driver's
+   own, e.g. what keeps the engine alive), and its phases. */
+enum { V_BODY = 1, V_OPTS, V_KEY, V_ERR, V_FOUND, V_FILTER, V_LINES, V_ANCHOR };
+enum { P_START = 0, P_ATTEMPT, P_RETRY, P_RECONCILE, P_TWINS, P_DONE };
+
 typedef struct acq_step_t {
     int         action;         /* ACQ_SEND, ACQ_WAIT, ACQ_DONE */
     const char *method, *url, *body;   /* SEND: body NULL for a GET */
@@ -128,8 +133,9 @@ void  call_drain(lua_State *L, int vals, void (*fn)(lua_State *L, void *ud, cons
 void  call_push_err(lua_State *L, int vals);
 /* A call left unfinished (its driver stopped): out of the in-flight set. */
 void  call_abandon(lua_State *L, acq_call_t *call, int vals);
-void  call_open(lua_State *L);
-int   call_l_engine(lua_State *L);
+/* engine.c: the Lua face (acquire.engine, call:next) */
+void  engine_open(lua_State *L);
+int   engine_l_new(lua_State *L);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

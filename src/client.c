@@ -31,7 +31,7 @@ void client_check_fork(lua_State *L, acq_client_t *c) {
     long pid = (long)getpid();
     if (c->pid == pid) return;
     transport_disown(&c->sockets);
-    batch_release(c);
+    if (c->release_batch) c->release_batch(c);
     if (c->t.tmpl && transport_renew(&c->t) != 0)
         luaL_error(L, "acquire: cannot set up libcurl after fork()");
     c->pid = pid;
@@ -40,7 +40,7 @@ void client_check_fork(lua_State *L, acq_client_t *c) {
 static void release(lua_State *L, acq_client_t *c) {
     c->open = 0;
     if (c->pid != (long)getpid()) transport_disown(&c->sockets);   /* a child closing */
-    batch_release(c);                 /* its handles use c->t's header list */
+    if (c->release_batch) c->release_batch(c);   /* its handles use c->t's header list */
     transport_close(&c->t);
     engine_free(L, &c->e);
 }

@@ -475,7 +475,7 @@ void transport_observe(acq_transport_t *t, const acq_result_t *r, double now, do
 }
 
 /* Frees what t owns; the owner's template, share and header list last
-   (every transfer made from them is closed first: batch_release). */
+   (every transfer made from them is closed first: the client's release_batch). */
 void transport_close(acq_transport_t *t) {
     struct curl_slist *l;
     if (t->easy) curl_easy_cleanup(t->easy);

@@ -104,6 +104,8 @@ typedef struct acq_client_t {
     int       logging;                /* the logger runs: the client is not to be used */
     acq_transport_t t;
     acq_batch_t *batch;               /* create_cases: made on first use */
+    void    (*release_batch)(struct acq_client_t *c);   /* batch.c's, set with batch: client.c
+                                         lets it go without depending on batch.c */
     int       busy;                   /* create_cases is running (on_progress) */
     void     *run;                    /* its state (batch.c), while it runs */
     int       run_ref;                /* that state, kept alive in the registry */
@@ -132,7 +134,6 @@ int   client_l_find_cases(lua_State *L);
 int   client_l_default_find_cases(lua_State *L);
 int   batch_l_create_cases(lua_State *L);
 int   batch_l_default_create_cases(lua_State *L);
-void  batch_release(acq_client_t *c);
 int   client_l_new(lua_State *L);
 int   client_l_create_case(lua_State *L);
 int   client_l_close(lua_State *L);
