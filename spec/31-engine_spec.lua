@@ -44,6 +44,9 @@ local fmt, concat, floor = string.format, table.concat, math.floor
 local unpack_ = table.unpack or unpack
 
 -- Park-Miller in doubles: the same draws on every Lua
+local STATS = {}                          -- what the generator reached: each must be reached
+local function seen(what) STATS[what] = (STATS[what] or 0) + 1 end
+
 local function rng(seed)
   local x = seed % 2147483646 + 1
   local r = {}
@@ -378,6 +381,7 @@ local function run_call(ctx, r, eng, env, lines)
         ctx:check(rc ~= nil, "a wait after a maybe_created failure with reconcile off")
         ctx:check(a == rc, "reconcile's wait is %s s, not %s", a, rc)
         reconciled_wait = true
+        seen("reconcile wait")
         phase = "lookup"
         t = t + a
         deadline = t + o.timeout
@@ -390,6 +394,7 @@ local function run_call(ctx, r, eng, env, lines)
         ctx:check(t + a < deadline, "the wait ends at %s, past the deadline %s", t + a, deadline)
         t = t + a
         last = "waited"
+        seen(rule.lo == 0 and "retry after backoff" or "retry after Retry-After")
       end
       action, a, b = call:next({ now = t, wall = W0 + t })
     elseif action == "send" then
@@ -426,6 +431,7 @@ local function run_call(ctx, r, eng, env, lines)
         end
         if last and last.success then page = page + 1; n_attempt = 0 end
         ctx:check(a.url == o.base_url .. fmt(LIST, cid, page), "GET %s, not page %s", a.url, page)
+        if page > 0 then seen("a second page") end
         list = list or draw_list(r, env, cid, look_f, find and nil)
         gets, n_attempt = gets + 1, n_attempt + 1
         local obs
@@ -448,6 +454,7 @@ local function run_call(ctx, r, eng, env, lines)
   -- what it came to
   if type(last) == "table" and not last.success then
     local rule = retry_rule(last, n_attempt, o.max_retries, t, deadline)
+    if last.retry and n_attempt <= o.max_retries and not rule.must then seen("given up at the deadline") end
     ctx:check(not rule.must, "gave up after %s on attempt %s of %s, t=%s, deadline %s", last, n_attempt,
               o.max_retries + 1, t, deadline)
   end
@@ -465,6 +472,7 @@ local function run_call(ctx, r, eng, env, lines)
   if find then
     ctx:check(posts == 0, "find_cases sent a POST")
     local _, found = reading(list or { pages = {} }, cid, look_f)
+    seen(a ~= nil and "find_cases: cases" or "find_cases: err")
     if a ~= nil then
       ctx:check(last and last.success, "a result after %s", last)
       ctx:check(#a == #found, "%s cases found, the model %s", #a, #found)
@@ -485,6 +493,7 @@ local function run_call(ctx, r, eng, env, lines)
       ctx:check(gets == 0, "a lookup after a success")
       local id = last_post.res.data and last_post.res.data.id
       ctx:check((a.data and a.data.id) == id, "res.data.id %s, not %s", a.data and a.data.id, id)
+      seen("created")
       if type(id) == "number" then env.claimed[#env.claimed + 1] = id; env.taken[id] = true end
     else
       ctx:check(a.reconciled == true, "res after %s without reconciled", last_post)
@@ -495,11 +504,17 @@ local function run_call(ctx, r, eng, env, lines)
                 a.data.id, free)
       env.claimed[#env.claimed + 1] = a.data.id
       env.taken[a.data.id] = true
+      seen("reconciled")
     end
     return
   end
   local err = b
   ctx:no_secrets("err", err)
+  seen("err " .. err.kind .. (err.maybe_created and ", maybe_created" or ""))
+  if err.reconcile then seen("reconcile: " .. err.reconcile) end
+  if err.taken then seen("reconcile: taken") end
+  if err.status == 407 then seen("407 through a tunnel: http") end
+  if err.proxy_status == 407 and env.mode == "plain" then seen("407 through a plain proxy: proxy") end
   ctx:check(not last_post.success, "nil, err after a success")
   ctx:check(err.attempts == posts, "err.attempts %s, %s POSTs", err.attempts, posts)
   ctx:check(err.maybe_created == last_post.maybe, "err.maybe_created %s, the model %s after %s",
@@ -560,6 +575,15 @@ describe("the call engine (acquire.engine), driven with invented observations", 
         local ctx = setmetatable({ n = n, options = options, trace = {} }, Ctx)
         run_call(ctx, r, eng, env, lines)
       end
+    end
+    local want = { "retry after backoff", "retry after Retry-After", "reconcile wait", "a second page",
+                   "given up at the deadline", "find_cases: cases", "find_cases: err", "created",
+                   "reconciled", "err http, maybe_created", "err http", "err decode, maybe_created",
+                   "err network, maybe_created", "err network", "err timeout", "err tls", "err proxy",
+                   "reconcile: not found", "reconcile: ambiguous", "reconcile: lookup failed",
+                   "reconcile: taken", "407 through a tunnel: http", "407 through a plain proxy: proxy" }
+    for _, w in ipairs(want) do
+      assert(STATS[w], ("SPEC_SEED=%d: the generator never reached %q in %d calls"):format(SEED, w, CALLS))
     end
   end)
 end)
