@@ -587,3 +587,159 @@ describe("the call engine (acquire.engine), driven with invented observations", 
     end
   end)
 end)
+
+describe("the call engine's misuse", function()
+  local eng = acquire.engine({ base_url = "http://127.0.0.1:1", api_key = KEY, reconcile = 0 })
+
+  it("raises at create_case and find_cases, before anything, and a call raises after done", function()
+    for _, id in ipairs({ "abc", -1, 0, 1.5, "", {}, true }) do
+      assert.has_error(function() eng:create_case(id, { title = "x" }) end)
+      assert.has_error(function() eng:find_cases(id) end)
+    end
+    for _, opts in ipairs({ 5, "x", { title = {} }, { title = 1 / 0 }, { nope = 1 },
+                            { message = string.char(255) } }) do
+      assert.has_error(function() eng:create_case(7, opts) end)
+    end
+    assert.has_error(function() eng:find_cases(7, { bogus = 1 }) end)
+    assert.has_error(function() eng:find_cases(7, 5) end)
+    assert.has_error(function() acquire.engine({ api_key = KEY, base_url = "ftp://x" }) end)
+    -- none of those raised calls counts as on its way: a lookup for that content goes at once
+    local c = eng:create_case(7, { title = "x" })
+    assert.equal("send", (c:next({ now = 0 })))
+    local action, wait = c:next({ now = 1, status = 500, body = "", sent = true })
+    assert.same({ "wait", 0 }, { action, wait })
+    local action2, req = c:next({ now = 1 })
+    assert.equal("send", action2)
+    assert.equal("GET", req.method)
+    local done, res, err = c:next({ now = 2, status = 200, body = '{"data":{"data":[]}}' })
+    assert.same({ "done", nil, "not found" }, { done, res, err.reconcile })
+    assert.has_error(function() c:next({ now = 3 }) end, "acquire: the call is over")
+  end)
+
+  it("waits for a twin on its way before it looks, within timeout, then says ambiguous", function()
+    local e = acquire.engine({ base_url = "http://127.0.0.1:1", api_key = KEY, reconcile = 0, timeout = 1 })
+    local w = os.time()
+    local a = e:create_case(8, { title = "same" })
+    local b = e:create_case(8, { title = "same" })
+    assert.equal("send", (a:next({ now = 0, wall = w })))
+    assert.equal("send", (b:next({ now = 0, wall = w })))
+    assert.equal("wait", (b:next({ now = 0.1, wall = w, status = 502, body = "", sent = true })))
+    local t, action, req = 0.1, b:next({ now = 0.1, wall = w })
+    while action == "wait" do          -- a is on its way: b waits, at most its timeout
+      assert.is_true(req > 0 and t + req <= 0.1 + 1 + req)
+      t = t + req
+      action, req = b:next({ now = t, wall = w + t })
+    end
+    assert.equal("send", action)
+    assert.is_true(t >= 1.1 - 1e-9, "looked at " .. t .. " with its twin on its way")
+    local list = '{"data":{"data":[{"id":5,"contactId":8,"title":"same","dateCreated":"'
+                 .. os.date("!%Y-%m-%dT%H:%M:%S") .. '.000Z"}]}}'
+    local done, res, err = b:next({ now = t + 0.1, wall = w + t, status = 200, body = list })
+    assert.same({ "done", nil, "ambiguous", 1 }, { done, res, err.reconcile, err.in_flight })
+  end)
+end)
+
+-- Three fixed server behaviours, through the C client and through the engine driven over real
+-- sockets (luasocket, a driver of a dozen lines): the same outcome, the same requests.
+describe("the engine's Lua face and the C client agree", function()
+  local http, ltn12 = require "socket.http", require "ltn12"
+  local srv = helper.server()
+
+  local function drive(cfg, id, opts)
+    local eng = acquire.engine(cfg)
+    local call = eng:create_case(id, opts)
+    local headers = acquire.build_request(id, opts, cfg).headers
+    local action, a, b = call:next({ now = socket.gettime() })
+    while action ~= "done" do
+      local obs
+      if action == "wait" then
+        socket.sleep(a)
+        obs = { now = socket.gettime() }
+      else
+        local out, hs = {}, {}
+        for k, v in pairs(headers) do hs[k] = v end
+        hs["Content-Type"] = a.body and hs["Content-Type"] or nil
+        hs["Content-Length"] = a.body and tostring(#a.body) or nil
+        local ok, code, h = http.request({ url = a.url, method = a.method, headers = hs,
+          source = a.body and ltn12.source.string(a.body) or nil, sink = ltn12.sink.table(out) })
+        if ok then obs = { now = socket.gettime(), status = code, headers = h, body = concat(out), sent = true }
+        else obs = { now = socket.gettime(), stage = "recv", sent = true, detail = tostring(code) } end
+      end
+      action, a, b = call:next(obs)
+    end
+    return a, b
+  end
+
+  local function requests()
+    local post, get = 0, 0
+    for _, q in ipairs(srv:requests()) do
+      if q.method == "POST" then post = post + 1 elseif q.method == "GET" then get = get + 1 end
+    end
+    return post, get
+  end
+
+  -- rules: the server's faults; over: options; -> for each transport { res, err, posts, gets }
+  local function both(rules, over)
+    local out = {}
+    for i, how in ipairs({ "C", "engine" }) do
+      srv:reset()
+      for _, rule in ipairs(rules) do srv:fault(rule) end
+      local cfg = { base_url = srv.base_url, api_key = srv.key, timeout = 5, max_retries = 2 }
+      for k, v in pairs(over or {}) do cfg[k] = v end
+      local res, err
+      if how == "C" then
+        local c = acquire.new(cfg)
+        res, err = c:create_case(597752, { title = "agree", message = "m" })
+        c:close()
+      else
+        res, err = drive(cfg, 597752, { title = "agree", message = "m" })
+      end
+      local posts, gets = requests()
+      out[i] = { res = res, err = err, posts = posts, gets = gets }
+    end
+    return out[1], out[2]
+  end
+
+  local function same_err(c, e)
+    assert.is_table(c.err)
+    assert.is_table(e.err)
+    for _, k in ipairs({ "kind", "status", "type", "message", "maybe_created", "attempts", "retry_after",
+                         "reconcile" }) do
+      assert.equal(c.err[k], e.err[k], "err." .. k)
+    end
+    assert.equal(tostring(c.err), tostring(e.err))
+  end
+
+  it("503 with Retry-After: 0, then the case: created on the second POST", function()
+    local c, e = both({ { action = "status", status = 503, headers = { ["Retry-After"] = "0" }, times = 1 } })
+    assert.same({ 2, 0 }, { c.posts, c.gets })
+    assert.same({ c.posts, c.gets }, { e.posts, e.gets })
+    assert.is_table(c.res and c.res.data)
+    assert.same(c.res, e.res)
+  end)
+
+  it("429 with Retry-After: 31 (above the cap): given up at once, the same err", function()
+    local c, e = both({ { action = "status", status = 429, headers = { ["Retry-After"] = "31" },
+                          body = '{"type":"ERROR_RATE","message":"slow down"}' } })
+    assert.same({ 1, 1 }, { c.posts, e.posts })
+    same_err(c, e)
+    assert.equal(31, e.err.retry_after)
+  end)
+
+  it("a 500 after the case was stored, reconcile = 0: one POST, one lookup, the stored case", function()
+    local c, e = both({ { action = "status", status = 500, create = true, times = 1 } }, { reconcile = 0 })
+    assert.same({ 1, 1 }, { c.posts, c.gets })
+    assert.same({ c.posts, c.gets }, { e.posts, e.gets })
+    assert.is_true(c.res and c.res.reconciled)
+    assert.is_true(e.res and e.res.reconciled)
+    assert.equal(c.res.data.id, e.res.data.id)
+    assert.equal(srv:cases()[1].id, tonumber(e.res.data.id))
+  end)
+
+  it("a 400: not retried, not created, the same err", function()
+    local c, e = both({ { action = "status", status = 400, body = '{"type":"ERROR_X","message":"no such thing"}' } })
+    assert.same({ 1, 1 }, { c.posts, e.posts })
+    same_err(c, e)
+    assert.is_false(e.err.maybe_created)
+  end)
+end)
