@@ -91,12 +91,12 @@ end
 function Ctx:step(s) self.trace[#self.trace + 1] = s end
 
 -- every string in v (an err, deep), tostring(err) too
-local function strings(v, out, seen)
-  out, seen = out or {}, seen or {}
+local function strings(v, out, met)
+  out, met = out or {}, met or {}
   if type(v) == "string" then out[#out + 1] = v
-  elseif type(v) == "table" and not seen[v] then
-    seen[v] = true
-    for k, x in pairs(v) do strings(k, out, seen); strings(x, out, seen) end
+  elseif type(v) == "table" and not met[v] then
+    met[v] = true
+    for k, x in pairs(v) do strings(k, out, met); strings(x, out, met) end
     local mt = getmetatable(v)
     if mt and mt.__tostring then out[#out + 1] = tostring(v) end
   end
@@ -130,7 +130,8 @@ end
 -- What an observation of one attempt is, for the policy: { success, res } or { kind, status,
 -- proxy_status, maybe, retry = nil | "backoff" | { lo, hi } }.
 local function classify(obs, mode, get)
-  local stage, c = obs.stage, nil
+  local stage = obs.stage
+  local c
   if stage and stage:find("^proxy") then
     local ps = obs.proxy_status
     c = { kind = "proxy", proxy_status = ps, maybe = false, proxy = true }
@@ -197,11 +198,11 @@ end
 -- The pages of a contact's case list as the engine reads them: { pages, count }
 -- -> the pages read and the matching cases, each once, in order.
 local function reading(list, cid, f)
-  local found, seen, p = {}, {}, 0
+  local found, ids, p = {}, {}, 0
   while true do
     local cases = list.pages[p + 1] or {}
     for _, cs in ipairs(cases) do
-      if matches(cs, cid, f) and not seen[cs.id] then seen[cs.id] = true; found[#found + 1] = cs end
+      if matches(cs, cid, f) and not ids[cs.id] then ids[cs.id] = true; found[#found + 1] = cs end
     end
     local more = #cases >= 100 and (list.count == nil or (p + 1) * 100 < list.count) and p + 1 < 10
     if not more then return p + 1, found end
@@ -260,7 +261,7 @@ local function answer(status, body, ra, dated)
 end
 
 -- What one attempt of a POST (or a GET: get) came to.
-local function draw_obs(r, env, get, success_body)
+local function draw_obs(r, env, _, success_body)
   local mode, k = env.mode, r.int(1, 20)
   if k <= 4 then return answer(r.pick({ 200, 201 }), success_body()) end
   if k == 5 then return answer(200, r.pick(BAD_2XX)) end
