@@ -38,7 +38,7 @@ SRC  := lua_acquire.c $(wildcard src/*.c)
 HDR  := $(wildcard src/*.h)
 MOD  := acquire.so
 
-.PHONY: all deps build test check test-all demo install clean memcheck check-exports check-layers
+.PHONY: all deps build test check test-all demo install clean memcheck check-exports check-layers check-sizes
 
 all: build
 build: $(MOD)
@@ -77,7 +77,8 @@ deps:
 # proxy.c, proxy.c not config.c (LAYER_BELOW: file, then the prefixes it
 # must not call).
 CORE_SRC := $(filter-out src/transport.c src/client.c src/batch.c,$(wildcard src/*.c))
-LAYER_BELOW := src/url.c:config_,proxy_ src/proxy.c:config_
+LAYER_BELOW := src/url.c:config_,proxy_ src/proxy.c:config_ \
+	src/call.c:client_,batch_,transport_,engine_l_ src/client.c:batch_
 check-layers:
 	@mkdir -p .tmp/poison/curl
 	@echo '#error "a core file includes <curl/curl.h> (core files include core.h; see src/transport.h)"' \
@@ -88,6 +89,10 @@ check-layers:
 	  if grep -nE "\b$${p}[a-z_0-9]+\(" $$f; then echo "check-layers: $$f calls $${p}* (a file above it)"; exit 1; fi; \
 	  done; done
 	@echo "check-layers: $(notdir $(CORE_SRC)) compile without libcurl; url.c, proxy.c call no file above: ok"
+
+# The sizes a reader can hold: C functions <= 100 lines, files <= 600 (scripts/sizes.sh).
+check-sizes:
+	@./scripts/sizes.sh
 
 check-exports: $(MOD)
 	@syms=$$(nm -D --defined-only $(MOD) | awk '$$2 ~ /^[TDBR]$$/ {print $$3}'); \

@@ -39,6 +39,7 @@ build = {
          sources = {
             "lua_acquire.c",
             "src/batch.c",
+            "src/batchopts.c",
             "src/buffer.c",
             "src/call.c",
             "src/client.c",

@@ -38,6 +38,7 @@ build = {
          sources = {
             "lua_acquire.c",
             "src/batch.c",
+            "src/batchopts.c",
             "src/buffer.c",
             "src/call.c",
             "src/client.c",

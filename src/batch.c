@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 #include "transport.h"
+#include "batch.h"
 
 
 /* A client's batch state, made by its first create_cases. */
@@ -36,13 +37,6 @@ struct acq_slot_t {
     double start, paused0;            /* when it started; the batch's paused time then */
 };
 
-typedef struct item_t {
-    acq_call_t call;                  /* the engine's state of it */
-    long long id;
-    long k;                           /* 0-based item index */
-    int attempts, used;               /* used: the pool entry holds a live item */
-    double ready_at;                  /* monotonic seconds, while waiting to retry */
-} item_t;
 
 static double now(void) {
     struct timespec ts;
@@ -124,110 +118,6 @@ static void wait_for(acq_client_t *c, double until) {
     }
     curl_multi_poll(c->batch->multi, NULL, 0, timeout, NULL);
 }
-
-/* Encodes item i (the table at idx) under pcall, so a misuse names it. */
-static int batch_l_encode_item(lua_State *L) {
-    acq_client_t *c = (acq_client_t *)lua_touserdata(L, 1);
-    item_t *it = (item_t *)lua_touserdata(L, 2);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    lua_rawgeti(L, 3, 1);                                      /* 4 */
-    lua_rawgeti(L, 3, 2);                                      /* 5 */
-    if (!request_parse_contact_id(L, 4, &it->id))
-        luaL_error(L, "%s", request_push_contact_id_error(L, 4));
-    lua_settop(L, 5);
-    {
-        acq_buf_t *b = buf_push(L);
-        request_encode_body(L, 5, c->e.strict, b);
-        lua_pushlstring(L, b->p, b->len);
-    }
-    return 1;
-}
-
-typedef struct opts_t {
-    int concurrency;
-    double interval;                          /* 1 / rate; 0: no rate */
-    int on_send, on_wave, on_result, on_progress;   /* the hooks' stack indices; 0: none */
-} opts_t;
-
-static int is_hook(lua_State *L, int key) {
-    static const char *const names[] = { "on_send", "on_wave", "on_result", "on_progress" };
-    size_t i;
-    for (i = 0; i < sizeof names / sizeof *names; i++) {
-        if (!acq_equals(L, key, names[i])) continue;
-        if (!lua_isfunction(L, key + 1))
-            luaL_error(L, "bad option '%s' (function expected, got %s)", names[i],
-                       luaL_typename(L, key + 1));
-        return 1;
-    }
-    return 0;
-}
-
-/* The hook opts[name] pushed: its index, or 0 (nothing pushed). */
-static int push_hook(lua_State *L, int opts, const char *name) {
-    if (lua_isnoneornil(L, opts)) return 0;
-    lua_pushstring(L, name);
-    lua_rawget(L, opts);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    return lua_gettop(L);
-}
-
-/* opts.claimed: the case ids other requests already have (an earlier run's,
-   from its journal): a list of positive integers. Checked here; claimed
-   into the client by run(). */
-static void check_claimed(lua_State *L, int idx) {
-    int i;
-    long long v;
-    if (!lua_istable(L, idx))
-        luaL_error(L, "bad option 'claimed' (a list of case ids expected, got %s)",
-                   luaL_typename(L, idx));
-    for (i = 1; lua_rawgeti(L, idx, i), !lua_isnil(L, -1); i++) {
-        if (!request_parse_contact_id(L, -1, &v))
-            luaL_error(L, "bad option 'claimed' (item #%d is not a case id)", i);
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-}
-
-/* Checks the options at idx (raising on misuse) and pushes the hooks. */
-static void parse_opts(lua_State *L, int idx, opts_t *o) {
-    o->concurrency = 8;
-    o->interval = 0;
-    if (!lua_isnoneornil(L, idx)) {
-        luaL_checktype(L, idx, LUA_TTABLE);
-        lua_pushnil(L);
-        while (lua_next(L, idx)) {
-            if (acq_equals(L, -2, "concurrency")) {
-                lua_Number v = lua_tonumber(L, -1);
-                if (lua_type(L, -1) != LUA_TNUMBER || !(v >= 1 && v <= ACQ_MAX_CONCURRENCY) ||
-                    v != floor(v))
-                    luaL_error(L, "bad option 'concurrency' (integer from 1 to %d expected)",
-                               ACQ_MAX_CONCURRENCY);
-                o->concurrency = (int)v;
-            } else if (acq_equals(L, -2, "rate")) {
-                lua_Number v = lua_tonumber(L, -1);
-                if (lua_type(L, -1) != LUA_TNUMBER || !(v >= ACQ_MIN_RATE && v <= ACQ_MAX_RATE))
-                    luaL_error(L, "bad option 'rate' (requests per second expected: a number "
-                                  "from 0.01 to %d)", ACQ_MAX_RATE);
-                o->interval = 1.0 / (double)v;
-            } else if (acq_equals(L, -2, "claimed")) {
-                check_claimed(L, lua_gettop(L));
-            } else if (!is_hook(L, lua_gettop(L) - 1)) {
-                luaL_error(L, "bad option '%s' (expected one of: claimed, concurrency, journal, "
-                              "on_progress, on_result, on_send, on_wave, rate, resend_uncertain)",
-                           error_pushname(L, -2));
-            }
-            lua_pop(L, 1);
-        }
-    }
-    o->on_send = push_hook(L, idx, "on_send");
-    o->on_wave = push_hook(L, idx, "on_wave");
-    o->on_result = push_hook(L, idx, "on_result");
-    o->on_progress = push_hook(L, idx, "on_progress");
-}
-
 /* Calls the hook pushed below its nargs arguments. If it raises, what is in
    flight is aborted and the error propagates. */
 static void call_hook(lua_State *L, acq_client_t *c, int nargs) {
@@ -247,35 +137,10 @@ static int maybe_created(lua_State *L, int idx) {
     return maybe;
 }
 
-/* What one create_cases keeps while it runs. Items live in a pool while in
-   flight or waiting to retry, and are forgotten when done: with an iterator
-   as input, memory stays the same whatever the number of items. */
-#define POOL (2 * ACQ_MAX_CONCURRENCY)
-typedef struct run_t {
-    opts_t o;
-    int items;                                 /* the input: a table or a function */
-    int stream;                                /* it is a function */
-    int bodies;                                /* table input: every body, encoded first */
-    int results;                               /* table input: results[k]; else 0 */
-    int live;                                  /* live[p]: pool entry p's call values (call.c) */
-    int live_ref;                              /* the same, in the registry (abort) */
-    int held;                                  /* { { k, call, vals }, … }: to reconcile */
-    int reconcile;
-    long n;                                    /* items known so far (table: all) */
-    long drawn;                                /* items taken from the input */
-    int ended;                                 /* the input has no more */
-    long long *ids;                            /* table input: each item's contactId */
-    item_t pool[POOL];
-    int nwait, waiting[POOL];                  /* pool entries waiting to retry */
-    long counts[3];                            /* created, failed, uncertain */
-    double open_at;                            /* no request starts before (monotonic) */
-    double timeout;                            /* a transfer's, in seconds; 0: none */
-    double paused;                             /* seconds spent in hooks and the log so far */
-} run_t;
 
 /* Item k's outcome is final (res or err on top, popped): kept (table input),
    counted, and handed to on_result. */
-static void settled(lua_State *L, acq_client_t *c, run_t *b, long k, int ok) {
+static void settled(lua_State *L, acq_client_t *c, batch_run_t *b, long k, int ok) {
     int v = lua_gettop(L);
     b->counts[ok ? 0 : maybe_created(L, v) ? 2 : 1]++;
     if (b->results) {
@@ -297,7 +162,7 @@ static void settled(lua_State *L, acq_client_t *c, run_t *b, long k, int ok) {
 /* reconcile: after the batch, one wait, then every item held back (it may
    have been created: its engine said to wait before looking) goes on, one
    after another (lookups are few and short), on the client's own handles. */
-static void reconcile_all(lua_State *L, acq_client_t *c, run_t *b) {
+static void reconcile_all(lua_State *L, acq_client_t *c, batch_run_t *b) {
     int i, nheld = (int)acq_rawlen(L, b->held);
     for (i = 1; i <= nheld; i++) {
         int top = lua_gettop(L), n;
@@ -319,7 +184,7 @@ static void reconcile_all(lua_State *L, acq_client_t *c, run_t *b) {
 /* The next item from the input into pool entry p: 1, or 0 at its end.
    Table input: checked and encoded before the run; an iterator's item is
    checked here, before it can be sent (a bad one raises, naming it). */
-static int draw(lua_State *L, acq_client_t *c, run_t *b, int p) {
+static int draw(lua_State *L, acq_client_t *c, batch_run_t *b, int p) {
     item_t *it = &b->pool[p];
     long k = b->drawn;
     if (b->ended) return 0;
@@ -338,8 +203,8 @@ static int draw(lua_State *L, acq_client_t *c, run_t *b, int p) {
         lua_call(L, 0, 1);
         if (lua_isnil(L, -1)) { b->ended = 1; lua_pop(L, 1); return 0; }
         lua_pushcfunction(L, batch_l_encode_item);
-        lua_pushlightuserdata(L, c);
-        lua_pushlightuserdata(L, it);
+        lua_pushlightuserdata(L, &it->id);
+        lua_pushboolean(L, c->e.strict);
         lua_pushvalue(L, -4);
         if (lua_pcall(L, 3, 1, 0) != 0) {
             detach_all(c);
@@ -362,7 +227,7 @@ static int draw(lua_State *L, acq_client_t *c, run_t *b, int p) {
 /* Transfer slot ended with code: the engine told what the item does next:
    done (its outcome delivered: returns 1), or wait to retry, or wait for
    reconcile after the batch (returns 0, 1). */
-static int complete(lua_State *L, acq_client_t *c, run_t *b, acq_slot_t *slot, CURLcode code) {
+static int complete(lua_State *L, acq_client_t *c, batch_run_t *b, acq_slot_t *slot, CURLcode code) {
     acq_result_t r;
     acq_obs_t o;
     acq_step_t st;
@@ -413,7 +278,7 @@ static int complete(lua_State *L, acq_client_t *c, run_t *b, acq_slot_t *slot, C
 }
 
 /* Starts pool entry p on slot s (its on_send first). */
-static void start(lua_State *L, acq_client_t *c, run_t *b, int s, int p) {
+static void start(lua_State *L, acq_client_t *c, batch_run_t *b, int s, int p) {
     acq_slot_t *slot = c->batch->slots[s];
     item_t *it = &b->pool[p];
     acq_step_t st;
@@ -449,7 +314,7 @@ static void start(lua_State *L, acq_client_t *c, run_t *b, int s, int p) {
 
 /* The pool entry to start next: a retry that is due, or a new item drawn
    into a free entry; -1: none now. */
-static int pick(lua_State *L, acq_client_t *c, run_t *b, double t) {
+static int pick(lua_State *L, acq_client_t *c, batch_run_t *b, double t) {
     int i, p;
     for (i = 0; i < b->nwait; i++) {
         if (b->pool[b->waiting[i]].ready_at <= t) {
@@ -463,59 +328,11 @@ static int pick(lua_State *L, acq_client_t *c, run_t *b, double t) {
     return p;
 }
 
-/* The run's state: options checked, claims taken, and for a table every
-   item checked and encoded before anything is sent. */
-static void begin(lua_State *L, acq_client_t *c, run_t *b, int items, int opts) {
-    long i;
-    b->items = items;
-    b->stream = lua_isfunction(L, items);
-    b->reconcile = c->e.reconcile_ms >= 0;
-    b->timeout = (double)c->timeout_ms / 1000.0;
-    parse_opts(L, opts, &b->o);
-    if (lua_istable(L, opts)) {                 /* opts.claimed: checked by parse_opts */
-        lua_getfield(L, opts, "claimed");
-        if (lua_istable(L, -1)) {
-            for (i = 1; lua_rawgeti(L, -1, (int)i), !lua_isnil(L, -1); i++) {
-                engine_claim(L, &c->e, -1);
-                lua_pop(L, 1);
-            }
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
-    }
-    lua_newtable(L);
-    b->live = lua_gettop(L);
-    lua_pushvalue(L, b->live);
-    b->live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L);
-    b->held = lua_gettop(L);
-    if (!b->stream) {                           /* all of them, before any is sent */
-        b->n = (long)acq_rawlen(L, items);
-        b->ids = (long long *)acq_newuserdata(L, (size_t)(b->n ? b->n : 1) * sizeof *b->ids);
-        lua_createtable(L, (int)b->n, 0);
-        b->bodies = lua_gettop(L);
-        for (i = 0; i < b->n; i++) {
-            item_t scratch;
-            lua_pushcfunction(L, batch_l_encode_item);
-            lua_pushlightuserdata(L, c);
-            lua_pushlightuserdata(L, &scratch);
-            lua_rawgeti(L, items, (int)i + 1);
-            if (lua_pcall(L, 3, 1, 0) != 0)
-                luaL_error(L, "bad item #%d: %s", (int)i + 1, lua_tostring(L, -1));
-            b->ids[i] = scratch.id;
-            lua_rawseti(L, b->bodies, (int)i + 1);
-        }
-        lua_createtable(L, (int)b->n, 0);
-        b->results = lua_gettop(L);
-    }
-
-}
-
 /* The batch keeps each transfer's timeout itself: libcurl's would count
    the time hooks ran, and turn an answer that arrived while one ran into a
    timeout. Checked after a perform, with that time left out: what arrived
    is read as arrived. Returns how many items it ended. */
-static int expire(lua_State *L, acq_client_t *c, run_t *b, int *active) {
+static int expire(lua_State *L, acq_client_t *c, batch_run_t *b, int *active) {
     int s, ended = 0;
     for (s = 0; s < b->o.concurrency && b->timeout > 0; s++) {
         acq_slot_t *slot = c->batch->slots[s];
@@ -535,7 +352,7 @@ static int expire(lua_State *L, acq_client_t *c, run_t *b, int *active) {
 /* When the loop has something to do next (monotonic; -1: nothing but the
    transfers): a free slot may start an item, a retry is due, a transfer's
    deadline comes. */
-static double wake_at(acq_client_t *c, run_t *b, int active, int alone, double t) {
+static double wake_at(acq_client_t *c, batch_run_t *b, int active, int alone, double t) {
     double wake = -1;
     int i, s;
     if (active < b->o.concurrency) {
@@ -555,7 +372,7 @@ static double wake_at(acq_client_t *c, run_t *b, int active, int alone, double t
 }
 
 /* What run returns: results by item (a table's), or the counts (an iterator's). */
-static int finish(lua_State *L, run_t *b) {
+static int finish(lua_State *L, batch_run_t *b) {
     if (b->results) {
         lua_pushvalue(L, b->results);
         return 1;
@@ -573,20 +390,20 @@ static int finish(lua_State *L, run_t *b) {
 }
 
 static int run(lua_State *L, acq_client_t *c, int items, int opts) {
-    run_t *b;
+    batch_run_t *b;
     int active = 0;
     long done = 0;
     acq_slot_t *lead = NULL;                   /* the batch's first transfer */
     int alone = 1;                             /* it runs alone (below) */
 
     luaL_checkstack(L, LUA_MINSTACK + 16, "create_cases");   /* the loop holds many values */
-    b = (run_t *)acq_newuserdata(L, sizeof *b);
+    b = (batch_run_t *)acq_newuserdata(L, sizeof *b);
     memset(b, 0, sizeof *b);
     b->live_ref = LUA_NOREF;
     lua_pushvalue(L, -1);
     c->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     c->run = b;                                 /* both let go by guarded() */
-    begin(L, c, b, items, opts);
+    batch_begin(L, &c->e, c->timeout_ms, b, items, opts);
     if (!b->stream && b->n == 0) return finish(L, b);
     setup(L, c, b->o.concurrency);
     while (!(b->ended && active == 0 && b->nwait == 0)) {
@@ -663,7 +480,7 @@ static int run(lua_State *L, acq_client_t *c, int items, int opts) {
 /* After a run, or what it raised: the items it left unfinished leave the
    engine's in-flight set, and its state is let go. */
 static void let_go(lua_State *L, acq_client_t *c) {
-    run_t *b = (run_t *)c->run;
+    batch_run_t *b = (batch_run_t *)c->run;
     int p;
     if (b != NULL && b->live_ref != LUA_NOREF) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, b->live_ref);
@@ -711,68 +528,24 @@ static int guarded(lua_State *L, acq_client_t *c, int items, int opts) {
     return 1;
 }
 
-/* opts.journal = path: the run goes through acquire.journal (a Lua
-   library over this function), which takes the journal's options and calls
-   create_cases again without them. Returns 1 with its results pushed, or 0
-   when opts has no journal. */
-static int journaled(lua_State *L, int client, int items, int opts) {
-    if (!lua_istable(L, opts)) return 0;
-    lua_getfield(L, opts, "journal");
-    if (lua_isnil(L, -1)) {
-        lua_getfield(L, opts, "resend_uncertain");
-        if (!lua_isnil(L, -1))
-            luaL_error(L, "bad option 'resend_uncertain' (only with 'journal')");
-        lua_pop(L, 2);
-        return 0;
-    }
-    if (lua_type(L, -1) != LUA_TSTRING)
-        luaL_error(L, "bad option 'journal' (a file name expected, got %s)", luaL_typename(L, -1));
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "acquire.journal");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "create_cases");
-    lua_pushvalue(L, client);
-    lua_pushvalue(L, items);
-    lua_newtable(L);                            /* opts, journal renamed path */
-    lua_pushnil(L);
-    while (lua_next(L, opts)) {
-        if (acq_equals(L, -2, "journal")) {
-            lua_pushliteral(L, "path");
-            lua_insert(L, -2);
-            lua_rawset(L, -4);
-            lua_pushliteral(L, "journal");     /* lua_next goes on from this key */
-        } else {
-            lua_pushvalue(L, -2);
-            lua_insert(L, -2);
-            lua_rawset(L, -4);
-        }
-    }
-    lua_call(L, 3, 1);
-    return 1;
-}
 
 /* client:create_cases(items, opts) -> { { res = … } | { err = … }, … };
    items a function (an iterator): -> { total, created, failed, uncertain } */
-static void check_items(lua_State *L, int idx) {
-    if (!lua_istable(L, idx) && !lua_isfunction(L, idx))
-        luaL_argerror(L, idx, lua_pushfstring(L, "table or function expected, got %s",
-                                              luaL_typename(L, idx)));
-}
 
 int batch_l_create_cases(lua_State *L) {
     acq_client_t *c = client_check_open(L, 1);
-    check_items(L, 2);
+    batch_check_items(L, 2);
     lua_settop(L, 3);
-    if (journaled(L, 1, 2, 3)) return 1;
+    if (batch_journaled(L, 1, 2, 3)) return 1;
     return guarded(L, c, 2, 3);
 }
 
 /* acquire.create_cases(items, opts) through the default client */
 int batch_l_default_create_cases(lua_State *L) {
     acq_client_t *c;
-    check_items(L, 1);
+    batch_check_items(L, 1);
     lua_settop(L, 2);
     c = client_default(L);                                    /* 3 */
-    if (journaled(L, 3, 1, 2)) return 1;
+    if (batch_journaled(L, 3, 1, 2)) return 1;
     return guarded(L, c, 1, 2);
 }

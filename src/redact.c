@@ -21,17 +21,14 @@
  * one [REDACTED]: no tail of a secret survives. A span that touches an escape
  * takes the whole escape, so the text reads as before around [REDACTED].
  *
- * The work is linear, whatever the secrets' bytes: O(n) per secret, plus
- * O(length * its distinct bytes) for its automaton, built only when the text
- * holds a backslash (else every reading is the text). Read from offset p,
- * the JSON reading of the text is one token (an escape, or one raw byte),
- * then the reading from the token's end: each offset has one successor, at
- * most 12 bytes on, and the readings form a tree rooted at the text's end.
- * "The reading from p begins with the secret" is then one pass of the
- * reversed secret's automaton from the end of the text back to its start (13
- * states kept), and a pass forwards marks the bytes of each match. The text
- * as written is a KMP search. Nothing recurses; no byte is read more than a
- * constant number of times per secret.
+ * Linear, whatever the secrets' bytes: O(n) per secret, plus O(length *
+ * distinct bytes) for its automaton, built only when the text holds a
+ * backslash. From offset p, the JSON reading is one token (an escape, or a
+ * byte), then the reading from its end: the readings form a tree rooted at
+ * the text's end, so "the reading from p begins with the secret" is one
+ * backward pass of the reversed secret's automaton (13 states kept), and a
+ * forward pass marks each match's bytes. The text as written is a KMP
+ * search. Nothing recurses.
  */
 #include <stdlib.h>
 #include <string.h>

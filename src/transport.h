@@ -7,7 +7,7 @@
 #define ACQUIRE_TRANSPORT_H
 
 #include <curl/curl.h>
-#include "call.h"
+#include "batch.h"
 
 #if defined(__GNUC__)
 #pragma GCC visibility push(hidden)
@@ -91,9 +91,6 @@ void  transport_observe(acq_transport_t *t, const acq_result_t *r, double now, d
                         acq_obs_t *o);
 
 /* ---- client.c: the acquire.Client userdata -------------------------- */
-#define ACQ_MAX_CONCURRENCY 64                  /* create_cases' transfers at once */
-#define ACQ_MAX_RATE        10000               /* create_cases' requests per second, at most */
-#define ACQ_MIN_RATE        0.01                /* and at least (1 / rate stays under ACQ_MAX_WAIT) */
 typedef struct acq_slot_t acq_slot_t;           /* batch.c */
 typedef struct acq_batch_t acq_batch_t;         /* batch.c: the multi handle and its slots */
 
