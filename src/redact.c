@@ -70,7 +70,6 @@ static size_t utf8(unsigned long cp, unsigned char out[4]) {
 }
 
 #define CUT (-1L)
-
 /* One JSON escape at s (s[0] == '\\'): the bytes it stands for into out,
    their count into *olen; returns the escape's length, 0 when it is not
    an escape, CUT when s ends inside it. */
