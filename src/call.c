@@ -62,6 +62,7 @@ int engine_init(lua_State *L, acq_engine_t *e, const acq_config_t *cfg) {
 }
 
 void engine_free(lua_State *L, acq_engine_t *e) {
+    buf_free(&e->req);
     free(e->base);
     e->base = NULL;
     free(e->proxy_display);
@@ -511,11 +512,9 @@ void call_create(lua_State *L, acq_call_t *call, acq_engine_t *e, long long id,
     lua_createtable(L, V_ANCHOR, 0);
     if (body) {
         lua_pushvalue(L, body);
-    } else {
-        acq_buf_t *b = buf_push(L);
-        request_encode_body(L, opts, e->strict, b);
-        lua_pushlstring(L, b->p, b->len);
-        lua_remove(L, -2);
+    } else {                                  /* the engine's buffer: no allocation a call */
+        request_encode_body(L, opts, e->strict, &e->req);
+        lua_pushlstring(L, e->req.p, e->req.len);
     }
     lua_rawseti(L, -2, V_BODY);
     lua_pushvalue(L, opts);

@@ -42,6 +42,7 @@ typedef struct acq_engine_t {
     char    *keys;      size_t keys_len;       /* the secrets' bytes, owned, wiped */
     acq_secret_t secrets[ACQ_MAX_SECRETS];     /* into keys: the API key first */
     int      claims, inflight;                 /* registry refs: case ids taken; live calls by content */
+    acq_buf_t req;                             /* a request body being encoded, reused */
 } acq_engine_t;
 
 /* From a checked config; 0 on ENOMEM (then engine_free is still safe). */
