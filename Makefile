@@ -141,15 +141,14 @@ else
 	  $(or $(filter %_spec.lua,$(BUSTED_ARGS)),$(CHECK_FILES)) $(filter-out %_spec.lua,$(BUSTED_ARGS))
 endif
 
-# make test on every Lua, one after the other (acquire.so is built for each),
-# each file by file in parallel; the nginx specs in the 5.4 pass only (they
-# load the LuaJIT build in nginx, whatever Lua runs busted).
+# make test on every Lua, TEST_ALL_JOBS (2) passes at a time, each pass file
+# by file in parallel; 5.4 here and first (the longest: it alone runs the
+# nginx specs, which load the LuaJIT build in nginx, whatever Lua runs busted),
+# every other Lua in its own copy of the tree, .tmp/test-all/LUA/ (acquire.so
+# is per Lua). scripts/test-all.sh says more.
+TEST_ALL_JOBS ?= 2
 test-all:
-	@failed=; for v in $(ALL_LUAS); do \
-	  echo "== Lua $$v"; \
-	  $(MAKE) --no-print-directory test LUA=$$v || failed="$$failed $$v"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "test-all: failed on Lua$$failed"; exit 1; fi
+	@MAKE='$(MAKE)' TEST_ALL_JOBS=$(TEST_ALL_JOBS) ./scripts/test-all.sh 5.4 $(filter-out 5.4,$(ALL_LUAS))
 
 demo:
 	@./scripts/deps.sh -t demo $(DEPS_DEMO)
