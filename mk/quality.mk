@@ -96,8 +96,16 @@ $(FUZZ_DIR)/response.dict: mk/quality.mk
 # harness's comment says how it reads its bytes. Those named after a
 # finding of issue 22 (seed-finding<N>-...) are its reproducers; those of a
 # check that FUZZ_STRICT=1 turns on fail today.
+# the packages of make fuzz and make lint; make quality-deps installs both
+# (.ci/run, before it runs the two side by side: apt-get cannot run twice at once)
+FUZZ_DEPS = $(DEPS_DEMO) liblua5.4-dev clang libclang-rt-14-dev
+LINT_DEPS = $(DEPS_DEMO) liblua5.4-dev cppcheck clang-tidy
+.PHONY: quality-deps
+quality-deps:
+	@./scripts/deps.sh -t fuzz,lint $(FUZZ_DEPS) $(LINT_DEPS) lua-check
+
 fuzz:
-	@./scripts/deps.sh -t fuzz $(DEPS_DEMO) liblua5.4-dev clang libclang-rt-14-dev
+	@./scripts/deps.sh -t fuzz $(FUZZ_DEPS)
 	@$(MAKE) --no-print-directory $(addprefix $(FUZZ_DIR)/,$(FUZZ_NAMES)) $(FUZZ_DIR)/response.dict
 	@for t in $(FUZZ_NAMES:fuzz_%=%); do mkdir -p fuzz/corpus-$$t && cp fuzz/seeds/$$t/* fuzz/corpus-$$t/; done
 	@rc=0; $(foreach t,$(FUZZ_NAMES),echo "== $(t), $(FUZZ_SECONDS) s"; \
@@ -123,7 +131,7 @@ QUALITY_CPPCHECK_CONFIGS := 501:$(QUALITY_CURL_NUM) 502:$(QUALITY_CURL_NUM) \
 	503:$(QUALITY_CURL_NUM) 504:$(QUALITY_CURL_NUM) 504:0x074a00
 
 lint: luacheck check-layers
-	@./scripts/deps.sh -t lint $(DEPS_DEMO) liblua5.4-dev cppcheck clang-tidy
+	@./scripts/deps.sh -t lint $(LINT_DEPS)
 	@for c in $(QUALITY_CPPCHECK_CONFIGS); do \
 	  echo "cppcheck: LUA_VERSION_NUM=$${c%%:*} LIBCURL_VERSION_NUM=$${c#*:}"; \
 	  $(QUALITY_CPPCHECK) -DLUA_VERSION_NUM=$${c%%:*} -DLIBCURL_VERSION_NUM=$${c#*:} \

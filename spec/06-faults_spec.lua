@@ -8,6 +8,9 @@ local socket = require "socket"
 
 local CONTACT = 597752
 local SLACK = 0.5            -- timeouts hold within +0.5 s
+-- where the call would otherwise never end (a hang, a trickle of many seconds): room for a
+-- loaded machine, still far below what the fault alone would take
+local HANG_SLACK = 1.5
 
 local srv
 
@@ -78,7 +81,7 @@ describe("fault matrix", function()
       assert.equal(28, err.code)
       assert.equal(1, err.attempts)
       assert.equal(1, requests())
-      assert.is_true(dt >= 0.95 and dt < 1 + SLACK, "timeout = 1 took " .. dt)
+      assert.is_true(dt >= 0.95 and dt < 1 + HANG_SLACK, "timeout = 1 took " .. dt)
     end)
 
     it("a response that trickles past the timeout: timeout, the status seen", function()
@@ -87,7 +90,7 @@ describe("fault matrix", function()
       assert.is_nil(res)
       assert_err(err, "timeout", 200, true)
       assert.equal(1, requests())
-      assert.is_true(dt >= 0.95 and dt < 1 + SLACK, "timeout = 1 took " .. dt)
+      assert.is_true(dt >= 0.95 and dt < 1 + HANG_SLACK, "timeout = 1 took " .. dt)
     end)
 
     it("reset after the request: network, once", function()

@@ -458,7 +458,8 @@ describe("acquire.ngx and nginx's resolver #ngx", function()
     assert.is_false(doc.ok, cjson.encode(doc))
     assert.same({ "timeout", false, 1 }, { doc.err.kind, doc.err.maybe_created, doc.err.attempts })
     assert.equal("acquire: timeout: connecting to acquire-dns-test.example:9 timed out", doc.text)
-    assert.is_true(took >= 1.9 and took < 2.5, "took " .. took .. " s")
+    -- under 3.5 s: the resolver's own 4 s did not end it (room for a loaded machine)
+    assert.is_true(took >= 1.9 and took < 3.5, "took " .. took .. " s")
     assert.is_true(dns.queries() >= 1, "nginx never asked the DNS server")
   end)
 
@@ -467,7 +468,7 @@ describe("acquire.ngx and nginx's resolver #ngx", function()
     assert.is_false(doc.ok, cjson.encode(doc))
     assert.same({ "timeout", false }, { doc.err.kind, doc.err.maybe_created })
     assert.is_true(doc.err.attempts >= 2, "attempts: " .. doc.err.attempts)
-    assert.is_true(took < 2.5, "took " .. took .. " s")
+    assert.is_true(took < 3.5, "took " .. took .. " s")      -- the timeout's 2 s, not the resolver's 4
   end)
 
   it("a name that resolves: connected by a light thread, then used and pooled by the call", function()

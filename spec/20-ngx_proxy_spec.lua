@@ -242,7 +242,7 @@ describe("acquire.ngx through a proxy #ngx", function()
       assert.same({ false, "proxy", false, 1 },
                   { doc.ok, doc.err.kind, doc.err.maybe_created, doc.err.attempts })
       assert.matches(": no answer to CONNECT in time %(timeout 0%.5 s%)$", doc.text)
-      assert.is_true(elapsed < 2, "took " .. elapsed .. " s")
+      assert.is_true(elapsed < 3, "took " .. elapsed .. " s")   -- the 0.5 s timeout, not nginx's or a hang
     end)
   end)
 
