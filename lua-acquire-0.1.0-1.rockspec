@@ -48,6 +48,7 @@ build = {
             "src/error.c",
             "src/journal.c",
             "src/json.c",
+            "src/pending.c",
             "src/policy.c",
             "src/proxy.c",
             "src/reconcile.c",

@@ -46,6 +46,7 @@ build = {
             "src/error.c",
             "src/journal.c",
             "src/json.c",
+            "src/pending.c",
             "src/policy.c",
             "src/proxy.c",
             "src/reconcile.c",

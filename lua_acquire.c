@@ -19,6 +19,7 @@
  *   src/engine.c     the engine's Lua face (acquire.engine, call:next), for Lua drivers
  *   src/client.c     acquire.Client: the blocking driver of the engine
  *   src/batch.c      create_cases: many at once on a curl multi handle
+ *   src/pending.c    start_case: a pending call, pollable (pollfd, events, timeout, step)
  *   src/buffer.c     C-owned byte buffers
  *   src/journal.c    the journal's file: exclusive create, lock, whole appends
  *   src/compat.h     Lua 5.1-5.4 / LuaJIT differences
@@ -62,6 +63,8 @@ static const luaL_Reg client_methods[] = {
     { "create_case", client_l_create_case },
     { "create_cases", batch_l_create_cases },
     { "find_cases", client_l_find_cases },
+    { "start_case", pending_l_start_case },
+    { "start_find", pending_l_start_find },
     { "close", client_l_close },
     { NULL, NULL }
 };
@@ -101,6 +104,7 @@ ACQ_EXPORT int luaopen_acquire(lua_State *L) {
     error_open(L);
     client_open(L);
     engine_open(L);
+    pending_open(L);
     response_open(L);
     journal_open(L);
     lua_createtable(L, 0, 10);

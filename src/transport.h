@@ -123,6 +123,8 @@ int   client_drive(lua_State *L, acq_client_t *c, acq_call_t *call, int vals,
 /* The engine's log lines waiting in vals, to the logger or stderr. */
 void  client_write_lines(lua_State *L, acq_client_t *c, int vals);
 void  client_observe_wait(acq_obs_t *o);          /* the clocks, after a wait */
+/* One line (on top, popped) at level: to the logger (under pcall) or stderr. */
+void  client_log_line(lua_State *L, acq_client_t *c, const char *level);
 double client_clock(void);                         /* the wall clock */
 double client_monotonic(void);
 /* Raises when c's own logger is running (it must not use its client). */
@@ -132,6 +134,11 @@ int   client_l_default_find_cases(lua_State *L);
 int   batch_l_create_cases(lua_State *L);
 int   batch_l_default_create_cases(lua_State *L);
 int   client_l_new(lua_State *L);
+/* ---- pending.c: the non-blocking driver (pollfd, events, timeout, step) */
+#define ACQ_MT_PENDING "acquire.Pending"
+int   pending_l_start_case(lua_State *L);
+int   pending_l_start_find(lua_State *L);
+void  pending_open(lua_State *L);
 int   client_l_create_case(lua_State *L);
 int   client_l_close(lua_State *L);
 int   client_l_tostring(lua_State *L);

@@ -1,0 +1,392 @@
+/*
+ * pending.c: client:start_case and client:start_find, the non-blocking
+ * driver of the call engine (call.c). A pending call is pollable in
+ * cqueues' way (pollfd, events, timeout): its descriptor is an epoll
+ * descriptor holding the sockets of its one transfer (libcurl tells which,
+ * CURLMOPT_SOCKETFUNCTION), so any loop that waits on descriptors and
+ * timers can drive it; step() does what is ready and never blocks, and the
+ * engine's WAITs (retries, Retry-After, reconcile's wait) become the
+ * timeout the loop sleeps. Each pending call has its own multi handle
+ * (so one call's progress never hides another's), and its transfers come
+ * from the client's template: they share its connections, DNS and TLS
+ * sessions. Linux only (epoll), as the module's supported systems are.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+#include "transport.h"
+
+enum { S_SEND = 1, S_WAIT, S_DONE };
+
+typedef struct pending_t {
+    acq_call_t      call;
+    acq_client_t   *c;               /* alive while client_ref holds it */
+    acq_transport_t t;               /* this call's transfers, from c's template */
+    CURLM          *multi;
+    int             epfd;
+    int             state;           /* S_SEND (a transfer on multi), S_WAIT, S_DONE */
+    int             attached;        /* t.easy is on multi */
+    double          wake_at;         /* S_WAIT: monotonic */
+    double          timer_at;        /* libcurl's timer: monotonic, or -1 */
+    int             ref;             /* registry: { vals, client, results... } */
+    int             nret;            /* S_DONE: 1 (res) or 2 (nil, err) */
+    long            pid;
+    pthread_t       thread;
+} pending_t;
+
+enum { R_VALS = 1, R_CLIENT, R_RES, R_ERR };
+
+/* ---- libcurl's sockets and timer, into the epoll set ------------------ */
+
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *sockp) {
+    pending_t *p = (pending_t *)ud;
+    struct epoll_event ev;
+    (void)easy; (void)sockp;
+    memset(&ev, 0, sizeof ev);
+    ev.data.fd = s;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, s, &ev);
+        return 0;
+    }
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
+        epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev);
+    return 0;
+}
+
+static int on_timer(CURLM *multi, long ms, void *ud) {
+    pending_t *p = (pending_t *)ud;
+    (void)multi;
+    p->timer_at = ms < 0 ? -1 : client_monotonic() + (double)ms / 1000.0;
+    return 0;
+}
+
+/* ---- the engine's steps ----------------------------------------------- */
+
+static void push_ref(lua_State *L, pending_t *p, int slot) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+    lua_rawgeti(L, -1, slot);
+    lua_remove(L, -2);
+}
+
+static void detach(pending_t *p) {
+    if (p->attached) curl_multi_remove_handle(p->multi, p->t.easy);
+    p->attached = 0;
+}
+
+/* The step the engine answered (its results, for DONE, on top: popped). */
+static void follow(lua_State *L, pending_t *p, int vals, const acq_step_t *s) {
+    if (s->lines) client_write_lines(L, p->c, vals);
+    if (s->action == ACQ_DONE) {
+        int i, top = lua_gettop(L);                /* the results: top - nret + 1 .. top */
+        p->state = S_DONE;
+        p->nret = s->nret;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+        for (i = 0; i < s->nret; i++) {
+            lua_pushvalue(L, top - s->nret + 1 + i);
+            lua_rawseti(L, -2, R_RES + i);
+        }
+        lua_settop(L, top - s->nret);
+        return;
+    }
+    if (s->action == ACQ_WAIT) {
+        p->state = S_WAIT;
+        p->wake_at = client_monotonic() + s->wait;
+        return;
+    }
+    if (transport_prepare(&p->t, s->url, s->body, s->len) != 0 ||
+        curl_multi_add_handle(p->multi, p->t.easy) != CURLM_OK)
+        luaL_error(L, "not enough memory");
+    p->attached = 1;
+    p->state = S_SEND;
+}
+
+/* The engine's next step, given what the last came to (NULL: the first). */
+static void advance(lua_State *L, pending_t *p, const acq_obs_t *o) {
+    acq_step_t s;
+    int vals;
+    push_ref(L, p, R_VALS);
+    vals = lua_gettop(L);
+    call_next(L, &p->call, vals, o, &s);
+    follow(L, p, vals, &s);
+    lua_settop(L, vals - 1);
+}
+
+/* Whatever is ready, without blocking: 1 once the call is over. */
+static int step(lua_State *L, pending_t *p) {
+    for (;;) {
+        if (p->state == S_DONE) return 1;
+        if (p->state == S_WAIT) {
+            acq_obs_t o;
+            if (client_monotonic() < p->wake_at) return 0;
+            client_observe_wait(&o);
+            advance(L, p, &o);
+            continue;
+        }
+        {
+            struct epoll_event ev[8];
+            int i, n, running = 0, queued;
+            CURLMsg *msg;
+            CURLcode code = CURLE_OK;
+            int ended = 0;
+            n = epoll_wait(p->epfd, ev, 8, 0);
+            for (i = 0; i < n; i++)
+                curl_multi_socket_action(p->multi, ev[i].data.fd,
+                                         (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+                                         (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                                         (ev[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0),
+                                         &running);
+            if (n <= 0 || (p->timer_at >= 0 && client_monotonic() >= p->timer_at)) {
+                p->timer_at = -1;
+                curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+            }
+            while ((msg = curl_multi_info_read(p->multi, &queued)) != NULL) {
+                if (msg->msg == CURLMSG_DONE && msg->easy_handle == p->t.easy) {
+                    code = msg->data.result;
+                    ended = 1;
+                }
+            }
+            if (!ended) return 0;
+            {
+                acq_result_t r;
+                acq_obs_t o;
+                transport_finish(&p->t, code, &r);
+                transport_observe(&p->t, &r, client_monotonic(), client_clock(), &o);
+                detach(p);
+                advance(L, p, &o);
+            }
+        }
+    }
+}
+
+/* ---- the Lua face ------------------------------------------------------ */
+
+static pending_t *check_pending(lua_State *L, int idx) {
+    pending_t *p = (pending_t *)luaL_checkudata(L, idx, ACQ_MT_PENDING);
+    if (p->ref == LUA_NOREF) luaL_error(L, "acquire: the pending call was cancelled");
+    return p;
+}
+
+/* Raises when this process or thread did not start it: its handles, and the
+   connections they share, are not this one's to use. */
+static void check_owner(lua_State *L, pending_t *p) {
+    if (p->pid != (long)getpid())
+        luaL_error(L, "acquire: a pending call cannot be driven in a child process (started in %d)",
+                   (int)p->pid);
+    if (!pthread_equal(p->thread, pthread_self()))
+        luaL_error(L, "acquire: a pending call can only be driven by the thread that started it");
+}
+
+static void release(lua_State *L, pending_t *p) {
+    detach(p);
+    transport_close(&p->t);
+    if (p->multi) curl_multi_cleanup(p->multi);
+    p->multi = NULL;
+    if (p->epfd >= 0) close(p->epfd);
+    p->epfd = -1;
+    if (p->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, p->ref);
+    p->ref = LUA_NOREF;
+}
+
+/* Pushes a pending call of client c (at idx), its engine call made by make
+   (which pushes the call's values); started at once. */
+static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, long long id,
+                        int arg) {
+    pending_t *p = (pending_t *)acq_newuserdata(L, sizeof *p);
+    int ud = lua_gettop(L);
+    memset(p, 0, sizeof *p);
+    p->epfd = -1;
+    p->ref = LUA_NOREF;
+    p->timer_at = -1;
+    acq_setmetatable(L, ACQ_MT_PENDING);
+    if (find) call_find(L, &p->call, &c->e, id, lua_isnoneornil(L, arg) ? 0 : arg);
+    else call_create(L, &p->call, &c->e, id, arg, 0);     /* raises on misuse: nothing sent */
+    lua_createtable(L, 4, 0);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, R_VALS);
+    lua_pushvalue(L, client);
+    lua_rawseti(L, -2, R_CLIENT);
+    p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    p->c = c;
+    p->pid = (long)getpid();
+    p->thread = pthread_self();
+    transport_dup(&p->t, &c->t, p);
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    p->multi = curl_multi_init();
+    if (p->epfd < 0 || p->multi == NULL) {
+        call_abandon(L, &p->call, (push_ref(L, p, R_VALS), -1));
+        release(L, p);
+        luaL_error(L, "acquire: cannot set up a pending call (%s)",
+                   p->epfd < 0 ? strerror(errno) : "curl_multi_init failed");
+    }
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
+    advance(L, p, NULL);                                  /* SEND: the transfer added */
+    step(L, p);                                           /* its first moves */
+    lua_settop(L, ud);
+    return p;
+}
+
+/* client:start_case(contactId, opts) -> pending */
+int pending_l_start_case(lua_State *L) {
+    acq_client_t *c = client_check_open(L, 1);
+    long long id;
+    client_check_reentry(L, c);
+    lua_settop(L, 3);
+    id = request_check_contact_id(L, 2);
+    client_check_fork(L, c);
+    start(L, c, 1, 0, id, 3);
+    return 1;
+}
+
+/* client:start_find(contactId [, filter]) -> pending */
+int pending_l_start_find(lua_State *L) {
+    acq_client_t *c = client_check_open(L, 1);
+    long long id;
+    client_check_reentry(L, c);
+    lua_settop(L, 3);
+    id = request_check_contact_id(L, 2);
+    client_check_fork(L, c);
+    start(L, c, 1, 1, id, 3);
+    return 1;
+}
+
+static int l_pollfd(lua_State *L) {
+    pending_t *p = check_pending(L, 1);
+    lua_pushinteger(L, p->epfd);
+    return 1;
+}
+
+static int l_events(lua_State *L) {
+    (void)check_pending(L, 1);
+    lua_pushliteral(L, "r");
+    return 1;
+}
+
+/* Seconds until step() has something to do without a descriptor being
+   ready; 0 when finished; nil: only a descriptor can wake it. */
+static int l_timeout(lua_State *L) {
+    pending_t *p = check_pending(L, 1);
+    double now = client_monotonic(), at = -1;
+    long ms = -1;
+    if (p->state == S_DONE) at = now;
+    else if (p->state == S_WAIT) at = p->wake_at;
+    else {
+        at = p->timer_at;
+        if (curl_multi_timeout(p->multi, &ms) == CURLM_OK && ms >= 0) {
+            double t = now + (double)ms / 1000.0;
+            if (at < 0 || t < at) at = t;
+        }
+    }
+    if (at < 0) lua_pushnil(L);
+    else lua_pushnumber(L, at > now ? at - now : 0);
+    return 1;
+}
+
+static int l_step(lua_State *L) {
+    pending_t *p = check_pending(L, 1);
+    check_owner(L, p);
+    client_check_open(L, (push_ref(L, p, R_CLIENT), -1));
+    lua_pop(L, 1);
+    lua_pushboolean(L, step(L, p));
+    return 1;
+}
+
+static int l_done(lua_State *L) {
+    pending_t *p = check_pending(L, 1);
+    lua_pushboolean(L, p->state == S_DONE);
+    return 1;
+}
+
+/* p:result() -> res | nil, err, once finished */
+static int l_result(lua_State *L) {
+    pending_t *p = check_pending(L, 1);
+    int i;
+    if (p->state != S_DONE)
+        luaL_error(L, "acquire: result() before the call is finished (step() until it returns true)");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+    for (i = 0; i < p->nret; i++) lua_rawgeti(L, -1 - i, R_RES + i);
+    return p->nret;
+}
+
+/* Ends it unfinished: nil, err { kind = "cancelled" }, maybe_created when
+   request bytes may have left. quiet: no log line (cancel() is asked for). */
+static void cancel(lua_State *L, pending_t *p, int collected) {
+    int err, sent = 0;
+    if (p->state == S_DONE) return;
+    if (p->state == S_SEND && p->t.easy && p->call.page < 0) {   /* its POST is on its way */
+        acq_result_t r;
+        transport_finish(&p->t, CURLE_ABORTED_BY_CALLBACK, &r);
+        sent = r.maybe_sent;
+    }
+    detach(p);
+    push_ref(L, p, R_VALS);
+    call_push_err(L, lua_gettop(L));           /* reconcile's: an earlier attempt may have created it */
+    if (!p->call.find && lua_istable(L, -1)) {
+        lua_getfield(L, -1, "maybe_created");
+        sent = sent || lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    call_abandon(L, &p->call, -1);
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, R_RES);
+    err = error_new(L, "cancelled");
+    lua_pushliteral(L, "the call was cancelled before it finished");
+    lua_setfield(L, err, "message");
+    error_setbool(L, err, "maybe_created", sent);
+    lua_rawseti(L, -2, R_ERR);
+    lua_pop(L, 1);
+    p->state = S_DONE;
+    p->nret = 2;
+    if (collected && sent) {
+        lua_pushfstring(L, "a pending call for contact %lld was collected unfinished after its "
+                           "request was sent: its case may exist", p->call.id);
+        client_log_line(L, p->c, "warn");
+    }
+}
+
+static int l_cancel(lua_State *L) {
+    pending_t *p = check_pending(L, 1);
+    cancel(L, p, 0);
+    return 0;
+}
+
+static int l_gc(lua_State *L) {
+    pending_t *p = (pending_t *)luaL_checkudata(L, 1, ACQ_MT_PENDING);
+    if (p->ref == LUA_NOREF) return 0;
+    if (p->pid == (long)getpid()) {
+        push_ref(L, p, R_CLIENT);
+        if (((acq_client_t *)lua_touserdata(L, -1))->open) cancel(L, p, 1);
+        lua_pop(L, 1);
+        release(L, p);
+    } else {                                  /* a child's copy: nothing of it is ours */
+        luaL_unref(L, LUA_REGISTRYINDEX, p->ref);
+        p->ref = LUA_NOREF;
+    }
+    return 0;
+}
+
+void pending_open(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        { "pollfd", l_pollfd }, { "events", l_events }, { "timeout", l_timeout },
+        { "step", l_step }, { "done", l_done }, { "result", l_result }, { "cancel", l_cancel },
+        { NULL, NULL }
+    };
+    luaL_newmetatable(L, ACQ_MT_PENDING);
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_newtable(L);
+    acq_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, ACQ_MT_PENDING);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
