@@ -36,6 +36,7 @@
 static const luaL_Reg module_functions[] = {
     { "new", client_l_new },
     { "configure", client_l_configure },
+    { "env", client_l_env },
     { "config", config_l_config },
     { "create_case", client_l_default_create_case },
     { "create_cases", batch_l_default_create_cases },

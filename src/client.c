@@ -269,27 +269,38 @@ static void from_env(lua_State *L, const char *field, const char *var) {
     }
 }
 
+/* The configuration the environment gives: api_key from ACQUIRE_API_KEY,
+   base_url from ACQUIRE_BASE_URL, or account_id from ACQUIRE_ACCOUNT_ID when
+   ACQUIRE_BASE_URL is not set (empty counts as not set). Pushed. */
+static void push_env(lua_State *L) {
+    const char *base = getenv("ACQUIRE_BASE_URL");
+    lua_newtable(L);
+    from_env(L, "api_key", "ACQUIRE_API_KEY");
+    if (base != NULL && base[0] != '\0') from_env(L, "base_url", "ACQUIRE_BASE_URL");
+    else from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
+}
+
+/* acquire.env() -> { api_key, base_url | account_id }: what the environment
+   configures (the default client's, and acquire-case's defaults) */
+int client_l_env(lua_State *L) {
+    push_env(L);
+    return 1;
+}
+
 /* The client acquire.create_case(s) use: the configured one, or one made
-   once from ACQUIRE_API_KEY and ACQUIRE_BASE_URL, or ACQUIRE_ACCOUNT_ID when
-   ACQUIRE_BASE_URL is not set (as the CLI reads them). Pushed. */
+   once from the environment (push_env). Pushed. */
 acq_client_t *client_default(lua_State *L) {
     acq_client_t *c;
     acq_rawgetp(L, LUA_REGISTRYINDEX, &default_key);
     if (lua_isnil(L, -1)) {
-        if (getenv("ACQUIRE_API_KEY") == NULL)
+        lua_pop(L, 1);
+        push_env(L);
+        lua_getfield(L, -1, "api_key");
+        if (lua_isnil(L, -1))
             luaL_error(L, "acquire: no api_key: call acquire.configure{ api_key = ..., "
                           "account_id = ... } or set ACQUIRE_API_KEY and "
                           "ACQUIRE_ACCOUNT_ID (or ACQUIRE_BASE_URL)");
         lua_pop(L, 1);
-        lua_newtable(L);
-        from_env(L, "api_key", "ACQUIRE_API_KEY");
-        {
-            const char *base = getenv("ACQUIRE_BASE_URL");
-            if (base != NULL && base[0] != '\0')
-                from_env(L, "base_url", "ACQUIRE_BASE_URL");   /* then ACQUIRE_ACCOUNT_ID is unused */
-            else
-                from_env(L, "account_id", "ACQUIRE_ACCOUNT_ID");
-        }
         make(L, lua_gettop(L));
         lua_remove(L, -2);
         lua_pushvalue(L, -1);

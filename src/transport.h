@@ -134,6 +134,7 @@ int   client_l_default_find_cases(lua_State *L);
 int   batch_l_create_cases(lua_State *L);
 int   batch_l_default_create_cases(lua_State *L);
 int   client_l_new(lua_State *L);
+int   client_l_env(lua_State *L);
 /* ---- pending.c: the non-blocking driver (pollfd, events, timeout, step) */
 #define ACQ_MT_PENDING "acquire.Pending"
 int   pending_l_start_case(lua_State *L);

@@ -180,10 +180,10 @@ local function parse_args(argv)
   return o
 end
 
-local function env(name)
-  local v = os.getenv(name)
-  if v == "" then return nil end
-  return v
+-- What the environment configures (ACQUIRE_API_KEY, ACQUIRE_BASE_URL or ACQUIRE_ACCOUNT_ID), read
+-- by the module as its default client reads it; the options given beat it.
+local function env()
+  return require("acquire").env()
 end
 
 -- The first line of FILE for option `name`, trailing blanks cut; empty is an error.
@@ -202,7 +202,7 @@ local function read_key(o)
   if o.key_file then
     key = first_line("--key-file", o.key_file)
   else
-    key = env("ACQUIRE_API_KEY")
+    key = env().api_key
     if not key then
       fail(EXIT_USAGE, "no API key: set ACQUIRE_API_KEY or use --key-file FILE")
     end
@@ -217,10 +217,8 @@ local function config_for(o, key)
     config.base_url = o.base_url
   elseif o.account then
     config.account_id = o.account       -- an explicit account beats $ACQUIRE_BASE_URL
-  elseif env("ACQUIRE_BASE_URL") then
-    config.base_url = env("ACQUIRE_BASE_URL")
-  elseif env("ACQUIRE_ACCOUNT_ID") then
-    config.account_id = env("ACQUIRE_ACCOUNT_ID")
+  elseif env().base_url or env().account_id then
+    config.base_url, config.account_id = env().base_url, env().account_id
   else
     fail(EXIT_USAGE, "no account: use --account ID or set ACQUIRE_ACCOUNT_ID "
       .. "(or --base-url URL / ACQUIRE_BASE_URL)")
