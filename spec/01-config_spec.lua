@@ -7,7 +7,7 @@ local cjson = require "cjson"
 local helper = require "spec.helper"
 local raises, contains = helper.raises, helper.contains
 
-local PATH = "/api/v1/crm/messenger/chat/create?contactId=597752"
+local PATH = helper.API_PATH .. "?contactId=597752"
 
 -- A copy of base with the pairs of over set.
 local function with(base, over)

@@ -7,7 +7,7 @@ local raises, contains, not_contains, read_file = helper.raises, helper.contains
 local cjson = require "cjson"
 
 local CFG = { account_id = "mycompany", api_key = "k" }
-local PATH = "/api/v1/crm/messenger/chat/create?contactId="
+local PATH = helper.API_PATH .. "?contactId="
 local URL = "https://mycompany.acquire.io" .. PATH .. "597752"
 
 local KNOWN_KEYS = {

@@ -7,7 +7,7 @@ local raises, contains = helper.raises, helper.contains
 local cjson = require "cjson"
 local socket = require "socket"
 
-local ENDPOINT = "/api/v1/crm/messenger/chat/create"
+local ENDPOINT = helper.API_PATH
 local UA_PATTERN = "^lua%-acquire/0%.1%.0 libcurl/%d+%.%d+%.%d+$"
 
 local DOCUMENTED_OPTS = helper.documented_opts()

@@ -187,7 +187,7 @@ describe("fault matrix", function()
       assert.is_nil(res)
       assert_err(err, "http", 302, false)
       assert.equal(1, requests())
-      assert.equal("/api/v1/crm/messenger/chat/create", srv:last_request().path)
+      assert.equal(helper.API_PATH, srv:last_request().path)
     end)
 
     it("a chunked response decodes", function()

@@ -62,7 +62,7 @@ describe("acquire.ngx in nginx #ngx", function()
     reqs = srv:requests()
     assert.equal(helper.DOCUMENTED_BODY, reqs[1].body)
     assert.equal(reqs[2].body, reqs[1].body)                     -- the same bytes from both
-    assert.equal("/api/v1/crm/messenger/chat/create", reqs[1].path)
+    assert.equal(helper.API_PATH, reqs[1].path)
     assert.equal("contactId=597752", reqs[1].raw_query)
     assert.equal("Bearer " .. srv.key, reqs[1].headers.authorization)
     assert.equal("127.0.0.1:" .. srv.port, reqs[1].headers.host)
@@ -140,7 +140,7 @@ describe("acquire.ngx in nginx #ngx", function()
     local doc = call { config = { debug = true }, opts = { title = "T" }, logger = "collect" }
     assert.is_true(doc.ok, cjson.encode(doc))
     assert.equal(2, #doc.lines, cjson.encode(doc.lines))
-    assert.same({ "debug", "attempt 1: POST " .. srv.base_url .. "/api/v1/crm/messenger/chat/create?contactId=597752" },
+    assert.same({ "debug", "attempt 1: POST " .. srv.base_url .. helper.API_PATH .. "?contactId=597752" },
                 doc.lines[1])
     assert.equal("debug", doc.lines[2][1])
     assert.matches("^attempt 1: 200 in %d+%.%d ms, %d+ bytes$", doc.lines[2][2])

@@ -3,7 +3,7 @@
 local cjson = require "cjson"
 local helper = require "spec.helper"
 
-local ENDPOINT = "/api/v1/crm/messenger/chat/create"
+local ENDPOINT = helper.API_PATH
 local CONTACT = "597752"
 local IP = "2402:8100:21f5:3d13:d9da:18ea:aa28:f778"
 local LAST_VISIT = "https://5mkg3t.uat.env.acquire.io/simulate"

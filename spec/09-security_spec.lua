@@ -96,7 +96,7 @@ print(res and "created" or tostring(err))
     -- the server answers 401 for this key and echoes the title back
     helper.contains(out, "acquire: http 401")
     helper.contains(log, "acquire: debug: attempt 1: POST " .. srv.base_url
-      .. "/api/v1/crm/messenger/chat/create?contactId=597752\n")
+      .. helper.API_PATH .. "?contactId=597752\n")
     helper.contains(log, "acquire: debug: attempt 1: > {\"title\":\"[REDACTED]\"}\n")
     helper.contains(log, "acquire: debug: attempt 1: 401 in ")
     helper.contains(log, "acquire: debug: attempt 1: < {")

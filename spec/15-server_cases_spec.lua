@@ -10,7 +10,7 @@ local ltn12 = require "ltn12"
 local cjson = require "cjson"
 
 local CONTACT = 597752
-local CREATE = "/api/v1/crm/messenger/chat/create?contactId=" .. CONTACT
+local CREATE = helper.API_PATH .. "?contactId=" .. CONTACT
 local CASES = "/api/v1/crm/objects/case"
 local ISO_MS = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$"
 
@@ -116,7 +116,7 @@ describe("the local server's cases", function()
       assert.equal(400, (api("POST", CREATE, "{")))
       assert.equal(401, (api("POST", CREATE, "{}", "nope")))
       assert.equal(403, (api("POST", CREATE, "{}", srv.readonly_key)))
-      assert.equal(404, (api("POST", "/api/v1/crm/messenger/chat/create?contactId=1", "{}")))
+      assert.equal(404, (api("POST", helper.API_PATH .. "?contactId=1", "{}")))
       assert.equal(200, (api("POST", CREATE, "{}", srv.create_only_key)))
       assert.equal(1, #srv:cases())
     end)

@@ -7,7 +7,7 @@ local helper = require "spec.helper"
 local launcher = require "spec.nginx"
 
 local CONTACT = 597752
-local CREATE = "/api/v1/crm/messenger/chat/create"
+local CREATE = helper.API_PATH
 
 -- POSTs and GETs the server received
 local function counts(srv)

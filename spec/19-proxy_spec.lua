@@ -40,7 +40,7 @@ for _, tls in ipairs{ false, true } do
       if tls then
         assert.equal("CONNECT 127.0.0.1:" .. srv.port .. " HTTP/1.1", seen[#seen])
       else                                    -- absolute-form: the proxy sees the target
-        assert.equal("POST " .. srv.base_url .. "/api/v1/crm/messenger/chat/create?contactId="
+        assert.equal("POST " .. srv.base_url .. helper.API_PATH .. "?contactId="
           .. CONTACT .. " HTTP/1.1", seen[#seen])
       end
       assert.equal(1, #srv:requests())
@@ -299,7 +299,7 @@ describe("the log", function()
     local c = srv:client{ debug = true, logger = logger, max_retries = 1 }
     srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "0" }, times = 1 }
     assert(c:create_case(CONTACT, { title = "T" }))
-    local url = srv.base_url .. "/api/v1/crm/messenger/chat/create?contactId=" .. CONTACT
+    local url = srv.base_url .. helper.API_PATH .. "?contactId=" .. CONTACT
     assert.equal("debug: attempt 1: POST " .. url, lines[1])
     assert.matches("^debug: attempt 1: 503 in %d+%.%d ms, %d+ bytes$", lines[2])
     assert.matches("^warn: attempt 1 failed: acquire: http 503.*; retrying in 0%.00 s$", lines[3])

@@ -12,7 +12,7 @@ local socket = require "socket"
 
 local CONTACT = 597752
 local USER, PASS, no_secret = proxy.USER, proxy.PASS, proxy.no_secret
-local PATH = "/api/v1/crm/messenger/chat/create?contactId=" .. CONTACT
+local PATH = helper.API_PATH .. "?contactId=" .. CONTACT
 
 -- Every string the handler's answer holds: err, tostring(err), tostring(client), the lines.
 local function everything(doc)

@@ -37,7 +37,7 @@ local CALLS = tonumber(os.getenv("ENGINE_CALLS")) or 3000
 local KEY = "k3ySPEC31x" .. string.format("%d", SEED) .. "q"
 local PXPASS = "pxPASS31z" .. string.format("%d", SEED) .. "w"
 local W0 = 1700000000                     -- the fake wall clock: W0 + the fake monotonic clock
-local CREATE = "/api/v1/crm/messenger/chat/create?contactId="
+local CREATE = helper.API_PATH .. "?contactId="
 local LIST = "/api/v1/crm/objects/case?where=contactId%%7Ceq%%7C%d&limit=100&page=%d"
 local RA_CAP, SKEW, NULL = 30, 300, cjson.null
 local fmt, concat, floor = string.format, table.concat, math.floor

@@ -27,6 +27,9 @@ local cjson = require "cjson"
 
 local helper = {}
 
+-- The API's one endpoint the module posts to (src/core.h ACQ_API_PATH), for every spec.
+helper.API_PATH = "/api/v1/crm/messenger/chat/create"
+
 local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
