@@ -59,7 +59,9 @@ chaos.PROXY_KINDS = { network = true, timeout = true, tls = true, http = true, d
 chaos.SEED = tonumber(os.getenv("CHAOS_SEED")) or os.time()
 chaos.READ_CHAOS = tonumber(os.getenv("CHAOS_READ_CHAOS")) or 0.1
 chaos.PER_CONTACT = 250
-chaos.SLACK = tonumber(os.getenv("CHAOS_SLACK")) or 0.5
+-- seconds a call may overrun its bound (a hang is far over): 1 s, for a 2-core machine under load
+-- (acquire.ngx's call with timeout 1 took 2.08 s once while the machine ran 3 suites)
+chaos.SLACK = tonumber(os.getenv("CHAOS_SLACK")) or 1.0
 
 -- opts.tls: the server speaks TLS (srv.base_url https, srv.ca_file its certificate).
 function chaos.start(seed, opts)
