@@ -127,35 +127,41 @@ local function clock()
 end
 
 -- The seconds left before deadline, set as sock's timeout for its next step (cap: at most
--- that); nil when less than 1 ms is left: that step times out.
+-- that): the time that step must end by; nil when less than 1 ms is left: it times out.
 local function arm(sock, deadline, cap)
-  local s = deadline - clock()
+  local t = clock()
+  local s = deadline - t
   if cap and cap < s then s = cap end
   if s < 0.001 then return nil end
   sock:settimeout(s)
-  return s
+  return t + s
 end
 
--- A response reader for acquire.http1. HAProxy's receive(n) waits for all n bytes, so the
--- reader asks for what http1 says it needs: a line, exactly want bytes, or any to the close.
+-- HAProxy 2.6's sockets say "connection closed." for a close and for a timeout alike (and
+-- "Can't connect" for both while connecting): a step that failed once its time was up timed out.
+local function why(e, ends)
+  if clock() >= ends - 0.001 then return "timeout" end
+  if e == "connection closed." then return "closed" end
+  return e
+end
+
+-- A response reader for acquire.http1. HAProxy's receive(n) waits for all n bytes (or the
+-- close, then answers what came), so the reader asks for what http1 says it needs: a line,
+-- exactly want bytes, or any to the close.
 local function reader(sock, deadline)
   return { buf = "", more = function(want, how)
-    if not arm(sock, deadline) then return nil, "timeout" end
-    if how == "line" then
-      local l, e = sock:receive("*l")
-      if l then return l .. "\n" end
-      return nil, e
-    end
-    local data, e, partial = sock:receive(want)
-    if data then return data end
-    if e == "closed" and how == "close" and partial and partial ~= "" then return partial end
-    return nil, e
+    local ends = arm(sock, deadline)
+    if not ends then return nil, "timeout" end
+    local data, e = sock:receive(how == "line" and "*l" or want)
+    if not data then return nil, why(e, ends) end
+    return how == "line" and data .. "\n" or data
   end }
 end
 
 -- ---- the log ----------------------------------------------------------------------
 
-local LEVEL = { debug = "debug", warn = "warning", error = "err" }
+-- debug = true's lines at info: HAProxy prints core.debug's only when started with -d.
+local LEVEL = { debug = "info", warn = "warning", error = "err" }
 
 local function to_haproxy_log(level, text)
   core.log(core[LEVEL[level]] or core.info, "acquire: " .. text)
@@ -193,14 +199,15 @@ end
 -- true | nil, obs (nothing sent). A bad address raises in core.tcp: caught, a connect failure.
 local function open(st, sock, deadline)
   local ok, e
-  if arm(sock, deadline, st.connect_timeout) then
+  local ends = arm(sock, deadline, st.connect_timeout)
+  if ends then
     local called
     if st.via then
       called, ok, e = pcall(sock.connect, sock, st.via)
     else
       called, ok, e = pcall(st.tls and sock.connect_ssl or sock.connect, sock, st.name, st.port)
     end
-    if not called then ok, e = nil, ok end
+    if not called then ok, e = nil, ok elseif not ok then e = why(e, ends) end
   else
     e = "timeout"
   end
@@ -219,16 +226,17 @@ local function attempt(st, req)
   local sock = core.tcp()
   local ok, o = open(st, sock, deadline)
   if not ok then return o end
-  if not arm(sock, deadline) then
+  local ends = arm(sock, deadline)
+  if not ends then
     sock:close()
     return failed("send", format("timed out before sending (timeout %g s)", st.timeout), false, true)
   end
   local e
   ok, e = sock:send(http1.request(req, st.headers, {
     target = sub(req.url, #st.base_url + 1), host = st.host_header, user_agent = USER_AGENT }))
-  if not ok then                        -- how much left cannot be told: the case may exist
+  if not ok or ok < 0 then               -- how much left cannot be told: the case may exist
     sock:close()
-    return io_failed(st, "send", e, "sending the request to", true)
+    return io_failed(st, "send", why(e or "connection closed.", ends), "sending the request to", true)
   end
   local status, headers, body = read_response(reader(sock, deadline), st.max_response_bytes)
   sock:close()
