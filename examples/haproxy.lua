@@ -1,6 +1,7 @@
 -- examples/haproxy.lua: the service of examples/haproxy.cfg. One client for the whole process
 -- (new() touches no socket, so it runs while HAProxy loads this file); each request's call
 -- yields to HAProxy while it waits. POST /cases?contact=N, body: the case's opts as JSON.
+-- luacheck: read globals core
 local cjson = require "cjson"
 local acquire_haproxy = require "acquire.haproxy"
 

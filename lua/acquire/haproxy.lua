@@ -23,6 +23,7 @@
 --   * A socket belongs to the stream that made it: one connection per attempt, no pool.
 -- Through `via`, bytes that reached the listener may have reached the server: any failure after
 -- the request was written is maybe_created, as for any failure after sending.
+-- luacheck: read globals core
 if type(rawget(_G, "core")) ~= "table" or type(rawget(_G, "core").tcp) ~= "function" then
   error("acquire.haproxy needs HAProxy's Lua (core.tcp); outside HAProxy use acquire.new", 0)
 end
