@@ -68,7 +68,7 @@ DEPS_CC     = make gcc libc6-dev pkg-config libcurl4-openssl-dev
 DEPS_BUILD  = $(DEPS_CC) $(LUA_PKGS)
 DEPS_DEMO   = $(DEPS_BUILD) lua-cjson python3
 DEPS_TEST   = $(DEPS_DEMO) ca-certificates openssl git curl lua-busted lua-argparse \
-	lua-luv lua-socket tinyproxy $(if $(filter 5.4,$(LUA)),$(NGX_PKGS))
+	lua-luv lua-socket tinyproxy $(if $(filter 5.4,$(LUA)),$(NGX_PKGS) $(HAPROXY_PKGS))
 deps:
 	@./scripts/deps.sh -t test $(DEPS_TEST)
 
@@ -121,7 +121,7 @@ RUN_SPECS     = BUSTED='$(BUSTED)' LUA_BIN=$(LUA_BIN) TEST_JOBS=$(TEST_JOBS) PYT
 # What the specs use, built before they run in parallel (the nginx specs'
 # LuaJIT build with the 5.4 suite, which runs them).
 SPEC_HELPERS  = check-exports check-layers $(TESTPOSIX) $(TESTRESOLVER) \
-	$(if $(filter 5.4,$(LUA)),.tmp/luajit/acquire.so)
+	$(if $(filter 5.4,$(LUA)),.tmp/luajit/acquire.so .tmp/lua5.3/acquire.so)
 
 # make test: the whole suite for LUA, but the long proofs, which make check
 # runs: the tags in CHECK_TAGS (#rock: the rock and make install specs;
@@ -134,7 +134,7 @@ test: deps
 	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
 	CHAOS_CALLS=$${CHAOS_CALLS:-$(TEST_CHAOS_CALLS)} CHAOS_NGX_CALLS=$${CHAOS_NGX_CALLS:-$(TEST_CHAOS_NGX_CALLS)} \
 	  TEST_NAME="test (Lua $(LUA))" $(RUN_SPECS) \
-	  --exclude-tags=$(CHECK_TAGS)$(if $(filter 5.4,$(LUA)),,$(comma)ngx) $(BUSTED_ARGS)
+	  --exclude-tags=$(CHECK_TAGS)$(if $(filter 5.4,$(LUA)),,$(comma)ngx$(comma)haproxy) $(BUSTED_ARGS)
 
 # make check: the long proofs, on Lua 5.4: the #rock and #once specs, and the
 # chaos specs (#chaos) at full length: CHAOS_CALLS 1,000 (spec/11), 300
@@ -177,14 +177,14 @@ memcheck: deps
 	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
 	CHAOS_CALLS=$(MEMCHECK_CHAOS_CALLS) TEST_NAME=memcheck TEST_JOBS=$(MEMCHECK_JOBS) \
 	  BUSTED='valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect $(BUSTED)' \
-	  LUA_BIN=$(LUA_BIN) ./scripts/test.sh $(BUSTED_ARGS) --exclude-tags=rock,ngx
+	  LUA_BIN=$(LUA_BIN) ./scripts/test.sh $(BUSTED_ARGS) --exclude-tags=rock,ngx,haproxy
 
 comma := ,
 # Further targets (quality checks, nginx, CLI...) each live in mk/<area>.mk.
 -include $(wildcard mk/*.mk)
 
 # make install [LUA=5.4] [PREFIX=/usr/local] [DESTDIR=]: acquire.so built for LUA into
-# INST_LIBDIR, acquire.ngx, acquire.journal and acquire-case's parts (acquire/cli/*.lua) into INST_LUADIR,
+# INST_LIBDIR, acquire.ngx, acquire.haproxy, acquire.journal and acquire-case's parts (acquire/cli/*.lua) into INST_LUADIR,
 # and acquire-case into INST_BINDIR with its
 # first line rewritten: a shebang for LUA's interpreter (LUA_INTERP, an absolute path), then
 # one line that puts INST_LUADIR and INST_LIBDIR first on package.path and package.cpath, so
@@ -196,6 +196,7 @@ install: $(MOD)
 	install -m 0755 $(MOD) $(DESTDIR)$(INST_LIBDIR)/$(MOD)
 	install -m 0644 lua/acquire/ngx.lua $(DESTDIR)$(INST_LUADIR)/acquire/ngx.lua
 	install -m 0644 lua/acquire/http1.lua $(DESTDIR)$(INST_LUADIR)/acquire/http1.lua
+	install -m 0644 lua/acquire/haproxy.lua $(DESTDIR)$(INST_LUADIR)/acquire/haproxy.lua
 	install -m 0644 lua/acquire/journal.lua $(DESTDIR)$(INST_LUADIR)/acquire/journal.lua
 	install -m 0644 $(wildcard lua/acquire/cli/*.lua) $(DESTDIR)$(INST_LUADIR)/acquire/cli/
 	{ printf '#!%s\n' '$(LUA_INTERP)'; \

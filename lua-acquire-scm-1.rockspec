@@ -28,6 +28,7 @@ build = {
    modules = {
       ["acquire.ngx"] = "lua/acquire/ngx.lua",
       ["acquire.http1"] = "lua/acquire/http1.lua",
+      ["acquire.haproxy"] = "lua/acquire/haproxy.lua",
       ["acquire.journal"] = "lua/acquire/journal.lua",
       ["acquire.cli.args"] = "lua/acquire/cli/args.lua",      -- acquire-case's parts
       ["acquire.cli.decode"] = "lua/acquire/cli/decode.lua",

@@ -1,5 +1,5 @@
 -- The reference cannot drift: every public name of `require "acquire"`, of a client, of
--- acquire.journal and of acquire.ngx has a heading of its own in doc/api.md, with a `syntax:`
+-- acquire.journal, of acquire.ngx and of acquire.haproxy has a heading of its own in doc/api.md, with a `syntax:`
 -- line under it; every doc has a table of contents; README stays the front door (at most 300
 -- lines, its quick start within the first 120).
 local helper = require "spec.helper"
@@ -57,6 +57,15 @@ local function public_names()
   for name in src:gmatch("\nfunction Client[:.]([%w_]+)%s*%(") do
     if name == "__tostring" then add("tostring(ngx_client)", "acquire.ngx's client __tostring")
     elseif not name:match("^__") then add("ngx_client:" .. name, "acquire.ngx's client method " .. name) end
+  end
+  -- acquire.haproxy needs HAProxy's core to load: the same, read from its source
+  src = helper.read_file(ROOT .. "/lua/acquire/haproxy.lua")
+  for name in src:gmatch("\nfunction _M%.([%w_]+)%s*%(") do
+    add("acquire.haproxy." .. name, "acquire.haproxy's " .. name)
+  end
+  for name in src:gmatch("\nfunction Client[:.]([%w_]+)%s*%(") do
+    if name == "__tostring" then add("tostring(haproxy_client)", "acquire.haproxy's client __tostring")
+    elseif not name:match("^__") then add("haproxy_client:" .. name, "acquire.haproxy's client method " .. name) end
   end
   return names
 end

@@ -3,7 +3,10 @@
 -- read within limits: the status line and headers (1xx skipped, folding joined, conflicting
 -- Content-Length refused), a body by Content-Length, chunked, or to the close. No I/O of its
 -- own: the reader r = { buf = "", more = function(want) -> data | nil, err } is the driver's,
--- which keeps the time (its socket's timeout) and says "timeout" or "closed".
+-- which keeps the time (its socket's timeout) and says "timeout" or "closed". more's second
+-- argument says what the bytes are for: "line" (up to the next LF), "exact" (want bytes, all
+-- needed), "close" (any, to the close); a reader that can return whatever has arrived
+-- (a cosocket's receiveany) ignores it; one whose reads block for a count (HAProxy's) needs it.
 local concat, sort = table.concat, table.sort
 local find, sub, lower, byte = string.find, string.sub, string.lower, string.byte
 local ipairs, pairs, tonumber = ipairs, pairs, tonumber
@@ -15,8 +18,8 @@ local LINE_MAX = 4096          -- a chunk-size or trailer line
 local READ_MAX = 65536         -- bytes asked of one read
 
 -- Up to READ_MAX more bytes: data, or nil and the socket's error ("timeout", "closed"...).
-local function more(r, want)
-  return r.more(want or READ_MAX)
+local function more(r, want, how)
+  return r.more(want or READ_MAX, how)
 end
 
 local function line(r, limit)                     -- one line, without its CRLF
@@ -31,7 +34,7 @@ local function line(r, limit)                     -- one line, without its CRLF
     end
     if #r.buf > limit then return nil, "line too long" end
     from = #r.buf + 1
-    local data, e = more(r)
+    local data, e = more(r, nil, "line")
     if not data then return nil, e end
     r.buf = r.buf .. data
   end
@@ -48,7 +51,7 @@ local function take(r, n, parts)                  -- exactly n bytes into parts
   n = n - #buf
   r.buf = ""
   while n > 0 do
-    local data, e = more(r, n < READ_MAX and n or READ_MAX)
+    local data, e = more(r, n < READ_MAX and n or READ_MAX, "exact")
     if not data then return nil, e end
     parts[#parts + 1] = data
     n = n - #data
@@ -90,7 +93,7 @@ local function read_to_close(r, limit)
   r.buf = ""
   while true do
     if total > limit then return nil, "too large" end
-    local data, e = more(r)
+    local data, e = more(r, nil, "close")
     if not data then
       if e == "closed" then return concat(parts) end
       return nil, e
