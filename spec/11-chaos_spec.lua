@@ -329,13 +329,13 @@ describe("chaos #chaos", function()
       own:close()
       local log = assert_promise(calls)
       assert.equal(12, #log, "receptions (seed " .. SEED .. ")")
-      local conns, n = {}, 0
+      local conns, nconn = {}, 0
       for i, r in ipairs(log) do
         assert(calls[i].res, "call " .. i .. ": " .. tostring(calls[i].err))
-        if not conns[r.conn] then conns[r.conn] = true; n = n + 1 end
-        if i == 4 then assert.equal(1, n, "connections for 4 calls one at a time") end
+        if not conns[r.conn] then conns[r.conn] = true; nconn = nconn + 1 end
+        if i == 4 then assert.equal(1, nconn, "connections for 4 calls one at a time") end
       end
-      assert(n <= 4, n .. " connections for 12 pending calls, at most 4 at a time")
+      assert(nconn <= 4, nconn .. " connections for 12 pending calls, at most 4 at a time")
     end)
 
     it("429 or 503 with Retry-After: 0, then 200: sent twice, one case", function()
