@@ -214,6 +214,18 @@ local function pending_section()
   row("one `start_case` / `create_case`, CPU a call", sr, 1.1, "<=")
   row("`create_case` CPU a call, this build / 28ec896 (no regression: within 5 %)", orr, 1.05, "<=")
   add("")
+  add("**Where a pending call's cost is** (2026-12-02, `strace -c` and `perf`, 1,000 calls one at a time, the machine")
+  add("shared and loaded). A pending call made about 25 system calls where `create_case` made 6: its own multi")
+  add("handle (libcurl 7.88's `curl_multi_init` opens a socketpair, 4 `fcntl`, 2 `close` at cleanup) and epoll")
+  add("descriptor (`epoll_create1`, a `close`); `epoll_wait` and `epoll_ctl` in `step()` (2.8 and 2.6 a call, a")
+  add("failing `EPOLL_CTL_MOD` before each `ADD`); `getpid` in every `step()` (the fork check, 4.4 a call); 3")
+  add("`rt_sigaction` (libcurl's SIGPIPE guard in `curl_multi_socket_action`); and cqueues' own `poll` and epoll")
+  add("updates. perf: the kernel 36 %, the Lua interpreter 22 %, libc 20 %, libcurl 13 %, lua-cjson 5 %, acquire.so 1.8 %,")
+  add("cqueues 1 %. The likely fix is a pool of multi handles and epoll descriptors on the client (kept across")
+  add("calls, never closed under a loop that may hold them registered), beyond a small change to `src/pending.c`.")
+  add("Before ea82279 every pending call also opened its own connection (`curl_easy_duphandle` drops the share),")
+  add("held until the call was collected: 1,000 calls at 64 ran out of the client's 128 sockets (EMFILE).")
+  add("")
   return L
 end
 
