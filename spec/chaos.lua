@@ -245,13 +245,22 @@ function chaos.pending(client, items, concurrency, bound)
       while next_i < #items do
         next_i = next_i + 1
         local i, item = next_i, items[next_i]
-        calls[i] = chaos.call(("start_case[%d/%d c=%d]"):format(i, #items, concurrency), item[2].title,
-          function()
-            local p = client:start_case(item[1], item[2])
-            while not p:step() do cqueues.poll(p) end
-            return p:result()
-          end, bound)
-        calls[i].contact = item[1]
+        -- chaos.call's record, but cqueues.poll outside any pcall (Lua 5.1 and LuaJIT cannot
+        -- yield across one)
+        local t0 = socket.gettime()
+        local call = { path = ("start_case[%d/%d c=%d]"):format(i, #items, concurrency), marker = item[2].title,
+                       contact = item[1], bound = bound }
+        local ok, p = pcall(client.start_case, client, item[1], item[2])
+        while ok do
+          local done
+          ok, done = pcall(p.step, p)
+          if not ok then p = done elseif done then break else cqueues.poll(p) end
+        end
+        local res, err
+        if ok then ok, res, err = pcall(p.result, p) else res = p end
+        call.elapsed = socket.gettime() - t0
+        if ok then call.res, call.err = res, err else call.raised = tostring(res) end
+        calls[i] = call
       end
     end)
   end
