@@ -42,6 +42,34 @@ bulk() {
   BULK_TPUT_ROWS=${BENCH_BULK_TPUT_ROWS:-$([ "$SMOKE" = 1 ] && echo 300 || echo 10000)} \
     lua5.4 bench/bulk.lua "$url" "$BULK_SIZES" "$BULK_ROUNDS" "${BENCH_BULK_ROOT:-.}" | rec ""
 }
+# The event-loop rows (issue 19, bench/pending.lua): BENCH_PENDING_CALLS pending calls in a cqueues loop
+# beside create_cases at concurrency 16 and 64, one start_case beside create_case, and (not in the smoke run)
+# create_case beside the build of BENCH_OLD_REV (before the call engine), each in BENCH_PENDING_ROUNDS
+# interleaved rounds. BENCH_PENDING_ONLY=1: only these, spliced into BENCHMARKS.md's "Event loops" section.
+PENDING_CALLS=${BENCH_PENDING_CALLS:-$([ "$SMOKE" = 1 ] && echo 200 || echo 1000)}
+PENDING_ROUNDS=${BENCH_PENDING_ROUNDS:-$([ "$SMOKE" = 1 ] && echo 1 || echo 11)}
+OLD_REV=${BENCH_OLD_REV:-28ec896}
+pending_rows() {
+  make -s build LUA=5.4 >/dev/null
+  mkdir -p .tmp/bench/5.4 && cp acquire.so .tmp/bench/5.4/
+  local cpath="$root/.tmp/bench/5.4/?.so;;"
+  LUA_CPATH="$cpath" lua5.4 bench/pending.lua tput "$url" "$PENDING_CALLS" "$PENDING_ROUNDS" 16,64 | rec ""
+  LUA_CPATH="$cpath" lua5.4 bench/pending.lua single "$url" "$PENDING_CALLS" "$PENDING_ROUNDS" | rec ""
+  [ "$SMOKE" = 1 ] && return 0
+  local old=".tmp/bench/old-$OLD_REV"             # the old tree from git, built once
+  if [ ! -f "$old/acquire.so" ]; then
+    rm -rf "$old" && mkdir -p "$old"
+    git archive "$OLD_REV" | tar -x -C "$old"
+    make -s -C "$old" build LUA=5.4 >/dev/null
+  fi
+  lua5.4 bench/pending.lua old "$url" $((2 * PENDING_CALLS)) "$PENDING_ROUNDS" "$root/.tmp/bench/5.4" "$root/$old" | rec ""
+}
+if [ "${BENCH_PENDING_ONLY:-0}" = 1 ]; then
+  pending_rows
+  [ "$SMOKE" = 1 ] || { lua5.4 bench/report.lua "$out" pending BENCHMARKS.md; note "BENCHMARKS.md: event-loop rows"; }
+  exit 0
+fi
+
 if [ "${BENCH_BULK_ONLY:-0}" = 1 ]; then
   bulk
   [ "$SMOKE" = 1 ] || { lua5.4 bench/report.lua "$out" bulk BENCHMARKS.md; note "BENCHMARKS.md: bulk rows"; }
@@ -82,6 +110,7 @@ LUA_CPATH="$root/.tmp/bench/5.1/?.so;;" lua5.1 bench/bench.lua acquire "$url" "$
 lua5.4 bench/bench.lua decode "$work/fixture.json" "$CALLS" | rec "dec_"
 lua5.4 bench/bench.lua batch "http://127.0.0.1:$slow" "$SWEEP" "$COLD" | rec ""
 bulk
+pending_rows
 if [ "$SMOKE" != 1 ]; then
   lua5.4 bench/bench.lua rss "$url" | rec ""
   lua5.4 bench/report.lua "$out" > BENCHMARKS.md

@@ -148,6 +148,110 @@ local function bulk_section()
   return L
 end
 
+-- "## Event loops" (issue 19): bench/pending.lua's rows. -> lines
+local function pending_section()
+  local L = {}
+  local function add(...) L[#L + 1] = table.concat({ ... }) end
+  local function q(key, fmt)                    -- median [min–max]
+    fmt = fmt or f1
+    return fmt(r[key .. "_p50"]) .. " [" .. fmt(r[key .. "_min"]) .. "–" .. fmt(r[key .. "_max"]) .. "]"
+  end
+  local function n0(x) return x and string.format("%.0f", x) or "n/a" end
+  local function ratio(a1, b1) local x, y = r[a1 .. "_p50"], r[b1 .. "_p50"]; return x and y and x / y end
+  add("## Event loops")
+  add("")
+  add("`BENCH_PENDING_ONLY=1 bash bench/bench.sh` (`bench/pending.lua`; part of `make bench`): pending calls")
+  add("(`client:start_case`) driven by cqueues, `while not p:step() do cqueues.poll(p) end`, against the nginx")
+  add("bench server (no sleep), Lua 5.4. Each row: ", f0(r.tput_rounds), " interleaved rounds (which way goes first")
+  add("alternates), median [min–max]; CPU is the client process's (libcurl's included), not nginx's.")
+  add("")
+  add("### Many at once: ", f0(r.tput_calls), " calls on one client")
+  add("")
+  add("Pending: the calls shared by 16 or 64 coroutines in one cqueues loop. `create_cases`: the same calls as")
+  add("one batch at the same concurrency. Each on its own warmed client.")
+  add("")
+  add("| concurrency | pending calls/s | `create_cases` calls/s | ratio (medians) | CPU ms, pending | CPU ms, `create_cases` |")
+  add("|---:|---:|---:|---:|---:|---:|")
+  local tr = {}
+  for _, cc in ipairs({ 16, 64 }) do
+    local pk, bk = "tput_pending_" .. cc, "tput_batch_" .. cc
+    tr[cc] = ratio(pk .. "_rps", bk .. "_rps")
+    add("| ", cc, " | ", q(pk .. "_rps", n0), " | ", q(bk .. "_rps", n0), " | ", f2(tr[cc]), " | ",
+      q(pk .. "_cpu_ms"), " | ", q(bk .. "_cpu_ms"), " |")
+  end
+  add("")
+  add("### One call at a time")
+  add("")
+  add("A `start_case` driven to its end (one coroutine, one call after another) beside `create_case`, ",
+    f0(r.single_calls), " calls a round each way; µs a call.")
+  add("")
+  add("| way | wall µs | CPU µs |")
+  add("|---|---:|---:|")
+  add("| `start_case` in a cqueues loop | ", q("single_pending_us"), " | ", q("single_pending_cpu_us"), " |")
+  add("| `create_case` | ", q("single_create_case_us"), " | ", q("single_create_case_cpu_us"), " |")
+  local sr = ratio("single_pending_cpu_us", "single_create_case_cpu_us")
+  add("")
+  add("### `create_case` against the build before the call engine")
+  add("")
+  add("Issue 18's \"no regression\": `create_case` of this build beside the build of 28ec896 (`BENCH_OLD_REV`, from")
+  add("`git archive`), ", f0(r.old_rounds), " rounds, each a child process per build (", f0(r.old_calls),
+    " calls after 200 of warm-up), which goes first alternating; µs a call.")
+  add("")
+  add("| build | wall µs | CPU µs |")
+  add("|---|---:|---:|")
+  add("| this one | ", q("old_new_us"), " | ", q("old_new_cpu_us"), " |")
+  add("| 28ec896 | ", q("old_old_us"), " | ", q("old_old_cpu_us"), " |")
+  local orr = ratio("old_new_cpu_us", "old_old_cpu_us")
+  add("")
+  add("| target (issue 19; 18) | measured | limit | |")
+  add("|---|---:|---:|---|")
+  local function row(name, v, limit, op)
+    local ok = v and (op == "<=" and v <= limit or op == ">=" and v >= limit)
+    add("| ", name, " | ", f2(v), " | ", op, " ", limit, " | ", v == nil and "not measured" or ok and "met" or "MISSED", " |")
+  end
+  row("pending / `create_cases` throughput, concurrency 16", tr[16], 0.9, ">=")
+  row("pending / `create_cases` throughput, concurrency 64", tr[64], 0.9, ">=")
+  row("one `start_case` / `create_case`, CPU a call", sr, 1.1, "<=")
+  row("`create_case` CPU a call, this build / 28ec896 (no regression: within 5 %)", orr, 1.05, "<=")
+  add("")
+  add("**Where a pending call's cost is** (2026-12-02, `strace -c` and `perf`, 1,000 calls one at a time, the machine")
+  add("shared and loaded). A pending call made about 25 system calls where `create_case` made 6: its own multi")
+  add("handle (libcurl 7.88's `curl_multi_init` opens a socketpair, 4 `fcntl`, 2 `close` at cleanup) and epoll")
+  add("descriptor (`epoll_create1`, a `close`); `epoll_wait` and `epoll_ctl` in `step()` (2.8 and 2.6 a call, a")
+  add("failing `EPOLL_CTL_MOD` before each `ADD`); `getpid` in every `step()` (the fork check, 4.4 a call); 3")
+  add("`rt_sigaction` (libcurl's SIGPIPE guard in `curl_multi_socket_action`); and cqueues' own `poll` and epoll")
+  add("updates. perf: the kernel 36 %, the Lua interpreter 22 %, libc 20 %, libcurl 13 %, lua-cjson 5 %, acquire.so 1.8 %,")
+  add("cqueues 1 %. The likely fix is a pool of multi handles and epoll descriptors on the client (kept across")
+  add("calls, never closed under a loop that may hold them registered), beyond a small change to `src/pending.c`.")
+  add("Before ea82279 every pending call also opened its own connection (`curl_easy_duphandle` drops the share),")
+  add("held until the call was collected: 1,000 calls at 64 ran out of the client's 128 sockets (EMFILE).")
+  add("")
+  return L
+end
+
+local function splice(target_path, title, lines, before)
+  local f = assert(io.open(target_path))
+  local text = f:read("*a")
+  f:close()
+  local section = table.concat(lines, "\n") .. "\n"
+  local from = text:find("\n## " .. title .. "\n", 1, true)
+  if from then
+    local b2 = text:find("\n## ", from + 1, true)
+    text = text:sub(1, from) .. section .. (b2 and text:sub(b2 + 1) or "")
+  else
+    local at = text:find("\n## " .. before .. "\n", 1, true)
+    text = at and text:sub(1, at) .. section .. text:sub(at + 1) or text .. "\n" .. section
+  end
+  f = assert(io.open(target_path, "w"))
+  f:write(text)
+  f:close()
+end
+
+if what == "pending" then                -- splice the section into target (BENCHMARKS.md)
+  splice(target, "Event loops", pending_section(), "Targets")
+  return
+end
+
 if what == "bulk" then                   -- splice the section into target (BENCHMARKS.md)
   local f = assert(io.open(target))
   local text = f:read("*a")
@@ -184,6 +288,7 @@ w("- [A fresh handle per transfer](#a-fresh-handle-per-transfer)")
 w("- [Decoding alone](#decoding-alone)")
 w("- [Batches](#batches)")
 w("- [Memory](#memory)")
+w("- [Event loops](#event-loops)")
 w("- [Targets](#targets)")
 w("- [HTTP/1.1 only: what it costs](#http11-only-what-it-costs)")
 w("- [Reproduce](#reproduce)")
@@ -319,6 +424,9 @@ w("RSS of the Lua 5.4 process: ", f1(r.rss_kib_1k and r.rss_kib_1k / 1024), " Mi
 w("")
 if r.bulk_tput_rows then
   for _, l in ipairs(bulk_section()) do w(l) end
+end
+if r.tput_calls then
+  for _, l in ipairs(pending_section()) do w(l) end
 end
 w("## Targets")
 w("")

@@ -3,8 +3,11 @@
 -- cut short, garbled, badly framed, or not at all: spec/server/chaos_server.py);
 -- spec/chaos.lua checks every call against what the server received.
 --   CHAOS_SEED=n   the seed (default: the time; printed in every failure)
---   CHAOS_CALLS=n  calls in all, shared among the three paths (default 1000),
---                  and n/2 more with reconcile = 0 (create_case, create_cases)
+--   CHAOS_CALLS=n  calls in all, shared among the four paths (default 1000),
+--                  and 5n/8 more with reconcile = 0 (create_case, create_cases, start_case)
+-- The four paths: client:create_case, client:create_cases, client:start_case (pending calls
+-- driven by cqueues, many coroutines at once: skipped where lua-cqueues is not installed),
+-- acquire.create_case.
 --   CHAOS_READ_CHAOS=p  with reconcile, the probability that a read of the case
 --                  list misbehaves (default 0.1), so "lookup failed" happens too
 --   CHAOS_VERBOSE=1  prints what the server did, counted by delivery
@@ -60,14 +63,45 @@ describe("chaos #chaos", function()
   end)
   before_each(function() chaos.reset(srv) end)
 
+  -- each path's share of CALLS (acquire.create_case: what is left)
+  local SHARE = { create_case = 0.3, create_cases = 0.3, start_case = 0.25 }
+  local function share(path) return math.floor(CALLS * SHARE[path]) end
+
+  -- items of contact, opts (sent(i) -> contact, opts) in random runs, each to run(items, conc)
+  -- (a batch, or pending calls: concurrency coroutines); -> every call record
+  local function in_runs(total, sent, run)
+    local calls, left, i = {}, total, 0
+    while left > 0 do
+      local size = math.min(left, math.random(1, 40))
+      local conc = math.random(1, 16)
+      local items = {}
+      for k = 1, size do
+        i = i + 1
+        items[k] = { sent(i) }
+      end
+      for _, call in ipairs(run(items, conc)) do calls[#calls + 1] = call end
+      left = left - size
+    end
+    return calls
+  end
+  local function plain() return CONTACT, { title = marker() } end
+
   it("client:create_case, one long-lived client: never created twice (seed " .. SEED .. ")", function()
     local calls = {}
-    for i = 1, math.floor(CALLS * 0.4) do calls[i] = one(on_client, "create_case") end
+    for i = 1, share("create_case") do calls[i] = one(on_client, "create_case") end
     assert_promise(calls)
   end)
 
+  it("client:start_case, pending calls in a cqueues loop, many at once: never created twice (seed "
+     .. SEED .. ")", function()
+    if not chaos.cqueues then return pending("lua-cqueues is not installed for this Lua") end
+    assert_promise(in_runs(share("start_case"), plain, function(items, conc)
+      return chaos.pending(client, items, conc, chaos.bound(cfg))
+    end))
+  end)
+
   it("client:create_cases, random batches: never created twice (seed " .. SEED .. ")", function()
-    local calls, left = {}, math.floor(CALLS * 0.4)
+    local calls, left = {}, share("create_cases")
     while left > 0 do
       local size = math.min(left, math.random(1, 40))
       local conc = math.random(1, 16)
@@ -84,7 +118,8 @@ describe("chaos #chaos", function()
   it("acquire.create_case through acquire.configure: never created twice (seed " .. SEED .. ")", function()
     acquire.configure(cfg)
     local calls = {}
-    for i = 1, CALLS - 2 * math.floor(CALLS * 0.4) do calls[i] = one(acquire.create_case, "acquire.create_case") end
+    local rest = CALLS - share("create_case") - share("create_cases") - share("start_case")
+    for i = 1, rest do calls[i] = one(acquire.create_case, "acquire.create_case") end
     assert_promise(calls)
   end)
 
@@ -149,6 +184,16 @@ describe("chaos #chaos", function()
         left = left - size
       end
       assert_reconciled(calls)
+    end)
+
+    it("client:start_case, pending calls in a cqueues loop: the same, each its own wait and lookup (seed "
+       .. SEED .. ")", function()
+      if not chaos.cqueues then return pending("lua-cqueues is not installed for this Lua") end
+      assert_reconciled(in_runs(math.floor(CALLS / 8), sent, function(items, conc)
+        local calls = chaos.pending(rclient, items, conc, chaos.bound(rcfg, PAGES))
+        for _, call in ipairs(calls) do call.path = call.path .. " reconcile" end
+        return calls
+      end))
     end)
 
     describe("pinned", function()
@@ -268,6 +313,30 @@ describe("chaos #chaos", function()
         assert.equal(1, call.err.attempts)
       end)
     end
+
+    it("pending calls share the client's connections: one at a time, one connection; four at a time, "
+       .. "at most four", function()
+      if not chaos.cqueues then return pending("lua-cqueues is not installed for this Lua") end
+      local own = acquire.new(cfg)
+      local items = {}
+      for i = 1, 12 do items[i] = { plain() } end
+      local force = { { answer = "ok", delivery = "keepalive", count = 24 } }
+      chaos.force(srv, force)
+      local calls = chaos.pending(own, { items[1], items[2], items[3], items[4] }, 1, chaos.bound(cfg))
+      for i = 5, 12 do items[i - 4] = items[i] end
+      for i = 9, 12 do items[i] = nil end
+      for _, call in ipairs(chaos.pending(own, items, 4, chaos.bound(cfg))) do calls[#calls + 1] = call end
+      own:close()
+      local log = assert_promise(calls)
+      assert.equal(12, #log, "receptions (seed " .. SEED .. ")")
+      local conns, nconn = {}, 0
+      for i, r in ipairs(log) do
+        assert(calls[i].res, "call " .. i .. ": " .. tostring(calls[i].err))
+        if not conns[r.conn] then conns[r.conn] = true; nconn = nconn + 1 end
+        if i == 4 then assert.equal(1, nconn, "connections for 4 calls one at a time") end
+      end
+      assert(nconn <= 4, nconn .. " connections for 12 pending calls, at most 4 at a time")
+    end)
 
     it("429 or 503 with Retry-After: 0, then 200: sent twice, one case", function()
       chaos.force(srv, { { answer = "retry0", delivery = "keepalive" }, { answer = "ok", delivery = "keepalive" } })

@@ -12,7 +12,9 @@
 --   CHAOS_SEED=n          the seed (default: the time; printed in every failure)
 --   CHAOS_PROXY_CALLS=n   calls through the proxy in all (default 30 % of CHAOS_CALLS, whose
 --                         default is 1000: 300 on 5.4 in `make test`, 90 on the other Luas of
---                         `make test-all`), half plain, half tunnelled; n/3 with identical content, and n/10 more through the proxy
+--                         `make test-all`), half plain, half tunnelled (a third each by create_case,
+--                         create_cases and start_case in a cqueues loop, if lua-cqueues is installed);
+--                         n/3 with identical content, and n/10 more through the proxy
 --   CHAOS_VERBOSE=1       what the proxy and the server did, counted
 local acquire = require "acquire"
 local chaos = require "spec.chaos"
@@ -94,21 +96,26 @@ for _, mode in ipairs{ { name = "plain", tls = false }, { name = "tunnel", tls =
       if mode.tls then chaos.config(srv, { answers = { s407 = 3 } }) end
     end)
 
-    it("create_case and create_cases: never sent again once received, kind \"proxy\" only when "
+    it("create_case, create_cases and start_case: never sent again once received, kind \"proxy\" only when "
        .. "the target received nothing (seed " .. SEED .. ")", function()
       local calls = {}
-      local half = math.floor(CALLS / 4)
-      for i = 1, half do calls[i] = one(client) end
-      local left = math.floor(CALLS / 2) - half
-      while left > 0 do
-        local size = math.min(left, math.random(1, 30))
-        local conc = math.random(1, 12)
-        local items = {}
-        for i = 1, size do items[i] = { CONTACT, { title = marker() } } end
-        for _, call in ipairs(chaos.batch(client, items, conc, chaos.batch_bound(cfg, size, conc))) do
-          calls[#calls + 1] = call
+      -- a third each (without lua-cqueues: half and half, no pending calls)
+      local third = math.floor(CALLS / (chaos.cqueues and 6 or 4))
+      for i = 1, third do calls[i] = one(client) end
+      -- batches, then (with lua-cqueues) pending calls in a cqueues loop, 1-12 coroutines
+      for _, way in ipairs{ "batch", chaos.cqueues and "pending" or nil } do
+        local left = way == "batch" and third or math.floor(CALLS / 2) - 2 * third
+        if not chaos.cqueues then left = math.floor(CALLS / 2) - third end
+        while left > 0 do
+          local size = math.min(left, math.random(1, 30))
+          local conc = math.random(1, 12)
+          local items = {}
+          for i = 1, size do items[i] = { CONTACT, { title = marker() } } end
+          local got = way == "batch" and chaos.batch(client, items, conc, chaos.batch_bound(cfg, size, conc))
+                      or chaos.pending(client, items, conc, chaos.bound(cfg))
+          for _, call in ipairs(got) do calls[#calls + 1] = call end
+          left = left - size
         end
-        left = left - size
       end
       local _, plog = check(calls)
       -- the run proved something: the proxy misbehaved, and some calls failed on its leg

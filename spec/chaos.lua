@@ -231,6 +231,50 @@ function chaos.batch(client, items, concurrency, bound, lookup)
   return calls
 end
 
+-- The pending-call path (issue 19): client:start_case over items { { contactId, opts }, ... }
+-- in a cqueues loop, concurrency coroutines taking the items in turn, each call driven as the
+-- README says (`while not p:step() do cqueues.poll(p) end`); one call record per item, each
+-- timed from start_case to its result against bound (a call's own: the calls run side by side).
+-- nil when cqueues is not installed (chaos.cqueues, for a pending() in the spec).
+local has_cq, cqueues = pcall(require, "cqueues")
+chaos.cqueues = has_cq and cqueues or nil
+function chaos.pending(client, items, concurrency, bound)
+  if not has_cq then return nil end
+  local calls, next_i = {}, 0
+  local cq = cqueues.new()
+  for _ = 1, concurrency do
+    cq:wrap(function()
+      while next_i < #items do
+        next_i = next_i + 1
+        local i, item = next_i, items[next_i]
+        -- chaos.call's record, but cqueues.poll outside any pcall (Lua 5.1 and LuaJIT cannot
+        -- yield across one)
+        local t0 = socket.gettime()
+        local call = { path = ("start_case[%d/%d c=%d]"):format(i, #items, concurrency), marker = item[2].title,
+                       contact = item[1], bound = bound }
+        local ok, p = pcall(client.start_case, client, item[1], item[2])
+        while ok do
+          local done
+          ok, done = pcall(p.step, p)
+          if not ok then p = done elseif done then break else cqueues.poll(p) end
+        end
+        local res, err
+        if ok then ok, res, err = pcall(p.result, p) else res = p end
+        call.elapsed = socket.gettime() - t0
+        if ok then call.res, call.err = res, err else call.raised = tostring(res) end
+        calls[i] = call
+      end
+    end)
+  end
+  local ok, why = cq:loop()
+  for i, item in ipairs(items) do          -- the loop itself failed: every call left says so
+    calls[i] = calls[i] or { path = "start_case", marker = item[2].title, contact = item[1], elapsed = 0,
+                             bound = bound, raised = "the cqueues loop stopped: " .. tostring(why) }
+  end
+  assert(ok or #calls == #items, why)
+  return calls
+end
+
 -- ---- reading ------------------------------------------------------------
 
 local function num(v) return type(v) == "number" and ("%d"):format(v) or tostring(v) end

@@ -77,6 +77,18 @@ static void detach(pending_t *p) {
     p->attached = 0;
 }
 
+/* A finished call's transfer and multi handle go at once, not when the call
+   is collected: the connection stays in the share for the client's next
+   call, not pinned by the handle. The epoll descriptor stays until then: a
+   loop (cqueues) may still hold it registered, and a descriptor closed
+   under it fails the loop's next update (EBADF). */
+static void drop_transfer(pending_t *p) {
+    detach(p);
+    transport_close(&p->t);
+    if (p->multi) curl_multi_cleanup(p->multi);
+    p->multi = NULL;
+}
+
 /* The step the engine answered (its results, for DONE, on top: popped). */
 static void follow(lua_State *L, pending_t *p, int vals, const acq_step_t *s) {
     if (s->lines) client_write_lines(L, p->c, vals);
@@ -84,6 +96,7 @@ static void follow(lua_State *L, pending_t *p, int vals, const acq_step_t *s) {
         int i, top = lua_gettop(L);                /* the results: top - nret + 1 .. top */
         p->state = S_DONE;
         p->nret = s->nret;
+        drop_transfer(p);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
         for (i = 0; i < s->nret; i++) {
             lua_pushvalue(L, top - s->nret + 1 + i);
@@ -97,7 +110,11 @@ static void follow(lua_State *L, pending_t *p, int vals, const acq_step_t *s) {
         p->wake_at = client_monotonic() + s->wait;
         return;
     }
+    /* curl_easy_duphandle (libcurl 7.88) leaves the share behind: without it
+       each pending call had its multi handle's own connection cache, a new
+       connection a call, kept open until the call was collected */
     if (transport_prepare(&p->t, s->url, s->body, s->len) != 0 ||
+        curl_easy_setopt(p->t.easy, CURLOPT_SHARE, p->c->t.share) != CURLE_OK ||
         curl_multi_add_handle(p->multi, p->t.easy) != CURLM_OK)
         luaL_error(L, "not enough memory");
     p->attached = 1;
@@ -181,10 +198,7 @@ static void check_owner(lua_State *L, pending_t *p) {
 }
 
 static void release(lua_State *L, pending_t *p) {
-    detach(p);
-    transport_close(&p->t);
-    if (p->multi) curl_multi_cleanup(p->multi);
-    p->multi = NULL;
+    drop_transfer(p);
     if (p->epfd >= 0) close(p->epfd);
     p->epfd = -1;
     if (p->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, p->ref);
@@ -226,6 +240,7 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
+    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);   /* idle, in the share */
     advance(L, p, NULL);                                  /* SEND: the transfer added */
     step(L, p);                                           /* its first moves */
     lua_settop(L, ud);
@@ -346,6 +361,7 @@ static void cancel(lua_State *L, pending_t *p, int collected) {
     lua_pop(L, 1);
     p->state = S_DONE;
     p->nret = 2;
+    drop_transfer(p);
     if (collected && sent) {
         lua_pushfstring(L, "a pending call for contact %lld was collected unfinished after its "
                            "request was sent: its case may exist", p->call.id);
