@@ -110,11 +110,9 @@ static void follow(lua_State *L, pending_t *p, int vals, const acq_step_t *s) {
         p->wake_at = client_monotonic() + s->wait;
         return;
     }
-    /* curl_easy_duphandle (libcurl 7.88) leaves the share behind: without it
-       each pending call had its multi handle's own connection cache, a new
-       connection a call, kept open until the call was collected */
+    /* (transport_prepare puts the transfer in the client's share: its
+       connections, not a new one a call) */
     if (transport_prepare(&p->t, s->url, s->body, s->len) != 0 ||
-        curl_easy_setopt(p->t.easy, CURLOPT_SHARE, p->c->t.share) != CURLE_OK ||
         curl_multi_add_handle(p->multi, p->t.easy) != CURLM_OK)
         luaL_error(L, "not enough memory");
     p->attached = 1;

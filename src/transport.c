@@ -192,6 +192,7 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     *what = "curl_share_init";
     t->share = new_share();
     if (t->share == NULL) return -1;
+    t->sharep = &t->share;
     *what = "curl_easy_init";
     t->tmpl = curl_easy_init();
     if (t->tmpl == NULL) return -1;
@@ -271,8 +272,15 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
 
 int transport_prepare(acq_transport_t *t, const char *url, const char *body,
                       size_t len) {
-    CURL *fresh = curl_easy_duphandle(t->tmpl);      /* shares t->tmpl's share */
+    CURL *fresh = curl_easy_duphandle(t->tmpl);
     if (fresh == NULL) return -1;
+    /* curl_easy_duphandle (libcurl 7.88) does not carry CURLOPT_SHARE over:
+       without this, each transfer would use only its multi handle's cache
+       (no TLS session resumed, and a pending call's connection its own) */
+    if (t->sharep && *t->sharep && curl_easy_setopt(fresh, CURLOPT_SHARE, *t->sharep) != CURLE_OK) {
+        curl_easy_cleanup(fresh);
+        return -1;
+    }
     if (t->easy) curl_easy_cleanup(t->easy);         /* its connection stays in the share */
     t->easy = fresh;
     if (point_at(t->easy, t) != 0) return -1;
@@ -376,6 +384,7 @@ int transport_perform(acq_transport_t *t, const char *url, const char *body,
 void transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv) {
     memset(dst, 0, sizeof *dst);
     dst->tmpl = src->tmpl;
+    dst->sharep = src->sharep;
     dst->priv = priv;
     dst->max_bytes = src->max_bytes;
     dst->proxy = src->proxy;

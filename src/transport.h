@@ -30,6 +30,7 @@ typedef struct acq_transport_t {
     CURL              *easy;               /* this transfer's: a fresh one each time */
     CURL              *tmpl;               /* the options every transfer starts from */
     CURLSH            *share;              /* connections, DNS, TLS sessions; owner only */
+    CURLSH           **sharep;             /* the owner's share (renewed after fork()): every transfer's */
     CURLM             *multi;              /* transport_perform's; owner only */
     void              *priv;               /* CURLOPT_PRIVATE of each transfer */
     int                owner;              /* tmpl, share and headers are this one's */
