@@ -3,8 +3,17 @@
  *
  *   acquire._journal_open(path) -> j, created | nil, msg, errno[, pid]
  *   j:append(s [, sync]) -> true | nil, msg, errno   whole (and fdatasync'd unless sync is
- *                    false), or failed for good
- *   j:sync()         -> true | nil, msg, errno   fdatasync of what was appended unsynced
+ *                    false), or failed for good; the records put before it go first
+ *   j:put(i, digest, contact, state [, a, b, c]) -> true | nil, msg, errno   a record,
+ *                    formatted here and kept in memory until the next write or sync (or
+ *                    64 KiB of them): "sent" has no more keys; "created" a = id,
+ *                    b = case_status, c = reconciled; "failed"/"maybe_created" a = error
+ *   j:write()        -> true | nil, msg, errno   the records put, in one write(2), unsynced
+ *   j:sync()         -> true | nil, msg, errno   those, then fdatasync of all unsynced
+ *   j:digest(contactId, opts [, fold]) -> digest, contact   an item's: FNV-1a 64 of its
+ *                    contact's digits, LF, and its body as acquire.build_request encodes it
+ *                    (strict = false); raises on a bad item. fold: also into the input's
+ *   j:input()        -> the input's digest: FNV-1a 64 of the folded digests, LF between
  *   j:read()         -> the whole file | nil, msg, errno
  *   j:scan()         -> header, keep, last | nil, msg, errno[, line]   one pass over the
  *                    file, in chunks: the header line's text, the bytes that are whole
@@ -15,7 +24,8 @@
  *   j:fnv(s [, prev]) -> 16 hex digits: FNV-1a 64 of s, going on from the digest prev
  *   j:flushes()      -> the fdatasyncs this handle made
  *   j:truncate(len)  -> true | nil, msg, errno   (a torn tail; fdatasync'd)
- *   j:close()        idempotent; also __gc and __close
+ *   j:close()        idempotent; also __gc and __close (the records put are written and
+ *                    fdatasync'd first, unless a write failed)
  *
  * The index holds 17 bytes an item (a state, a digest, the record's offset)
  * and 8 a created case: a 10^6-item journal is found out in one read of it
@@ -52,10 +62,29 @@ typedef struct acq_journal_t {
     size_t   cap, last;
     int64_t *ids;                /* the ids of "created" records */
     size_t   nids, capids;
+    acq_buf_t pend;              /* records put, not written yet (j:put) */
+    acq_buf_t scratch;           /* an item's body (j:digest) */
+    uint64_t input;              /* the input's digest so far (j:digest's fold) */
+    long     ninput;             /* digests folded into it */
 } acq_journal_t;
 
 static const char *const STATES[] = { NULL, "sent", "created", "failed", "maybe_created" };
 #define NSTATES 5
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+#define FNV_BASIS 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+static uint64_t fnv(uint64_t h, const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s, *e = p + n;
+    for (; p < e; p++) h = (h ^ *p) * FNV_PRIME;
+    return h;
+}
 
 /* The registry key of the table of open journals: id -> true. */
 static const char open_key = 0;
@@ -120,8 +149,15 @@ static void index_free(acq_journal_t *j) {
     j->cap = j->last = j->nids = j->capids = 0;
 }
 
+static int write_pending(acq_journal_t *j);
+static int datasync(acq_journal_t *j);
+
 static void journal_release(lua_State *L, acq_journal_t *j) {
     index_free(j);
+    /* the records put and not written: written and flushed, as a sync would */
+    if (j->fd >= 0 && !j->failed && write_pending(j) == 0 && j->dirty) (void)datasync(j);
+    buf_free(&j->pend);
+    buf_free(&j->scratch);
     if (j->fd >= 0) {
         push_open_table(L);
         lua_pushstring(L, j->id);
@@ -265,15 +301,15 @@ static int datasync(acq_journal_t *j) {
     return 0;
 }
 
-/* A failed write is taken back to the last whole record (unsynced ones
-   before it stay: they were written whole, and the next sync covers them). */
-static int journal_l_append(lua_State *L) {
-    acq_journal_t *j = check_open(L);
-    size_t len, left;
-    const char *p = luaL_checklstring(L, 2, &len);
-    int sync = lua_isnoneornil(L, 3) || lua_toboolean(L, 3);
-    if (j->failed) return push_failed(L, j);
-    for (left = len; left > 0;) {
+/* The records put (j:put, j:append), in one write(2) continued while it
+   makes progress: 0, or -1 with j->failed set and the write taken back to
+   the last whole record (unsynced ones before it stay: they were written
+   whole, and the next sync covers them). */
+static int write_pending(acq_journal_t *j) {
+    const char *p = j->pend.p;
+    size_t left = j->pend.len;
+    if (left == 0) return 0;
+    while (left > 0) {
         ssize_t n = write(j->fd, p, left);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {                             /* 0: no progress; say so as the disk would */
@@ -283,27 +319,179 @@ static int journal_l_append(lua_State *L) {
         p += n;
         left -= (size_t)n;
     }
-    if (!j->failed && sync && datasync(j) != 0) j->failed = errno;
     if (j->failed) {
+        j->pend.len = 0;
         j->undone = ftruncate(j->fd, j->good) == 0 && datasync(j) == 0;
+        return -1;
+    }
+    j->good += (off_t)j->pend.len;
+    j->pend.len = 0;
+    j->dirty = 1;
+    return 0;
+}
+
+static int journal_l_append(lua_State *L) {
+    acq_journal_t *j = check_open(L);
+    size_t len;
+    const char *p = luaL_checklstring(L, 2, &len);
+    int sync = lua_isnoneornil(L, 3) || lua_toboolean(L, 3);
+    off_t before;
+    if (j->failed) return push_failed(L, j);
+    if (!buf_reserve(&j->pend, len)) return luaL_error(L, "not enough memory");
+    memcpy(j->pend.p + j->pend.len, p, len);
+    j->pend.len += len;
+    before = j->good;
+    if (write_pending(j) != 0) return push_failed(L, j);
+    if (sync && datasync(j) != 0) {
+        j->failed = errno;
+        j->undone = ftruncate(j->fd, before) == 0 && datasync(j) == 0;
+        if (j->undone) j->good = before;
         return push_failed(L, j);
     }
-    j->good += (off_t)len;
-    if (!sync) j->dirty = 1;
     lua_pushboolean(L, 1);
     return 1;
 }
 
-/* fdatasync of the records appended unsynced; a failure is for good: the
-   kernel may have dropped those pages, so nothing after them is trusted. */
+/* The records put, written; then fdatasync of all written unsynced. A failed
+   fdatasync is for good: the kernel may have dropped those pages, so nothing
+   after them is trusted. */
 static int journal_l_sync(lua_State *L) {
     acq_journal_t *j = check_open(L);
     if (j->failed) return push_failed(L, j);
+    if (write_pending(j) != 0) return push_failed(L, j);
     if (j->dirty && datasync(j) != 0) {
         j->failed = errno;
         j->undone = 0;
         return push_failed(L, j);
     }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int journal_l_write(lua_State *L) {
+    acq_journal_t *j = check_open(L);
+    if (j->failed || write_pending(j) != 0) return push_failed(L, j);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ---- records: formatted here, written a wave at a time ---------------- */
+
+#define PEND_MAX ((size_t)64 << 10)               /* written when the records put reach it */
+
+/* s as the inside of a JSON string (escaped as lua-cjson does); at most 6n bytes */
+static char *put_escaped(char *o, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (c) {
+        case '"':  *o++ = '\\'; *o++ = '"'; break;
+        case '\\': *o++ = '\\'; *o++ = '\\'; break;
+        case '/':  *o++ = '\\'; *o++ = '/'; break;
+        case '\b': *o++ = '\\'; *o++ = 'b'; break;
+        case '\f': *o++ = '\\'; *o++ = 'f'; break;
+        case '\n': *o++ = '\\'; *o++ = 'n'; break;
+        case '\r': *o++ = '\\'; *o++ = 'r'; break;
+        case '\t': *o++ = '\\'; *o++ = 't'; break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                memcpy(o, "\\u00", 4);
+                o[4] = hex[c >> 4], o[5] = hex[c & 15];
+                o += 6;
+            } else {
+                *o++ = (char)c;
+            }
+        }
+    }
+    return o;
+}
+
+/* A number in all its digits (lua-cjson would round past 14): an integer as
+   one, a whole float as %.0f, another as %.17g, NaN and infinities null. */
+static size_t number_text(lua_State *L, int idx, char out[40]) {
+    lua_Number v;
+#if ACQ_HAS_INTEGERS
+    if (lua_isinteger(L, idx)) return (size_t)snprintf(out, 40, "%lld", (long long)lua_tointeger(L, idx));
+#endif
+    v = lua_tonumber(L, idx);
+    if (v != v || v - v != 0) { memcpy(out, "null", 4); return 4; }
+    if (v > -9223372036854775808.0 && v < 9223372036854775808.0 && (lua_Number)(long long)v == v)
+        return (size_t)snprintf(out, 40, "%.0f", (double)v);
+    return (size_t)snprintf(out, 40, "%.17g", (double)v);
+}
+
+/* The most bytes ,"key":value takes for the value at idx (0: left out, as
+   the value is nil or of no JSON type) */
+static size_t value_room(lua_State *L, int idx) {
+    switch (lua_type(L, idx)) {
+    case LUA_TNUMBER: return 40;
+    case LUA_TBOOLEAN: return 5;
+    case LUA_TSTRING: { size_t n; lua_tolstring(L, idx, &n); return 2 + 6 * n; }
+    default: return 0;
+    }
+}
+
+static char *put_value(lua_State *L, char *o, const char *key, int idx) {
+    size_t kn = strlen(key);
+    switch (lua_type(L, idx)) {
+    case LUA_TNUMBER: case LUA_TBOOLEAN: case LUA_TSTRING: break;
+    default: return o;
+    }
+    *o++ = ',', *o++ = '"';
+    memcpy(o, key, kn);
+    o += kn;
+    *o++ = '"', *o++ = ':';
+    switch (lua_type(L, idx)) {
+    case LUA_TNUMBER: o += number_text(L, idx, o); break;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx)) memcpy(o, "true", 4), o += 4;
+        else memcpy(o, "false", 5), o += 5;
+        break;
+    default: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        *o++ = '"';
+        o = put_escaped(o, s, n);
+        *o++ = '"';
+    }
+    }
+    return o;
+}
+
+/* j:put(i, digest, contact, state [, a, b, c]): the record as parse_record
+   reads it (item, digest, state first; then contactId and the state's keys) */
+static int journal_l_put(lua_State *L) {
+    static const char *const KEYS[NSTATES][3] = {
+        { NULL, NULL, NULL }, { NULL, NULL, NULL }, { "id", "case_status", "reconciled" },
+        { "error", NULL, NULL }, { "error", NULL, NULL } };
+    acq_journal_t *j = check_open(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    size_t dn, cn, room, k;
+    const char *d = luaL_checklstring(L, 3, &dn);
+    const char *c = luaL_checklstring(L, 4, &cn);
+    const char *st = luaL_checkstring(L, 5);
+    char *o;
+    int s;
+    for (s = 1; s < NSTATES; s++) if (strcmp(st, STATES[s]) == 0) break;
+    luaL_argcheck(L, s < NSTATES, 5, "a record's state expected");
+    luaL_argcheck(L, i >= 1, 2, "an item number expected");
+    for (k = 0; k < dn && hexval((unsigned char)d[k]) >= 0; k++) {}
+    luaL_argcheck(L, dn == 16 && k == 16, 3, "a digest of 16 hex digits expected");
+    if (j->failed) return push_failed(L, j);
+    room = 96 + dn + 6 * cn;
+    for (k = 0; k < 3; k++) if (KEYS[s][k]) room += 16 + value_room(L, 6 + (int)k);
+    if (!buf_reserve(&j->pend, room)) return luaL_error(L, "not enough memory");
+    o = j->pend.p + j->pend.len;
+    o += snprintf(o, 40, "{\"item\":%lld,\"digest\":\"", (long long)i);
+    memcpy(o, d, 16), o += 16;
+    o += snprintf(o, 40, "\",\"state\":\"%s\",\"contactId\":\"", STATES[s]);
+    o = put_escaped(o, c, cn);
+    *o++ = '"';
+    for (k = 0; k < 3; k++) if (KEYS[s][k]) o = put_value(L, o, KEYS[s][k], 6 + (int)k);
+    *o++ = '}', *o++ = '\n';
+    j->pend.len = (size_t)(o - j->pend.p);
+    if (j->pend.len >= PEND_MAX && write_pending(j) != 0) return push_failed(L, j);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -338,6 +526,7 @@ static int journal_l_read(lua_State *L) {
 static int journal_l_truncate(lua_State *L) {
     acq_journal_t *j = check_open(L);
     lua_Integer len = luaL_checkinteger(L, 2);
+    if (j->failed || write_pending(j) != 0) return push_failed(L, j);
     luaL_argcheck(L, len >= 0 && len <= (lua_Integer)j->good, 2, "outside the journal");
     if (ftruncate(j->fd, (off_t)len) != 0 || datasync(j) != 0)
         return fail_errno(L, j->path, "cannot cut its torn end", errno);
@@ -379,12 +568,6 @@ static int add_id(acq_journal_t *j, int64_t id) {
     }
     j->ids[j->nids++] = id;
     return 1;
-}
-
-static int hexval(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
 }
 
 /* A record line (without its LF) as journal.lua writes one: the keys item,
@@ -569,7 +752,7 @@ static int journal_l_claimed(lua_State *L) {
 static int journal_l_fnv(lua_State *L) {
     size_t n, i;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 2, &n);
-    uint64_t h = 0xcbf29ce484222325ULL;
+    uint64_t h = FNV_BASIS;
     if (!lua_isnoneornil(L, 3)) {
         size_t pn;
         const char *p = luaL_checklstring(L, 3, &pn);
@@ -580,8 +763,48 @@ static int journal_l_fnv(lua_State *L) {
             h = h << 4 | (uint64_t)v;
         }
     }
-    for (i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ULL;
+    push_digest(L, fnv(h, (const char *)s, n));
+    return 1;
+}
+
+/* j:digest(contactId, opts [, fold]) -> digest, contact: the item's request
+   (its contact's digits, LF, the body acquire.build_request encodes with
+   strict = false), without building the rest of it; fold: the digest also
+   goes into the input's (j:input) */
+static int journal_l_digest(lua_State *L) {
+    acq_journal_t *j = check_journal(L);
+    long long id;
+    char num[24];
+    size_t nn;
+    uint64_t h;
+    int fold = lua_toboolean(L, 4);
+    if (!request_parse_contact_id(L, 2, &id)) {
+        const char *got = lua_type(L, 2) == LUA_TSTRING ? lua_pushfstring(L, "'%s'", lua_tostring(L, 2))
+            : lua_type(L, 2) == LUA_TNUMBER ? error_pushnumber(L, 2)
+            : acq_typename(L, 2);
+        return luaL_error(L, "contactId must be a positive integer, got %s", got);
+    }
+    if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3))
+        return luaL_error(L, "opts must be a table, got %s", acq_typename(L, 3));
+    request_encode_body(L, 3, 0, &j->scratch);
+    nn = (size_t)snprintf(num, sizeof num, "%lld", id);
+    num[nn] = '\n';
+    h = fnv(fnv(FNV_BASIS, num, nn + 1), j->scratch.p, j->scratch.len);
+    if (fold) {
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+        j->input = j->ninput++ == 0 ? fnv(FNV_BASIS, hex, 16) : fnv(fnv(j->input, "\n", 1), hex, 16);
+    }
     push_digest(L, h);
+    lua_pushlstring(L, num, nn);
+    return 2;
+}
+
+/* j:input() -> the input's digest: FNV-1a 64 over the folded digests, LF
+   between them (of nothing: of the empty string) */
+static int journal_l_input(lua_State *L) {
+    acq_journal_t *j = check_journal(L);
+    push_digest(L, j->ninput ? j->input : FNV_BASIS);
     return 1;
 }
 
@@ -599,7 +822,11 @@ static int journal_l_tostring(lua_State *L) {
 
 static const luaL_Reg journal_methods[] = {
     { "append", journal_l_append },
+    { "put", journal_l_put },
+    { "write", journal_l_write },
     { "sync", journal_l_sync },
+    { "digest", journal_l_digest },
+    { "input", journal_l_input },
     { "read", journal_l_read },
     { "scan", journal_l_scan },
     { "item", journal_l_item },
@@ -624,7 +851,7 @@ static const luaL_Reg journal_metamethods[] = {
 void journal_open(lua_State *L) {
     luaL_newmetatable(L, ACQ_MT_JOURNAL);
     acq_setfuncs(L, journal_metamethods, 0);
-    lua_createtable(L, 0, 12);
+    lua_createtable(L, 0, 16);
     acq_setfuncs(L, journal_methods, 0);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
