@@ -9,7 +9,13 @@
  *                    64 KiB of them): "sent" has no more keys; "created" a = id,
  *                    b = case_status, c = reconciled; "failed"/"maybe_created" a = error
  *   j:write()        -> true | nil, msg, errno   the records put, in one write(2), unsynced
- *   j:sync()         -> true | nil, msg, errno   those, then fdatasync of all unsynced
+ *   j:sync()         -> true | nil, msg, errno   those, then fdatasync of all unsynced (and
+ *                    of the background syncs asked for: their failure is its)
+ *   j:sync_async()   -> ticket | nil, msg, errno   those written, and an fdatasync of all
+ *                    written asked of the journal's thread (started on first use); the
+ *                    calling thread goes on
+ *   j:wait(ticket)   -> true | nil, msg, errno   once that fdatasync is done (at once if it
+ *                    is); a failed one fails the journal for good
  *   j:digest(contactId, opts [, fold]) -> digest, contact   an item's: FNV-1a 64 of its
  *                    contact's digits, LF, and its body as acquire.build_request encodes it
  *                    (strict = false); raises on a bad item. fold: also into the input's
@@ -38,6 +44,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +74,15 @@ typedef struct acq_journal_t {
     acq_buf_t scratch;           /* an item's body (j:digest) */
     uint64_t input;              /* the input's digest so far (j:digest's fold) */
     long     ninput;             /* digests folded into it */
+    /* the syncer: a thread that fdatasyncs what was written when asked
+       (j:sync_async); req, done, serr, bflushes and quit under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    int      inited, started, quit;
+    long     req, done;          /* generations of fdatasync asked for, done */
+    int      serr;               /* errno of a background fdatasync that failed */
+    long     bflushes;           /* fdatasyncs the thread made */
 } acq_journal_t;
 
 static const char *const STATES[] = { NULL, "sent", "created", "failed", "maybe_created" };
@@ -152,10 +169,77 @@ static void index_free(acq_journal_t *j) {
 static int write_pending(acq_journal_t *j);
 static int datasync(acq_journal_t *j);
 
+/* ---- the syncer thread ------------------------------------------------ */
+
+static void *syncer(void *arg) {
+    acq_journal_t *j = (acq_journal_t *)arg;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        long target;
+        int rc, e;
+        while (!j->quit && j->done >= j->req) pthread_cond_wait(&j->cv, &j->mu);
+        if (j->done >= j->req) break;             /* asked to quit, nothing left to do */
+        target = j->req;
+        pthread_mutex_unlock(&j->mu);
+        rc = fdatasync(j->fd);
+        e = errno;
+        pthread_mutex_lock(&j->mu);
+        j->bflushes++;
+        if (rc != 0 && j->serr == 0) j->serr = e;
+        j->done = target;
+        pthread_cond_broadcast(&j->cv);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* The thread, with every signal blocked in it (a Ctrl-C is the main
+   thread's). 0, or an errno. */
+static int syncer_start(acq_journal_t *j) {
+    sigset_t all, old;
+    int rc;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&j->thread, NULL, syncer, j);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc == 0) j->started = 1;
+    return rc;
+}
+
+/* Waits until generation t is done: 0, or the errno of a background
+   fdatasync that failed (the journal then takes no more). */
+static int syncer_wait(acq_journal_t *j, long t) {
+    int e;
+    if (!j->started) return 0;
+    pthread_mutex_lock(&j->mu);
+    while (j->done < t) pthread_cond_wait(&j->cv, &j->mu);
+    e = j->serr;
+    pthread_mutex_unlock(&j->mu);
+    if (e && !j->failed) j->failed = e, j->undone = 0;
+    return e;
+}
+
+static void syncer_stop(acq_journal_t *j) {
+    if (j->started) {
+        pthread_mutex_lock(&j->mu);
+        j->quit = 1;
+        pthread_cond_broadcast(&j->cv);
+        pthread_mutex_unlock(&j->mu);
+        pthread_join(j->thread, NULL);
+        j->started = 0;
+    }
+    if (j->inited) {
+        pthread_cond_destroy(&j->cv);
+        pthread_mutex_destroy(&j->mu);
+        j->inited = 0;
+    }
+}
+
 static void journal_release(lua_State *L, acq_journal_t *j) {
     index_free(j);
     /* the records put and not written: written and flushed, as a sync would */
     if (j->fd >= 0 && !j->failed && write_pending(j) == 0 && j->dirty) (void)datasync(j);
+    syncer_stop(j);
     buf_free(&j->pend);
     buf_free(&j->scratch);
     if (j->fd >= 0) {
@@ -273,6 +357,9 @@ int journal_l_open(lua_State *L) {
     file_id(&st, j->id);
     j->good = st.st_size;
     j->fd = fd;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    j->inited = 1;
     push_open_table(L);
     lua_pushstring(L, j->id);
     lua_pushboolean(L, 1);
@@ -364,6 +451,43 @@ static int journal_l_sync(lua_State *L) {
         j->undone = 0;
         return push_failed(L, j);
     }
+    if (syncer_wait(j, j->req) != 0) return push_failed(L, j);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The records put, written; an fdatasync of everything written asked of
+   the thread. -> its ticket (for j:wait). Without a thread (it could not
+   start), the fdatasync is made here. */
+static int journal_l_sync_async(lua_State *L) {
+    acq_journal_t *j = check_open(L);
+    long t;
+    if (j->failed || write_pending(j) != 0) return push_failed(L, j);
+    if (j->dirty && !j->started && syncer_start(j) != 0) {
+        if (datasync(j) != 0) {
+            j->failed = errno;
+            j->undone = 0;
+            return push_failed(L, j);
+        }
+    }
+    if (j->dirty) {
+        pthread_mutex_lock(&j->mu);
+        t = ++j->req;
+        pthread_cond_signal(&j->cv);
+        pthread_mutex_unlock(&j->mu);
+        j->dirty = 0;
+    } else {
+        t = j->req;                               /* asked for already, or done here */
+    }
+    lua_pushinteger(L, (lua_Integer)t);
+    return 1;
+}
+
+static int journal_l_wait(lua_State *L) {
+    acq_journal_t *j = check_open(L);
+    lua_Integer t = luaL_checkinteger(L, 2);
+    if (j->failed) return push_failed(L, j);
+    if (t > 0 && syncer_wait(j, (long)t) != 0) return push_failed(L, j);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -498,7 +622,13 @@ static int journal_l_put(lua_State *L) {
 
 static int journal_l_flushes(lua_State *L) {
     acq_journal_t *j = check_journal(L);
-    lua_pushinteger(L, (lua_Integer)j->flushes);
+    long b = 0;
+    if (j->inited) {
+        pthread_mutex_lock(&j->mu);
+        b = j->bflushes;
+        pthread_mutex_unlock(&j->mu);
+    }
+    lua_pushinteger(L, (lua_Integer)(j->flushes + b));
     return 1;
 }
 
@@ -825,6 +955,8 @@ static const luaL_Reg journal_methods[] = {
     { "put", journal_l_put },
     { "write", journal_l_write },
     { "sync", journal_l_sync },
+    { "sync_async", journal_l_sync_async },
+    { "wait", journal_l_wait },
     { "digest", journal_l_digest },
     { "input", journal_l_input },
     { "read", journal_l_read },
@@ -851,7 +983,7 @@ static const luaL_Reg journal_metamethods[] = {
 void journal_open(lua_State *L) {
     luaL_newmetatable(L, ACQ_MT_JOURNAL);
     acq_setfuncs(L, journal_metamethods, 0);
-    lua_createtable(L, 0, 16);
+    lua_createtable(L, 0, 20);
     acq_setfuncs(L, journal_methods, 0);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);

@@ -381,10 +381,27 @@ function M.create_cases(client, items, opts)
       end
     end
 
-    -- Lookahead: the items whose "sent" records went to disk with an earlier wave's, before
-    -- create_cases draws them (ahead[a1..a2]); their start needs no flush of its own. A stop
-    -- records them "failed" (not sent); a crash leaves them uncertain, as the ones in flight.
+    -- Lookahead: the items whose "sent" records were written before create_cases draws them
+    -- (ahead[a1..a2]), and fdatasync'd with an earlier wave's (e.ticket nil) or by the
+    -- journal's thread (e.ticket: j:wait(e.ticket) before the item's first attempt can send);
+    -- their start needs no flush of its own. A stop records them "failed" (not sent); a crash
+    -- leaves them uncertain, as the ones in flight.
     local ahead, a1, a2 = {}, 1, 0
+    -- the next items' "sent" records written, up to `lookahead` ahead -> the first new one's
+    -- place in ahead (a2 + 1 when none)
+    local function fill()
+      local first = a2 + 1
+      while a2 - a1 + 1 < lookahead do
+        local e = next_to_send()
+        if not e then break end
+        local okw, werr = put(j, e.i, e.d, e.c, "sent")
+        if not okw then fail_write(werr) end
+        e.durable = true
+        a2 = a2 + 1
+        ahead[a2] = e
+      end
+      return first
+    end
     local function draw()
       local e
       if a1 <= a2 then
@@ -416,22 +433,33 @@ function M.create_cases(client, items, opts)
       nwave = nwave + 1
       wave[nwave] = it
     end
-    -- once a loop turn, before any attempt of it can send: their "sent" records (and the
-    -- outcomes written since the last one) reach the disk in one fdatasync
+    -- once a loop turn, before any attempt of it can send: a "sent" record written in on_send
+    -- reaches the disk in one fdatasync here, with the next `lookahead` items' (and the outcomes
+    -- written since); the wave's items drawn from the lookahead wait for their ticket (done
+    -- already, most often). When the lookahead is half drawn, the next items' records are
+    -- written and fdatasync'd by the journal's thread while the batch goes on.
+    local half = lookahead / 2
     copts.on_wave = function(nn)
       if need then
-        -- the next `lookahead` items' records ride on this flush
-        while a2 - a1 + 1 < lookahead do
-          local e = next_to_send()
-          if not e then break end
-          local okw, werr = put(j, e.i, e.d, e.c, "sent")
-          if not okw then fail_write(werr) end
-          e.durable = true
-          a2 = a2 + 1
-          ahead[a2] = e
-        end
+        fill()
         sync()
         need = false
+      else
+        local t = 0
+        for x = 1, nwave do
+          local tk = wave[x].ticket
+          if tk and tk > t then t = tk end
+        end
+        if t > 0 then
+          local okw, werr = j:wait(t)
+          if not okw then fail_write(werr) end
+        end
+      end
+      local first = lookahead > 0 and a2 - a1 + 1 <= half and fill() or a2 + 1
+      if first <= a2 then
+        local t, werr = j:sync_async()
+        if not t then fail_write(werr) end
+        for x = first, a2 do ahead[x].ticket = t end
       else                                        -- the outcomes put since: to the kernel
         local okw, werr = j:write()
         if not okw then fail_write(werr) end
@@ -459,7 +487,11 @@ function M.create_cases(client, items, opts)
       else count.failed = count.failed + 1 end
       deliver(it.i, res, err)
       live[kk] = nil
-      if unsynced >= SYNC_EVERY then sync() end
+      if unsynced >= SYNC_EVERY then                -- outcomes: no request waits for them
+        local t, serr = j:sync_async()
+        if not t then fail_write(serr) end
+        unsynced = 0
+      end
     end
 
     local function finish(e)
