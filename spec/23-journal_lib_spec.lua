@@ -413,11 +413,11 @@ describe("the journal's records and digests in C (j:put, j:digest)", function()
       local want, last, ids = {}, {}, {}
       for _ = 1, math.random(1, 400) do
         local i, state, d = math.random(1, 60), STATES[math.random(#STATES)], hex16()
-        local c = tostring(math.random(1, 2^31))
+        local c = tostring(math.random(1, 2^31 - 1))
         local a, b, cc
         if state == "created" then
           local kind = math.random(0, 3)
-          a = kind == 1 and math.random(1, 2^31) or kind == 2 and 2^53 - math.random(0, 1000) or kind == 3 and rstr(5)
+          a = kind == 1 and math.random(1, 2^31 - 1) or kind == 2 and 2^53 - math.random(0, 1000) or kind == 3 and rstr(5)
             or nil
           b = math.random(0, 3) > 0 and rstr(12) or nil
           cc = ({ true, false, nil })[math.random(3)]
@@ -474,7 +474,7 @@ describe("the journal's records and digests in C (j:put, j:digest)", function()
     local input
     local n = 0
     for x = 1, 300 do
-      local id = ({ math.random(1, 2^31), tostring(math.random(1, 2^40)), "0" .. math.random(1, 999), 0, -3, 1.5,
+      local id = ({ math.random(1, 2^31 - 1), tostring(math.random(1, 2^30) * 1024 + math.random(0, 1023)), "0" .. math.random(1, 999), 0, -3, 1.5,
         "12a", true })[math.random(8)]
       local opts = ({ function() return nil end, function() return {} end, function() return 7 end,
         function()
@@ -605,7 +605,9 @@ describe("acquire.journal on a slow disk (fdatasync delayed under strace)", func
   it("no request leaves before an fdatasync that began after its sent record was written had ended", function()
     local strace = helper.sh("command -v strace"):match("^(/%S+)")
     if not strace then return pending("no strace") end
-    if os.getenv("ASAN_OPTIONS") or os.getenv("LD_PRELOAD") then return pending("under ASan: no ptrace") end
+    if (os.getenv("LD_PRELOAD") or ""):find("libasan", 1, true) then
+      return pending("under ASan: LeakSanitizer does not work under ptrace")
+    end
     srv:config{ unique_ids = true }
     local tmp = helper.tmpdir()
     local N = 400
