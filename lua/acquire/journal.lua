@@ -494,6 +494,15 @@ function M.create_cases(client, items, opts)
       end
     end
 
+    -- once a loop turn after its on_result calls: the outcomes they put, to the kernel (a kill
+    -- then loses none but the turn's own)
+    local user_progress = user.on_progress
+    copts.on_progress = function(...)
+      local okw, werr = j:write()
+      if not okw then fail_write(werr) end
+      if user_progress then return user_progress(...) end
+    end
+
     local function finish(e)
       pcall(j.sync, j)
       if out then
