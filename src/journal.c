@@ -16,6 +16,7 @@
  *                    calling thread goes on
  *   j:wait(ticket)   -> true | nil, msg, errno   once that fdatasync is done (at once if it
  *                    is); a failed one fails the journal for good
+ *   j:synced()       -> the last ticket whose fdatasync has ended (never waits)
  *   j:digest(contactId, opts [, fold]) -> digest, contact   an item's: FNV-1a 64 of its
  *                    contact's digits, LF, and its body as acquire.build_request encodes it
  *                    (strict = false); raises on a bad item. fold: also into the input's
@@ -28,7 +29,8 @@
  *   j:record(i)      -> that record's text, read from the file
  *   j:claimed()      -> { case ids of the "created" records }
  *   j:fnv(s [, prev]) -> 16 hex digits: FNV-1a 64 of s, going on from the digest prev
- *   j:flushes()      -> the fdatasyncs this handle made
+ *   j:flushes()      -> the fdatasyncs this handle made (its thread's too), the j:wait
+ *                    calls that found theirs running, the seconds they waited
  *   j:truncate(len)  -> true | nil, msg, errno   (a torn tail; fdatasync'd)
  *   j:close()        idempotent; also __gc and __close (the records put are written and
  *                    fdatasync'd first, unless a write failed)
@@ -51,6 +53,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 #include "journal.h"
 
@@ -83,6 +86,8 @@ typedef struct acq_journal_t {
     long     req, done;          /* generations of fdatasync asked for, done */
     int      serr;               /* errno of a background fdatasync that failed */
     long     bflushes;           /* fdatasyncs the thread made */
+    long     waits;              /* j:wait calls that found their fdatasync running */
+    double   waited;             /* seconds they waited */
 } acq_journal_t;
 
 static const char *const STATES[] = { NULL, "sent", "created", "failed", "maybe_created" };
@@ -212,7 +217,14 @@ static int syncer_wait(acq_journal_t *j, long t) {
     int e;
     if (!j->started) return 0;
     pthread_mutex_lock(&j->mu);
-    while (j->done < t) pthread_cond_wait(&j->cv, &j->mu);
+    if (j->done < t) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        while (j->done < t) pthread_cond_wait(&j->cv, &j->mu);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        j->waits++;
+        j->waited += (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    }
     e = j->serr;
     pthread_mutex_unlock(&j->mu);
     if (e && !j->failed) j->failed = e, j->undone = 0;
@@ -483,6 +495,19 @@ static int journal_l_sync_async(lua_State *L) {
     return 1;
 }
 
+/* j:synced() -> the last ticket whose fdatasync has ended (never waits) */
+static int journal_l_synced(lua_State *L) {
+    acq_journal_t *j = check_journal(L);
+    long d = j->req;
+    if (j->started) {
+        pthread_mutex_lock(&j->mu);
+        d = j->done;
+        pthread_mutex_unlock(&j->mu);
+    }
+    lua_pushinteger(L, (lua_Integer)d);
+    return 1;
+}
+
 static int journal_l_wait(lua_State *L) {
     acq_journal_t *j = check_open(L);
     lua_Integer t = luaL_checkinteger(L, 2);
@@ -629,7 +654,9 @@ static int journal_l_flushes(lua_State *L) {
         pthread_mutex_unlock(&j->mu);
     }
     lua_pushinteger(L, (lua_Integer)(j->flushes + b));
-    return 1;
+    lua_pushinteger(L, (lua_Integer)j->waits);
+    lua_pushnumber(L, (lua_Number)j->waited);
+    return 3;
 }
 
 static int journal_l_read(lua_State *L) {
@@ -957,6 +984,7 @@ static const luaL_Reg journal_methods[] = {
     { "sync", journal_l_sync },
     { "sync_async", journal_l_sync_async },
     { "wait", journal_l_wait },
+    { "synced", journal_l_synced },
     { "digest", journal_l_digest },
     { "input", journal_l_input },
     { "read", journal_l_read },

@@ -436,9 +436,10 @@ function M.create_cases(client, items, opts)
     -- once a loop turn, before any attempt of it can send: a "sent" record written in on_send
     -- reaches the disk in one fdatasync here, with the next `lookahead` items' (and the outcomes
     -- written since); the wave's items drawn from the lookahead wait for their ticket (done
-    -- already, most often). When the lookahead is half drawn, the next items' records are
+    -- already, most often). The lookahead is refilled as it is drawn, the new items' records
     -- written and fdatasync'd by the journal's thread while the batch goes on.
-    local half = lookahead / 2
+    local half, quarter = lookahead / 2, math.max(1, math.floor(lookahead / 4))
+    local flushing = 0                            -- the ticket of the thread's last flush
     copts.on_wave = function(nn)
       if need then
         fill()
@@ -455,10 +456,16 @@ function M.create_cases(client, items, opts)
           if not okw then fail_write(werr) end
         end
       end
-      local first = lookahead > 0 and a2 - a1 + 1 <= half and fill() or a2 + 1
+      -- refilled as soon as the thread's last flush has ended (so the lookahead stays about
+      -- full and the thread busy, a flush for what was drawn meanwhile), a quarter at least; or
+      -- at once when half of it is drawn
+      local room = lookahead - (a2 - a1 + 1)
+      local first = a2 + 1
+      if room > 0 and (room > half or room >= quarter and j:synced() >= flushing) then first = fill() end
       if first <= a2 then
         local t, werr = j:sync_async()
         if not t then fail_write(werr) end
+        flushing = t
         for x = first, a2 do ahead[x].ticket = t end
       else                                        -- the outcomes put since: to the kernel
         local okw, werr = j:write()
