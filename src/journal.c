@@ -528,6 +528,13 @@ static int journal_l_write(lua_State *L) {
 
 #define PEND_MAX ((size_t)64 << 10)               /* written when the records put reach it */
 
+/* n bytes of s at o (no terminator: a record is bytes) -> past them */
+static char *put_bytes(char *o, const char *s, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) o[i] = s[i];
+    return o + n;
+}
+
 /* s as the inside of a JSON string (escaped as lua-cjson does); at most 6n bytes */
 static char *put_escaped(char *o, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
@@ -545,9 +552,9 @@ static char *put_escaped(char *o, const char *s, size_t n) {
         case '\t': *o++ = '\\'; *o++ = 't'; break;
         default:
             if (c < 0x20 || c == 0x7f) {
-                memcpy(o, "\\u00", 4);
-                o[4] = hex[c >> 4], o[5] = hex[c & 15];
-                o += 6;
+                o = put_bytes(o, "\\u00", 4);
+                *o++ = hex[c >> 4];
+                *o++ = hex[c & 15];
             } else {
                 *o++ = (char)c;
             }
@@ -564,7 +571,7 @@ static size_t number_text(lua_State *L, int idx, char out[40]) {
     if (lua_isinteger(L, idx)) return (size_t)snprintf(out, 40, "%lld", (long long)lua_tointeger(L, idx));
 #endif
     v = lua_tonumber(L, idx);
-    if (v != v || v - v != 0) { memcpy(out, "null", 4); return 4; }
+    if (v != v || v - v != 0) { put_bytes(out, "null", 4); return 4; }
     if (v > -9223372036854775808.0 && v < 9223372036854775808.0 && (lua_Number)(long long)v == v)
         return (size_t)snprintf(out, 40, "%.0f", (double)v);
     return (size_t)snprintf(out, 40, "%.17g", (double)v);
@@ -588,14 +595,12 @@ static char *put_value(lua_State *L, char *o, const char *key, int idx) {
     default: return o;
     }
     *o++ = ',', *o++ = '"';
-    memcpy(o, key, kn);
-    o += kn;
+    o = put_bytes(o, key, kn);
     *o++ = '"', *o++ = ':';
     switch (lua_type(L, idx)) {
     case LUA_TNUMBER: o += number_text(L, idx, o); break;
     case LUA_TBOOLEAN:
-        if (lua_toboolean(L, idx)) memcpy(o, "true", 4), o += 4;
-        else memcpy(o, "false", 5), o += 5;
+        o = lua_toboolean(L, idx) ? put_bytes(o, "true", 4) : put_bytes(o, "false", 5);
         break;
     default: {
         size_t n;
@@ -623,7 +628,7 @@ static int journal_l_put(lua_State *L) {
     char *o;
     int s;
     for (s = 1; s < NSTATES; s++) if (strcmp(st, STATES[s]) == 0) break;
-    luaL_argcheck(L, s < NSTATES, 5, "a record's state expected");
+    if (s >= NSTATES) return luaL_argerror(L, 5, "a record's state expected");
     luaL_argcheck(L, i >= 1, 2, "an item number expected");
     for (k = 0; k < dn && hexval((unsigned char)d[k]) >= 0; k++) {}
     luaL_argcheck(L, dn == 16 && k == 16, 3, "a digest of 16 hex digits expected");
@@ -653,7 +658,7 @@ static int journal_l_flushes(lua_State *L) {
         b = j->bflushes;
         pthread_mutex_unlock(&j->mu);
     }
-    lua_pushinteger(L, (lua_Integer)(j->flushes + b));
+    lua_pushinteger(L, (lua_Integer)j->flushes + (lua_Integer)b);
     lua_pushinteger(L, (lua_Integer)j->waits);
     lua_pushnumber(L, (lua_Number)j->waited);
     return 3;
