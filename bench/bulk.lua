@@ -7,12 +7,15 @@
 -- ROOT: the tree whose bin/acquire-case and acquire.so run (default: this one; another
 -- checkout measures "before"). Each child runs under /usr/bin/time: wall, user+sys CPU and max
 -- RSS. Inputs and journals live in a temporary directory, removed at the end.
+-- BULK_PARTS: which rows, comma-separated (default all): rss, resume, tput, strace.
 local url, sizes, rounds, root = ...
 assert(url and sizes, "usage: bulk.lua URL SIZES ROUNDS [ROOT]")
 rounds = tonumber(rounds) or 3
 root = root or "."
 local CONC = tonumber(os.getenv("BULK_CONCURRENCY") or "") or 16
 local ITER_MAX = tonumber(os.getenv("BULK_ITER_MAX") or "") or math.huge   -- create_cases rows up to this size
+local PARTS = os.getenv("BULK_PARTS") or "rss,resume,tput,strace"
+local function part(name) return ("," .. PARTS .. ","):find("," .. name .. ",", 1, true) ~= nil end
 
 local function sh(cmd)
   local p = io.popen(cmd)
@@ -72,7 +75,7 @@ for n in sizes:gmatch("%d+") do list[#list + 1] = tonumber(n) end
 local largest = list[#list]
 
 -- Max RSS of the CLI with a journal, and of create_cases over an iterator, by size.
-for _, n in ipairs(list) do
+for _, n in ipairs(part("rss") and list or {}) do
   local j = tmp .. "/j-" .. n
   os.remove(j)
   local r = timed(cli(n, j))
@@ -94,8 +97,9 @@ for _, n in ipairs(list) do
 end
 
 -- Resume: the largest journal again, nothing left to send.
-do
+if part("resume") then
   local j = tmp .. "/j-" .. largest
+  if not part("rss") then assert(timed(cli(largest, j)).code == 0, "the journal to resume") end
   local times, rss, cpu = {}, {}, {}
   for _ = 1, math.max(1, math.min(rounds, 3)) do
     local r = timed(cli(largest, j))
@@ -114,13 +118,19 @@ do
   os.remove(j)
 end
 
--- Throughput with and without the journal, at 16 and 64, interleaved rounds.
+-- Throughput with and without the journal, at 16 and 64, interleaved rounds (plain, journal,
+-- journal, plain…): each kind's rows/s median [min, max], wall and CPU (user + sys) medians, and
+-- the ratio of each round's pair (journal / plain rows/s), median [min, max]: the machine's load
+-- moves both runs of a round alike, so the paired ratio spreads less than the rates.
 local TN = tonumber(os.getenv("BULK_TPUT_ROWS") or "") or 10000
-for _, c in ipairs({ 16, 64 }) do
+for _, c in ipairs(part("tput") and { 16, 64 } or {}) do
   local rate = { plain = {}, journal = {} }
   local cpu = { plain = {}, journal = {} }
+  local wall = { plain = {}, journal = {} }
+  local pair = {}
   for round = 1, rounds do
     local order = round % 2 == 1 and { "plain", "journal" } or { "journal", "plain" }
+    local got = {}
     for _, kind in ipairs(order) do
       local j = tmp .. "/jt"
       os.remove(j)
@@ -129,8 +139,11 @@ for _, c in ipairs({ 16, 64 }) do
       assert(r.code == 0, kind .. " exited " .. r.code)
       table.insert(rate[kind], TN / r.wall)
       table.insert(cpu[kind], r.cpu)
+      table.insert(wall[kind], r.wall)
+      got[kind] = TN / r.wall
       os.remove(j)
     end
+    pair[#pair + 1] = got.journal / got.plain
   end
   for _, kind in ipairs({ "plain", "journal" }) do
     table.sort(rate[kind])
@@ -138,12 +151,20 @@ for _, c in ipairs({ 16, 64 }) do
     out(("bulk_tput_%s_%d_min"):format(kind, c), rate[kind][1])
     out(("bulk_tput_%s_%d_max"):format(kind, c), rate[kind][#rate[kind]])
     out(("bulk_tput_%s_%d_cpu_s"):format(kind, c), median(cpu[kind]))
+    out(("bulk_tput_%s_%d_wall_s"):format(kind, c), median(wall[kind]))
   end
+  table.sort(pair)
+  out(("bulk_tput_ratio_%d"):format(c), median(pair))
+  out(("bulk_tput_ratio_%d_min"):format(c), pair[1])
+  out(("bulk_tput_ratio_%d_max"):format(c), pair[#pair])
 end
-out("bulk_tput_rows", TN)
+if part("tput") then
+  out("bulk_tput_rows", TN)
+  out("bulk_tput_rounds", rounds)
+end
 
 -- Flushes and writes per item (strace -c), a journal of the smallest size.
-do
+if part("strace") then
   local n, j = list[1], tmp .. "/js"
   os.remove(j)
   local so = tmp .. "/strace"

@@ -380,6 +380,127 @@ describe("acquire.journal over an iterator (issue 21)", function()
   end)
 end)
 
+describe("the journal's records and digests in C (j:put, j:digest)", function()
+  local tmp
+  before_each(function() tmp = helper.tmpdir() end)
+  after_each(function() helper.rmrf(tmp) end)
+
+  -- a random string: bytes that need escaping (quotes, backslashes, slashes, control bytes, DEL),
+  -- UTF-8, the record's own punctuation
+  local PIECES = { '"', "\\", "/", "\n", "\r", "\t", "\0", "\1", "\31", "\127", "é", "€", ",", "}", "{", ":",
+    '","id":9', "a", "Z", " ", "0" }
+  local function rstr(max)
+    local t = {}
+    for x = 1, math.random(0, max) do t[x] = PIECES[math.random(#PIECES)] end
+    return table.concat(t)
+  end
+  local function hex16()
+    return ("%04x%04x%04x%04x"):format(math.random(0, 0xffff), math.random(0, 0xffff), math.random(0, 0xffff),
+      math.random(0, 0xffff))
+  end
+
+  it("j:put writes what cjson reads back and the index finds: a generator of records", function()
+    local seed = tonumber(os.getenv("SPEC_SEED") or "") or os.time()
+    local STATES = { "sent", "created", "failed", "maybe_created" }
+    local decoder = cjson.new()
+    decoder.decode_max_depth(4)
+    for round = 0, 9 do
+      math.randomseed(seed + round)
+      local why = (" (seed %d, round %d: SPEC_SEED=%d repeats it)"):format(seed, round, seed)
+      local path = tmp .. "/p" .. round
+      local j = assert(acquire._journal_open(path))
+      assert(j:append('{"journal":"lua-acquire","format":1}\n'))
+      local want, last, ids = {}, {}, {}
+      for _ = 1, math.random(1, 400) do
+        local i, state, d = math.random(1, 60), STATES[math.random(#STATES)], hex16()
+        local c = tostring(math.random(1, 2^31 - 1))
+        local a, b, cc
+        if state == "created" then
+          local kind = math.random(0, 3)
+          a = kind == 1 and math.random(1, 2^31 - 1) or kind == 2 and 2^53 - math.random(0, 1000) or kind == 3 and rstr(5)
+            or nil
+          b = math.random(0, 3) > 0 and rstr(12) or nil
+          cc = ({ true, false, nil })[math.random(3)]
+          if type(a) == "number" then ids[#ids + 1] = a end
+        elseif state ~= "sent" then
+          a = math.random(0, 5) > 0 and rstr(40) or nil
+        end
+        assert(j:put(i, d, c, state, a, b, cc))
+        want[#want + 1] = { item = i, digest = d, state = state, contactId = c,
+          id = state == "created" and a or nil, case_status = b, reconciled = cc,
+          error = state ~= "created" and a or nil }
+        last[i] = { state, d }
+        local op = math.random(0, 9)               -- written now and then, synced, in the background
+        if op == 0 then assert(j:write())
+        elseif op == 1 then assert(j:sync())
+        elseif op == 2 then assert(j:wait(assert(j:sync_async()))) end
+      end
+      assert(j:sync())
+      j:close()
+      local text = helper.slurp(path)
+      local n = 0
+      for line in text:gmatch("([^\n]*)\n") do
+        n = n + 1
+        if n > 1 then
+          local got, w = decoder.decode(line), want[n - 1]
+          for _, key in ipairs{ "item", "digest", "state", "contactId", "id", "case_status", "reconciled", "error" } do
+            local g = got[key]
+            if type(g) == "number" and type(w[key]) == "number" then g = g + 0.0 == w[key] + 0.0 and w[key] or g end
+            assert.equal(w[key], g, ("record %d, %s: %s%s"):format(n - 1, key, line, why))
+          end
+        end
+      end
+      assert.equal(#want + 1, n, why)
+      j = assert(acquire._journal_open(path))
+      local header, keep = j:scan()
+      assert.same({ '{"journal":"lua-acquire","format":1}', #text }, { header, keep }, why)
+      for i = 1, 61 do assert.same(last[i] or {}, { j:item(i) }, "item " .. i .. why) end
+      local claimed = j:claimed()
+      table.sort(claimed)
+      table.sort(ids)
+      for x = 1, #ids do ids[x] = math.floor(ids[x]) end
+      for x = 1, #claimed do claimed[x] = math.floor(claimed[x]) end
+      assert.same(ids, claimed, why)
+      j:close()
+    end
+  end)
+
+  it("j:digest is FNV-1a 64 of the contact's digits, LF and build_request's body: a generator of items", function()
+    local seed = tonumber(os.getenv("SPEC_SEED") or "") or os.time()
+    math.randomseed(seed)
+    local why = (" (seed %d: SPEC_SEED=%d repeats it)"):format(seed, seed)
+    local config = { api_key = "x", base_url = "http://journal.invalid", strict = false }
+    local j = assert(acquire._journal_open(tmp .. "/d"))
+    local input
+    local n = 0
+    for x = 1, 300 do
+      local id = ({ math.random(1, 2^31 - 1), tostring(math.random(1, 2^30) * 1024 + math.random(0, 1023)), "0" .. math.random(1, 999), 0, -3, 1.5,
+        "12a", true })[math.random(8)]
+      local opts = ({ function() return nil end, function() return {} end, function() return 7 end,
+        function()
+          return { title = rstr(20), description = math.random(0, 1) == 1 and rstr(30) or nil,
+            agentId = ({ nil, math.random(1, 1e6), "x" })[math.random(3)],
+            isFromCobrowse = ({ nil, true, false })[math.random(3)],
+            fields = math.random(0, 1) == 1 and { [rstr(4) .. "k"] = rstr(6), n = math.random(-1e9, 1e9) } or nil,
+            [("extra%d"):format(math.random(1, 3))] = ({ rstr(8), math.random(1, 100), true })[math.random(3)] }
+        end })[math.random(4)]()
+      local okr, req = pcall(acquire.build_request, id, opts, config)
+      local okd, d, contact = pcall(j.digest, j, id, opts, true)
+      assert.equal(okr, okd, ("item %d: build_request %s, digest %s%s"):format(x, tostring(req), tostring(d), why))
+      if okr then
+        n = n + 1
+        local c = req.url:match("contactId=(%d+)$")
+        assert.same({ journal.fnv1a64(c .. "\n" .. req.body), c }, { d, contact }, "item " .. x .. why)
+        input = n == 1 and journal.fnv1a64(d) or j:fnv("\n" .. d, input)
+      else                                         -- the same complaint, without build_request's name
+        contains(tostring(req), (tostring(d):gsub("^bad argument #%d+ to '[^']*' %((.*)%)$", "%1")))
+      end
+    end
+    assert.equal(n > 0 and input or journal.fnv1a64(""), j:input(), why)
+    j:close()
+  end)
+end)
+
 describe("acquire.journal under short writes (ulimit -f)", function()
   local srv = helper.server()
 
@@ -449,5 +570,91 @@ describe("acquire.journal under short writes (ulimit -f)", function()
       helper.rmrf(tmp)
     end
     assert.is_true(stops > 0, "no capped run stopped (seed " .. base .. ")")
+  end)
+end)
+
+describe("acquire.journal on a slow disk (fdatasync delayed under strace)", function()
+  local srv = helper.server()
+
+  -- strace -f -ttt -T: each syscall's start and end, whichever thread made it
+  local function syscalls(text)
+    local open, list = {}, {}
+    for line in text:gmatch("[^\n]+") do
+      local pid, ts, rest = line:match("^(%d+)%s+([%d.]+)%s+(.*)$")
+      if pid then
+        local name = rest:match("^([%w_]+)%(")
+        if name then
+          local call = { name = name, start = tonumber(ts), text = rest }
+          list[#list + 1] = call
+          if rest:find("<unfinished %.%.%.>$") then open[pid] = call
+          else call.finish = call.start + tonumber(rest:match("<([%d.]+)>$") or "0") end
+        else
+          local rname, more = rest:match("^<%.%.%. ([%w_]+) resumed>(.*)$")
+          local call = open[pid]
+          if rname and call and call.name == rname then
+            call.text = call.text .. more
+            call.finish = call.start + tonumber(more:match("<([%d.]+)>$") or "0")
+            open[pid] = nil
+          end
+        end
+      end
+    end
+    return list
+  end
+
+  it("no request leaves before an fdatasync that began after its sent record was written had ended", function()
+    local strace = helper.sh("command -v strace"):match("^(/%S+)")
+    if not strace then return pending("no strace") end
+    if (os.getenv("LD_PRELOAD") or ""):find("libasan", 1, true) then
+      return pending("under ASan: LeakSanitizer does not work under ptrace")
+    end
+    srv:config{ unique_ids = true }
+    local tmp = helper.tmpdir()
+    local N = 400
+    local script = helper.tmpfile(([[
+      local acquire = require "acquire"
+      local client = acquire.new{ base_url = %q, api_key = %q }
+      local i = 0
+      local counts, stopped = require("acquire.journal").create_cases(client, function()
+        i = i + 1
+        if i <= %d then return { 597752, { title = "item " .. i } } end
+      end, { path = %q, concurrency = 16, on_result = function() end })
+      print(counts.created, stopped)
+    ]]):format(srv.base_url, srv.key, N, tmp .. "/j"))
+    -- every fdatasync takes 15 ms more than the disk's: the lookahead's, made by the journal's
+    -- thread, is still running when the batch draws the items it covers
+    local r = helper.run({ strace, "-f", "-ttt", "-T", "-s", "1000000", "-o", tmp .. "/trace", "-e",
+      "trace=write,writev,sendto,sendmsg,fdatasync,fsync", "-e", "inject=fdatasync:delay_enter=15000",
+      helper.interpreter(), script }, { env = LUA_ENV, limit = 120 })
+    os.remove(script)
+    assert.equal(0, r.code, r.err)
+    assert.equal(("%d\tnil\n"):format(N), r.out, r.err)
+    local written, sent, syncs = {}, {}, {}
+    for _, call in ipairs(syscalls(helper.slurp(tmp .. "/trace"))) do
+      if call.name == "fdatasync" or call.name == "fsync" then
+        syncs[#syncs + 1] = call
+      elseif call.text:find('\\"journal\\"', 1, true) == nil then
+        for i in call.text:gmatch('\\"item\\":(%d+),\\"digest\\":\\"%x+\\",\\"state\\":\\"sent\\"') do
+          i = tonumber(i)
+          written[i] = written[i] or call.finish
+        end
+        for i in call.text:gmatch('\\"title\\":\\"item (%d+)\\"') do
+          i = tonumber(i)
+          sent[i] = sent[i] or call.start
+        end
+      end
+    end
+    for i = 1, N do
+      assert.is_number(sent[i], "item " .. i .. " never sent")
+      assert.is_number(written[i], "item " .. i .. " sent without a sent record")
+      local ok = false
+      for _, f in ipairs(syncs) do
+        if f.finish and f.start >= written[i] and f.finish <= sent[i] then ok = true break end
+      end
+      assert.is_true(ok, ("item %d sent at %.6f: no fdatasync from after its record (%.6f) had ended")
+        :format(i, sent[i], written[i]))
+    end
+    assert.is_true(#syncs >= 2 and #syncs <= N / 4, #syncs .. " fdatasyncs")
+    helper.rmrf(tmp)
   end)
 end)

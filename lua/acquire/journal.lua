@@ -5,11 +5,12 @@
 --
 -- The journal is a file of JSON lines: a header, then one record a step of an item's life,
 -- each written whole; the "sent" record before the item's request is handed to libcurl, and on
--- disk (one fdatasync a wave, in on_wave, with the next `lookahead` items' records) before it
--- can leave. Items may be a table or an iterator (nothing kept per finished item). Run again
--- with the same file and items, it sends only what is not done. The file primitives (exclusive
--- create 0600, no symbolic link, the POSIX record lock, whole appends, the one-pass index)
--- are src/journal.c's; this file is the bookkeeping.
+-- disk before it can leave (fdatasync'd in on_wave, or ahead of it by the journal's thread for
+-- the next `lookahead` items, on_wave waiting for that flush to have ended). Items may be a
+-- table or an iterator (nothing kept per finished item). Run again with the same file and
+-- items, it sends only what is not done. The file primitives (exclusive create 0600, no
+-- symbolic link, the POSIX record lock, whole appends, the one-pass index, the records' format,
+-- the digests, the flushing thread) are src/journal.c's; this file is the bookkeeping.
 --
 -- States (an item's last record):
 --   sent           its request may have left; no outcome recorded     uncertain: not sent again
@@ -74,16 +75,22 @@ M.fnv1a64 = fnv1a64
 
 -- An item's digest: of the request it makes (the contact's digits and the body's bytes, as
 -- acquire.build_request encodes them), so the same request is the same item however it was
--- written. Raises on a bad item, as create_cases would.
+-- written: src/journal.c's j:digest, which encodes the body and nothing else. Raises on a bad
+-- item, as create_cases would, with its message.
 local DIGEST_CONFIG = { api_key = "journal", base_url = "http://journal.invalid", strict = false }
 
-local function item_request(i, item)
+local function bad_item(i, msg)
+  msg = tostring(msg):gsub("^[^%s:]+:%d+: ", ""):gsub("^bad argument #%d+ to '[^']*' %((.*)%)$", "%1")
+  error(("bad item #%d: %s"):format(i, msg), 0)
+end
+
+-- (a table's items are checked before the journal is opened: by build_request)
+local function check_item(i, item)
   if type(item) ~= "table" then
     error(("bad item #%d: table expected, got %s"):format(i, type(item)), 0)
   end
   local ok, req = pcall(acquire.build_request, item[1], item[2], DIGEST_CONFIG)
-  if not ok then error(("bad item #%d: %s"):format(i, tostring(req):gsub("^[^%s:]+:%d+: ", "")), 0) end
-  return req.body, req.url:match("contactId=(%d+)$")
+  if not ok then bad_item(i, req) end
 end
 
 
@@ -144,6 +151,7 @@ end
 
 -- ---------------------------------------------------------------------
 
+local GC_SWITCH = _VERSION == "Lua 5.4"          -- collectgarbage("incremental") returns the mode it left
 local OWN = { path = true, resend_uncertain = true, journal = true, precheck = true, on_journal = true,
               lookahead = true }
 local SYNC_EVERY = 1024          -- outcomes written between two fdatasyncs at most
@@ -210,7 +218,7 @@ function M.create_cases(client, items, opts)
   end
   if tabled then precheck = function() return table_iterator(items) end end
   if tabled then                                  -- a bad item raises before the journal is touched
-    for i = 1, #items do item_request(i, items[i]) end
+    for i = 1, #items do check_item(i, items[i]) end
   end
 
   local j, created_file, errno, pid = acquire._journal_open(path)
@@ -222,16 +230,27 @@ function M.create_cases(client, items, opts)
   end
 
   local wrote = false                             -- anything appended by this run
+  -- Lua 5.4's generational collector (lua5.4's default) ages the lookahead's items into its old
+  -- generation, and their death then costs full collections (+28 us of CPU an item measured at
+  -- concurrency 64): the run is incremental, and the mode it found is put back at its end.
+  local gcmode = GC_SWITCH and collectgarbage("incremental")
   local ok, results, stopped = pcall(function()
-    local function digest_of(i, item)
-      local body, contact = item_request(i, item)
-      return j:fnv(contact .. "\n" .. body), contact
+    -- -> digest, contact digits (fold: the digest goes into the input's too)
+    local digest = j.digest
+    local function digest_of(i, item, fold)
+      if type(item) ~= "table" then
+        error(("bad item #%d: table expected, got %s"):format(i, type(item)), 0)
+      end
+      local ok, d, contact = pcall(digest, j, item[1], item[2], fold)
+      if not ok then bad_item(i, d) end
+      return d, contact
     end
 
     -- the header, or what the file says
     local header, keep, last, size = scan(j, path)
     if header == nil then return nil, keep end
     local records = header and last > 0
+    local indexed = records and last or 0          -- items past it have no record
 
     -- a full first pass (a table's, or precheck's): every item checked against its record, the
     -- input's digest (FNV-1a over the items' digests, LF between them) and count
@@ -241,16 +260,16 @@ function M.create_cases(client, items, opts)
       local it, pos = precheck(), 0
       for item in it do
         pos = pos + 1
-        local d = digest_of(pos, item)
-        input = pos == 1 and j:fnv(d) or j:fnv("\n" .. d, input)
-        local state, rd = j:item(pos)
+        local d = digest_of(pos, item, true)
+        local state, rd
+        if pos <= indexed then state, rd = j:item(pos) end
         if state and rd ~= d then
           return nil, new_error{ kind = "journal", reason = "changed", item = pos,
             message = ("journal %s: written for another input (item %d changed since the journal "
               .. "recorded it): refused, nothing sent"):format(path, pos) }
         end
       end
-      n, input = pos, input or j:fnv("")
+      n, input = pos, j:input()
       for i = n + 1, records and last or 0 do
         if j:item(i) then
           return nil, new_error{ kind = "journal", reason = "gone", item = i,
@@ -308,21 +327,18 @@ function M.create_cases(client, items, opts)
         .. ": the batch stopped (nothing more is sent)" }
       error(write_failed, 0)
     end
-    -- a record: item, digest, state and contactId first (the index reads them there; digits
-    -- and hex digits need no escaping), then `more`'s { key, value } pairs
-    local function record(it, state, more, sync)
-      local head = ('{"item":%d,"digest":"%s","state":"%s","contactId":"%s"'):format(it.i, it.d, state, it.c)
-      local body = more and encode(more) or "{}\n"
-      if body == "{}\n" then return j:append(head .. "}\n", sync) end
-      return j:append(head .. "," .. body:sub(2), sync)
-    end
+    -- A record (src/journal.c's j:put formats it: item, digest, state and contactId first, where
+    -- the index reads them, then the state's keys), kept in memory until the next j:write or
+    -- j:sync: on_wave writes a wave's in one write(2) (and fdatasyncs them when a "sent" one is
+    -- among them) before any of its requests can leave.
+    local put = j.put
+    local NODATA = {}
     local function outcome(it, res, err)
       if res then
-        local data = type(res.data) == "table" and res.data or {}
-        return record(it, "created", { { "id", data.id }, { "case_status", data.status },
-          { "reconciled", res.reconciled } }, false)
+        local data = type(res.data) == "table" and res.data or NODATA
+        return put(j, it.i, it.d, it.c, "created", data.id, data.status, res.reconciled)
       end
-      return record(it, err.maybe_created and "maybe_created" or "failed", { { "error", tostring(err) } }, false)
+      return put(j, it.i, it.d, it.c, err.maybe_created and "maybe_created" or "failed", tostring(err))
     end
     local function sync()
       local oks, serr = j:sync()
@@ -339,7 +355,8 @@ function M.create_cases(client, items, opts)
         pos = pos + 1
         count.total = count.total + 1
         local i = pos
-        local state, rd = j:item(i)
+        local state, rd
+        if i <= indexed then state, rd = j:item(i) end
         local d, contact
         -- after a first pass, an item the journal settled needs no digest: it was compared there
         local settled = state == "created" or not resend and (state == "sent" or state == "maybe_created")
@@ -370,10 +387,27 @@ function M.create_cases(client, items, opts)
       end
     end
 
-    -- Lookahead: the items whose "sent" records went to disk with an earlier wave's, before
-    -- create_cases draws them (ahead[a1..a2]); their start needs no flush of its own. A stop
-    -- records them "failed" (not sent); a crash leaves them uncertain, as the ones in flight.
+    -- Lookahead: the items whose "sent" records were written before create_cases draws them
+    -- (ahead[a1..a2]), and fdatasync'd with an earlier wave's (e.ticket nil) or by the
+    -- journal's thread (e.ticket: j:wait(e.ticket) before the item's first attempt can send);
+    -- their start needs no flush of its own. A stop records them "failed" (not sent); a crash
+    -- leaves them uncertain, as the ones in flight.
     local ahead, a1, a2 = {}, 1, 0
+    -- the next items' "sent" records written, up to `lookahead` ahead -> the first new one's
+    -- place in ahead (a2 + 1 when none)
+    local function fill()
+      local first = a2 + 1
+      while a2 - a1 + 1 < lookahead do
+        local e = next_to_send()
+        if not e then break end
+        local okw, werr = put(j, e.i, e.d, e.c, "sent")
+        if not okw then fail_write(werr) end
+        e.durable = true
+        a2 = a2 + 1
+        ahead[a2] = e
+      end
+      return first
+    end
     local function draw()
       local e
       if a1 <= a2 then
@@ -397,7 +431,7 @@ function M.create_cases(client, items, opts)
       local it = live[kk]
       it.phase = "sending"
       if attempt == 1 and not it.durable then
-        local okw, werr = record(it, "sent", nil, false)
+        local okw, werr = put(j, it.i, it.d, it.c, "sent")
         if not okw then fail_write(werr) end
         it.durable, need = true, true
       end
@@ -405,22 +439,43 @@ function M.create_cases(client, items, opts)
       nwave = nwave + 1
       wave[nwave] = it
     end
-    -- once a loop turn, before any attempt of it can send: their "sent" records (and the
-    -- outcomes written since the last one) reach the disk in one fdatasync
+    -- once a loop turn, before any attempt of it can send: a "sent" record written in on_send
+    -- reaches the disk in one fdatasync here, with the next `lookahead` items' (and the outcomes
+    -- written since); the wave's items drawn from the lookahead wait for their ticket (done
+    -- already, most often). The lookahead is refilled as it is drawn, the new items' records
+    -- written and fdatasync'd by the journal's thread while the batch goes on.
+    local half, quarter = lookahead / 2, math.max(1, math.floor(lookahead / 4))
+    local flushing = 0                            -- the ticket of the thread's last flush
     copts.on_wave = function(nn)
       if need then
-        -- the next `lookahead` items' records ride on this flush
-        while a2 - a1 + 1 < lookahead do
-          local e = next_to_send()
-          if not e then break end
-          local okw, werr = record(e, "sent", nil, false)
-          if not okw then fail_write(werr) end
-          e.durable = true
-          a2 = a2 + 1
-          ahead[a2] = e
-        end
+        fill()
         sync()
         need = false
+      else
+        local t = 0
+        for x = 1, nwave do
+          local tk = wave[x].ticket
+          if tk and tk > t then t = tk end
+        end
+        if t > 0 then
+          local okw, werr = j:wait(t)
+          if not okw then fail_write(werr) end
+        end
+      end
+      -- refilled as soon as the thread's last flush has ended (so the lookahead stays about
+      -- full and the thread busy, a flush for what was drawn meanwhile), a quarter at least; or
+      -- at once when half of it is drawn
+      local room = lookahead - (a2 - a1 + 1)
+      local first = a2 + 1
+      if room > 0 and (room > half or room >= quarter and j:synced() >= flushing) then first = fill() end
+      if first <= a2 then
+        local t, werr = j:sync_async()
+        if not t then fail_write(werr) end
+        flushing = t
+        for x = first, a2 do ahead[x].ticket = t end
+      else                                        -- the outcomes put since: to the kernel
+        local okw, werr = j:write()
+        if not okw then fail_write(werr) end
       end
       for x = 1, nwave do
         local it = wave[x]
@@ -431,21 +486,34 @@ function M.create_cases(client, items, opts)
       if on_wave then on_wave(nn) end
     end
     -- An item leaves `live` once delivered: a stop (Ctrl-C raises at any Lua instruction)
-    -- delivers what it finds there again, with the outcome kept in it.out once recorded, else
-    -- as stopped (a stop between the record and it.out records maybe_created after it:
+    -- delivers what it finds there again, with the outcome kept in it (it.done) once recorded, else
+    -- as stopped (a stop between the record and it.done records maybe_created after it:
     -- uncertain, never forgotten).
     copts.on_result = function(kk, res, err)
       local it = live[kk]
       local okw, werr = outcome(it, res, err)
       if not okw then fail_write(werr) end
-      it.out = { res, err }
+      it.res, it.err, it.done = res, err, true
       unsynced = unsynced + 1
       if res then count.created = count.created + 1
       elseif err.maybe_created then count.uncertain = count.uncertain + 1
       else count.failed = count.failed + 1 end
       deliver(it.i, res, err)
       live[kk] = nil
-      if unsynced >= SYNC_EVERY then sync() end
+      if unsynced >= SYNC_EVERY then                -- outcomes: no request waits for them
+        local t, serr = j:sync_async()
+        if not t then fail_write(serr) end
+        unsynced = 0
+      end
+    end
+
+    -- once a loop turn after its on_result calls: the outcomes they put, to the kernel (a kill
+    -- then loses none but the turn's own)
+    local user_progress = user.on_progress
+    copts.on_progress = function(...)
+      local okw, werr = j:write()
+      if not okw then fail_write(werr) end
+      if user_progress then return user_progress(...) end
     end
 
     local function finish(e)
@@ -498,15 +566,15 @@ function M.create_cases(client, items, opts)
     for x = a1, a2 do left[#left + 1] = ahead[x] end
     table.sort(left, function(a, b) return a.i < b.i end)
     for _, it in ipairs(left) do
-      if it.out then
-        pcall(deliver, it.i, it.out[1], it.out[2])
+      if it.done then
+        pcall(deliver, it.i, it.res, it.err)
       else
         local inflight = it.phase == "flight"
         local msg = inflight
           and ("sent, no answer before the batch stopped (" .. why .. "): the case may have been created")
           or ("not sent: the batch stopped (" .. why .. ")")
         if it.phase or it.durable then
-          pcall(record, it, inflight and "maybe_created" or "failed", { { "error", msg } }, false)
+          pcall(put, j, it.i, it.d, it.c, inflight and "maybe_created" or "failed", msg)
         end
         count.stopped = count.stopped + 1
         pcall(deliver, it.i, nil, new_error{ kind = "stopped", maybe_created = inflight, message = msg })
@@ -514,6 +582,7 @@ function M.create_cases(client, items, opts)
     end
     return finish(e)
   end)
+  if gcmode and gcmode ~= "incremental" then collectgarbage(gcmode) end
   if not ok and created_file and not wrote then os.remove(path) end   -- a bad item: as if never opened
   j:close()
   if not ok then error(results, 0) end
