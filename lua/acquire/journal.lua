@@ -151,7 +151,6 @@ end
 
 -- ---------------------------------------------------------------------
 
-local GC_SWITCH = _VERSION == "Lua 5.4"          -- collectgarbage("incremental") returns the mode it left
 local OWN = { path = true, resend_uncertain = true, journal = true, precheck = true, on_journal = true,
               lookahead = true }
 local SYNC_EVERY = 1024          -- outcomes written between two fdatasyncs at most
@@ -230,10 +229,6 @@ function M.create_cases(client, items, opts)
   end
 
   local wrote = false                             -- anything appended by this run
-  -- Lua 5.4's generational collector (lua5.4's default) ages the lookahead's items into its old
-  -- generation, and their death then costs full collections (+28 us of CPU an item measured at
-  -- concurrency 64): the run is incremental, and the mode it found is put back at its end.
-  local gcmode = GC_SWITCH and collectgarbage("incremental")
   local ok, results, stopped = pcall(function()
     -- -> digest, contact digits (fold: the digest goes into the input's too)
     local digest = j.digest
@@ -582,7 +577,6 @@ function M.create_cases(client, items, opts)
     end
     return finish(e)
   end)
-  if gcmode and gcmode ~= "incremental" then collectgarbage(gcmode) end
   if not ok and created_file and not wrote then os.remove(path) end   -- a bad item: as if never opened
   j:close()
   if not ok then error(results, 0) end
