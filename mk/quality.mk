@@ -33,7 +33,7 @@ $(QUALITY_ASAN_SO): $(QUALITY_SRC) $(QUALITY_HDR) mk/quality.mk
 sanitize: deps
 	@$(MAKE) --no-print-directory build LUA=5.4
 	@$(MAKE) --no-print-directory $(QUALITY_ASAN_SO)
-	CHAOS_CALLS=$(MEMCHECK_CHAOS_CALLS) SAN_CC=$(QUALITY_SAN_CC) ./scripts/sanitize.sh $(QUALITY_ASAN_SO) $(BUSTED_ARGS)
+	CHAOS_CALLS=$(MEMCHECK_CHAOS_CALLS) CHAOS_SLACK=10 SAN_CC=$(QUALITY_SAN_CC) ./scripts/sanitize.sh $(QUALITY_ASAN_SO) $(BUSTED_ARGS)
 
 # ---- make fuzz ------------------------------------------------------------
 # Each fuzz/fuzz_<name>.c says what it drives and checks. Each is built with
