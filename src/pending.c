@@ -44,7 +44,7 @@ enum { R_VALS = 1, R_CLIENT, R_RES, R_ERR };
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *sockp) {
     pending_t *p = (pending_t *)ud;
     struct epoll_event ev;
-    (void)easy; (void)sockp;
+    (void)easy;
     memset(&ev, 0, sizeof ev);
     ev.data.fd = s;
     if (what == CURL_POLL_REMOVE) {
@@ -52,8 +52,11 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *sock
         return 0;
     }
     ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-    if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
-        epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev);
+    if (sockp != NULL) {                       /* in the set already (curl_multi_assign) */
+        if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev) == 0 || errno != ENOENT) return 0;
+    }
+    epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev);
+    curl_multi_assign(p->multi, s, p);         /* one syscall an update, not a failing MOD first */
     return 0;
 }
 
@@ -85,7 +88,8 @@ static void detach(pending_t *p) {
 static void drop_transfer(pending_t *p) {
     detach(p);
     transport_close(&p->t);
-    if (p->multi) curl_multi_cleanup(p->multi);
+    if (p->multi && p->c->open) transport_multi_give(&p->c->t, p->multi);   /* (the owner's process) */
+    else if (p->multi) curl_multi_cleanup(p->multi);
     p->multi = NULL;
 }
 
@@ -227,7 +231,7 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     p->thread = pthread_self();
     transport_dup(&p->t, &c->t, p);
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
-    p->multi = curl_multi_init();
+    p->multi = transport_multi_take(&c->t);          /* the client's, kept between calls */
     if (p->epfd < 0 || p->multi == NULL) {
         call_abandon(L, &p->call, (push_ref(L, p, R_VALS), -1));
         release(L, p);
@@ -238,7 +242,6 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
-    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);   /* idle, in the share */
     advance(L, p, NULL);                                  /* SEND: the transfer added */
     step(L, p);                                           /* its first moves */
     lua_settop(L, ud);
@@ -369,6 +372,7 @@ static void cancel(lua_State *L, pending_t *p, int collected) {
 
 static int l_cancel(lua_State *L) {
     pending_t *p = check_pending(L, 1);
+    check_owner(L, p);
     cancel(L, p, 0);
     return 0;
 }

@@ -395,9 +395,35 @@ void transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv)
 /* After fork(): the transfer's handle and the share hold the parent's
    connections (their sockets already point at /dev/null): both go, and the
    template moves to a new share. */
+static void drop_idle(acq_transport_t *t) {
+    while (t->nidle > 0) curl_multi_cleanup(t->idle[--t->nidle]);
+}
+
+CURLM *transport_multi_take(acq_transport_t *owner) {
+    CURLM *m;
+    if (owner->nidle > 0) return owner->idle[--owner->nidle];
+    m = curl_multi_init();
+    if (m != NULL) curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
+    return m;
+}
+
+void transport_multi_give(acq_transport_t *owner, CURLM *m) {
+    if (m == NULL) return;
+    if (owner->nidle == (int)(sizeof owner->idle / sizeof *owner->idle)) {
+        curl_multi_cleanup(m);
+        return;
+    }
+    curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, NULL);
+    curl_multi_setopt(m, CURLMOPT_SOCKETDATA, NULL);
+    curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, NULL);
+    curl_multi_setopt(m, CURLMOPT_TIMERDATA, NULL);
+    owner->idle[owner->nidle++] = m;
+}
+
 int transport_renew(acq_transport_t *t) {
     CURLSH *fresh = new_share();
     if (fresh == NULL) return -1;
+    drop_idle(t);                                     /* made in the parent */
     if (t->easy) curl_easy_cleanup(t->easy);
     t->easy = NULL;
     if (t->multi) curl_multi_cleanup(t->multi);     /* its DNS and connections */
@@ -491,6 +517,7 @@ void transport_close(acq_transport_t *t) {
     t->easy = NULL;
     buf_free(&t->body);
     if (!t->owner) return;
+    drop_idle(t);
     if (t->multi) curl_multi_cleanup(t->multi);
     t->multi = NULL;
     if (t->tmpl) curl_easy_cleanup(t->tmpl);

@@ -31,6 +31,8 @@ typedef struct acq_transport_t {
     CURL              *tmpl;               /* the options every transfer starts from */
     CURLSH            *share;              /* connections, DNS, TLS sessions; owner only */
     CURLSH           **sharep;             /* the owner's share (renewed after fork()): every transfer's */
+    CURLM             *idle[8];            /* owner: multi handles pending calls gave back */
+    int                nidle;
     CURLM             *multi;              /* transport_perform's; owner only */
     void              *priv;               /* CURLOPT_PRIVATE of each transfer */
     int                owner;              /* tmpl, share and headers are this one's */
@@ -87,6 +89,11 @@ void  transport_disown(acq_sockets_t *s);
    made. 0 on success. */
 int   transport_renew(acq_transport_t *t);
 void  transport_close(acq_transport_t *t);
+/* A multi handle for a pending call: one the owner kept, or a new one
+   (MAXCONNECTS set); NULL on ENOMEM. Given back with no transfer on it, it
+   is kept for the next (its callbacks cleared), or cleaned up. */
+CURLM *transport_multi_take(acq_transport_t *owner);
+void  transport_multi_give(acq_transport_t *owner, CURLM *m);
 /* What the transfer saw, as the call engine reads it (o's strings are t's). */
 void  transport_observe(acq_transport_t *t, const acq_result_t *r, double now, double wall,
                         acq_obs_t *o);
