@@ -164,21 +164,28 @@ static int no_proxy(const acq_config_t *cfg) {
    wherever the key is (the password as written and decoded, the whole
    userinfo as written, the Basic token). Derived strings are appended to
    the table at derived from *k on. Raises msg on a bad escape. */
+/* luaL_error, said not to return (for the compilers and analyzers) */
+static ACQ_NORETURN void raise_msg(lua_State *L, const char *msg) {
+    luaL_error(L, "%s", msg);
+    ACQ_UNREACHABLE();
+}
+
 static void set_credentials(lua_State *L, acq_config_t *cfg, int derived, int *k,
                             const char *ui, size_t uilen, const char *msg) {
     const char *sep = memchr(ui, ':', uilen);
     size_t ulen = sep ? (size_t)(sep - ui) : uilen, pn;
     const char *pair;
     int ns;
-    if (ulen == 0 || !push_decoded(L, ui, ulen)) luaL_error(L, "%s", msg);
+    if (ulen == 0 || !push_decoded(L, ui, ulen)) raise_msg(L, msg);
     cfg->proxy_user = lua_tolstring(L, -1, &cfg->proxy_user_len);
     lua_rawseti(L, derived, ++*k);
     if (sep) {
-        if (!push_decoded(L, sep + 1, uilen - ulen - 1)) luaL_error(L, "%s", msg);
+        if (!push_decoded(L, sep + 1, uilen - ulen - 1)) raise_msg(L, msg);
         cfg->proxy_pass = lua_tolstring(L, -1, &cfg->proxy_pass_len);
         lua_rawseti(L, derived, ++*k);
     } else {
         cfg->proxy_pass = "";
+        cfg->proxy_pass_len = 0;
     }
     lua_pushlstring(L, cfg->proxy_user, cfg->proxy_user_len);
     lua_pushliteral(L, ":");
@@ -200,7 +207,7 @@ static void set_credentials(lua_State *L, acq_config_t *cfg, int derived, int *k
     cfg->secrets[ns].p = cfg->proxy_auth + 6;
     cfg->secrets[ns].len = strlen(cfg->proxy_auth + 6);
     ns++;
-    if (cfg->proxy_pass_len > 0) {
+    if (sep && cfg->proxy_pass_len > 0) {
         cfg->secrets[ns].p = cfg->proxy_pass;
         cfg->secrets[ns].len = cfg->proxy_pass_len;
         ns++;
@@ -229,7 +236,7 @@ static void set_proxy(lua_State *L, acq_config_t *cfg, int derived, const char *
     snprintf(msg, sizeof msg, "%s '%s' (http://[user:password@]host:port expected%s)",
              from_env ? "bad proxy in environment variable" : "bad option", what,
              from_env ? "; set the option 'proxy' (false: none) to override it" : "");
-    if (!url_split_proxy(s, n, from_env, &parts)) luaL_error(L, "%s", msg);
+    if (!url_split_proxy(s, n, from_env, &parts)) raise_msg(L, msg);
     /* host:port, checked as base_url's host and port are; a port required */
     lua_pushliteral(L, "http://");
     lua_pushlstring(L, parts.hostport, parts.hostport_len);
@@ -237,7 +244,7 @@ static void set_proxy(lua_State *L, acq_config_t *cfg, int derived, const char *
     u = lua_tolstring(L, -1, &un);
     if (parts.hostport_len > ACQ_BASE_URL_MAX ||
         !url_parse_hostport(u + 7, un - 7, &hp, NULL) || hp.port == 0)
-        luaL_error(L, "%s", msg);
+        raise_msg(L, msg);
     cfg->proxy_url = u;
     cfg->proxy_host = hp.host;
     cfg->proxy_host_len = hp.host_len;
