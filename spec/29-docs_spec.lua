@@ -1,7 +1,7 @@
 -- The reference cannot drift: every public name of `require "acquire"`, of a client, of a
 -- pending call, of acquire.journal, acquire.ngx, acquire.cqueues and acquire.luv has a heading
--- of its own in doc/api.md, with a `syntax:` line under it; every doc has a table of contents; README stays the front door (at most 300
--- lines, its quick start within the first 120).
+-- of its own in doc/api.md, with a `syntax:` line under it; every doc has a table of contents;
+-- README stays the front door (at most 300 lines, its quick start within the first 120).
 local helper = require "spec.helper"
 
 local ROOT = helper.repo_root
