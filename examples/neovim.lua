@@ -1,5 +1,6 @@
 -- examples/neovim.lua: a case from inside Neovim (0.7+), which never freezes: vim.loop is luv.
 -- nvim --headless -u NONE -c 'luafile examples/neovim.lua' -c 'qa!' (ACQUIRE_BASE_URL, ACQUIRE_API_KEY set)
+-- luacheck: read globals vim
 local acquire, aq = require "acquire", require "acquire.luv"
 local client = acquire.new{ base_url = os.getenv("ACQUIRE_BASE_URL"), api_key = os.getenv("ACQUIRE_API_KEY") }
 local done = false

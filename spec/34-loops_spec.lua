@@ -5,7 +5,6 @@
 -- sends its POST more often than client:create_case does; cancel, result() too early, a
 -- callback that raises, a call collected unfinished, a closed client, a fork()ed child, a yield
 -- across a C boundary. Lua 5.1-5.4 and LuaJIT (Debian's lua-cqueues and lua-luv).
-local acquire = require "acquire"
 local helper = require "spec.helper"
 local cqueues = require "cqueues"
 local uv = require "luv"
