@@ -60,7 +60,8 @@ $(MOD): $(SRC) $(HDR) .tmp/built-for-$(LUA)
 
 # The Debian packages each target needs (scripts/deps.sh installs those
 # missing, saying what it installs and what, if anything, that removes):
-#   make deps    what make test needs for LUA (for 5.4: with nginx's, luajit2 among them)
+#   make deps    what make test needs for LUA (for 5.4: with nginx's, luajit2 among them, and
+#                neovim: spec/34's #nvim specs load the LuaJIT build in nvim, on 5.4 alone)
 #   make demo    DEPS_DEMO: the build, LUA's interpreter and headers, lua-cjson, python3
 # luajit2 (which replaces Debian's libluajit-5.1-2) only for LUA=luajit and the
 # nginx specs (make test on 5.4, make check, make test-ngx, make demo-nginx).
@@ -68,7 +69,7 @@ DEPS_CC     = make gcc libc6-dev pkg-config libcurl4-openssl-dev
 DEPS_BUILD  = $(DEPS_CC) $(LUA_PKGS)
 DEPS_DEMO   = $(DEPS_BUILD) lua-cjson python3
 DEPS_TEST   = $(DEPS_DEMO) ca-certificates openssl git curl lua-busted lua-argparse \
-	lua-luv lua-socket tinyproxy $(if $(filter 5.4,$(LUA)),$(NGX_PKGS) $(HAPROXY_PKGS))
+	lua-luv lua-cqueues lua-socket tinyproxy $(if $(filter 5.4,$(LUA)),$(NGX_PKGS) $(HAPROXY_PKGS) neovim)
 deps:
 	@./scripts/deps.sh -t test $(DEPS_TEST)
 
@@ -134,7 +135,7 @@ test: deps
 	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
 	CHAOS_CALLS=$${CHAOS_CALLS:-$(TEST_CHAOS_CALLS)} CHAOS_NGX_CALLS=$${CHAOS_NGX_CALLS:-$(TEST_CHAOS_NGX_CALLS)} \
 	  TEST_NAME="test (Lua $(LUA))" $(RUN_SPECS) \
-	  --exclude-tags=$(CHECK_TAGS)$(if $(filter 5.4,$(LUA)),,$(comma)ngx$(comma)haproxy) $(BUSTED_ARGS)
+	  --exclude-tags=$(CHECK_TAGS)$(if $(filter 5.4,$(LUA)),,$(comma)ngx$(comma)haproxy$(comma)nvim) $(BUSTED_ARGS)
 
 # make check: the long proofs, on Lua 5.4: the #rock and #once specs, and the
 # chaos specs (#chaos) at full length: CHAOS_CALLS 1,000 (spec/11), 300
@@ -184,7 +185,8 @@ comma := ,
 -include $(wildcard mk/*.mk)
 
 # make install [LUA=5.4] [PREFIX=/usr/local] [DESTDIR=]: acquire.so built for LUA into
-# INST_LIBDIR, acquire.ngx, acquire.haproxy, acquire.journal and acquire-case's parts (acquire/cli/*.lua) into INST_LUADIR,
+# INST_LIBDIR, acquire.ngx, acquire.haproxy, acquire.journal, acquire.cqueues, acquire.luv and
+# acquire-case's parts (acquire/cli/*.lua) into INST_LUADIR,
 # and acquire-case into INST_BINDIR with its
 # first line rewritten: a shebang for LUA's interpreter (LUA_INTERP, an absolute path), then
 # one line that puts INST_LUADIR and INST_LIBDIR first on package.path and package.cpath, so
@@ -198,6 +200,8 @@ install: $(MOD)
 	install -m 0644 lua/acquire/http1.lua $(DESTDIR)$(INST_LUADIR)/acquire/http1.lua
 	install -m 0644 lua/acquire/haproxy.lua $(DESTDIR)$(INST_LUADIR)/acquire/haproxy.lua
 	install -m 0644 lua/acquire/journal.lua $(DESTDIR)$(INST_LUADIR)/acquire/journal.lua
+	install -m 0644 lua/acquire/cqueues.lua $(DESTDIR)$(INST_LUADIR)/acquire/cqueues.lua
+	install -m 0644 lua/acquire/luv.lua $(DESTDIR)$(INST_LUADIR)/acquire/luv.lua
 	install -m 0644 $(wildcard lua/acquire/cli/*.lua) $(DESTDIR)$(INST_LUADIR)/acquire/cli/
 	{ printf '#!%s\n' '$(LUA_INTERP)'; \
 	  printf 'package.path = [==[%s/?.lua;%s/?/init.lua;]==] .. package.path; package.cpath = [==[%s/?.so;]==] .. package.cpath\n' \

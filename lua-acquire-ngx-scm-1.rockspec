@@ -13,8 +13,8 @@ to https://{account_id}.acquire.io with a Bearer key, encodes opts from the
 API's schema, and returns the response as nested Lua tables, or nil and a
 structured error.
 
-This rock is for nginx's Lua (LuaJIT, the Lua 5.1 tree): the module, acquire.ngx and
-acquire.journal, and no acquire-case command, so that it installs beside the lua-acquire
+This rock is for nginx's Lua (LuaJIT, the Lua 5.1 tree; Neovim's too): the module, acquire.ngx,
+acquire.journal, acquire.cqueues and acquire.luv, and no acquire-case command, so that it installs beside the lua-acquire
 rock of another Lua without replacing that one's command.
 ]],
    license = "MIT",
@@ -34,6 +34,8 @@ build = {
       ["acquire.http1"] = "lua/acquire/http1.lua",
       ["acquire.haproxy"] = "lua/acquire/haproxy.lua",
       ["acquire.journal"] = "lua/acquire/journal.lua",
+      ["acquire.cqueues"] = "lua/acquire/cqueues.lua",    -- in an event loop (README)
+      ["acquire.luv"] = "lua/acquire/luv.lua",
       acquire = {
          sources = {
             "lua_acquire.c",

@@ -1,7 +1,7 @@
--- The reference cannot drift: every public name of `require "acquire"`, of a client, of
--- acquire.journal, of acquire.ngx and of acquire.haproxy has a heading of its own in doc/api.md, with a `syntax:`
--- line under it; every doc has a table of contents; README stays the front door (at most 300
--- lines, its quick start within the first 120).
+-- The reference cannot drift: every public name of `require "acquire"`, of a client, of a
+-- pending call, of acquire.journal, acquire.ngx, acquire.haproxy, acquire.cqueues and acquire.luv
+-- has a heading of its own in doc/api.md, with a `syntax:` line under it; every doc has a table
+-- of contents; README stays the front door (at most 300 lines, its quick start within the first 120).
 local helper = require "spec.helper"
 
 local ROOT = helper.repo_root
@@ -44,7 +44,16 @@ local function public_names()
   for _, k in ipairs(sorted_keys(mt.__index)) do add("client:" .. k, "a client's method " .. k) end
   if mt.__tostring then add("tostring(client)", "a client's __tostring") end
   if mt.__close then add("local client <close>", "a client's __close") end
+  local p = client:start_case(1, {})              -- a pending call's methods (port 9: nothing listens)
+  for _, k in ipairs(sorted_keys(debug.getmetatable(p).__index)) do add("p:" .. k, "a pending call's method " .. k) end
+  p:cancel()
   client:close()
+  -- the loop drivers, from their sources (each needs its loop's library to load)
+  for _, m in ipairs({ "cqueues", "luv" }) do
+    local msrc = helper.read_file(ROOT .. "/lua/acquire/" .. m .. ".lua")
+    for name in msrc:gmatch("\nfunction M%.([%w_]+)%s*%(") do add("acquire." .. m .. "." .. name, "acquire." .. m .. "'s " .. name) end
+    for name in msrc:gmatch("\nfunction Call:([%w_]+)%s*%(") do add("handle:" .. name, "acquire." .. m .. "'s handle method " .. name) end
+  end
   local journal = require "acquire.journal"
   for _, k in ipairs(sorted_keys(journal)) do
     if not k:match("^_") then add("journal." .. k, "acquire.journal's " .. k) end

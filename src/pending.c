@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -363,9 +364,11 @@ static void cancel(lua_State *L, pending_t *p, int collected) {
     p->state = S_DONE;
     p->nret = 2;
     drop_transfer(p);
-    if (collected && sent) {
-        lua_pushfstring(L, "a pending call for contact %lld was collected unfinished after its "
-                           "request was sent: its case may exist", p->call.id);
+    if (collected && sent) {                   /* lua_pushfstring knows no %lld */
+        char line[160];
+        snprintf(line, sizeof line, "a pending call for contact %lld was collected unfinished "
+                 "after its request was sent: its case may exist", p->call.id);
+        lua_pushstring(L, line);
         client_log_line(L, p->c, "warn");
     }
 }

@@ -1,0 +1,505 @@
+-- In an event loop: acquire.cqueues and acquire.luv over the pending call (client:start_case,
+-- src/pending.c), and Neovim's vim.loop (#nvim). Against the local server: many calls at once
+-- never block the loop (a 50 ms ticker keeps ticking through calls that each take 1 s); each
+-- call's outcome is the one client:create_case gives for the same server behaviour, and no call
+-- sends its POST more often than client:create_case does; cancel, result() too early, a
+-- callback that raises, a call collected unfinished, a closed client, a fork()ed child, a yield
+-- across a C boundary. Lua 5.1-5.4 and LuaJIT (Debian's lua-cqueues and lua-luv).
+local helper = require "spec.helper"
+local cqueues = require "cqueues"
+local uv = require "luv"
+local aq_cq = require "acquire.cqueues"
+local aq_uv = require "acquire.luv"
+
+local CONTACT = 597752
+local CREATE = "/api/v1/crm/messenger/chat/create"
+local now = cqueues.monotime
+
+-- The server behaviours both drivers are checked against (a rule for srv:fault, or none).
+local KINDS = {
+  { name = "created" },
+  { name = "404", rule = { action = "status", status = 404, body = '{"message":"Contact not found"}' } },
+  { name = "500 after create, reconciled", rule = { action = "status", status = 500, create = true, times = 1 } },
+  { name = "503 Retry-After, retried", rule = { action = "status", status = 503, times = 1,
+                                                headers = { ["Retry-After"] = "1" } } },
+  { name = "reset after create, reconciled", rule = { action = "reset", create = true, times = 1 } },
+}
+
+local CLIENT = { reconcile = 0, max_retries = 2, timeout = 8 }
+
+-- What must agree between two calls for the same behaviour (no ids or times).
+local function outcome(res, err)
+  if res then
+    return ("res: title=%s status=%s reconciled=%s"):format(tostring(res.data.title),
+      tostring(res.data.status), tostring(res.reconciled))
+  end
+  return ("err: kind=%s status=%s maybe_created=%s attempts=%s reconcile=%s message=%s"):format(
+    tostring(err.kind), tostring(err.status), tostring(err.maybe_created), tostring(err.attempts),
+    tostring(err.reconcile), tostring(err.message))
+end
+
+local function posts(srv)
+  local n = 0
+  for _, r in ipairs(srv:requests()) do
+    if r.method == "POST" and r.path:find(CREATE, 1, true) then n = n + 1 end
+  end
+  return n
+end
+
+-- The server's rule for a kind, with a delay (s) before it answers.
+local function arrange(srv, kind, delay)
+  srv:reset()
+  if kind.rule then
+    local r = {}
+    for k, v in pairs(kind.rule) do r[k] = v end
+    if delay and delay > 0 then r.delay = delay end
+    srv:fault(r)
+  elseif delay and delay > 0 then
+    srv:fault{ action = "delay", seconds = delay }
+  end
+end
+
+-- ---- the drivers: calls[i] = { client, opts } all at once -> { { res, err } }, elapsed, and how
+-- often a 50 ms ticker on the same loop ran while every call was still waiting (a driver that
+-- blocks the loop lets it run only once the calls are over)
+
+local function run_cqueues(calls)
+  local cq, out, left = cqueues.new(), {}, #calls
+  local t0, ticks = now(), 0
+  for i, c in ipairs(calls) do
+    cq:wrap(function()
+      out[i] = { aq_cq.create_case(c[1], CONTACT, c[2]) }
+      left = left - 1
+    end)
+  end
+  cq:wrap(function()
+    while left > 0 do
+      cqueues.sleep(0.05)
+      if left == #calls then ticks = ticks + 1 end
+    end
+  end)
+  assert(cq:loop())
+  return out, now() - t0, ticks
+end
+
+local function run_luv(calls)
+  local out, left = {}, #calls
+  local t0, ticks = now(), 0
+  local ticker = uv.new_timer()
+  ticker:start(50, 50, function()
+    if left == #calls then ticks = ticks + 1 end
+    if left == 0 then ticker:close() end
+  end)
+  for i, c in ipairs(calls) do
+    local called = 0
+    aq_uv.create_case(c[1], CONTACT, c[2], function(res, err)
+      called = called + 1
+      assert(called == 1, "the callback was called " .. called .. " times")
+      out[i] = { res, err }
+      left = left - 1
+    end)
+  end
+  uv.run()
+  return out, now() - t0, ticks
+end
+
+local DRIVERS = { { name = "acquire.cqueues", run = run_cqueues }, { name = "acquire.luv", run = run_luv } }
+
+-- Every handle the default luv loop still has, as "type" strings (closing ones left out).
+local function open_handles()
+  local list = {}
+  uv.walk(function(h) if not h:is_closing() then list[#list + 1] = tostring(h) end end)
+  return list
+end
+
+describe("in an event loop", function()
+  local servers = {}
+
+  setup(function()
+    for i = 1, #KINDS do servers[i] = helper.start_server() end
+  end)
+  teardown(function()
+    for _, s in ipairs(servers) do s:stop() end
+  end)
+  before_each(function()
+    for _, s in ipairs(servers) do s:reset() end
+  end)
+
+  -- The outcome and POSTs of client:create_case for each kind (on servers[1]), once.
+  local reference
+  local function expected(kind)
+    if not reference then
+      reference = {}
+      for _, k in ipairs(KINDS) do
+        arrange(servers[1], k, 0)
+        local c = servers[1]:client(CLIENT)
+        reference[k.name] = { outcome = outcome(c:create_case(CONTACT, { title = "same" })), posts = posts(servers[1]) }
+        c:close()
+      end
+      servers[1]:reset()
+    end
+    return reference[kind.name]
+  end
+
+  for _, d in ipairs(DRIVERS) do
+    describe(d.name, function()
+      it("runs 6 calls of 1 s each on one client in far less than 6 s, the loop ticking throughout", function()
+        local srv = servers[1]
+        srv:fault{ action = "delay", seconds = 1 }
+        local c = srv:client(CLIENT)
+        local calls = {}
+        for i = 1, 6 do calls[i] = { c, { title = "call " .. i } } end
+        local out, elapsed, ticks = d.run(calls)
+        for i = 1, 6 do
+          assert(out[i][1], "call " .. i .. ": " .. tostring(out[i][2]))
+          assert.equal("call " .. i, out[i][1].data.title)
+        end
+        assert.equal(6, srv:stats().max_in_flight)            -- all six on the server at once
+        assert(ticks >= 2, "the ticker ran " .. ticks .. " times while the six calls were waiting")
+        assert(elapsed < 5, ("6 calls of 1 s took %.2f s: not at once"):format(elapsed))
+        assert.equal(6, posts(srv))
+        assert.equal(0, #open_handles())
+        c:close()
+      end)
+
+      it("gives what client:create_case gives: created, 404, 500 reconciled, 503 Retry-After retried, reset reconciled", function()
+        local calls = {}
+        for i, k in ipairs(KINDS) do
+          expected(k)
+          arrange(servers[i], k, 0)
+          calls[i] = { servers[i]:client(CLIENT), { title = "same" } }
+        end
+        local out = d.run(calls)
+        for i, k in ipairs(KINDS) do
+          local want = expected(k)
+          assert.equal(want.outcome, outcome(out[i][1], out[i][2]), k.name)
+          assert.equal(want.posts, posts(servers[i]), k.name .. ": POSTs")
+          calls[i][1]:close()
+        end
+      end)
+
+      it("(a generator) gives each call create_case's outcome for its fault and delay, never more POSTs", function()
+        local seed = tonumber(os.getenv("SPEC_SEED")) or os.time()
+        math.randomseed(seed)
+        for round = 1, tonumber(os.getenv("LOOPS_ROUNDS")) or 3 do
+          local calls, drawn = {}, {}
+          for i = 1, #servers do
+            local k = KINDS[math.random(#KINDS)]
+            local delay = math.random(0, 8) / 10
+            expected(k)
+            arrange(servers[i], k, delay)
+            drawn[i] = ("%s after %.1f s"):format(k.name, delay)
+            calls[i] = { servers[i]:client(CLIENT), { title = "same" }, kind = k }
+          end
+          local out = d.run(calls)
+          for i, c in ipairs(calls) do
+            local why = ("SPEC_SEED=%d, round %d, call %d (%s)"):format(seed, round, i, drawn[i])
+            local want = expected(c.kind)
+            assert(want.outcome == outcome(out[i][1], out[i][2]),
+              why .. ": " .. outcome(out[i][1], out[i][2]) .. ", create_case gives " .. want.outcome)
+            assert(posts(servers[i]) == want.posts,
+              why .. ": " .. posts(servers[i]) .. " POSTs, create_case sends " .. want.posts)
+            assert(#servers[i]:cases() <= 1, why .. ": more than one case")
+            c[1]:close()
+          end
+        end
+      end)
+
+      it("raises on a closed client before anything is sent", function()
+        local c = servers[1]:client(CLIENT)
+        c:close()
+        local msg
+        if d.name == "acquire.cqueues" then
+          local cq = cqueues.new()
+          cq:wrap(function() msg = helper.raises(aq_cq.create_case, c, CONTACT, {}) end)
+          assert(cq:loop())
+        else
+          msg = helper.raises(aq_uv.create_case, c, CONTACT, {}, function() end)
+        end
+        helper.contains(msg, "client is closed")
+        helper.contains(helper.raises(c.start_case, c, CONTACT, {}), "client is closed")
+        assert.equal(0, posts(servers[1]))
+      end)
+
+      it("raises on misuse as create_case does, naming its own arguments", function()
+        local c = servers[1]:client(CLIENT)
+        local msgs = {}
+        local cq = cqueues.new()
+        cq:wrap(function()
+          msgs[1] = helper.raises(function() return d.name == "acquire.luv"
+            and aq_uv.create_case(c, "12a", {}, function() end) or aq_cq.create_case(c, "12a", {}) end)
+          msgs[2] = helper.raises(function() return d.name == "acquire.luv"
+            and aq_uv.create_case(c, CONTACT, { agentId = "x" }, function() end)
+            or aq_cq.create_case(c, CONTACT, { agentId = "x" }) end)
+          msgs[3] = helper.raises(function() return d.name == "acquire.luv"
+            and aq_uv.create_case(nil, CONTACT, {}, function() end) or aq_cq.create_case(nil, CONTACT, {}) end)
+        end)
+        assert(cq:loop())
+        helper.contains(msgs[1], "bad argument #2 to 'create_case' (contactId must be a positive integer, got '12a')")
+        helper.contains(msgs[2], "bad field 'agentId' (integer expected, got string)")
+        helper.contains(msgs[3], "bad argument #1 to 'create_case' (acquire client expected, got nil)")
+        if d.name == "acquire.luv" then
+          helper.contains(helper.raises(aq_uv.create_case, c, CONTACT, {}),
+            "bad argument #4 to 'create_case' (callback function expected, got nil)")
+          assert.equal(0, #open_handles())
+        end
+        assert.equal(0, posts(servers[1]))
+        c:close()
+      end)
+    end)
+  end
+
+  describe("acquire.cqueues", function()
+    it("raises outside a cqueues controller, before anything is sent", function()
+      local c = servers[1]:client(CLIENT)
+      helper.contains(helper.raises(aq_cq.create_case, c, CONTACT, {}),
+        "acquire.cqueues.create_case runs inside a cqueues controller (cq:wrap); outside one, client:create_case is the blocking call")
+      helper.contains(helper.raises(aq_cq.find_cases, c, CONTACT),
+        "acquire.cqueues.find_cases runs inside a cqueues controller")
+      assert.equal(0, #servers[1]:requests())
+      c:close()
+    end)
+
+    it("finds cases as client:find_cases does", function()
+      local c = servers[1]:client(CLIENT)
+      assert(c:create_case(CONTACT, { title = "A" }))
+      assert(c:create_case(CONTACT, { title = "B" }))
+      local got
+      local cq = cqueues.new()
+      cq:wrap(function() got = { aq_cq.find_cases(c, CONTACT, { title = "B" }) } end)
+      assert(cq:loop())
+      assert(got[1], tostring(got[2]))
+      assert.equal(1, #got[1])
+      assert.equal("B", got[1][1].title)
+      c:close()
+    end)
+
+    it("in a create_cases hook (a C call between it and the loop): a clear raise, or the yield's own", function()
+      local srv = servers[1]
+      local lines = {}
+      local c = srv:client{ reconcile = 0, logger = function(level, line) lines[#lines + 1] = level .. ": " .. line end }
+      local cq = cqueues.new()
+      local ok, msg
+      cq:wrap(function()
+        ok, msg = pcall(c.create_cases, c, { { CONTACT, { title = "batch" } } }, { on_result = function()
+          aq_cq.create_case(c, CONTACT, { title = "inner" })
+        end })
+      end)
+      assert(cq:loop())
+      collectgarbage()
+      collectgarbage()
+      assert.is_false(ok)
+      if coroutine.isyieldable then          -- 5.3, 5.4, LuaJIT: it can tell, and sends nothing
+        helper.contains(msg, "acquire.cqueues.create_case cannot yield here")
+        assert.equal(1, posts(srv))
+        assert.same({}, lines)
+      else                                   -- 5.1, 5.2: the yield raises; the call it started is cancelled
+        helper.contains(msg, "attempt to yield across")
+        assert.equal(2, posts(srv))
+        assert.same({ "warn: a pending call for contact 597752 was collected unfinished after its request "
+          .. "was sent: its case may exist" }, lines)
+      end
+      c:close()
+    end)
+
+    it("cancels a call whose controller is collected unfinished, with a log line", function()
+      local srv = servers[1]
+      srv:fault{ action = "delay", seconds = 3 }
+      local lines = {}
+      local c = srv:client{ logger = function(level, line) lines[#lines + 1] = level .. ": " .. line end }
+      local cq = cqueues.new()
+      cq:wrap(function() aq_cq.create_case(c, CONTACT, { title = "abandoned" }) end)
+      local deadline = now() + 20
+      repeat assert(cq:step(0.05)) until srv:stats().in_flight >= 1 or now() > deadline
+      assert.equal(1, srv:stats().in_flight)
+      cq = nil                                -- luacheck: ignore (dropped for the collector)
+      collectgarbage()
+      collectgarbage()
+      assert.same({ "warn: a pending call for contact 597752 was collected unfinished after its request "
+        .. "was sent: its case may exist" }, lines)
+      c:close()
+    end)
+  end)
+
+  describe("acquire.luv", function()
+    it("cancels a call in flight: its callback once, err.kind cancelled, maybe_created, its handles closed", function()
+      local srv = servers[1]
+      srv:fault{ action = "delay", seconds = 3 }
+      local c = srv:client(CLIENT)
+      local got, calls = nil, 0
+      local h = aq_uv.create_case(c, CONTACT, { title = "cancelled" }, function(res, err)
+        calls = calls + 1
+        got = { res, err }
+      end)
+      local watch = uv.new_timer()
+      watch:start(20, 20, function()
+        if srv:stats().in_flight >= 1 then
+          watch:close()
+          h:cancel()
+          h:cancel()                            -- idempotent
+        end
+      end)
+      local t0 = now()
+      uv.run()
+      assert(now() - t0 < 2.5, "the loop waited for the cancelled call")
+      assert.equal(1, calls)
+      assert.is_true(h:done())
+      assert.is_nil(got[1])
+      assert.equal("cancelled", got[2].kind)
+      assert.is_true(got[2].maybe_created)
+      assert.equal(0, #open_handles())
+      c:close()
+    end)
+
+    it("calls a callback that raises after closing its handles; luv reports the error", function()
+      local srv = servers[1]
+      local code, out, err = helper.run_lua(([[
+        local uv = require "luv"
+        local c = require("acquire").new{ base_url = %q, api_key = %q }
+        local calls = 0
+        require("acquire.luv").create_case(c, 597752, { title = "raises" }, function(res)
+          calls = calls + 1
+          local open = 0
+          uv.walk(function(h) if not h:is_closing() then open = open + 1 end end)
+          print("called", calls, res.data.title, "handles open", open)
+          error("boom from the callback")
+        end)
+        uv.run()
+        print("not reached")
+      ]]):format(srv.base_url, srv.key))
+      assert.equal("called\t1\traises\thandles open\t0\n", out)
+      assert.not_equal(0, code)
+      helper.contains(err, "boom from the callback")
+      assert.equal(1, posts(srv))
+    end)
+
+    it("raises on misuse of the loop argument", function()
+      local c = servers[1]:client(CLIENT)
+      helper.contains(helper.raises(aq_uv.create_case, c, CONTACT, {}, function() end, 42),
+        "bad argument #5 to 'create_case' (a luv module expected, such as vim.loop, got number)")
+      c:close()
+    end)
+  end)
+
+  describe("in Neovim #nvim", function()
+    -- Debian's nvim (0.7, LuaJIT; vim.loop is luv) loads the LuaJIT build (.tmp/luajit/acquire.so)
+    local function nvim(srv, words)
+      local r = os.execute("make -s -C " .. helper.shell_quote(helper.repo_root) .. " .tmp/luajit/acquire.so >/dev/null")
+      assert(r == true or r == 0, "building .tmp/luajit/acquire.so failed")
+      local argv = { "nvim", "--headless", "-u", "NONE", "-i", "NONE" }
+      for _, w in ipairs(words) do argv[#argv + 1] = w end
+      return helper.run(argv, { limit = 60, env = { ACQUIRE_BASE_URL = srv.base_url, ACQUIRE_API_KEY = srv.key,
+        LUA_CPATH = helper.repo_root .. "/.tmp/luajit/?.so;;", LUA_PATH = helper.repo_root .. "/lua/?.lua;;" } })
+    end
+
+    it("runs examples/neovim.lua: a case created while the editor waits", function()
+      local srv = servers[1]
+      srv:fault{ action = "delay", seconds = 1 }
+      local r = nvim(srv, { "-c", "luafile examples/neovim.lua", "-c", "qa!" })
+      assert(r.code == 0 and r.err:find("From Neovim: active", 1, true),
+        ("nvim exited %s\n--- stdout ---\n%s--- stderr ---\n%s"):format(tostring(r.code), r.out, r.err))
+      assert.equal(1, posts(srv))
+    end)
+
+    it("runs 4 calls of 1 s at once on vim.loop, its timers ticking; a callback that raises leaves no handle", function()
+      local srv = servers[1]
+      srv:fault{ action = "delay", seconds = 1 }
+      local script = helper.tmpfile([==[
+        local uv, aq = vim.loop, require "acquire.luv"
+        local c = require("acquire").new{ base_url = os.getenv("ACQUIRE_BASE_URL"), api_key = os.getenv("ACQUIRE_API_KEY") }
+        local out, left, t0 = {}, 4, uv.hrtime()
+        local ticks = 0
+        local ticker = uv.new_timer()
+        ticker:start(50, 50, function() if left == 4 then ticks = ticks + 1 end end)
+        for i = 1, 4 do
+          aq.create_case(c, 597752, { title = "nvim " .. i }, function(res, err)
+            out[#out + 1] = res and res.data.title or tostring(err)
+            left = left - 1
+          end)                                         -- no loop given: require "luv" is vim.loop here
+        end
+        vim.wait(20000, function() return left == 0 end, 10)
+        ticker:close()
+        local elapsed = (uv.hrtime() - t0) / 1e9
+        -- a callback that raises: Neovim reports it (vim.wait returns early); its handles are closing
+        -- (read from the handle's fields: vim.loop.walk aborts Neovim 0.7, a luv assertion)
+        local raised = false
+        local h = aq.create_case(c, 597752, { title = "raises" }, function()
+          raised = true
+          error("boom from the callback")
+        end, uv)
+        vim.wait(20000, function() return raised end, 10)
+        local open = (h.poll:is_closing() and 0 or 1) + (h.timer:is_closing() and 0 or 1)
+        table.sort(out)
+        io.stdout:write(("%s|elapsed %.2f|ticks %d|open %d\n"):format(table.concat(out, ","),
+          elapsed, ticks, open))
+      ]==])
+      local r = nvim(srv, { "-c", "luafile " .. script, "-c", "qa!" })
+      os.remove(script)
+      local report = ("\n--- stdout ---\n%s--- stderr ---\n%s"):format(r.out, r.err)
+      local titles, elapsed, ticks, open = r.out:match("([^|\n]*)|elapsed ([%d.]+)|ticks (%d+)|open (%d+)")
+      assert(titles, "nvim printed no result" .. report)
+      assert.equal("nvim 1,nvim 2,nvim 3,nvim 4", titles)
+      assert(tonumber(elapsed) < 3.5, "4 calls of 1 s took " .. elapsed .. " s" .. report)
+      assert(tonumber(ticks) >= 2, "vim.loop ticked " .. ticks .. " times while the 4 calls waited" .. report)
+      assert.equal(4, srv:stats().max_in_flight)
+      assert.equal("0", open)
+      helper.contains(r.err, "boom from the callback")
+      assert.equal(5, posts(srv))
+    end)
+  end)
+
+  describe("the pending call", function()
+    it("raises on result() before it is finished, and gives create_case's answer after", function()
+      local c = servers[1]:client(CLIENT)
+      local p = c:start_case(CONTACT, { title = "early" })
+      assert.is_false(p:done())
+      helper.contains(helper.raises(p.result, p), "result() before the call is finished")
+      assert.equal("r", p:events())
+      local cq = cqueues.new()
+      cq:wrap(function() while not p:step() do cqueues.poll(p) end end)
+      assert(cq:loop())
+      assert.is_true(p:done())
+      assert.equal(0, p:timeout())
+      local res = assert(p:result())
+      assert.equal("early", res.data.title)
+      c:close()
+    end)
+
+    it("cancel() before the request left: maybe_created false, and nothing reaches the server", function()
+      local srv = servers[1]
+      local c = srv:client(CLIENT)
+      local p = c:start_case(CONTACT, { title = "never" })
+      p:cancel()
+      local res, err = p:result()
+      assert.is_nil(res)
+      assert.equal("cancelled", err.kind)
+      if not err.maybe_created then
+        helper.sh("sleep 0.3")                 -- a request on its way would be in by then
+        assert.equal(0, posts(srv))
+      end
+      c:close()
+    end)
+
+    it("raises when a fork()ed child drives it; the parent's call goes on", function()
+      local posix = helper.testposix()
+      local srv = servers[1]
+      srv:fault{ action = "delay", seconds = 0.5 }
+      local c = srv:client(CLIENT)
+      local p = c:start_case(CONTACT, { title = "forked" })
+      local pid = posix.fork()
+      if pid == 0 then
+        local ok, msg = pcall(p.step, p)
+        posix._exit((not ok and tostring(msg):find("cannot be driven in a child process", 1, true)) and 0 or 1)
+      end
+      assert.equal(0, posix.waitpid(pid))
+      local cq = cqueues.new()
+      local got
+      cq:wrap(function() while not p:step() do cqueues.poll(p) end got = { p:result() } end)
+      assert(cq:loop())
+      assert(got[1], tostring(got[2]))
+      assert.equal("forked", got[1].data.title)
+      assert.equal(1, posts(srv))
+      c:close()
+    end)
+  end)
+end)
