@@ -6,6 +6,7 @@
 local acquire = require "acquire"
 local helper = require "spec.helper"
 local keys = require "spec.keys"
+local socket = require "socket"
 
 local CONTACT = 597752
 local SEED = tonumber(os.getenv("SPEC_SEED")) or os.time()
@@ -293,11 +294,23 @@ describe("reliability", function()
 
     it("Ctrl-C during a slow call stops the script", function()
       srv:fault{ action = "delay", seconds = 1.5 }
-      local status, out = helper.run_lua(([[
+      local path = helper.tmpfile(([[
         local c = require("acquire").new{ base_url = %q, api_key = %q }
         local res, err = c:create_case(597752)
         print("still running", res, err)
-      ]]):format(srv.base_url, srv.key), { interrupt = 0.5, merge = true })
+      ]]):format(srv.base_url, srv.key))
+      finally(function() os.remove(path) end)
+      local child = helper.spawn({ helper.interpreter(), path },
+        { env = { LUA_CPATH = "./?.so;;", LUA_PATH = "./?.lua;./lua/?.lua;;" } })
+      -- Ctrl-C once the server holds the request (the call is under way), however long the
+      -- child took to start
+      local deadline = socket.gettime() + 30
+      while srv:stats().requests == 0 and not child.done() and socket.gettime() < deadline do
+        socket.sleep(0.01)
+      end
+      child.kill("INT")
+      local r = child.wait(30)
+      local status, out = r.code, r.out .. r.err
       assert.are_not.equal(0, status, out)
       helper.not_contains(out, "still running")
       helper.contains(out, "interrupted")
