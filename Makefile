@@ -178,7 +178,7 @@ memcheck: deps
 	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
 	CHAOS_CALLS=$(MEMCHECK_CHAOS_CALLS) CHAOS_SLACK=15 TEST_NAME=memcheck TEST_JOBS=$(MEMCHECK_JOBS) \
 	  BUSTED='valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect $(BUSTED)' \
-	  LUA_BIN=$(LUA_BIN) ./scripts/test.sh $(BUSTED_ARGS) --exclude-tags=rock,ngx,haproxy
+	  LUA_BIN=$(LUA_BIN) ./scripts/test.sh $(BUSTED_ARGS) --exclude-tags=rock,ngx,haproxy,nvim,once
 
 comma := ,
 # Further targets (quality checks, nginx, CLI...) each live in mk/<area>.mk.

@@ -57,4 +57,4 @@ io.stderr:write("sanitize: the specs load ", so, " (ASan + UBSan, leak detection
 # Each spec file its own busted, SANITIZE_JOBS at a time (scripts/test.sh).
 BUSTED="lua5.4 /usr/bin/busted --cpath=$dir/?.so" TEST_NAME=sanitize TEST_JOBS=${SANITIZE_JOBS:-2} \
   TEST_SKIP="spec/29-docs_spec.lua" \
-  exec ./scripts/test.sh -e "$check" --exclude-tags=rock,ngx "$@"
+  exec ./scripts/test.sh -e "$check" --exclude-tags=rock,ngx,haproxy,nvim,once "$@"
