@@ -22,6 +22,8 @@
  *   src/pending.c    start_case: a pending call, pollable (pollfd, events, timeout, step)
  *   src/buffer.c     C-owned byte buffers
  *   src/journal.c    the journal's file: exclusive create, lock, whole appends
+ *   src/jrecord.c    the journal's records (formatted, parsed) and digests
+ *   src/jsync.c      the journal's syncs and its flushing thread
  *   src/compat.h     Lua 5.1-5.4 / LuaJIT differences
  */
 #include "src/transport.h"

@@ -130,7 +130,7 @@ QUALITY_CPPCHECK := cppcheck --enable=warning,performance,portability --error-ex
 QUALITY_CPPCHECK_CONFIGS := 501:$(QUALITY_CURL_NUM) 502:$(QUALITY_CURL_NUM) \
 	503:$(QUALITY_CURL_NUM) 504:$(QUALITY_CURL_NUM) 504:0x074a00
 
-lint: luacheck check-layers
+lint: luacheck check-layers check-sizes
 	@./scripts/deps.sh -t lint $(LINT_DEPS)
 	@for c in $(QUALITY_CPPCHECK_CONFIGS); do \
 	  echo "cppcheck: LUA_VERSION_NUM=$${c%%:*} LIBCURL_VERSION_NUM=$${c#*:}"; \
