@@ -3,7 +3,8 @@
 #   make sanitize                 the module built with ASan + UBSan (gcc) into
 #                                 .tmp/asan/acquire.so, the spec suite run with it
 #   make fuzz [FUZZ_SECONDS=60]   seven libFuzzer harnesses (clang), FUZZ_SECONDS each
-#   make lint                     cppcheck and clang-tidy over the C sources, and luacheck
+#   make lint                     cppcheck and clang-tidy over the C sources, luacheck,
+#                                 check-layers and check-sizes
 #
 # All three are for Lua 5.4, whatever LUA says.
 
