@@ -30,7 +30,7 @@ local function value(d)
     return acquire.null
   elseif pick == 6 then
     if INT64 then   -- the whole 64-bit range (5.3's random takes an interval below 2^63 wide)
-      return math.random(math.mininteger // 4, math.maxinteger // 4) * 4 + math.random(0, 3)
+      return math.random(math.mininteger / 4, math.maxinteger / 4) * 4 + math.random(0, 3)
     end
     return 2 ^ 53 * math.random(2, 1000)                                    -- past 2^53, a double
   elseif pick == 7 then
