@@ -308,11 +308,6 @@ function M.batch(acquire, config, opts, o)
   if type(e) == "table" and e.exit and type(e.msg) == "string" and e.msg:find("interrupted!", 1, true) then
     e = "interrupted!"
   end
-  -- Ctrl-C outside the batch's own catch: before it sent anything (no line yet: just say so),
-  -- or after the outcome of every item drawn (the journal's last sync, say): then the stop
-  -- gets its summary like any other, the input never drawn "not sent" (a second Ctrl-C inside
-  -- the stop's own handling leaves drawn items unsaid: then no summary, as before)
-  if not okb and is_interrupt(e) and b.done > 0 and next(b.meta) == nil then okb = true end
   if not okb then
     if b.progress.tty then io.stderr:write("\n") end
     if type(e) == "table" and e.exit then error(e, 0) end
