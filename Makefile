@@ -198,6 +198,7 @@ install: $(MOD)
 	install -m 0755 $(MOD) $(DESTDIR)$(INST_LIBDIR)/$(MOD)
 	install -m 0644 lua/acquire/ngx.lua $(DESTDIR)$(INST_LUADIR)/acquire/ngx.lua
 	install -m 0644 lua/acquire/http1.lua $(DESTDIR)$(INST_LUADIR)/acquire/http1.lua
+	install -m 0644 lua/acquire/driver.lua $(DESTDIR)$(INST_LUADIR)/acquire/driver.lua
 	install -m 0644 lua/acquire/haproxy.lua $(DESTDIR)$(INST_LUADIR)/acquire/haproxy.lua
 	install -m 0644 lua/acquire/journal.lua $(DESTDIR)$(INST_LUADIR)/acquire/journal.lua
 	install -m 0644 lua/acquire/cqueues.lua $(DESTDIR)$(INST_LUADIR)/acquire/cqueues.lua

@@ -28,6 +28,7 @@ build = {
    modules = {
       ["acquire.ngx"] = "lua/acquire/ngx.lua",
       ["acquire.http1"] = "lua/acquire/http1.lua",
+      ["acquire.driver"] = "lua/acquire/driver.lua",
       ["acquire.haproxy"] = "lua/acquire/haproxy.lua",
       ["acquire.journal"] = "lua/acquire/journal.lua",
       ["acquire.cqueues"] = "lua/acquire/cqueues.lua",    -- in an event loop (README)

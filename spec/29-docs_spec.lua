@@ -58,8 +58,14 @@ local function public_names()
   for _, k in ipairs(sorted_keys(journal)) do
     if not k:match("^_") then add("journal." .. k, "acquire.journal's " .. k) end
   end
-  -- acquire.ngx needs nginx to load: its definitions, read from the source
-  local src = helper.read_file(ROOT .. "/lua/acquire/ngx.lua")
+  -- acquire.ngx needs nginx to load: its definitions, read from the source; the client
+  -- methods every Lua driver shares (acquire.driver's d.methods) count as each driver's own
+  local shared = helper.read_file(ROOT .. "/lua/acquire/driver.lua"):match("\n%s*function d%.methods.*") or ""
+  local function with_shared(text)
+    if text:find("d.methods(Client", 1, true) then text = text .. shared:gsub("\n%s+function Client", "\nfunction Client") end
+    return text
+  end
+  local src = with_shared(helper.read_file(ROOT .. "/lua/acquire/ngx.lua"))
   for name in src:gmatch("\nfunction _M%.([%w_]+)%s*%(") do
     add("acquire.ngx." .. name, "acquire.ngx's " .. name)
   end
@@ -68,7 +74,7 @@ local function public_names()
     elseif not name:match("^__") then add("ngx_client:" .. name, "acquire.ngx's client method " .. name) end
   end
   -- acquire.haproxy needs HAProxy's core to load: the same, read from its source
-  src = helper.read_file(ROOT .. "/lua/acquire/haproxy.lua")
+  src = with_shared(helper.read_file(ROOT .. "/lua/acquire/haproxy.lua"))
   for name in src:gmatch("\nfunction _M%.([%w_]+)%s*%(") do
     add("acquire.haproxy." .. name, "acquire.haproxy's " .. name)
   end

@@ -29,12 +29,12 @@ if type(rawget(_G, "core")) ~= "table" or type(rawget(_G, "core").tcp) ~= "funct
 end
 local acquire = require "acquire"
 local http1 = require "acquire.http1"                 -- HTTP/1.1's bytes
+local driver = require "acquire.driver"               -- what every Lua driver shares
 local read_response = http1.read_response
 
 local core = core
 local normalise, build_request, redact, new_engine =
   acquire.config, acquire.build_request, acquire.redact, acquire.engine
-local unpack = table.unpack or unpack
 local find, sub, format = string.find, string.sub, string.format
 local ceil = math.ceil
 local error, pcall, pairs, type, tostring, setmetatable = error, pcall, pairs, type, tostring, setmetatable
@@ -47,15 +47,6 @@ local function haproxy_version()
   return type(v) == "string" and v:match("^[%w.%-+]+") or "unknown"
 end
 local USER_AGENT = "lua-acquire/" .. acquire._VERSION .. " haproxy/" .. haproxy_version()
-
--- A raise from the seam, as create_case/new would raise it, at the caller's level.
-local function rethrow(msg, fname)
-  if type(msg) == "string" then
-    msg = msg:gsub("^[^\n]-haproxy%.lua:%d+: ", "")
-             :gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
-  end
-  error(msg, 3)
-end
 
 local Client = {}
 Client.__index = Client
@@ -72,7 +63,7 @@ local function literal(host)                      -- an IP literal: core.tcp con
   return find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil
 end
 
-local log                                         -- the log's destination, below
+local rethrow, log, attempt                       -- acquire.driver's and this file's, below
 
 local function bad(option, why) error(format("bad option '%s' (%s)", option, why), 3) end
 
@@ -168,33 +159,15 @@ local function to_haproxy_log(level, text)
   core.log(core[LEVEL[level]] or core.info, "acquire: " .. text)
 end
 
--- One line of the engine's, to the logger or HAProxy's log. A logger that raises changes
--- nothing for the call: its error (redacted) and the line go to HAProxy's log.
-function log(st, level, text)
-  local logger = st.logger
-  if not logger then return to_haproxy_log(level, text) end
-  local ok, e = pcall(logger, level, text)
-  if not ok then
-    local shown, msg = pcall(tostring, e)
-    to_haproxy_log("error", "logger raised: " .. redact(shown and msg or "(an error tostring raises on)",
-                                                      unpack(st.secrets)))
-    to_haproxy_log(level, text)
-  end
-end
+-- What every Lua driver shares (acquire.driver); this file gives it HAProxy's clock, sleep
+-- (core.msleep, yielding to HAProxy), log and attempt.
+local d = driver.new{ file = "haproxy", clock = clock, sleep = function(s) core.msleep(ceil(s * 1000)) end,
+                      sink = to_haproxy_log, redact = redact,
+                      attempt = function(st, req) return attempt(st, req) end }
+rethrow, log = d.rethrow, d.log
+local failed, io_failed = d.failed, d.io_failed
 
 -- ---- one attempt: what it saw, for the engine -------------------------------------
-
-local function failed(stage, detail, sent, timeout, status)
-  return { now = clock(), stage = stage, detail = detail, sent = sent, timeout = timeout,
-           status = status }
-end
-
-local function io_failed(st, stage, e, doing, sent, status)
-  if e == "timeout" then
-    return failed(stage, format("timed out %s (timeout %g s)", doing, st.timeout), sent, true, status)
-  end
-  return failed(stage, format("%s %s: %s", doing, st.host_header, tostring(e)), sent, false, status)
-end
 
 -- A connection ready for the request: to `via`, or to the target (TLS unverified when asked).
 -- true | nil, obs (nothing sent). A bad address raises in core.tcp: caught, a connect failure.
@@ -221,7 +194,7 @@ local function open(st, sock, deadline)
   return nil, failed("connect", format("could not connect to %s: %s", where, tostring(e)))
 end
 
-local function attempt(st, req)
+function attempt(st, req)
   local started = clock()
   local deadline = req.deadline or started + st.timeout
   local sock = core.tcp()
@@ -256,57 +229,6 @@ local function attempt(st, req)
   return { now = t, status = status, headers = headers, body = body, elapsed = t - started, sent = true }
 end
 
--- The engine's call, driven to its end; its waits are core.msleep (yielding to HAProxy).
-local function drive(st, call)
-  local action, a, b = call:next({ now = clock() })
-  while action ~= "done" do
-    local obs
-    if action == "wait" then
-      core.msleep(ceil(a * 1000))
-      obs = { now = clock() }
-    else
-      obs = attempt(st, a)
-    end
-    action, a, b = call:next(obs)
-  end
-  return a, b
-end
-
-local function checked(self, fname)
-  local st = state[self]
-  if not st then error(format("bad argument #1 to '%s' (client expected; call client:%s)", fname, fname), 3) end
-  if st.closed then error("client is closed", 3) end
-  return st
-end
-
---- client:create_case(contactId, opts) -> res | nil, err: as acquire's (README).
-function Client:create_case(contactId, opts)
-  local st = checked(self, "create_case")
-  local engine = st.engine
-  local ok, call = pcall(function()
-    local c = engine:create_case(contactId, opts)
-    return c
-  end)
-  if not ok then rethrow(call, "create_case") end
-  return drive(st, call)
-end
-
---- client:find_cases(contactId [, filter]) -> { case, ... } | nil, err: as acquire's (README).
-function Client:find_cases(contactId, filter)
-  local st = checked(self, "find_cases")
-  local engine = st.engine
-  local ok, call = pcall(function()
-    local c = engine:find_cases(contactId, filter)
-    return c
-  end)
-  if not ok then rethrow(call, "find_cases") end
-  return drive(st, call)
-end
-
---- client:close(): as acquire's (idempotent).
-function Client:close()
-  local st = state[self]
-  if st then st.closed = true end
-end
+d.methods(Client, state)                          -- create_case, find_cases, close
 
 return _M

@@ -26,6 +26,7 @@ end
 local acquire = require "acquire"
 local semaphore = require "ngx.semaphore"             -- lua-resty-core's
 local http1 = require "acquire.http1"                 -- HTTP/1.1's bytes
+local driver = require "acquire.driver"               -- what every Lua driver shares
 local read_head, read_response = http1.read_head, http1.read_response
 
 local ngx = ngx
@@ -33,7 +34,6 @@ local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.upd
 local spawn, wait, kill = ngx.thread.spawn, ngx.thread.wait, ngx.thread.kill
 local normalise, build_request, redact, new_engine =
   acquire.config, acquire.build_request, acquire.redact, acquire.engine
-local unpack = table.unpack or unpack
 local find, sub, format = string.find, string.sub, string.format
 local floor, min, max = math.floor, math.min, math.max
 local error, pcall, pairs, type, tonumber, tostring, setmetatable =
@@ -53,15 +53,6 @@ end
 local USER_AGENT = "lua-acquire/" .. acquire._VERSION .. " ngx_lua/"
   .. version(ngx.config and ngx.config.ngx_lua_version)
 
--- A raise from the seam, as create_case/new would raise it, at the caller's level.
-local function rethrow(msg, fname)
-  if type(msg) == "string" then
-    msg = msg:gsub("^[^\n]-ngx%.lua:%d+: ", "")
-             :gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
-  end
-  error(msg, 3)
-end
-
 local Client = {}
 Client.__index = Client
 Client.__metatable = "acquire.ngx.Client"          -- getmetatable(client): its type, locked
@@ -77,7 +68,7 @@ local function literal(host)                      -- an IP literal: connected to
   return find(host, "^%[") ~= nil or find(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil
 end
 
-local log                                         -- the log's destination, below
+local rethrow, log, attempt                       -- acquire.driver's and this file's, below
 
 --- new(config) -> client. The options of acquire.new, checked by the same code; raises on misuse.
 -- ca_file raises: a cosocket verifies against nginx's lua_ssl_trusted_certificate only.
@@ -161,36 +152,17 @@ local function to_error_log(level, text)
   end
 end
 
--- One line of the engine's (worded and redacted there), to the logger, or to nginx's error
--- log. A logger that raises changes nothing for the call: its error (redacted) and the line go
--- to the error log, and the next line to the logger again.
-function log(st, level, text)
-  local logger = st.logger
-  if not logger then return to_error_log(level, text) end
-  local ok, e = pcall(logger, level, text)
-  if not ok then
-    local shown, msg = pcall(tostring, e)
-    to_error_log("error", "logger raised: " .. redact(shown and msg or "(an error tostring raises on)",
-                                                    unpack(st.secrets)))
-    to_error_log(level, text)
-  end
-end
+-- What every Lua driver shares (acquire.driver): the log's rule, the failure's observation,
+-- the loop that drives a call, the client's methods; this file gives it nginx's clock, sleep,
+-- error log and attempt.
+local d = driver.new{ file = "ngx", clock = clock, sleep = sleep, sink = to_error_log, redact = redact,
+                      attempt = function(st, req) return attempt(st, req) end }
+rethrow, log = d.rethrow, d.log
+local failed, io_failed = d.failed, d.io_failed
 
 -- ---- one attempt: what it saw, for the engine -------------------------------------
 -- An observation: { now, status, headers, body, elapsed } for an answer; else { now, stage,
 -- detail, sent, timeout, status, proxy_status, too_large }. The engine words the error.
-
-local function failed(stage, detail, sent, timeout, status)
-  return { now = clock(), stage = stage, detail = detail, sent = sent, timeout = timeout,
-           status = status }
-end
-
-local function io_failed(st, stage, e, doing, sent, status)
-  if e == "timeout" then
-    return failed(stage, format("timed out %s (timeout %g s)", doing, st.timeout), sent, true, status)
-  end
-  return failed(stage, format("%s %s: %s", doing, st.host_header, tostring(e)), sent, false, status)
-end
 
 -- sock:connect to peer (the target, or the proxy) within ms. A host name goes through nginx's
 -- resolver, whose wait is its resolver_timeout (30 s by default), not the socket's timeouts:
@@ -285,7 +257,7 @@ local function open(st, sock, deadline)
 end
 
 -- One attempt of the engine's request: what it saw.
-local function attempt(st, req)
+function attempt(st, req)
   local started = clock()
   local deadline = req.deadline or started + st.timeout
   local sock = tcp()
@@ -323,58 +295,6 @@ local function attempt(st, req)
   return { now = t, status = status, headers = headers, body = body, elapsed = t - started, sent = true }
 end
 
--- The engine's call, driven to its end: its requests sent, its waits slept (yielding to
--- nginx's event loop). res | nil, err
-local function drive(st, call)
-  local action, a, b = call:next({ now = clock() })
-  while action ~= "done" do
-    local obs
-    if action == "wait" then
-      sleep(a)
-      obs = { now = clock() }
-    else
-      obs = attempt(st, a)
-    end
-    action, a, b = call:next(obs)
-  end
-  return a, b
-end
-
-local function checked(self, fname)
-  local st = state[self]
-  if not st then error(format("bad argument #1 to '%s' (client expected; call client:%s)", fname, fname), 3) end
-  if st.closed then error("client is closed", 3) end
-  return st
-end
-
---- client:create_case(contactId, opts) -> res | nil, err: as acquire's (README).
-function Client:create_case(contactId, opts)
-  local st = checked(self, "create_case")
-  local engine = st.engine
-  local ok, call = pcall(function()          -- misuse raises, nothing sent (no tail call: the
-    local c = engine:create_case(contactId, opts)   -- message counts contactId as #1)
-    return c
-  end)
-  if not ok then rethrow(call, "create_case") end
-  return drive(st, call)
-end
-
---- client:find_cases(contactId [, filter]) -> { case, ... } | nil, err: as acquire's (README).
-function Client:find_cases(contactId, filter)
-  local st = checked(self, "find_cases")
-  local engine = st.engine
-  local ok, call = pcall(function()
-    local c = engine:find_cases(contactId, filter)
-    return c
-  end)
-  if not ok then rethrow(call, "find_cases") end
-  return drive(st, call)
-end
-
---- client:close(): as acquire's (idempotent; pooled connections stay nginx's).
-function Client:close()
-  local st = state[self]
-  if st then st.closed = true end
-end
+d.methods(Client, state)                          -- create_case, find_cases, close
 
 return _M
