@@ -249,29 +249,23 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     return p;
 }
 
-/* client:start_case(contactId, opts) -> pending */
-int pending_l_start_case(lua_State *L) {
+/* client:start_case / start_find: the client's checks, then a pending call. */
+static int start_l(lua_State *L, int find) {
     acq_client_t *c = client_check_open(L, 1);
     long long id;
     client_check_reentry(L, c);
     lua_settop(L, 3);
     id = request_check_contact_id(L, 2);
     client_check_fork(L, c);
-    start(L, c, 1, 0, id, 3);
+    start(L, c, 1, find, id, 3);
     return 1;
 }
 
+/* client:start_case(contactId, opts) -> pending */
+int pending_l_start_case(lua_State *L) { return start_l(L, 0); }
+
 /* client:start_find(contactId [, filter]) -> pending */
-int pending_l_start_find(lua_State *L) {
-    acq_client_t *c = client_check_open(L, 1);
-    long long id;
-    client_check_reentry(L, c);
-    lua_settop(L, 3);
-    id = request_check_contact_id(L, 2);
-    client_check_fork(L, c);
-    start(L, c, 1, 1, id, 3);
-    return 1;
-}
+int pending_l_start_find(lua_State *L) { return start_l(L, 1); }
 
 static int l_pollfd(lua_State *L) {
     pending_t *p = check_pending(L, 1);
