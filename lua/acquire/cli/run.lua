@@ -81,6 +81,24 @@ local function progress_line(total_of)
   return p
 end
 
+-- Ctrl-C: lua.c's SIGINT handler sets a hook on the main thread only, and a coroutine created
+-- before that keeps its own (none). What runs inside this one (an item's count, its line decided
+-- and written) is never cut in two: the stop lands once it hands back. (LuaJIT's hooks are
+-- global: there a stop can still land inside, as it can anywhere.)
+local function resumer(f, a, b, c, d, e, g)
+  while true do f, a, b, c, d, e, g = coroutine.yield(f(a, b, c, d, e, g)) end
+end
+
+local function whole()
+  local co = coroutine.create(resumer)
+  return function(...)
+    if coroutine.status(co) ~= "suspended" then co = coroutine.create(resumer) end
+    local ok, e = coroutine.resume(co, ...)
+    if not ok then error(e, 0) end
+    return e
+  end
+end
+
 -- ---------------------------------------------------------------------
 -- A batch: its input, read twice as it goes (first to check every item: a bad one, exit 2,
 -- nothing sent; with --journal, each against its record; then to send), and its results.
@@ -99,7 +117,7 @@ local function new_batch(acquire, config, opts, o)
     meta = {}, drawn = 0,
     total = nil, checked = nil,                 -- checked: the item the first pass drew last
     count = { created = 0, before = 0, failed = 0, maybe = 0, uncertain = 0, unsent = 0 },
-    code = out.OK, done = 0, errors = 0 }, Batch)
+    code = out.OK, done = 0, errors = 0, whole = whole() }, Batch)
   b.fh, b.at = input.input_file()
   b.progress = progress_line(function() return b.total end)
   return b
@@ -187,7 +205,11 @@ function Batch:result(it, res, err, recorded)
 end
 
 -- One result line, written when the item's outcome is known (so not in input order).
-function Batch:emit(i, res, err, recorded, contact)
+function Batch:emit(...)
+  return self.whole(self.emit_now, self, ...)
+end
+
+function Batch:emit_now(i, res, err, recorded, contact)
   local meta = self.meta
   local it = meta[i]
   if it == nil then return end                  -- written already (a stop reports it again)
@@ -308,6 +330,10 @@ function M.batch(acquire, config, opts, o)
   if type(e) == "table" and e.exit and type(e.msg) == "string" and e.msg:find("interrupted!", 1, true) then
     e = "interrupted!"
   end
+  -- Ctrl-C outside the batch's own catch, after the outcome of every item drawn (the journal's
+  -- last sync, say): the stop gets its summary like any other, the input never drawn "not sent".
+  -- (Before anything was sent, done = 0: just "interrupted".)
+  if not okb and is_interrupt(e) and b.done > 0 and next(b.meta) == nil then okb = true end
   if not okb then
     if b.progress.tty then io.stderr:write("\n") end
     if type(e) == "table" and e.exit then error(e, 0) end
