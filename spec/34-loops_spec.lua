@@ -480,6 +480,62 @@ describe("in an event loop", function()
       c:close()
     end)
 
+    -- the process's open descriptors now
+    local function fds()
+      local f = io.popen("ls /proc/" .. helper.testposix().getpid() .. "/fd")
+      local _, n = f:read("a"):gsub("\n", "")
+      f:close()
+      return n - 1                                        -- (the pipe being read)
+    end
+
+    it("hands its descriptors on: waves of calls at random widths, through cqueues and luv (each new "
+       .. "call started from a finished one's callback), hold no more than the client's 8 sets, "
+       .. "with no collection in between; every call answered", function()
+      local seed = tonumber(os.getenv("SPEC_SEED") or "") or os.time()
+      local why = (" (seed %d: SPEC_SEED=%d repeats it)"):format(seed, seed)
+      math.randomseed(seed)
+      local srv = servers[1]
+      local c = srv:client(CLIENT)
+      assert(c:create_case(CONTACT, { title = "warm" }))  -- its connection and wakeup pair
+      collectgarbage()
+      collectgarbage("stop")                              -- nothing closed by a collection
+      local before, most, answered, started = fds(), 0, 0, 0
+      for _ = 1, 6 do
+        local width = math.random(1, 12)
+        if math.random(2) == 1 then
+          local cq = cqueues.new()
+          for _ = 1, width do
+            cq:wrap(function()
+              for _ = 1, math.random(1, 4) do
+                started = started + 1
+                local res = aq_cq.create_case(c, CONTACT, { title = "wave" })
+                if res then answered = answered + 1 end
+                most = math.max(most, fds())
+              end
+            end)
+          end
+          assert(cq:loop())
+        else
+          local function chain(left)
+            started = started + 1
+            aq_uv.create_case(c, CONTACT, { title = "wave" }, function(res)
+              if res then answered = answered + 1 end
+              most = math.max(most, fds())
+              if left > 1 then chain(left - 1) end
+            end)
+          end
+          for _ = 1, width do chain(math.random(1, 4)) end
+          uv.run()
+        end
+      end
+      collectgarbage("restart")
+      assert.equal(started, answered, why)
+      -- running: 3 a call (12 at most) and its connection; kept: 8 sets of 3; plus cqueues' own
+      assert(most - before <= 12 * 4 + 8 * 3 + 8, ("%d descriptors more than before%s"):format(most - before, why))
+      assert(fds() - before <= 8 * 3 + 12 + 8, ("%d descriptors left open%s"):format(fds() - before, why))
+      c:close()
+    end)
+
     it("raises when a fork()ed child drives it; the parent's call goes on", function()
       local posix = helper.testposix()
       local srv = servers[1]

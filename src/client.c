@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 #include <unistd.h>
 #include "transport.h"
 
@@ -27,8 +28,28 @@ acq_client_t *client_check_open(lua_State *L, int idx) {
    close would write into the parent's session). The child points those
    sockets at /dev/null, lets libcurl close them there, and goes on with
    fresh handles. */
+/* This process's id, read once and again only after a fork(): a pending
+   call's step() asks for it every time (getpid is a system call). */
+static long pid_now;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_forget(void) { __atomic_store_n(&pid_now, 0, __ATOMIC_RELAXED); }
+/* (glibc unregisters a module's handlers when it is unloaded) */
+static void pid_watch(void) { pthread_atfork(NULL, NULL, pid_forget); }
+
+long client_pid(void) {
+    long pid;
+    pthread_once(&pid_once, pid_watch);
+    pid = __atomic_load_n(&pid_now, __ATOMIC_RELAXED);
+    if (pid == 0) {
+        pid = (long)getpid();
+        __atomic_store_n(&pid_now, pid, __ATOMIC_RELAXED);
+    }
+    return pid;
+}
+
 void client_check_fork(lua_State *L, acq_client_t *c) {
-    long pid = (long)getpid();
+    long pid = client_pid();
     if (c->pid == pid) return;
     transport_disown(&c->sockets);
     if (c->release_batch) c->release_batch(c);
@@ -39,7 +60,7 @@ void client_check_fork(lua_State *L, acq_client_t *c) {
 
 static void release(lua_State *L, acq_client_t *c) {
     c->open = 0;
-    if (c->pid != (long)getpid()) transport_disown(&c->sockets);   /* a child closing */
+    if (c->pid != client_pid()) transport_disown(&c->sockets);   /* a child closing */
     if (c->release_batch) c->release_batch(c);   /* its handles use c->t's header list */
     transport_close(&c->t);
     engine_free(L, &c->e);
@@ -60,7 +81,7 @@ static acq_client_t *make(lua_State *L, int idx) {
     c->e.claims = c->e.inflight = LUA_NOREF;
     acq_setmetatable(L, ACQ_MT_CLIENT);
     c->timeout_ms = cfg.timeout_ms;
-    c->pid = (long)getpid();
+    c->pid = client_pid();
     c->logger = LUA_NOREF;
     if (!engine_init(L, &c->e, &cfg)) {
         release(L, c);

@@ -27,7 +27,11 @@ typedef struct pending_t {
     acq_client_t   *c;               /* alive while client_ref holds it */
     acq_transport_t t;               /* this call's transfers, from c's template */
     CURLM          *multi;
-    int             epfd;
+    int             epfd;            /* -1 once given back with multi to the client */
+    int             shown;           /* the descriptor pollfd() names: epfd, or the last */
+    curl_socket_t   socks[4];        /* in the epoll set now */
+    int             nsocks;
+    int             dirty;           /* more than socks could say: the set is not handed on */
     int             state;           /* S_SEND (a transfer on multi), S_WAIT, S_DONE */
     int             attached;        /* t.easy is on multi */
     double          wake_at;         /* S_WAIT: monotonic */
@@ -49,14 +53,20 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *sock
     memset(&ev, 0, sizeof ev);
     ev.data.fd = s;
     if (what == CURL_POLL_REMOVE) {
+        int i;
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, s, &ev);
+        for (i = 0; i < p->nsocks; i++)
+            if (p->socks[i] == s) p->socks[i] = p->socks[--p->nsocks];
         return 0;
     }
     ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
     if (sockp != NULL) {                       /* in the set already (curl_multi_assign) */
         if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev) == 0 || errno != ENOENT) return 0;
     }
-    epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev);
+    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev) == 0) {
+        if (p->nsocks < (int)(sizeof p->socks / sizeof *p->socks)) p->socks[p->nsocks++] = s;
+        else p->dirty = 1;
+    }
     curl_multi_assign(p->multi, s, p);         /* one syscall an update, not a failing MOD first */
     return 0;
 }
@@ -81,16 +91,35 @@ static void detach(pending_t *p) {
     p->attached = 0;
 }
 
-/* A finished call's transfer and multi handle go at once, not when the call
-   is collected: the connection stays in the share for the client's next
-   call, not pinned by the handle. The epoll descriptor stays until then: a
-   loop (cqueues) may still hold it registered, and a descriptor closed
-   under it fails the loop's next update (EBADF). */
+/* A finished call's transfer goes at once, not when the call is collected:
+   the connection stays in the share for the client's next call, not pinned
+   by the handle. */
 static void drop_transfer(pending_t *p) {
     detach(p);
     transport_close(&p->t);
-    if (p->multi && p->c->open) transport_multi_give(&p->c->t, p->multi);   /* (the owner's process) */
-    else if (p->multi) curl_multi_cleanup(p->multi);
+}
+
+/* Once the loop has been told the call is over (step() returned true, or
+   cancel()), and it no longer watches the descriptor: the multi handle and
+   epoll descriptor go back to the client for its next pending call (the
+   set emptied: a socket left in it would wake that call for another's
+   bytes). Not before: a call can end inside start_case, before the loop
+   has seen its descriptor, and a loop that then watched a descriptor the
+   next call was given would watch it twice (libuv refuses: EEXIST). When
+   the client has enough, the handle goes and the descriptor stays until the
+   call is collected: a loop (cqueues) may still hold it registered, and a
+   descriptor closed under it fails the loop's next update (EBADF). A
+   descriptor handed on is never closed before the client is. */
+static void hand_back(pending_t *p) {
+    struct epoll_event ev;
+    drop_transfer(p);
+    if (p->multi == NULL) return;
+    memset(&ev, 0, sizeof ev);
+    while (p->nsocks > 0) epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->socks[--p->nsocks], &ev);
+    if (p->c->open && !p->dirty && transport_multi_give(&p->c->t, p->multi, p->epfd))
+        p->epfd = -1;                              /* (the owner's process) */
+    else
+        curl_multi_cleanup(p->multi);
     p->multi = NULL;
 }
 
@@ -152,7 +181,7 @@ static int step(lua_State *L, pending_t *p) {
             CURLMsg *msg;
             CURLcode code = CURLE_OK;
             int ended = 0;
-            n = epoll_wait(p->epfd, ev, 8, 0);
+            n = p->nsocks > 0 || p->dirty ? epoll_wait(p->epfd, ev, 8, 0) : 0;
             for (i = 0; i < n; i++)
                 curl_multi_socket_action(p->multi, ev[i].data.fd,
                                          (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
@@ -193,7 +222,7 @@ static pending_t *check_pending(lua_State *L, int idx) {
 /* Raises when this process or thread did not start it: its handles, and the
    connections they share, are not this one's to use. */
 static void check_owner(lua_State *L, pending_t *p) {
-    if (p->pid != (long)getpid())
+    if (p->pid != client_pid())
         luaL_error(L, "acquire: a pending call cannot be driven in a child process (started in %d)",
                    (int)p->pid);
     if (!pthread_equal(p->thread, pthread_self()))
@@ -201,7 +230,7 @@ static void check_owner(lua_State *L, pending_t *p) {
 }
 
 static void release(lua_State *L, pending_t *p) {
-    drop_transfer(p);
+    hand_back(p);
     if (p->epfd >= 0) close(p->epfd);
     p->epfd = -1;
     if (p->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, p->ref);
@@ -228,16 +257,17 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     lua_rawseti(L, -2, R_CLIENT);
     p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     p->c = c;
-    p->pid = (long)getpid();
+    p->pid = client_pid();
     p->thread = pthread_self();
     transport_dup(&p->t, &c->t, p);
-    p->epfd = epoll_create1(EPOLL_CLOEXEC);
-    p->multi = transport_multi_take(&c->t);          /* the client's, kept between calls */
+    p->multi = transport_multi_take(&c->t, &p->epfd);   /* the client's, kept between calls */
+    if (p->multi != NULL && p->epfd < 0) p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    p->shown = p->epfd;
     if (p->epfd < 0 || p->multi == NULL) {
         call_abandon(L, &p->call, (push_ref(L, p, R_VALS), -1));
         release(L, p);
         luaL_error(L, "acquire: cannot set up a pending call (%s)",
-                   p->epfd < 0 ? strerror(errno) : "curl_multi_init failed");
+                   p->multi == NULL ? "curl_multi_init failed" : strerror(errno));
     }
     curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
@@ -269,7 +299,7 @@ int pending_l_start_find(lua_State *L) { return start_l(L, 1); }
 
 static int l_pollfd(lua_State *L) {
     pending_t *p = check_pending(L, 1);
-    lua_pushinteger(L, p->epfd);
+    lua_pushinteger(L, p->shown);
     return 1;
 }
 
@@ -304,7 +334,12 @@ static int l_step(lua_State *L) {
     check_owner(L, p);
     client_check_open(L, (push_ref(L, p, R_CLIENT), -1));
     lua_pop(L, 1);
-    lua_pushboolean(L, step(L, p));
+    if (step(L, p)) {
+        hand_back(p);
+        lua_pushboolean(L, 1);
+    } else {
+        lua_pushboolean(L, 0);
+    }
     return 1;
 }
 
@@ -329,7 +364,10 @@ static int l_result(lua_State *L) {
    request bytes may have left. quiet: no log line (cancel() is asked for). */
 static void cancel(lua_State *L, pending_t *p, int collected) {
     int err, sent = 0;
-    if (p->state == S_DONE) return;
+    if (p->state == S_DONE) {                   /* (the loop is done with it too) */
+        hand_back(p);
+        return;
+    }
     if (p->state == S_SEND && p->t.easy && p->call.page < 0) {   /* its POST is on its way */
         acq_result_t r;
         transport_finish(&p->t, CURLE_ABORTED_BY_CALLBACK, &r);
@@ -357,7 +395,7 @@ static void cancel(lua_State *L, pending_t *p, int collected) {
     lua_pop(L, 1);
     p->state = S_DONE;
     p->nret = 2;
-    drop_transfer(p);
+    hand_back(p);
     if (collected && sent) {                   /* lua_pushfstring knows no %lld */
         char line[160];
         snprintf(line, sizeof line, "a pending call for contact %lld was collected unfinished "
@@ -377,7 +415,7 @@ static int l_cancel(lua_State *L) {
 static int l_gc(lua_State *L) {
     pending_t *p = (pending_t *)luaL_checkudata(L, 1, ACQ_MT_PENDING);
     if (p->ref == LUA_NOREF) return 0;
-    if (p->pid == (long)getpid()) {
+    if (p->pid == client_pid()) {
         push_ref(L, p, R_CLIENT);
         if (((acq_client_t *)lua_touserdata(L, -1))->open) cancel(L, p, 1);
         lua_pop(L, 1);

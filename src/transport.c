@@ -396,28 +396,36 @@ void transport_dup(acq_transport_t *dst, const acq_transport_t *src, void *priv)
    connections (their sockets already point at /dev/null): both go, and the
    template moves to a new share. */
 static void drop_idle(acq_transport_t *t) {
-    while (t->nidle > 0) curl_multi_cleanup(t->idle[--t->nidle]);
+    while (t->nidle > 0) {
+        t->nidle--;
+        curl_multi_cleanup(t->idle[t->nidle]);
+        if (t->idle_fd[t->nidle] >= 0) close(t->idle_fd[t->nidle]);
+    }
 }
 
-CURLM *transport_multi_take(acq_transport_t *owner) {
+CURLM *transport_multi_take(acq_transport_t *owner, int *fd) {
     CURLM *m;
-    if (owner->nidle > 0) return owner->idle[--owner->nidle];
+    if (owner->nidle > 0) {
+        owner->nidle--;
+        *fd = owner->idle_fd[owner->nidle];
+        return owner->idle[owner->nidle];
+    }
+    *fd = -1;
     m = curl_multi_init();
     if (m != NULL) curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
     return m;
 }
 
-void transport_multi_give(acq_transport_t *owner, CURLM *m) {
-    if (m == NULL) return;
-    if (owner->nidle == (int)(sizeof owner->idle / sizeof *owner->idle)) {
-        curl_multi_cleanup(m);
-        return;
-    }
+int transport_multi_give(acq_transport_t *owner, CURLM *m, int fd) {
+    if (m == NULL || owner->nidle == (int)(sizeof owner->idle / sizeof *owner->idle))
+        return 0;
+    owner->idle_fd[owner->nidle] = fd;
     curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, NULL);
     curl_multi_setopt(m, CURLMOPT_SOCKETDATA, NULL);
     curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, NULL);
     curl_multi_setopt(m, CURLMOPT_TIMERDATA, NULL);
     owner->idle[owner->nidle++] = m;
+    return 1;
 }
 
 int transport_renew(acq_transport_t *t) {

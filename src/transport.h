@@ -32,6 +32,7 @@ typedef struct acq_transport_t {
     CURLSH            *share;              /* connections, DNS, TLS sessions; owner only */
     CURLSH           **sharep;             /* the owner's share (renewed after fork()): every transfer's */
     CURLM             *idle[8];            /* owner: multi handles pending calls gave back */
+    int                idle_fd[8];         /* each one's descriptor (a pending call's epoll), or -1 */
     int                nidle;
     CURLM             *multi;              /* transport_perform's; owner only */
     void              *priv;               /* CURLOPT_PRIVATE of each transfer */
@@ -92,8 +93,11 @@ void  transport_close(acq_transport_t *t);
 /* A multi handle for a pending call: one the owner kept, or a new one
    (MAXCONNECTS set); NULL on ENOMEM. Given back with no transfer on it, it
    is kept for the next (its callbacks cleared), or cleaned up. */
-CURLM *transport_multi_take(acq_transport_t *owner);
-void  transport_multi_give(acq_transport_t *owner, CURLM *m);
+/* A multi handle kept between pending calls, with the descriptor that went
+   with it (*fd: -1 when none; the owner closes it with the handle). give:
+   1 when kept, 0 when the owner has enough (both stay the caller's). */
+CURLM *transport_multi_take(acq_transport_t *owner, int *fd);
+int   transport_multi_give(acq_transport_t *owner, CURLM *m, int fd);
 /* What the transfer saw, as the call engine reads it (o's strings are t's). */
 void  transport_observe(acq_transport_t *t, const acq_result_t *r, double now, double wall,
                         acq_obs_t *o);
@@ -122,6 +126,7 @@ typedef struct acq_client_t {
 acq_client_t *client_check_open(lua_State *L, int idx);
 /* After fork(): the connections belong to the parent; start afresh. */
 void  client_check_fork(lua_State *L, acq_client_t *c);
+long  client_pid(void);                      /* getpid(), cached until a fork() */
 /* Pushes the default client (configured, or from the environment). */
 acq_client_t *client_default(lua_State *L);
 /* The blocking driver of a call (call.c): pushes res (1) or nil, err (2).

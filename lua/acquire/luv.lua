@@ -6,8 +6,9 @@
 --
 -- Each call is a pending call (client:start_case, src/pending.c) driven by two handles of the
 -- loop: a poll handle on p:pollfd() for "r" and a timer for p:timeout(), each stepping it
--- (p:step() never blocks). libuv allows one active poll handle per descriptor: every pending
--- call has a descriptor of its own, so one poll handle per call never meets another.
+-- (p:step() never blocks). libuv allows one active poll handle per descriptor: no two running
+-- pending calls share one (a finished call's descriptor may serve the client's next call, and
+-- its poll handle is closed by then), so one poll handle per call never meets another.
 -- callback(res, err) is called once, with what client:create_case would return, after both
 -- handles are closed (closing): an error it raises is the loop's to report (luv prints
 -- "Uncaught Error" and exits; Neovim shows it) and leaves none of this call's handles open.
@@ -84,7 +85,12 @@ local function start(fname, method, client, id, arg, callback, loop)
     error(p, 3)
   end
   local self = setmetatable({ p = p, callback = callback }, Call)
-  self.poll = loop.new_poll(p:pollfd())
+  local poll, why = loop.new_poll(p:pollfd())
+  if not poll then
+    p:cancel()
+    error(("%s: cannot watch the call's descriptor %d (%s)"):format(fname, p:pollfd(), tostring(why)), 3)
+  end
+  self.poll = poll
   self.timer = loop.new_timer()
   self.on_timer = function() tick(self) end
   self.poll:start(p:events(), function() tick(self) end)
