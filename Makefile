@@ -128,18 +128,21 @@ SPEC_HELPERS  = check-exports check-layers $(TESTPOSIX) $(TESTRESOLVER) \
 # runs: the tags in CHECK_TAGS (#rock: the rock and make install specs;
 # #once: the journal's kill-and-rerun, 3 seeds of 500 items through the CLI),
 # and the chaos spec's 1,000 calls (make test runs TEST_CHAOS_CALLS of them).
-CHECK_TAGS           := rock,once
-TEST_CHAOS_CALLS     ?= 200
-TEST_CHAOS_NGX_CALLS ?= 100
+CHECK_TAGS               := rock,once
+TEST_CHAOS_CALLS         ?= 200
+TEST_CHAOS_NGX_CALLS     ?= 100
+TEST_CHAOS_HAPROXY_CALLS ?= 100
 test: deps
 	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
 	CHAOS_CALLS=$${CHAOS_CALLS:-$(TEST_CHAOS_CALLS)} CHAOS_NGX_CALLS=$${CHAOS_NGX_CALLS:-$(TEST_CHAOS_NGX_CALLS)} \
+	  CHAOS_HAPROXY_CALLS=$${CHAOS_HAPROXY_CALLS:-$(TEST_CHAOS_HAPROXY_CALLS)} \
 	  TEST_NAME="test (Lua $(LUA))" $(RUN_SPECS) \
 	  --exclude-tags=$(CHECK_TAGS)$(if $(filter 5.4,$(LUA)),,$(comma)ngx$(comma)haproxy$(comma)nvim) $(BUSTED_ARGS)
 
 # make check: the long proofs, on Lua 5.4: the #rock and #once specs, and the
 # chaos specs (#chaos) at full length: CHAOS_CALLS 1,000 (spec/11), 300
-# through nginx (spec/14; make test: 100). make test and make check together
+# through nginx (spec/14; make test: 100), 300 through haproxy (spec/35; make
+# test: 100). make test and make check together
 # run every spec. Only the files with such a tag are run (a describe's setup
 # runs even when its specs are filtered out).
 CHECK_FILES = $(shell grep -l -E '\#($(subst $(comma),|,$(CHECK_TAGS))|chaos)\b' spec/*_spec.lua)

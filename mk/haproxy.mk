@@ -2,7 +2,9 @@
 # Lua 5.3, so it loads an acquire.so built against 5.3's headers, kept apart from ./acquire.so.
 # Never linked with liblua: haproxy provides the symbols.
 #   make .tmp/lua5.3/acquire.so   that build
-#   make test-haproxy             spec/33-haproxy_spec.lua: a real haproxy against the local server
+#   make test-haproxy             spec/33-haproxy_spec.lua: a real haproxy against the local server;
+#                                 spec/35-chaos_haproxy_spec.lua: the chaos invariant through it
+#                                 (CHAOS_HAPROXY_CALLS, default 100 here)
 #   make demo-haproxy             examples/haproxy.cfg in a real haproxy on free ports, pointed at the
 #                                 local Acquire server: one case created through POST /cases and
 #                                 printed, haproxy stopped (scripts/demo-haproxy.sh)
@@ -17,7 +19,8 @@ HAPROXY_LUA_CFLAGS ?= -I/usr/include/lua5.3
 test-haproxy: deps
 	@./scripts/deps.sh -t test-haproxy $(HAPROXY_PKGS)
 	$(MAKE) --no-print-directory build .tmp/lua5.3/acquire.so
-	$(BUSTED) --tags=haproxy $(BUSTED_ARGS) spec/33-haproxy_spec.lua
+	CHAOS_HAPROXY_CALLS=$${CHAOS_HAPROXY_CALLS:-100} $(BUSTED) --tags=haproxy $(BUSTED_ARGS) \
+	  spec/33-haproxy_spec.lua spec/35-chaos_haproxy_spec.lua
 
 demo-haproxy:
 	@./scripts/deps.sh -t demo-haproxy $(DEPS_CC) python3 $(HAPROXY_PKGS)

@@ -43,7 +43,7 @@ export PYTHON
 # The slowest files, slowest first, as measured on a 2-core machine (a fresh
 # clone has no .tmp/spec-times yet).
 SLOW="18-install 05-rock 11-chaos 08-cli 07-ngx 22-journal 20-ngx_proxy 19-proxy 21-bulk 23-journal_lib 06-faults
-13-reliability 26-memsafety 16-reconcile 14-chaos_ngx 10-batch 04-client 17-readme 24-noproxy 15-server_cases 09-security"
+13-reliability 26-memsafety 16-reconcile 14-chaos_ngx 35-chaos_haproxy 10-batch 04-client 17-readme 24-noproxy 15-server_cases 09-security"
 
 args=() files=()
 for a in "$@"; do

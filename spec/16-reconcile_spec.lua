@@ -1,10 +1,14 @@
 -- Turning "maybe created" into an answer: find_cases reads the contact's cases back, and
--- reconcile = true looks the case up after a call that may have created it, on both
--- transports, never sending the POST again. The local Acquire server stores every case it
+-- reconcile = true looks the case up after a call that may have created it, on every
+-- transport (libcurl's blocking call, a pending call in a cqueues loop, acquire.ngx in nginx,
+-- acquire.haproxy in haproxy), never sending the POST again. The local Acquire server stores every case it
 -- creates (fault rules with create = true store it and then lose the answer).
 local acquire = require "acquire"
 local helper = require "spec.helper"
 local launcher = require "spec.nginx"
+local haproxy = require "spec.haproxy"
+local has_cq, cqueues = pcall(require, "cqueues")
+local aq_cq = has_cq and require "acquire.cqueues"
 
 local CONTACT = 597752
 local CREATE = helper.API_PATH
@@ -27,21 +31,49 @@ local function assert_reconciled(res, err, title)
   assert.is_number(tonumber(res.data.id))
 end
 
--- The same cases through both transports: call(srv, over, opts) -> res, err.
+-- The same cases through every transport: call(srv, over, opts, host) -> res, err (host: the
+-- nginx or haproxy that start(srv) launched for it, stopped in teardown).
+local function libcurl_client(srv, over)
+  local cfg = { base_url = srv.base_url, api_key = srv.key, timeout = 2, max_retries = 0, reconcile = 0 }
+  for k, v in pairs(over or {}) do cfg[k] = v end
+  return acquire.new(cfg)
+end
+
 local transports = {
   { name = "acquire.new", call = function(srv, over, opts)
-      local cfg = { base_url = srv.base_url, api_key = srv.key, timeout = 2, max_retries = 0,
-                    reconcile = 0 }
-      for k, v in pairs(over or {}) do cfg[k] = v end
-      local c = acquire.new(cfg)
+      local c = libcurl_client(srv, over)
       local res, err = c:create_case(CONTACT, opts)
       c:close()
       return res, err
     end },
-  { name = "acquire.ngx #ngx", call = function(_, over, opts, n)
+  -- a pending call (client:start_case) driven by a cqueues loop: reconcile's wait and lookup
+  -- are the loop's own waits
+  { name = "acquire.cqueues", missing = not has_cq and "lua-cqueues is not installed for this Lua",
+    call = function(srv, over, opts)
+      local c = libcurl_client(srv, over)
+      local cq, out = cqueues.new(), nil
+      cq:wrap(function() out = { aq_cq.create_case(c, CONTACT, opts) } end)
+      assert(cq:loop())
+      c:close()
+      return out[1], out[2]
+    end },
+  { name = "acquire.ngx #ngx", start = function(srv)
+      return launcher.start_cases { base_url = srv.base_url, key = srv.key }
+    end, stop = launcher.stop, call = function(_, over, opts, n)
       local config = { timeout = 2, max_retries = 0, reconcile = 0 }
       for k, v in pairs(over or {}) do config[k] = v end
       local doc = n:case{ contact = CONTACT, opts = opts, config = config }
+      assert(doc.raised == nil, doc.raised)
+      if doc.ok then return doc.res end
+      return nil, doc.err
+    end },
+  -- spec/haproxy.lua's service: one acquire.haproxy client a request, over core.tcp
+  { name = "acquire.haproxy #haproxy", start = function(srv)
+      return haproxy.start_cases { base_url = srv.base_url, key = srv.key }
+    end, stop = haproxy.stop, call = function(_, over, opts, h)
+      local config = { timeout = 2, max_retries = 0, reconcile = 0 }
+      for k, v in pairs(over or {}) do config[k] = v end
+      local doc = h:case { contact = CONTACT, opts = opts, config = config }
       assert(doc.raised == nil, doc.raised)
       if doc.ok then return doc.res end
       return nil, doc.err
@@ -100,10 +132,12 @@ for _, t in ipairs(transports) do
   describe("reconcile through " .. t.name, function()
     local srv = helper.server()
     local n
-    setup(function()
-      if t.name:find("ngx") then n = launcher.start_cases { base_url = srv.base_url, key = srv.key } end
-    end)
-    teardown(function() if n then launcher.stop(n) end end)
+    setup(function() if t.start then n = t.start(srv) end end)
+    teardown(function() if n then t.stop(n) end end)
+    if t.missing then
+      it("is skipped: " .. t.missing, function() pending(t.missing) end)
+      return
+    end
 
     local LOST = {                       -- the server created the case, the answer was lost
       reset = { action = "reset", create = true, times = 1 },

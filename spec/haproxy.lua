@@ -5,12 +5,16 @@
 --   local h = launcher.start_cases{ base_url =, key =, extra = "listen ... (more config)",
 --                                   ports = N }
 --   h.url, h.ports (h.port first: the service's; the others free for `extra`), h:case{ contact =,
---     opts =, config =, close =, logger =, find = } -> what the service answered, decoded;
+--     opts =, config =, close =, logger =, find =, shared = } -> what the service answered, decoded;
+--   h:cases{ q, ... } -> the answers to several such requests sent at once (one applet each: the
+--     way to run calls side by side, a service running one request at a time);
 --   h:log() (haproxy's stderr: its alerts and core.log lines); launcher.stop(h) (idempotent)
 --
--- The service (POST /case, JSON in and out) makes one acquire.haproxy client a request:
--- { ok, res } | { ok = false, err, text = tostring(err), mt } | { raised = message }, with
--- client = tostring(client) and lines = { { level, line }, ... } when logger is "collect".
+-- The service (POST /case, JSON in and out) makes one acquire.haproxy client a request (or, with
+-- shared = name, uses the one client kept under that name, made by the first request naming it,
+-- so its claims span requests): { ok, res } | { ok = false, err, text = tostring(err), mt } |
+-- { raised = message }, with client = tostring(client), elapsed = the call's seconds (core.now),
+-- and lines = { { level, line }, ... } when logger is "collect".
 -- haproxy runs Lua 5.3: start() builds .tmp/lua5.3/acquire.so first (make). Only 127.0.0.1.
 local helper = require "spec.helper"
 local cjson = require "cjson"
@@ -24,6 +28,8 @@ local slurp, alive = helper.slurp, helper.alive
 
 M.SERVICE = [[
 local cjson = require "cjson"
+local shared = {}                      -- name -> the client requests naming it share
+local function now() local t = core.now() return t.sec + t.usec / 1e6 end
 core.register_service("acquire_case", "http", function(applet)
   local raw = applet:receive()
   local q = raw and raw ~= "" and cjson.decode(raw) or {}
@@ -39,14 +45,17 @@ core.register_service("acquire_case", "http", function(applet)
       if q.logger == "raise" then error("this logger raises, key " .. tostring(config.api_key)) end
     end
   end
-  local out
+  local out, t0, t1
   local ok, raised = pcall(function()
-    local client = require("acquire.haproxy").new(config)
+    local client = q.shared and shared[q.shared] or require("acquire.haproxy").new(config)
+    if q.shared then shared[q.shared] = client end
     shown = tostring(client)
     if q.close then client:close() end
     local res, err
+    t0 = now()
     if q.find then res, err = client:find_cases(q.contact or 597752)
     else res, err = client:create_case(q.contact or 597752, opts) end
+    t1 = now()
     if res then
       out = { ok = true, res = res }
     else
@@ -56,8 +65,9 @@ core.register_service("acquire_case", "http", function(applet)
     end
   end)
   if not ok then out = { raised = tostring(raised) } end
-  out.client, out.lines = shown, lines
-  local body = cjson.encode(out)
+  out.client, out.lines, out.elapsed = shown, lines, t0 and (t1 or now()) - t0
+  local encoded, body = pcall(cjson.encode, out)
+  if not encoded then body = cjson.encode { raised = "encoding the answer: " .. tostring(body) } end
   applet:set_status(200)
   applet:add_header("content-type", "application/json")
   applet:add_header("content-length", tostring(#body))
@@ -123,6 +133,33 @@ function Haproxy:case(q, timeout)
   assert(code == 200 and ok, ("haproxy answered %s: %s\n%s"):format(tostring(code), out,
     self:log():sub(-3000)))
   return doc
+end
+
+-- Each q (a table or JSON text) POSTed to /case at once, each on its own connection, so each
+-- runs in its own applet: the answers, decoded, in order (a stuck service fails the spec in
+-- `timeout` s, and any answer that is not 200 and JSON fails it with haproxy's log).
+function Haproxy:cases(list, timeout)
+  local socks = {}
+  for i, q in ipairs(list) do
+    local body = type(q) == "string" and q or cjson.encode(q)
+    local s = socket.tcp()
+    s:settimeout(timeout or 15)
+    assert(s:connect("127.0.0.1", self.port))
+    assert(s:send(("POST /case HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+      .. "Content-Length: %d\r\nConnection: close\r\n\r\n%s"):format(#body, body)))
+    socks[i] = s
+  end
+  local docs = {}
+  for i, s in ipairs(socks) do
+    local text, e = s:receive("*a")
+    s:close()
+    local code, json = (text or ""):match("^HTTP/1%.%d (%d+).-\r\n\r\n(.*)$")
+    local ok, doc = pcall(cjson.decode, json or "")
+    assert(code == "200" and ok, ("haproxy answered request %d of %d with %s: %s\n%s"):format(i, #list,
+      tostring(code or e), tostring(text), self:log():sub(-3000)))
+    docs[i] = doc
+  end
+  return docs
 end
 
 local function launch(h, o)

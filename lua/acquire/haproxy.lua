@@ -119,13 +119,16 @@ local function clock()
 end
 
 -- The seconds left before deadline, set as sock's timeout for its next step (cap: at most
--- that): the time that step must end by; nil when less than 1 ms is left: it times out.
+-- that): the time that step must end by; nil, "timeout" when less than 1 ms is left; nil,
+-- "closed" when the peer has gone (HAProxy 2.6's settimeout raises "socket: not yet
+-- initialised, you can't set timeouts." on a socket whose connection was reset: a read after
+-- part of an answer came, say; the chaos spec, spec/35, found it).
 local function arm(sock, deadline, cap)
   local t = clock()
   local s = deadline - t
   if cap and cap < s then s = cap end
-  if s < 0.001 then return nil end
-  sock:settimeout(s)
+  if s < 0.001 then return nil, "timeout" end
+  if not pcall(sock.settimeout, sock, s) then return nil, "closed" end
   return t + s
 end
 
@@ -142,8 +145,8 @@ end
 -- exactly want bytes, or any to the close.
 local function reader(sock, deadline)
   return { buf = "", more = function(want, how)
-    local ends = arm(sock, deadline)
-    if not ends then return nil, "timeout" end
+    local ends, gone = arm(sock, deadline)
+    if not ends then return nil, gone end
     local data, e = sock:receive(how == "line" and "*l" or want)
     if not data then return nil, why(e, ends) end
     return how == "line" and data .. "\n" or data
@@ -173,7 +176,7 @@ local failed, io_failed = d.failed, d.io_failed
 -- true | nil, obs (nothing sent). A bad address raises in core.tcp: caught, a connect failure.
 local function open(st, sock, deadline)
   local ok, e
-  local ends = arm(sock, deadline, st.connect_timeout)
+  local ends, gone = arm(sock, deadline, st.connect_timeout)
   if ends then
     local called
     if st.via then
@@ -183,7 +186,7 @@ local function open(st, sock, deadline)
     end
     if not called then ok, e = nil, ok elseif not ok then e = why(e, ends) end
   else
-    e = "timeout"
+    e = gone
   end
   if ok then return true end
   sock:close()
@@ -200,9 +203,12 @@ function attempt(st, req)
   local sock = core.tcp()
   local ok, o = open(st, sock, deadline)
   if not ok then return o end
-  local ends = arm(sock, deadline)
+  local ends, gone = arm(sock, deadline)
   if not ends then
     sock:close()
+    if gone == "closed" then           -- reset before a byte was written: nothing can exist
+      return io_failed(st, "send", "connection closed", "sending the request to", false)
+    end
     return failed("send", format("timed out before sending (timeout %g s)", st.timeout), false, true)
   end
   local e
