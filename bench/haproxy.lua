@@ -99,12 +99,13 @@ frontend bench
 local port = h.ports[2]
 
 -- haproxy's CPU so far (its threads', user + sys), s.
-local TICK = 1 / 100
+local TICK
 do
   local p = io.popen("getconf CLK_TCK")
   TICK = 1 / (tonumber(p:read("*l")) or 100)
   p:close()
 end
+io.stderr:write(("bench: haproxy (pid %d) on 127.0.0.1:%d, against %s\n"):format(h.pid, port, url))
 local function haproxy_cpu()
   local f = assert(io.open("/proc/" .. h.pid .. "/stat"))
   local stat = f:read("*a")
