@@ -22,16 +22,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 note() { echo "bench: $*" >&2; }
 rec() { while read -r k v; do echo "$1$k $v" | tee -a "$out" >&2; done; }
 
-port=$(free_port); slow=$(free_port)
+port=$(free_port); slow=$(free_port); length=$(free_port)
 mkdir -p "$work/tmp" "$work/logs"
 cp spec/fixtures/api/create-case-response.json "$work/fixture.json"
-sed -e "s|@PREFIX@|$work|g; s|@PORT@|$port|g; s|@SLOW_PORT@|$slow|g; s|@FIXTURE@|$work/fixture.json|g" \
+sed -e "s|@PREFIX@|$work|g; s|@PORT@|$port|g; s|@SLOW_PORT@|$slow|g; s|@LENGTH_PORT@|$length|g; s|@FIXTURE@|$work/fixture.json|g" \
     bench/nginx.conf.in > "$work/nginx.conf"
 nginx -p "$work" -c "$work/nginx.conf" -e "$work/error.log" &
 nginx_pid=$!
 for _ in $(seq 1 200); do curl -s -o /dev/null -X POST "http://127.0.0.1:$port/" && break; sleep 0.05; done
 url="http://127.0.0.1:$port"
-note "nginx bench server on $url (and :$slow with 20 ms of ngx.sleep)"
+note "nginx bench server on $url (and :$slow with 20 ms of ngx.sleep, :$length with Content-Length)"
 
 # BENCH_BULK_ONLY=1: only the bulk rows (issue 21), spliced into BENCHMARKS.md's "Bulk imports"
 # section; BENCH_BULK_SIZES, BENCH_BULK_ROUNDS, BENCH_BULK_ROOT (another checkout: "before").
@@ -67,6 +67,23 @@ pending_rows() {
 if [ "${BENCH_PENDING_ONLY:-0}" = 1 ]; then
   pending_rows
   [ "$SMOKE" = 1 ] || { lua5.4 bench/report.lua "$out" pending BENCHMARKS.md; note "BENCHMARKS.md: event-loop rows"; }
+  exit 0
+fi
+
+# The HAProxy rows (issue 19, bench/haproxy.lua): a Lua service creating a case with acquire.haproxy
+# beside the same POST by hand over core.tcp, in a real haproxy (Lua 5.3), against the bench server's
+# Content-Length port (the hand-written reader reads no chunks), driven at concurrency
+# BENCH_HAPROXY_CONC for BENCH_HAPROXY_SECONDS a round, BENCH_HAPROXY_ROUNDS interleaved rounds.
+# BENCH_HAPROXY_ONLY=1: only these, spliced into BENCHMARKS.md's "Event loops" section.
+HAPROXY_ROUNDS=${BENCH_HAPROXY_ROUNDS:-$([ "$SMOKE" = 1 ] && echo 1 || echo 9)}
+HAPROXY_SECONDS=${BENCH_HAPROXY_SECONDS:-$([ "$SMOKE" = 1 ] && echo 1 || echo 4)}
+HAPROXY_CONC=${BENCH_HAPROXY_CONC:-16}
+haproxy_rows() {
+  lua5.4 bench/haproxy.lua "http://127.0.0.1:$length" "$HAPROXY_ROUNDS" "$HAPROXY_SECONDS" "$HAPROXY_CONC" | rec ""
+}
+if [ "${BENCH_HAPROXY_ONLY:-0}" = 1 ]; then
+  haproxy_rows
+  [ "$SMOKE" = 1 ] || { lua5.4 bench/report.lua "$out" haproxy BENCHMARKS.md; note "BENCHMARKS.md: HAProxy rows"; }
   exit 0
 fi
 
@@ -111,6 +128,7 @@ lua5.4 bench/bench.lua decode "$work/fixture.json" "$CALLS" | rec "dec_"
 lua5.4 bench/bench.lua batch "http://127.0.0.1:$slow" "$SWEEP" "$COLD" | rec ""
 bulk
 pending_rows
+haproxy_rows
 if [ "$SMOKE" != 1 ]; then
   lua5.4 bench/bench.lua rss "$url" | rec ""
   lua5.4 bench/report.lua "$out" > BENCHMARKS.md

@@ -153,6 +153,70 @@ local function bulk_section()
   return L
 end
 
+-- What the HAProxy rows show and where the cost goes: measured by hand (perf, strace), kept here.
+local HAPROXY_NOTE = {
+  "**What the ratio shows, and where the module's cost goes** (2026-12-03, by hand: `perf record -p` on haproxy",
+  "for 5 s of each way, `strace -c -f -p`, and the pieces timed alone on Lua 5.3, 5,000 times each). The two",
+  "ways make the same socket calls (per request a `socket`, an `fcntl`, a non-blocking `connect`, 2 `sendto`, 3",
+  "`recvfrom`, 2 `setsockopt`, 2 `epoll_ctl`, `shutdown`, `close`), so what separates them is haproxy's CPU",
+  "in Lua. haproxy's thread ran at about 0.6 of a core either way: this 2-core machine also runs nginx, the",
+  "load generator and other work, so requests/s move with the machine (the spread above) and CPU a request",
+  "is the steadier row. perf by library, module / raw, in µs a request (that run: 335 / 186, perf's overhead",
+  "in): the Lua interpreter 116 / 49, the kernel 93 / 65, libc (malloc, free, memmove) 64 / 31, haproxy",
+  "32 / 22, lua-cjson 26 / 20, acquire.so 4 / 0. Alone on Lua 5.3: `cjson.decode` of the 10.7 KB answer 58 µs;",
+  "the module's whole engine call 103 µs, of which `decode_response` 86 (the integer repair Debian's",
+  "lua-cjson needs on 5.3+, and the result's tables: +28 over `cjson.decode`) and the request's encoding,",
+  "checks and policy about 17; `acquire.http1`'s request bytes 6 µs: about 50 µs a request, the gap in the",
+  "table's medians (46). The perf run's larger gap (149 µs) adds `acquire.http1`'s reader (a line at a",
+  "time through a buffer, `core.now` and `settimeout` before every read, for the call's deadline) and the",
+  "collector, both magnified by perf.",
+  "What the hand-written way leaves out for it: a deadline, retries, `maybe_created`, the log lines, the",
+  "integer repair (it answers the id as a float).",
+}
+
+-- "### HAProxy" of "## Event loops" (issue 19): bench/haproxy.lua's rows. -> lines
+local function haproxy_section()
+  local L = {}
+  local function add(...) L[#L + 1] = table.concat({ ... }) end
+  local function q(key, fmt)                    -- median [min–max]
+    fmt = fmt or f1
+    local k = "haproxy_" .. key
+    return fmt(r[k .. "_p50"]) .. " [" .. fmt(r[k .. "_min"]) .. "–" .. fmt(r[k .. "_max"]) .. "]"
+  end
+  local function n0(x) return x and string.format("%.0f", x) or "n/a" end
+  add("### HAProxy")
+  add("")
+  add("`BENCH_HAPROXY_ONLY=1 bash bench/bench.sh` (`bench/haproxy.lua`, `bench/haproxy_service.lua`; part of")
+  add("`make bench`): a real haproxy (", sh("haproxy -v | head -1 | cut -d' ' -f1-3"), ", Lua 5.3, `nbthread 1`)")
+  add("with two Lua services, each creating one case a request against the bench server (its port that")
+  add("answers with a Content-Length) and answering the case's id: **module**, acquire.haproxy's")
+  add("`client:create_case` (one client for the process); **raw**, the same POST written by hand over")
+  add("`core.tcp` (status line, headers, the body by its Content-Length, `cjson.decode`). Before measuring,")
+  add("both send a request to a listener of the bench's, and their bytes must be equal (", f0(r.haproxy_request_bytes),
+    " bytes: the same")
+  add("headers, User-Agent included, the same JSON body, Content-Length, `Connection: keep-alive`). Both open")
+  add("one connection to the bench server a request and close it after the body: HAProxy 2.6's Lua sockets")
+  add("cannot outlive the stream that made them, so neither way can keep one alive. The load: ",
+    f0(r.haproxy_conc), " keep-alive")
+  add("connections to haproxy's frontend (cqueues, in the bench process), each a request after another, ",
+    f0(r.haproxy_seconds), " s a")
+  add("round, ", f0(r.haproxy_rounds), " interleaved rounds (module, raw, raw, module…) after a warm-up; median [min–max].")
+  add("CPU is haproxy's process (user + sys from `/proc/PID/stat`) a request; wall is the mean time a request")
+  add("took at the load generator (", f0(r.haproxy_conc), " × the round's wall / its requests). Ratios: each round's raw / module.")
+  add("")
+  add("| service | requests/s | haproxy CPU µs a request | wall ms a request |")
+  add("|---|---:|---:|---:|")
+  add("| module: `acquire.haproxy` `create_case` | ", q("module_rps", n0), " | ", q("module_cpu_us"), " | ",
+    q("module_ms", f2), " |")
+  add("| raw: the same POST by hand over `core.tcp` | ", q("raw_rps", n0), " | ", q("raw_cpu_us"), " | ",
+    q("raw_ms", f2), " |")
+  add("| raw / module | ", q("ratio_rps", f2), " | ", q("ratio_cpu", f2), " | |")
+  add("")
+  for _, l in ipairs(HAPROXY_NOTE) do add(l) end
+  add("")
+  return L
+end
+
 -- "## Event loops" (issue 19): bench/pending.lua's rows. -> lines
 local function pending_section()
   local L = {}
@@ -231,6 +295,9 @@ local function pending_section()
   add("Before ea82279 every pending call also opened its own connection (`curl_easy_duphandle` drops the share),")
   add("held until the call was collected: 1,000 calls at 64 ran out of the client's 128 sockets (EMFILE).")
   add("")
+  if r.haproxy_rounds then
+    for _, l in ipairs(haproxy_section()) do add(l) end
+  end
   return L
 end
 
@@ -252,8 +319,45 @@ local function splice(target_path, title, lines, before)
   f:close()
 end
 
+-- The text of target's subsection "### title" of "## section" (to its next heading), or nil.
+local function subsection(text, section, title)
+  local from = text:find("\n## " .. section .. "\n", 1, true)
+  local to = from and (text:find("\n## ", from + 1, true) or #text + 1)
+  local at = from and text:find("\n### " .. title .. "\n", from, true)
+  if not at or at > to then return nil, from, to end
+  local stop = text:find("\n##", at + 1, true) or #text + 1
+  return text:sub(at + 1, stop), from, to, at, stop
+end
+
 if what == "pending" then                -- splice the section into target (BENCHMARKS.md)
-  splice(target, "Event loops", pending_section(), "Targets")
+  local lines = pending_section()
+  local f = assert(io.open(target))
+  local kept = not r.haproxy_rounds and subsection(f:read("*a"), "Event loops", "HAProxy")
+  f:close()
+  if kept then                             -- the HAProxy rows of an earlier run stay
+    for l in kept:gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+  end
+  splice(target, "Event loops", lines, "Targets")
+  return
+end
+
+if what == "haproxy" then                -- splice "### HAProxy" into target's "## Event loops"
+  local f = assert(io.open(target))
+  local text = f:read("*a")
+  f:close()
+  local sub = table.concat(haproxy_section(), "\n") .. "\n"
+  local old, from, to, at, stop = subsection(text, "Event loops", "HAProxy")
+  if old then
+    text = text:sub(1, at) .. sub .. text:sub(stop + 1)
+  elseif from then                         -- at the end of the section
+    text = text:sub(1, to) .. sub .. text:sub(to + 1)
+  else
+    splice(target, "Event loops", { "## Event loops", "", sub }, "Targets")
+    return
+  end
+  f = assert(io.open(target, "w"))
+  f:write(text)
+  f:close()
   return
 end
 

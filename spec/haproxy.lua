@@ -3,7 +3,7 @@
 --
 --   local launcher = require "spec.haproxy"
 --   local h = launcher.start_cases{ base_url =, key =, extra = "listen ... (more config)",
---                                   ports = N }
+--                                   ports = N, global = "nbthread 1 (more global lines)" }
 --   h.url, h.ports (h.port first: the service's; the others free for `extra`), h:case{ contact =,
 --     opts =, config =, close =, logger =, find =, shared = } -> what the service answered, decoded;
 --   h:cases{ q, ... } -> the answers to several such requests sent at once (one applet each: the
@@ -77,14 +77,16 @@ end)
 ]]
 
 -- A whole config: Lua 5.3's acquire.so and lua/?.lua first on the paths, lua_file loaded, the
--- service behind POST /case on h.port; extra appended (more listeners).
-function M.config(h, lua_file, extra)
+-- service behind POST /case on h.port; global added to the global section (before lua-load),
+-- extra appended (more listeners).
+function M.config(h, lua_file, extra, global)
   return ([[
 global
   lua-prepend-path %s/lua/?.lua
   lua-prepend-path %s/.tmp/lua5.3/?.so cpath
-  lua-load %s
   setenv ACQUIRE_BASE_URL %s
+  %s
+  lua-load %s
 defaults
   mode http
   timeout connect 5s
@@ -94,7 +96,7 @@ frontend cases
   bind 127.0.0.1:%d
   http-request use-service lua.acquire_case
 %s
-]]):format(ROOT, ROOT, lua_file, h.base_url, h.port, extra or "")
+]]):format(ROOT, ROOT, h.base_url, global or "", lua_file, h.port, extra or "")
 end
 
 function M.stop(h)
@@ -172,7 +174,7 @@ local function launch(h, o)
   f:close()
   local extra = type(o.extra) == "function" and o.extra(h) or o.extra
   f = assert(io.open(h.prefix .. "/haproxy.cfg", "w"))
-  f:write(M.config(h, lua_file, extra))
+  f:write(M.config(h, lua_file, extra, o.global))
   f:close()
   local p = assert(io.popen(("ACQUIRE_API_KEY=%s /usr/sbin/haproxy -f %s/haproxy.cfg -db </dev/null >%s/stderr 2>&1 & echo $!")
     :format(helper.shell_quote(o.key), h.prefix, h.prefix)))
@@ -194,7 +196,7 @@ end
 
 -- haproxy with the service: o.base_url (the service's default), o.key (its ACQUIRE_API_KEY),
 -- o.extra (config text, or function(h) -> text, appended), o.ports (how many free ports),
--- o.service (another Lua file's text). Stopped before the error propagates on any failure.
+-- o.service (another Lua file's text), o.global (lines for the global section, before lua-load). Stopped before the error propagates on any failure.
 function M.start_cases(o)
   local h = setmetatable({ prefix = helper.tmpdir(), ports = {}, base_url = o.base_url }, Haproxy)
   local taken = {}
