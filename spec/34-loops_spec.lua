@@ -480,6 +480,31 @@ describe("in an event loop", function()
       c:close()
     end)
 
+    it("cancel() from another coroutine wakes the one waiting on the call at once (here: a "
+       .. "Retry-After of 3 s)", function()
+      local srv = servers[1]
+      srv:fault{ action = "status", status = 503, times = 1, headers = { ["Retry-After"] = "3" } }
+      local c = srv:client(CLIENT)
+      local p = c:start_case(CONTACT, { title = "woken" })
+      local cq, took, got = cqueues.new()
+      cq:wrap(function()
+        local t0 = now()
+        while not p:step() do cqueues.poll(p) end
+        took, got = now() - t0, { p:result() }
+      end)
+      cq:wrap(function()
+        while #srv:requests() < 1 do cqueues.sleep(0.02) end
+        cqueues.sleep(0.1)                                -- the other is asleep on the wait by now
+        p:cancel()
+      end)
+      assert(cq:loop())
+      assert(took < 1.5, ("the waiting coroutine woke %.2f s after it began, not at the cancel"):format(took))
+      assert.is_nil(got[1])
+      assert.equal("cancelled", got[2].kind)
+      assert.equal(1, posts(srv))
+      c:close()
+    end)
+
     -- the process's open descriptors now
     local function fds()
       local f = io.popen("ls /proc/" .. helper.testposix().getpid() .. "/fd")

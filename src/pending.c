@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 #include "transport.h"
 
@@ -32,6 +33,7 @@ typedef struct pending_t {
     curl_socket_t   socks[4];        /* in the epoll set now */
     int             nsocks;
     int             dirty;           /* more than socks could say: the set is not handed on */
+    int             wake;            /* an eventfd in the set, readable: cancel()'s, or -1 */
     int             state;           /* S_SEND (a transfer on multi), S_WAIT, S_DONE */
     int             attached;        /* t.easy is on multi */
     double          wake_at;         /* S_WAIT: monotonic */
@@ -113,8 +115,13 @@ static void drop_transfer(pending_t *p) {
 static void hand_back(pending_t *p) {
     struct epoll_event ev;
     drop_transfer(p);
-    if (p->multi == NULL) return;
     memset(&ev, 0, sizeof ev);
+    if (p->wake >= 0) {
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->wake, &ev);
+        close(p->wake);
+        p->wake = -1;
+    }
+    if (p->multi == NULL) return;
     while (p->nsocks > 0) epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->socks[--p->nsocks], &ev);
     if (p->c->open && !p->dirty && transport_multi_give(&p->c->t, p->multi, p->epfd))
         p->epfd = -1;                              /* (the owner's process) */
@@ -229,6 +236,24 @@ static void check_owner(lua_State *L, pending_t *p) {
         luaL_error(L, "acquire: a pending call can only be driven by the thread that started it");
 }
 
+/* cancel() from elsewhere (another coroutine, a callback) while a loop
+   waits on the call's descriptor: made readable, so that the loop wakes and
+   its step() returns true at once, not at the call's next timer. */
+static void wake(pending_t *p) {
+    struct epoll_event ev;
+    drop_transfer(p);
+    if (p->epfd < 0 || p->wake >= 0) return;
+    p->wake = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->wake < 0) return;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.fd = p->wake;
+    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->wake, &ev) != 0) {
+        close(p->wake);
+        p->wake = -1;
+    }
+}
+
 static void release(lua_State *L, pending_t *p) {
     hand_back(p);
     if (p->epfd >= 0) close(p->epfd);
@@ -244,7 +269,7 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     pending_t *p = (pending_t *)acq_newuserdata(L, sizeof *p);
     int ud = lua_gettop(L);
     memset(p, 0, sizeof *p);
-    p->epfd = -1;
+    p->epfd = p->wake = -1;
     p->ref = LUA_NOREF;
     p->timer_at = -1;
     acq_setmetatable(L, ACQ_MT_PENDING);
@@ -395,7 +420,8 @@ static void cancel(lua_State *L, pending_t *p, int collected) {
     lua_pop(L, 1);
     p->state = S_DONE;
     p->nret = 2;
-    hand_back(p);
+    if (collected) hand_back(p);
+    else wake(p);
     if (collected && sent) {                   /* lua_pushfstring knows no %lld */
         char line[160];
         snprintf(line, sizeof line, "a pending call for contact %lld was collected unfinished "
