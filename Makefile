@@ -117,7 +117,7 @@ $(TESTRESOLVER): spec/support/testresolver.c
 
 # The spec runner: each spec file its own busted, TEST_JOBS at a time, the
 # longest first; prints each file's summary line and a total (scripts/test.sh).
-TEST_JOBS    ?= 4
+TEST_JOBS    ?= 6
 RUN_SPECS     = BUSTED='$(BUSTED)' LUA_BIN=$(LUA_BIN) TEST_JOBS=$(TEST_JOBS) PYTHON='$(PYTHON)' ./scripts/test.sh
 # What the specs use, built before they run in parallel (the nginx specs'
 # LuaJIT build with the 5.4 suite, which runs them).
@@ -158,13 +158,15 @@ else
 endif
 
 # make test on every Lua, TEST_ALL_JOBS (2) passes at a time, each pass file
-# by file in parallel; 5.4 here and first (the longest: it alone runs the
+# by file, TEST_ALL_FILE_JOBS (4) at a time (make test alone: TEST_JOBS, 6); 5.4 here and first (the longest: it alone runs the
 # nginx specs, which load the LuaJIT build in nginx, whatever Lua runs busted),
 # every other Lua in its own copy of the tree, .tmp/test-all/LUA/ (acquire.so
 # is per Lua). scripts/test-all.sh says more.
 TEST_ALL_JOBS ?= 2
+TEST_ALL_FILE_JOBS ?= 4
 test-all:
-	@MAKE='$(MAKE)' TEST_ALL_JOBS=$(TEST_ALL_JOBS) ./scripts/test-all.sh 5.4 $(filter-out 5.4,$(ALL_LUAS))
+	@MAKE='$(MAKE)' TEST_ALL_JOBS=$(TEST_ALL_JOBS) TEST_JOBS=$(TEST_ALL_FILE_JOBS) \
+	  ./scripts/test-all.sh 5.4 $(filter-out 5.4,$(ALL_LUAS))
 
 demo:
 	@./scripts/deps.sh -t demo $(DEPS_DEMO)

@@ -10,7 +10,7 @@
 # (e.g. --exclude-tags=rock,once, or -t ngx). Environment:
 #   BUSTED       the busted command (default: lua5.4 /usr/bin/busted); its words
 #                are split on spaces, so `valgrind ... lua5.4 /usr/bin/busted` works
-#   TEST_JOBS    files run at once (default 4: most specs wait on local servers)
+#   TEST_JOBS    files run at once (default 6: most specs wait on local servers)
 #   TEST_LIMIT   seconds a file may take before it is killed (default 900)
 #   TEST_NAME    what the total line calls this run (default: test)
 #   PYTHON       the specs' servers' python3 (default /usr/bin/python3, Debian's: a shim
@@ -31,7 +31,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 read -r -a busted_cmd <<< "${BUSTED:-lua5.4 /usr/bin/busted}"
-jobs_max=${TEST_JOBS:-4}
+jobs_max=${TEST_JOBS:-6}
 limit=${TEST_LIMIT:-900}
 name=${TEST_NAME:-test}
 if [ -z "${PYTHON:-}" ]; then

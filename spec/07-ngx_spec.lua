@@ -273,7 +273,7 @@ describe("acquire.ngx in nginx #ngx", function()
     assert.is_true(call({ config = u }).ok)
     u.insecure = nil                 -- that unverified connection is pooled: it must not serve this
     doc = call { config = u }
-    assert.same({ false, "tls" }, { doc.ok, doc.err and doc.err.kind })
+    assert.same({ false, "tls" }, { doc.ok, doc.err and doc.err.kind }, cjson.encode(doc))
     assert.equal(1, untrusted:stats().requests)
   end)
 

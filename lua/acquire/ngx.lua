@@ -217,6 +217,16 @@ local function tunnel(st, sock, deadline)
   return nil, failed("proxy", format("bad answer to CONNECT (%s)", tostring(e)))
 end
 
+-- sock:sslhandshake, whose lua-resty-core (Debian's; fixed upstream in its PR 500) raises
+-- "assertion failed!" when a handshake that ended at once failed (a certificate nginx does
+-- not trust, on loopback): that is a failed handshake like any other, not a raise.
+local function handshake(sock, st)
+  local okp, ok, e = pcall(sock.sslhandshake, sock, nil, st.name, st.verify)
+  if okp then return ok, e end
+  return nil, "the handshake ended at once with an error lua-resty-core could not read ("
+    .. tostring(ok):gsub("^.-([^/]+:%d+: )", "%1") .. ")"
+end
+
 -- A connection ready for the request: from the pool as it was left, or new: connected (to
 -- the proxy, when there is one), tunnelled through it (an https target), TLS verified end to
 -- end with the target. true | nil, obs (sock closed, nothing sent)
@@ -247,7 +257,7 @@ local function open(st, sock, deadline)
       return nil, e
     end
   end
-  if not arm(sock, deadline) then e = "timeout" else ok, e = sock:sslhandshake(nil, st.name, st.verify) end
+  if not arm(sock, deadline) then e = "timeout" else ok, e = handshake(sock, st) end
   if ok then return true end
   sock:close()
   if e == "timeout" then
