@@ -119,6 +119,9 @@ $(TESTRESOLVER): spec/support/testresolver.c
 # longest first; prints each file's summary line and a total (scripts/test.sh).
 TEST_JOBS    ?= 6
 RUN_SPECS     = BUSTED='$(BUSTED)' LUA_BIN=$(LUA_BIN) TEST_JOBS=$(TEST_JOBS) PYTHON='$(PYTHON)' ./scripts/test.sh
+# The builds before a run go BUILD_JOBS at a time (each build of the module is
+# one compiler run writing its own file).
+BUILD_JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 # What the specs use, built before they run in parallel (the nginx specs'
 # LuaJIT build with the 5.4 suite, which runs them).
 SPEC_HELPERS  = check-exports check-layers $(TESTPOSIX) $(TESTRESOLVER) \
@@ -133,7 +136,7 @@ TEST_CHAOS_CALLS         ?= 200
 TEST_CHAOS_NGX_CALLS     ?= 100
 TEST_CHAOS_HAPROXY_CALLS ?= 100
 test: deps
-	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
+	@$(MAKE) --no-print-directory -j$(BUILD_JOBS) build $(SPEC_HELPERS)
 	CHAOS_CALLS=$${CHAOS_CALLS:-$(TEST_CHAOS_CALLS)} CHAOS_NGX_CALLS=$${CHAOS_NGX_CALLS:-$(TEST_CHAOS_NGX_CALLS)} \
 	  CHAOS_HAPROXY_CALLS=$${CHAOS_HAPROXY_CALLS:-$(TEST_CHAOS_HAPROXY_CALLS)} \
 	  TEST_NAME="test (Lua $(LUA))" $(RUN_SPECS) \
@@ -152,7 +155,7 @@ ifneq ($(LUA),5.4)
 else
 	@./scripts/deps.sh -t check $(DEPS_TEST) luarocks \
 	  $(foreach v,5.1 5.2 5.3,lua$(v) $(if $(filter 5.1,$(v)),liblua5.1-0-dev,liblua$(v)-dev))
-	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
+	@$(MAKE) --no-print-directory -j$(BUILD_JOBS) build $(SPEC_HELPERS)
 	CHAOS_CALLS=$${CHAOS_CALLS:-1000} TEST_NAME=check $(RUN_SPECS) --tags=$(CHECK_TAGS),chaos \
 	  $(or $(filter %_spec.lua,$(BUSTED_ARGS)),$(CHECK_FILES)) $(filter-out %_spec.lua,$(BUSTED_ARGS))
 endif
@@ -180,7 +183,7 @@ MEMCHECK_CHAOS_CALLS ?= 400
 MEMCHECK_JOBS        ?= 2
 memcheck: deps
 	@./scripts/deps.sh -t memcheck valgrind
-	@$(MAKE) --no-print-directory build $(SPEC_HELPERS)
+	@$(MAKE) --no-print-directory -j$(BUILD_JOBS) build $(SPEC_HELPERS)
 	CHAOS_CALLS=$(MEMCHECK_CHAOS_CALLS) CHAOS_SLACK=15 TEST_NAME=memcheck TEST_JOBS=$(MEMCHECK_JOBS) \
 	  BUSTED='valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect $(BUSTED)' \
 	  LUA_BIN=$(LUA_BIN) ./scripts/test.sh $(BUSTED_ARGS) --exclude-tags=rock,ngx,haproxy,nvim,once
