@@ -61,6 +61,7 @@ void client_check_fork(lua_State *L, acq_client_t *c) {
 static void release(lua_State *L, acq_client_t *c) {
     c->open = 0;
     if (c->pid != client_pid()) transport_disown(&c->sockets);   /* a child closing */
+    if (c->release_pending) c->release_pending(L, c);   /* cancelled: their transfers use the share */
     if (c->release_batch) c->release_batch(c);   /* its handles use c->t's header list */
     transport_close(&c->t);
     engine_free(L, &c->e);

@@ -42,7 +42,12 @@ typedef struct pending_t {
     int             nret;            /* S_DONE: 1 (res) or 2 (nil, err) */
     long            pid;
     pthread_t       thread;
+    struct pending_t *next, *prev;   /* in c->pending while its transfer is open */
+    int             linked;
 } pending_t;
+
+enum { BY_ASKING, BY_COLLECTION, BY_CLOSE };     /* how a call is cancelled */
+static void release_all(lua_State *L, acq_client_t *c);
 
 enum { R_VALS = 1, R_CLIENT, R_RES, R_ERR };
 
@@ -99,6 +104,13 @@ static void detach(pending_t *p) {
 static void drop_transfer(pending_t *p) {
     detach(p);
     transport_close(&p->t);
+    if (p->linked) {                            /* off the client's list */
+        if (p->prev) p->prev->next = p->next;
+        else p->c->pending = p->next;
+        if (p->next) p->next->prev = p->prev;
+        p->next = p->prev = NULL;
+        p->linked = 0;
+    }
 }
 
 /* Once the loop has been told the call is over (step() returned true, or
@@ -298,6 +310,11 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
+    p->next = (pending_t *)c->pending;                    /* the client's to end on close */
+    if (p->next) p->next->prev = p;
+    c->pending = p;
+    p->linked = 1;
+    c->release_pending = release_all;
     advance(L, p, NULL);                                  /* SEND: the transfer added */
     step(L, p);                                           /* its first moves */
     lua_settop(L, ud);
@@ -386,8 +403,9 @@ static int l_result(lua_State *L) {
 }
 
 /* Ends it unfinished: nil, err { kind = "cancelled" }, maybe_created when
-   request bytes may have left. quiet: no log line (cancel() is asked for). */
-static void cancel(lua_State *L, pending_t *p, int collected) {
+   request bytes may have left; a warn line when it may have created a case
+   and nobody asked (collected, or its client closed). */
+static void cancel(lua_State *L, pending_t *p, int by) {
     int err, sent = 0;
     if (p->state == S_DONE) {                   /* (the loop is done with it too) */
         hand_back(p);
@@ -420,21 +438,34 @@ static void cancel(lua_State *L, pending_t *p, int collected) {
     lua_pop(L, 1);
     p->state = S_DONE;
     p->nret = 2;
-    if (collected) hand_back(p);
+    if (by == BY_COLLECTION) hand_back(p);
     else wake(p);
-    if (collected && sent) {                   /* lua_pushfstring knows no %lld */
-        char line[160];
-        snprintf(line, sizeof line, "a pending call for contact %lld was collected unfinished "
-                 "after its request was sent: its case may exist", p->call.id);
+    if (by != BY_ASKING && sent) {             /* lua_pushfstring knows no %lld */
+        char line[200];
+        snprintf(line, sizeof line, "a pending call for contact %lld was %s after its request "
+                 "was sent: its case may exist", p->call.id,
+                 by == BY_COLLECTION ? "collected unfinished" : "cancelled by client:close()");
         lua_pushstring(L, line);
         client_log_line(L, p->c, "warn");
+    }
+}
+
+/* client:close() (or its collection) under unfinished pending calls: each is
+   cancelled, its transfer closed before the client's share, which frees
+   nothing while a transfer still uses it. A loop waiting on one wakes; its
+   step() then raises "client is closed", its result() is the cancel's. */
+static void release_all(lua_State *L, acq_client_t *c) {
+    while (c->pending != NULL) {
+        pending_t *p = (pending_t *)c->pending;
+        cancel(L, p, BY_CLOSE);
+        if (c->pending == p) drop_transfer(p);   /* (not linked again: never twice) */
     }
 }
 
 static int l_cancel(lua_State *L) {
     pending_t *p = check_pending(L, 1);
     check_owner(L, p);
-    cancel(L, p, 0);
+    cancel(L, p, BY_ASKING);
     return 0;
 }
 
@@ -443,7 +474,7 @@ static int l_gc(lua_State *L) {
     if (p->ref == LUA_NOREF) return 0;
     if (p->pid == client_pid()) {
         push_ref(L, p, R_CLIENT);
-        if (((acq_client_t *)lua_touserdata(L, -1))->open) cancel(L, p, 1);
+        if (((acq_client_t *)lua_touserdata(L, -1))->open) cancel(L, p, BY_COLLECTION);
         lua_pop(L, 1);
         release(L, p);
     } else {                                  /* a child's copy: nothing of it is ours */

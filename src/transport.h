@@ -115,6 +115,9 @@ typedef struct acq_client_t {
     acq_batch_t *batch;               /* create_cases: made on first use */
     void    (*release_batch)(struct acq_client_t *c);   /* batch.c's, set with batch: client.c
                                          lets it go without depending on batch.c */
+    void     *pending;                /* its unfinished pending calls (pending.c's list) */
+    void    (*release_pending)(lua_State *L, struct acq_client_t *c);   /* pending.c's: close
+                                         ends them, as release_batch ends a batch */
     int       busy;                   /* create_cases is running (on_progress) */
     void     *run;                    /* its state (batch.c), while it runs */
     int       run_ref;                /* that state, kept alive in the registry */

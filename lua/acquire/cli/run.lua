@@ -175,33 +175,32 @@ end
 
 -- The result of item `it` (fields for out.result_line), counted.
 function Batch:result(it, res, err, recorded)
-  local count = self.count
-  local r = { [self.key] = it.n, contactId = it.contact }
+  local r, bucket = { [self.key] = it.n, contactId = it.contact }, nil
   if recorded == "created" then
-    count.before = count.before + 1
+    bucket = "before"
     local data = type(res.data) == "table" and res.data or {}
     r.ok, r.id, r.case_status, r.journal = true, data.id, data.status, "created"
   elseif recorded then
-    count.uncertain = count.uncertain + 1
+    bucket = "uncertain"
     r.ok, r.kind, r.maybe_created, r.journal = false, "uncertain", true, recorded
     r.error = "not sent: the journal says it may have been created (" .. (err.recorded or "sent, no outcome "
       .. "recorded") .. "); check in Acquire, or send it again with --resend-uncertain"
     out.say_error(("%s: %s %d (contact %s): may have been created (journal: %s): not sent again; check it in Acquire")
       :format(PROG, self.key, it.n, it.contact, recorded))
   elseif res then
-    count.created = count.created + 1
+    bucket = "created"
     local data = type(res.data) == "table" and res.data or {}
     r.ok, r.id, r.case_status, r.reconciled = true, data.id, data.status, res.reconciled
   elseif err.kind == "stopped" then
-    if err.maybe_created then count.maybe = count.maybe + 1 else count.unsent = count.unsent + 1 end
+    bucket = err.maybe_created and "maybe" or "unsent"
     r.ok, r.kind, r.error, r.maybe_created = false, "stopped", err.message, err.maybe_created
   else
-    if err.maybe_created then count.maybe = count.maybe + 1 else count.failed = count.failed + 1 end
+    bucket = err.maybe_created and "maybe" or "failed"
     r.ok, r.kind, r.http_status, r.type = false, err.kind, err.status, err.type
     r.error, r.maybe_created, r.reconcile = tostring(err), err.maybe_created, err.reconcile
     self.code = math.max(self.code, out.exit_code_for(err))
   end
-  return r
+  return r, bucket
 end
 
 -- One result line, written when the item's outcome is known (so not in input order).
@@ -219,12 +218,15 @@ function Batch:emit_now(i, res, err, recorded, contact)
     return
   end
   if not it.contact then it.contact = contact or self:check(it) end
-  local line = out.result_line(self:result(it, res, err, recorded))
+  local r, bucket = self:result(it, res, err, recorded)
+  local line, count = out.result_line(r), self.count
+  -- counted and decided (a stop writes it) in adjacent stores: under LuaJIT, whose Ctrl-C can
+  -- land even here, the window is one instruction; then written: cleared first, so that a
+  -- Ctrl-C during the write (whose hook runs as it returns) does not write it twice
+  count[bucket] = count[bucket] + 1
+  meta[i] = line
   self.done = self.done + 1
   if not res and not recorded then self.errors = self.errors + 1 end
-  -- the line is decided (a stop writes it), then written: cleared first, so that a Ctrl-C
-  -- during the write (whose hook runs as it returns) does not write it twice
-  meta[i] = line
   meta[i] = nil
   io.stdout:write(line)
   if not recorded then io.stdout:flush() end     -- an outcome: now; the journal's: buffered
