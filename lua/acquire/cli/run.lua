@@ -175,7 +175,7 @@ end
 
 -- The result of item `it` (fields for out.result_line), counted.
 function Batch:result(it, res, err, recorded)
-  local r, bucket = { [self.key] = it.n, contactId = it.contact }, nil
+  local r, bucket = { [self.key] = it.n, contactId = it.contact }
   if recorded == "created" then
     bucket = "before"
     local data = type(res.data) == "table" and res.data or {}
