@@ -276,6 +276,7 @@ describe("in an event loop", function()
 
     it("in a create_cases hook (a C call between it and the loop): a clear raise, or the yield's own", function()
       local srv = servers[1]
+      srv:fault{ action = "delay", seconds = 0.2 }        -- the inner call must wait: it cannot end at once
       local lines = {}
       local c = srv:client{ reconcile = 0, logger = function(level, line) lines[#lines + 1] = level .. ": " .. line end }
       local cq = cqueues.new()
