@@ -13,6 +13,8 @@
 #   TEST_JOBS    files run at once (default 6: most specs wait on local servers)
 #   TEST_LIMIT   seconds a file may take before it is killed (default 900)
 #   TEST_NAME    what the total line calls this run (default: test)
+#   TEST_RETRY_IF  a grep -E pattern: a file that fails with it in its output (a failure of
+#                the tool running the specs, not of a spec) runs once more, and says so
 #   PYTHON       the specs' servers' python3 (default /usr/bin/python3, Debian's: a shim
 #                first on PATH, pyenv's, costs about 1 s of CPU per server started)
 #
@@ -109,6 +111,7 @@ finish() {   # $1: a spec file whose process has ended
   total_s=$((total_s + s)) total_f=$((total_f + fl)) total_e=$((total_e + e)) total_p=$((total_p + p))
   nfiles=$((nfiles + 1))
   echo "$line  $f (${wall} s)"
+  [ -f "$out/$key.first" ] && echo "  ($f ran twice: its first run ended with \"$(cat "$out/$key.first")\")"
   if [ "$rc" != 0 ]; then
     failed+=("$f")
     # indented: a sum of the summary lines (.ci/run's) counts the file once
@@ -140,7 +143,14 @@ for f in $order; do
   while [ "$running" -ge "$jobs_max" ]; do reap; done
   key=$(echo "$f" | tr '/' '_')
   ( timeout -s KILL "$limit" "${busted_cmd[@]}" "${args[@]}" "$f" > "$out/$key.out" 2>&1 < /dev/null 3>&-
-    echo $? > "$out/$key.rc"
+    rc=$?
+    # a failure of the tool's own (TEST_RETRY_IF), not of the spec: the file once more
+    if [ "$rc" != 0 ] && [ -n "${TEST_RETRY_IF:-}" ] && grep -qE "$TEST_RETRY_IF" "$out/$key.out"; then
+      grep -E -m1 "$TEST_RETRY_IF" "$out/$key.out" > "$out/$key.first"
+      timeout -s KILL "$limit" "${busted_cmd[@]}" "${args[@]}" "$f" > "$out/$key.out" 2>&1 < /dev/null 3>&-
+      rc=$?
+    fi
+    echo $rc > "$out/$key.rc"
     echo "$f" >&3 ) &
   pid_file[$f]=$!
   file_start[$f]=$(date +%s.%N)
