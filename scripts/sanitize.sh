@@ -57,8 +57,9 @@ io.stderr:write("sanitize: the specs load ", so, " (ASan + UBSan, leak detection
 # Each spec file its own busted, SANITIZE_JOBS at a time (scripts/test.sh).
 # LeakSanitizer's own tracer, which stops every thread at exit to look for leaks, now and then
 # crashes on this machine ("Tracer caught signal 11 ... LeakSanitizer has encountered a fatal
-# error", 3 files in 3 CI runs, never twice running, never on a file run alone): no leak report,
-# no finding, so such a file runs once more (a leak it reports still fails it).
+# error": about one file in a run of 34, a different one each time, in this session's runs with and
+# without its changes): no leak report, no finding, so such a file runs again, twice at most (a
+# leak it reports still fails it).
 BUSTED="lua5.4 /usr/bin/busted --cpath=$dir/?.so" TEST_NAME=sanitize TEST_JOBS=${SANITIZE_JOBS:-2} \
   TEST_RETRY_IF="LeakSanitizer has encountered a fatal error" \
   TEST_SKIP="spec/29-docs_spec.lua" \
