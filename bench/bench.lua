@@ -18,7 +18,7 @@ local BODY = '{"title":"Refund","message":{"type":"message","message":"I\'m reop
   .. '"translateLangKey":""}}'
 local PATH = "/api/v1/crm/messenger/chat/create?contactId=597752"
 
-local function out(k, v) io.write(k, " ", string.format("%.3f", v), "\n") end
+local out = require("bench.stats").out
 local function read(path) local f = assert(io.open(path, "rb")); local s = f:read("*a"); f:close(); return s end
 local function rss_kib()
   local f = assert(io.open("/proc/self/statm"))
@@ -105,12 +105,7 @@ elseif mode == "batch" then
     for i = 1, 200 do if not results[i].res then error(tostring(results[i].err)) end end
     return wall, used
   end
-  local function quantile(xs, q)             -- linear between closest ranks
-    table.sort(xs)
-    local h = (#xs - 1) * q + 1
-    local lo = math.floor(h)
-    return xs[lo] + (h - lo) * ((xs[lo + 1] or xs[lo]) - xs[lo])
-  end
+  local quantile = require("bench.stats").quantile
   local warm = acquire.new{ base_url = a1, api_key = KEY }
   local function warm_batch(conc) return warm:create_cases(items, { concurrency = conc }) end
   local function cold_batch()               -- a new client: its setup, connections, first batch

@@ -23,20 +23,8 @@ local KEY = "test-key"
 local ID = "2071"                                  -- the fixture's case id: each answer's body
 local now = cqueues.monotime
 
-local function out(k, v) io.write(k, " ", string.format("%.3f", v), "\n") end
-local function quantile(xs, q)                     -- linear between closest ranks
-  local s = {}
-  for i, x in ipairs(xs) do s[i] = x end
-  table.sort(s)
-  local h = (#s - 1) * q + 1
-  local lo = math.floor(h)
-  return s[lo] + (h - lo) * ((s[lo + 1] or s[lo]) - s[lo])
-end
-local function summary(key, xs)
-  for _, p in ipairs{ { "p50", 0.5 }, { "p25", 0.25 }, { "p75", 0.75 }, { "min", 0 }, { "max", 1 } } do
-    out(key .. "_" .. p[1], quantile(xs, p[2]))
-  end
-end
+local stats = require "bench.stats"
+local out, summary = stats.out, stats.summary
 
 -- One HTTP/1.1 response's status and body off a cqueues socket (binary mode).
 local function read_response(s)

@@ -21,22 +21,8 @@ local KEY = "test-key"
 local CONTACT = 597752
 local OPTS = { title = "Refund", message = "I'm reopening the closed case" }
 
-local function out(k, v) io.write(k, " ", string.format("%.3f", v), "\n") end
-local function quantile(xs, q)               -- linear between closest ranks
-  local s = {}
-  for i, x in ipairs(xs) do s[i] = x end
-  table.sort(s)
-  local h = (#s - 1) * q + 1
-  local lo = math.floor(h)
-  return s[lo] + (h - lo) * ((s[lo + 1] or s[lo]) - s[lo])
-end
-local function summary(key, xs)
-  out(key .. "_p50", quantile(xs, 0.5))
-  out(key .. "_p25", quantile(xs, 0.25))
-  out(key .. "_p75", quantile(xs, 0.75))
-  out(key .. "_min", quantile(xs, 0))
-  out(key .. "_max", quantile(xs, 1))
-end
+local stats = require "bench.stats"
+local out, summary = stats.out, stats.summary
 local function check(res, err)
   if not res or res.data.id ~= 2071 then error("bad result: " .. tostring(err)) end
 end
