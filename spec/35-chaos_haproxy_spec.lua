@@ -115,19 +115,8 @@ describe("chaos through acquire.haproxy #haproxy #chaos", function()
       for k, v in pairs(cfg) do rcfg[k] = v end
       rcfg.reconcile = 0
     end)
-    -- the create's timeout, the wait, the lookup's own timeout (every page, retries included)
-    local function bound() return rcfg.timeout + rcfg.reconcile + rcfg.timeout + chaos.SLACK end
-    local function check(calls, pinned)
-      local log = chaos.log(srv)
-      local by, line = chaos.outcomes(calls, log)
-      if os.getenv("CHAOS_VERBOSE") then io.stderr:write("\n", chaos.tally(log), "\n", line, "\n") end
-      local ok, why = chaos.check(calls, log, SEED, nil, { reconcile = true })
-      assert(ok, why)
-      if not pinned then
-        assert(by.reconciled > 0, ("no call was reconciled: the spec proved nothing (seed %d): %s"):format(SEED, line))
-      end
-      return log, by
-    end
+    local function bound() return chaos.reconcile_bound(rcfg) end
+    local function check(calls, pinned) return chaos.check_reconciled(srv, calls, SEED, pinned) end
 
     it("a processed request succeeds or says maybe_created; a reconciled success is the case "
        .. "the server created (seed " .. SEED .. ")", function()
@@ -179,28 +168,8 @@ describe("chaos through acquire.haproxy #haproxy #chaos", function()
       assert(ok, why)
     end)
 
-    it("created, then reset right after the answer's headers: res.reconciled, the server's case", function()
-      chaos.reset(srv)
-      chaos.force(srv, { { answer = "ok", delivery = "trunc_rst", cut = "headers", count = 3 } })
-      local calls = run(h, rcfg, "chaos-haproxy-pin", 1, bound())
-      local log = check(calls, true)
-      assert.equal(1, #log)
-      assert(calls[1].res, ("not reconciled: %s (seed %d)"):format(tostring(calls[1].err), SEED))
-      assert.is_true(calls[1].res.reconciled)
-      assert.equal(log[1].case_id, calls[1].res.data.id)
-      assert.equal(1, #log.reads)
-    end)
-
-    it("created, reset, the read answered 500: reconcile = \"lookup failed\"", function()
-      chaos.reset(srv)
-      chaos.force(srv, { { answer = "ok", delivery = "rst_now", count = 3 } })
-      chaos.config(srv, { read_force = { "s500" } })
-      local calls = run(h, rcfg, "chaos-haproxy-pin-lf", 1, bound())
-      local log = check(calls, true)
-      assert.equal(1, #log)
-      assert.is_true(calls[1].err.maybe_created)
-      assert.equal("lookup failed", calls[1].err.reconcile)
-      assert.equal(500, calls[1].err.lookup.status)
+    chaos.pinned_lookups(it, function() return srv end, SEED, function(name)
+      return run(h, rcfg, "chaos-haproxy-" .. name, 1, bound())
     end)
   end)
 

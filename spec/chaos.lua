@@ -631,6 +631,52 @@ function chaos.dump(path, calls, log)
   f:close()
 end
 
+-- A host's chaos spec with config.reconcile = 0 (spec/14, spec/35). A call's bound there: the
+-- create's timeout, the wait, the lookup's own timeout (every page, retries included).
+function chaos.reconcile_bound(rcfg) return rcfg.timeout + rcfg.reconcile + rcfg.timeout + chaos.SLACK end
+
+-- The invariant with reconcile, on srv's log; unless pinned, at least one call reconciled (else
+-- the run proved nothing). -> log, by (chaos.outcomes)
+function chaos.check_reconciled(srv, calls, seed, pinned)
+  local log = chaos.log(srv)
+  local by, line = chaos.outcomes(calls, log)
+  if os.getenv("CHAOS_VERBOSE") then io.stderr:write("\n", chaos.tally(log), "\n", line, "\n") end
+  local ok, why = chaos.check(calls, log, seed, nil, { reconcile = true })
+  assert(ok, why)
+  if not pinned then
+    assert(by.reconciled > 0, ("no call was reconciled: the spec proved nothing (seed %d): %s"):format(seed, line))
+  end
+  return log, by
+end
+
+-- The two pinned lookups of a host's reconcile = 0 run, declared with the spec's own `it`:
+-- srv() the server, one(name) one call through the host (its marker named by name) -> calls.
+function chaos.pinned_lookups(it, srv, seed, one)
+  it("created, then reset right after the answer's headers: res.reconciled, the server's case", function()
+    chaos.reset(srv())
+    chaos.force(srv(), { { answer = "ok", delivery = "trunc_rst", cut = "headers", count = 3 } })
+    local calls = one("pin")
+    local log = chaos.check_reconciled(srv(), calls, seed, true)
+    assert.equal(1, #log)
+    assert(calls[1].res, ("not reconciled: %s (seed %d)"):format(tostring(calls[1].err), seed))
+    assert.is_true(calls[1].res.reconciled)
+    assert.equal(log[1].case_id, calls[1].res.data.id)
+    assert.equal(1, #log.reads)
+  end)
+
+  it("created, reset, the read answered 500: reconcile = \"lookup failed\"", function()
+    chaos.reset(srv())
+    chaos.force(srv(), { { answer = "ok", delivery = "rst_now", count = 3 } })
+    chaos.config(srv(), { read_force = { "s500" } })
+    local calls = one("pin-lf")
+    local log = chaos.check_reconciled(srv(), calls, seed, true)
+    assert.equal(1, #log)
+    assert.is_true(calls[1].err.maybe_created)
+    assert.equal("lookup failed", calls[1].err.reconcile)
+    assert.equal(500, calls[1].err.lookup.status)
+  end)
+end
+
 -- How the lookups came out: { reconciled = n, ["not found"] = n, ... } and a line.
 function chaos.outcomes(calls, log)
   local by = { reconciled = 0, ["not found"] = 0, ambiguous = 0, ["lookup failed"] = 0 }
