@@ -652,16 +652,17 @@ end
 -- The two pinned lookups of a host's reconcile = 0 run, declared with the spec's own `it`:
 -- srv() the server, one(name) one call through the host (its marker named by name) -> calls.
 function chaos.pinned_lookups(it, srv, seed, one)
+  local expect = require "luassert"
   it("created, then reset right after the answer's headers: res.reconciled, the server's case", function()
     chaos.reset(srv())
     chaos.force(srv(), { { answer = "ok", delivery = "trunc_rst", cut = "headers", count = 3 } })
     local calls = one("pin")
     local log = chaos.check_reconciled(srv(), calls, seed, true)
-    assert.equal(1, #log)
+    expect.equal(1, #log)
     assert(calls[1].res, ("not reconciled: %s (seed %d)"):format(tostring(calls[1].err), seed))
-    assert.is_true(calls[1].res.reconciled)
-    assert.equal(log[1].case_id, calls[1].res.data.id)
-    assert.equal(1, #log.reads)
+    expect.is_true(calls[1].res.reconciled)
+    expect.equal(log[1].case_id, calls[1].res.data.id)
+    expect.equal(1, #log.reads)
   end)
 
   it("created, reset, the read answered 500: reconcile = \"lookup failed\"", function()
@@ -670,10 +671,10 @@ function chaos.pinned_lookups(it, srv, seed, one)
     chaos.config(srv(), { read_force = { "s500" } })
     local calls = one("pin-lf")
     local log = chaos.check_reconciled(srv(), calls, seed, true)
-    assert.equal(1, #log)
-    assert.is_true(calls[1].err.maybe_created)
-    assert.equal("lookup failed", calls[1].err.reconcile)
-    assert.equal(500, calls[1].err.lookup.status)
+    expect.equal(1, #log)
+    expect.is_true(calls[1].err.maybe_created)
+    expect.equal("lookup failed", calls[1].err.reconcile)
+    expect.equal(500, calls[1].err.lookup.status)
   end)
 end
 
