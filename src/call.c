@@ -551,3 +551,29 @@ void call_abandon(lua_State *L, acq_call_t *call, int vals) {
     call->phase = P_DONE;
 }
 
+void call_cancel(lua_State *L, acq_call_t *call, int vals, int sent, int why, acq_step_t *s) {
+    int err, maybe = sent && call->page < 0;  /* its POST on its way (a lookup's GET creates nothing) */
+    vals = acq_absindex(L, vals);
+    memset(s, 0, sizeof *s);
+    lua_rawgeti(L, vals, V_ERR);               /* reconcile's: an earlier attempt may have created it */
+    if (!call->find && lua_istable(L, -1)) {
+        lua_getfield(L, -1, "maybe_created");
+        maybe = maybe || lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    call_abandon(L, call, vals);
+    if (why != ACQ_CANCEL_ASKED && maybe) {    /* lua_pushfstring knows no %lld */
+        char line[200];
+        snprintf(line, sizeof line, "a pending call for contact %lld was %s after its request "
+                 "was sent: its case may exist", call->id,
+                 why == ACQ_CANCEL_COLLECTED ? "collected unfinished" : "cancelled by client:close()");
+        lua_pushstring(L, line);
+        queue_line(L, vals, "warn", s, call->e);
+    }
+    err = error_new(L, "cancelled");
+    lua_pushliteral(L, "the call was cancelled before it finished");
+    lua_setfield(L, err, "message");
+    error_setbool(L, err, "maybe_created", maybe);
+}
+

@@ -134,6 +134,13 @@ void  call_drain(lua_State *L, int vals, void (*fn)(lua_State *L, void *ud, cons
 void  call_push_err(lua_State *L, int vals);
 /* A call left unfinished (its driver stopped): out of the in-flight set. */
 void  call_abandon(lua_State *L, acq_call_t *call, int vals);
+/* Who ended a call unfinished: its user, its collection, its client's close. */
+enum { ACQ_CANCEL_ASKED, ACQ_CANCEL_COLLECTED, ACQ_CANCEL_CLOSED };
+/* A call its driver ends unfinished (sent: the transfer on its way may have
+   let request bytes leave): abandoned; pushes err { kind = "cancelled",
+   maybe_created }, and queues a warn line in vals (s->lines) when it may
+   have created a case and nobody asked. */
+void  call_cancel(lua_State *L, acq_call_t *call, int vals, int sent, int why, acq_step_t *s);
 /* engine.c: the Lua face (acquire.engine, call:next) */
 void  engine_open(lua_State *L);
 int   engine_l_new(lua_State *L);

@@ -126,7 +126,7 @@ void client_check_reentry(lua_State *L, acq_client_t *c) {
 /* One line (on top, popped) at level: to the logger, under pcall, or to
    stderr. A logger that raises loses nothing: that line and its error go
    to stderr, and the call goes on. */
-void client_log_line(lua_State *L, acq_client_t *c, const char *level) {
+static void client_log_line(lua_State *L, acq_client_t *c, const char *level) {
     int line = lua_gettop(L);
     luaL_checkstack(L, 8, "acquire: the log");
     if (c->logger != LUA_NOREF) {

@@ -46,7 +46,6 @@ typedef struct pending_t {
     int             linked;
 } pending_t;
 
-enum { BY_ASKING, BY_COLLECTION, BY_CLOSE };     /* how a call is cancelled */
 static void release_all(lua_State *L, acq_client_t *c);
 
 enum { R_VALS = 1, R_CLIENT, R_RES, R_ERR };
@@ -402,52 +401,36 @@ static int l_result(lua_State *L) {
     return p->nret;
 }
 
-/* Ends it unfinished: nil, err { kind = "cancelled" }, maybe_created when
-   request bytes may have left; a warn line when it may have created a case
-   and nobody asked (collected, or its client closed). */
+/* Ends it unfinished: nil, err { kind = "cancelled" } and the log line
+   the engine words (call_cancel). */
 static void cancel(lua_State *L, pending_t *p, int by) {
-    int err, sent = 0;
+    int vals, sent = 0;
+    acq_step_t s;
     if (p->state == S_DONE) {                   /* (the loop is done with it too) */
         hand_back(p);
         return;
     }
-    if (p->state == S_SEND && p->t.easy && p->call.page < 0) {   /* its POST is on its way */
+    if (p->state == S_SEND && p->t.easy) {      /* a transfer on its way */
         acq_result_t r;
         transport_finish(&p->t, CURLE_ABORTED_BY_CALLBACK, &r);
         sent = r.maybe_sent;
     }
     detach(p);
     push_ref(L, p, R_VALS);
-    call_push_err(L, lua_gettop(L));           /* reconcile's: an earlier attempt may have created it */
-    if (!p->call.find && lua_istable(L, -1)) {
-        lua_getfield(L, -1, "maybe_created");
-        sent = sent || lua_toboolean(L, -1);
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-    call_abandon(L, &p->call, -1);
-    lua_pop(L, 1);
+    vals = lua_gettop(L);
+    call_cancel(L, &p->call, vals, sent, by, &s);  /* pushes err */
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
     lua_pushnil(L);
     lua_rawseti(L, -2, R_RES);
-    err = error_new(L, "cancelled");
-    lua_pushliteral(L, "the call was cancelled before it finished");
-    lua_setfield(L, err, "message");
-    error_setbool(L, err, "maybe_created", sent);
+    lua_insert(L, -2);
     lua_rawseti(L, -2, R_ERR);
     lua_pop(L, 1);
     p->state = S_DONE;
     p->nret = 2;
-    if (by == BY_COLLECTION) hand_back(p);
+    if (by == ACQ_CANCEL_COLLECTED) hand_back(p);
     else wake(p);
-    if (by != BY_ASKING && sent) {             /* lua_pushfstring knows no %lld */
-        char line[200];
-        snprintf(line, sizeof line, "a pending call for contact %lld was %s after its request "
-                 "was sent: its case may exist", p->call.id,
-                 by == BY_COLLECTION ? "collected unfinished" : "cancelled by client:close()");
-        lua_pushstring(L, line);
-        client_log_line(L, p->c, "warn");
-    }
+    if (s.lines) client_write_lines(L, p->c, vals);
+    lua_settop(L, vals - 1);
 }
 
 /* client:close() (or its collection) under unfinished pending calls: each is
@@ -457,7 +440,7 @@ static void cancel(lua_State *L, pending_t *p, int by) {
 static void release_all(lua_State *L, acq_client_t *c) {
     while (c->pending != NULL) {
         pending_t *p = (pending_t *)c->pending;
-        cancel(L, p, BY_CLOSE);
+        cancel(L, p, ACQ_CANCEL_CLOSED);
         if (c->pending == p) drop_transfer(p);   /* (not linked again: never twice) */
     }
 }
@@ -465,7 +448,7 @@ static void release_all(lua_State *L, acq_client_t *c) {
 static int l_cancel(lua_State *L) {
     pending_t *p = check_pending(L, 1);
     check_owner(L, p);
-    cancel(L, p, BY_ASKING);
+    cancel(L, p, ACQ_CANCEL_ASKED);
     return 0;
 }
 
@@ -474,7 +457,7 @@ static int l_gc(lua_State *L) {
     if (p->ref == LUA_NOREF) return 0;
     if (p->pid == client_pid()) {
         push_ref(L, p, R_CLIENT);
-        if (((acq_client_t *)lua_touserdata(L, -1))->open) cancel(L, p, BY_COLLECTION);
+        if (((acq_client_t *)lua_touserdata(L, -1))->open) cancel(L, p, ACQ_CANCEL_COLLECTED);
         lua_pop(L, 1);
         release(L, p);
     } else {                                  /* a child's copy: nothing of it is ours */

@@ -139,8 +139,6 @@ int   client_drive(lua_State *L, acq_client_t *c, acq_call_t *call, int vals,
 /* The engine's log lines waiting in vals, to the logger or stderr. */
 void  client_write_lines(lua_State *L, acq_client_t *c, int vals);
 void  client_observe_wait(acq_obs_t *o);          /* the clocks, after a wait */
-/* One line (on top, popped) at level: to the logger (under pcall) or stderr. */
-void  client_log_line(lua_State *L, acq_client_t *c, const char *level);
 double client_clock(void);                         /* the wall clock */
 double client_monotonic(void);
 /* Raises when c's own logger is running (it must not use its client). */
