@@ -562,6 +562,30 @@ describe("in an event loop", function()
       end
     end)
 
+    it("its client's logger, which runs inside a step, cannot step or cancel it: a clear raise, "
+       .. "and the call goes on to its answer", function()
+      local srv = servers[1]
+      local p
+      local raised = {}
+      local c = srv:client{ reconcile = 0, debug = true, logger = function()
+        if not p then return end                          -- (start_case's own first line)
+        for _, m in ipairs{ "step", "cancel" } do
+          local ok, e = pcall(p[m], p)
+          raised[#raised + 1] = not ok and e or ("no raise from " .. m)
+        end
+      end }
+      p = c:start_case(CONTACT, { title = "logged" })
+      local cq = cqueues.new()
+      cq:wrap(function() while not p:step() do cqueues.poll(p) end end)
+      assert(cq:loop())
+      assert(#raised >= 2)
+      for _, e in ipairs(raised) do helper.contains(e, "a client cannot be used from its own logger") end
+      local res = assert(p:result())
+      assert.equal("logged", res.data.title)
+      assert.equal(1, posts(srv))
+      c:close()
+    end)
+
     -- the process's open descriptors now
     local function fds()
       local f = io.popen("ls /proc/" .. helper.testposix().getpid() .. "/fd")

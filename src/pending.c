@@ -370,10 +370,12 @@ static int l_timeout(lua_State *L) {
     return 1;
 }
 
+/* step() and cancel() from the client's own logger (which runs inside a
+   step) raise: the call is in the middle of that step. */
 static int l_step(lua_State *L) {
     pending_t *p = check_pending(L, 1);
     check_owner(L, p);
-    client_check_open(L, (push_ref(L, p, R_CLIENT), -1));
+    client_check_reentry(L, client_check_open(L, (push_ref(L, p, R_CLIENT), -1)));
     lua_pop(L, 1);
     if (step(L, p)) {
         hand_back(p);
@@ -448,6 +450,7 @@ static void release_all(lua_State *L, acq_client_t *c) {
 static int l_cancel(lua_State *L) {
     pending_t *p = check_pending(L, 1);
     check_owner(L, p);
+    client_check_reentry(L, p->c);
     cancel(L, p, ACQ_CANCEL_ASKED);
     return 0;
 }
