@@ -1,12 +1,13 @@
 -- make bench, the event-loop rows (issue 19). Each mode prints "key value" lines.
 --   pending.lua tput URL CALLS ROUNDS CONCS
---       CALLS calls at each concurrency of CONCS ("16,64"): pending calls (client:start_case)
---       in a cqueues loop, CONC coroutines sharing the CALLS, beside create_cases of the same
+--       CALLS calls at each concurrency of CONCS ("16,64"): pending calls (client:start_case,
+--       driven by acquire.cqueues.create_case: `repeat cqueues.poll(p) until p:step()`) in a
+--       cqueues loop, CONC coroutines sharing the CALLS, beside create_cases of the same
 --       CALLS items at the same concurrency; one client each, warmed; ROUNDS interleaved rounds
 --       (which goes first alternates): calls/s and CPU ms (this process's, libcurl's included)
 --   pending.lua single URL CALLS ROUNDS
 --       one call at a time: a start_case driven to the end in a cqueues loop
---       (`while not p:step() do cqueues.poll(p) end`) beside client:create_case; ROUNDS
+--       (acquire.cqueues.create_case) beside client:create_case; ROUNDS
 --       interleaved rounds of CALLS calls each way: CPU and wall µs a call
 --   pending.lua cpu URL CALLS
 --       (a child of "old") create_case after a warm-up: CPU and wall µs a call
@@ -14,6 +15,7 @@
 --       ROUNDS rounds, each a child process of "cpu" with NEWDIR's acquire.so and one with
 --       OLDDIR's (which goes first alternates): create_case CPU and wall µs a call
 -- Every summary is "<key>_p50", "<key>_min", "<key>_max" (and _p25, _p75) over the rounds.
+package.path = "./lua/?.lua;" .. package.path          -- acquire.cqueues, from this tree
 local socket = require "socket"
 local now = socket.gettime
 local mode, url, a2, a3, a4, a5 = ...
@@ -37,6 +39,7 @@ end
 if mode == "tput" then
   local acquire = require "acquire"
   local cqueues = require "cqueues"
+  local aq = require "acquire.cqueues"
   local calls, rounds = tonumber(a2), tonumber(a3)
   local concs = {}
   for c in tostring(a4 or "16,64"):gmatch("%d+") do concs[#concs + 1] = tonumber(c) end
@@ -50,9 +53,7 @@ if mode == "tput" then
       cq:wrap(function()
         while left > 0 do
           left = left - 1
-          local p = client:start_case(CONTACT, OPTS)
-          while not p:step() do cqueues.poll(p) end
-          check(p:result())
+          check(aq.create_case(client, CONTACT, OPTS))
         end
       end)
     end
@@ -88,15 +89,14 @@ if mode == "tput" then
 elseif mode == "single" then
   local acquire = require "acquire"
   local cqueues = require "cqueues"
+  local aq = require "acquire.cqueues"
   local calls, rounds = tonumber(a2), tonumber(a3)
   local client = acquire.new{ base_url = url, api_key = KEY }
   local cq = cqueues.new()
   local function pending()
     cq:wrap(function()
       for _ = 1, calls do
-        local p = client:start_case(CONTACT, OPTS)
-        while not p:step() do cqueues.poll(p) end
-        check(p:result())
+          check(aq.create_case(client, CONTACT, OPTS))
       end
     end)
     assert(cq:loop())

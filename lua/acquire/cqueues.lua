@@ -4,7 +4,7 @@
 --   cq:wrap(function() local res, err = aq.create_case(client, 597752, { title = "Refund" }) end)
 --
 -- Each call is a pending call (client:start_case, src/pending.c) that this coroutine polls
--- until it is done: `while not p:step() do cqueues.poll(p) end` (cqueues polls any object
+-- until it is done: `repeat cqueues.poll(p) until p:step()` (cqueues polls any object
 -- with pollfd, events and timeout), so its sends, retries, Retry-After waits and reconcile's
 -- wait are the loop's own waits. Returns exactly what client:create_case returns. Many
 -- coroutines may share one client: each pending call has its own descriptor.
@@ -48,8 +48,10 @@ local function start(fname, method, client, id, arg)
   return p
 end
 
+-- Polls first: a call just started has sent nothing yet (its timeout is 0), so the loop runs
+-- the other ready coroutines before this one's request leaves, and requests go out together.
 local function wait(p)
-  while not p:step() do poll(p) end
+  repeat poll(p) until p:step()
   return p:result()
 end
 
