@@ -49,6 +49,7 @@ build = {
             "src/config.c",
             "src/engine.c",
             "src/error.c",
+            "src/group.c",
             "src/journal.c",
             "src/jrecord.c",
             "src/json.c",

@@ -20,13 +20,14 @@
  *   src/client.c     acquire.Client: the blocking driver of the engine
  *   src/batch.c      create_cases: many at once on a curl multi handle
  *   src/pending.c    start_case: a pending call, pollable (pollfd, events, timeout, step)
+ *   src/group.c      client:group(): many pending calls on one multi handle and descriptor
  *   src/buffer.c     C-owned byte buffers
  *   src/journal.c    the journal's file: exclusive create, lock, whole appends
  *   src/jrecord.c    the journal's records (formatted, parsed) and digests
  *   src/jsync.c      the journal's syncs and its flushing thread
  *   src/compat.h     Lua 5.1-5.4 / LuaJIT differences
  */
-#include "src/transport.h"
+#include "src/pending.h"
 #include "src/journal.h"
 
 #if defined(__GNUC__)
@@ -68,6 +69,7 @@ static const luaL_Reg client_methods[] = {
     { "find_cases", client_l_find_cases },
     { "start_case", pending_l_start_case },
     { "start_find", pending_l_start_find },
+    { "group", group_l_new },
     { "close", client_l_close },
     { NULL, NULL }
 };
@@ -108,6 +110,7 @@ ACQ_EXPORT int luaopen_acquire(lua_State *L) {
     client_open(L);
     engine_open(L);
     pending_open(L);
+    group_open(L);
     response_open(L);
     journal_open(L);
     lua_createtable(L, 0, 10);

@@ -47,6 +47,9 @@ local function public_names()
   local p = client:start_case(1, {})              -- a pending call's methods (port 9: nothing listens)
   for _, k in ipairs(sorted_keys(debug.getmetatable(p).__index)) do add("p:" .. k, "a pending call's method " .. k) end
   p:cancel()
+  local g = client:group()                        -- a group's methods
+  for _, k in ipairs(sorted_keys(debug.getmetatable(g).__index)) do add("g:" .. k, "a group's method " .. k) end
+  g:close()
   client:close()
   -- the loop drivers, from their sources (each needs its loop's library to load)
   for _, m in ipairs({ "cqueues", "luv" }) do

@@ -103,6 +103,16 @@ local function run_luv(calls)
   return out, now() - t0, ticks
 end
 
+-- What fn raises when run as a coroutine of a cqueues controller (no pcall between it and the
+-- loop: on 5.1 a pcall is a C boundary no yield crosses, and acquire.cqueues yields there).
+local function loop_raises(fn)
+  local cq = cqueues.new()
+  cq:wrap(fn)
+  local ok, err = cq:loop()
+  assert(not ok, "it did not raise")
+  return tostring(err)
+end
+
 local DRIVERS = { { name = "acquire.cqueues", run = run_cqueues }, { name = "acquire.luv", run = run_luv } }
 
 -- Every handle the default luv loop still has, as "type" strings (closing ones left out).
@@ -210,9 +220,7 @@ describe("in an event loop", function()
         c:close()
         local msg
         if d.name == "acquire.cqueues" then
-          local cq = cqueues.new()
-          cq:wrap(function() msg = helper.raises(aq_cq.create_case, c, CONTACT, {}) end)
-          assert(cq:loop())
+          msg = loop_raises(function() aq_cq.create_case(c, CONTACT, {}) end)
         else
           msg = helper.raises(aq_uv.create_case, c, CONTACT, {}, function() end)
         end
@@ -224,17 +232,14 @@ describe("in an event loop", function()
       it("raises on misuse as create_case does, naming its own arguments", function()
         local c = servers[1]:client(CLIENT)
         local msgs = {}
-        local cq = cqueues.new()
-        cq:wrap(function()
-          msgs[1] = helper.raises(function() return d.name == "acquire.luv"
-            and aq_uv.create_case(c, "12a", {}, function() end) or aq_cq.create_case(c, "12a", {}) end)
-          msgs[2] = helper.raises(function() return d.name == "acquire.luv"
-            and aq_uv.create_case(c, CONTACT, { agentId = "x" }, function() end)
-            or aq_cq.create_case(c, CONTACT, { agentId = "x" }) end)
-          msgs[3] = helper.raises(function() return d.name == "acquire.luv"
-            and aq_uv.create_case(nil, CONTACT, {}, function() end) or aq_cq.create_case(nil, CONTACT, {}) end)
-        end)
-        assert(cq:loop())
+        local raises = d.name == "acquire.luv" and helper.raises or loop_raises
+        msgs[1] = raises(function() return d.name == "acquire.luv"
+          and aq_uv.create_case(c, "12a", {}, function() end) or aq_cq.create_case(c, "12a", {}) end)
+        msgs[2] = raises(function() return d.name == "acquire.luv"
+          and aq_uv.create_case(c, CONTACT, { agentId = "x" }, function() end)
+          or aq_cq.create_case(c, CONTACT, { agentId = "x" }) end)
+        msgs[3] = raises(function() return d.name == "acquire.luv"
+          and aq_uv.create_case(nil, CONTACT, {}, function() end) or aq_cq.create_case(nil, CONTACT, {}) end)
         helper.contains(msgs[1], "bad argument #2 to 'create_case' (contactId must be a positive integer, got '12a')")
         helper.contains(msgs[2], "bad field 'agentId' (integer expected, got string)")
         helper.contains(msgs[3], "bad argument #1 to 'create_case' (acquire client expected, got nil)")
@@ -290,16 +295,13 @@ describe("in an event loop", function()
       collectgarbage()
       collectgarbage()
       assert.is_false(ok)
-      if coroutine.isyieldable then          -- 5.3, 5.4, LuaJIT: it can tell, and sends nothing
+      if coroutine.isyieldable then          -- 5.3, 5.4, LuaJIT: it can tell
         helper.contains(msg, "acquire.cqueues.create_case cannot yield here")
-        assert.equal(1, posts(srv))
-        assert.same({}, lines)
-      else                                   -- 5.1, 5.2: the yield raises; the call it started is cancelled
+      else                                   -- 5.1, 5.2: its first yield raises, before the call starts
         helper.contains(msg, "attempt to yield across")
-        assert.equal(2, posts(srv))
-        assert.same({ "warn: a pending call for contact 597752 was collected unfinished after its request "
-          .. "was sent: its case may exist" }, lines)
       end
+      assert.equal(1, posts(srv))            -- either way nothing of the inner call was sent
+      assert.same({}, lines)
       c:close()
     end)
 
@@ -314,8 +316,12 @@ describe("in an event loop", function()
       repeat assert(cq:step(0.05)) until srv:stats().in_flight >= 1 or now() > deadline
       assert.equal(1, srv:stats().in_flight)
       cq = nil                                -- luacheck: ignore (dropped for the collector)
-      collectgarbage()
-      collectgarbage()
+      -- its group goes with the controller: on 5.1 and LuaJIT (weak keys, no ephemerons, a
+      -- finalized key cleared a collection later) that takes a few collections
+      for _ = 1, 6 do
+        collectgarbage()
+        if #lines > 0 then break end
+      end
       assert.same({ "warn: a pending call for contact 597752 was collected unfinished after its request "
         .. "was sent: its case may exist" }, lines)
       c:close()

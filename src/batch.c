@@ -83,12 +83,11 @@ static void setup(lua_State *L, acq_client_t *c, int concurrency) {
         c->release_batch = batch_release;     /* the client lets it go (close, fork) */
     }
     if (c->batch->multi == NULL) {
-        c->batch->multi = curl_multi_init();
+        /* (libcurl's default keeps 4 idle connections per handle still on
+           the multi handle: as a batch's last transfers finished, it would
+           close the connections the next batch reuses) */
+        c->batch->multi = transport_multi_new();
         if (c->batch->multi == NULL) luaL_error(L, "acquire: curl_multi_init failed");
-        /* libcurl's default keeps 4 idle connections per handle still on the
-           multi handle: as a batch's last transfers finish, it closes the
-           connections the next batch would reuse. */
-        curl_multi_setopt(c->batch->multi, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
     }
     detach_all(c);
     for (i = 0; i < concurrency; i++) {

@@ -10,45 +10,19 @@
  * (so one call's progress never hides another's), and its transfers come
  * from the client's template: they share its connections, DNS and TLS
  * sessions. Linux only (epoll), as the module's supported systems are.
+ * A call started in a group (group.c) uses the group's multi handle and
+ * descriptor instead: its step() drives the whole group.
  */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
-#include "transport.h"
+#include "pending.h"
 
-enum { S_SEND = 1, S_WAIT, S_DONE };
 
-typedef struct pending_t {
-    acq_call_t      call;
-    acq_client_t   *c;               /* alive while client_ref holds it */
-    acq_transport_t t;               /* this call's transfers, from c's template */
-    CURLM          *multi;
-    int             epfd;            /* -1 once given back with multi to the client */
-    int             shown;           /* the descriptor pollfd() names: epfd, or the last */
-    curl_socket_t   socks[4];        /* in the epoll set now */
-    int             nsocks;
-    int             dirty;           /* more than socks could say: the set is not handed on */
-    int             wake;            /* an eventfd in the set, readable: cancel()'s, or -1 */
-    int             state;           /* S_SEND (a transfer on multi), S_WAIT, S_DONE */
-    int             attached;        /* t.easy is on multi */
-    double          wake_at;         /* S_WAIT: monotonic */
-    double          timer_at;        /* libcurl's timer: monotonic, or -1 */
-    int             ref;             /* registry: { vals, client, results... } */
-    int             nret;            /* S_DONE: 1 (res) or 2 (nil, err) */
-    long            pid;
-    pthread_t       thread;
-    struct pending_t *next, *prev;   /* in c->pending while its transfer is open */
-    int             linked;
-} pending_t;
-
-static void release_all(lua_State *L, acq_client_t *c);
-
-enum { R_VALS = 1, R_CLIENT, R_RES, R_ERR };
 
 /* ---- libcurl's sockets and timer, into the epoll set ------------------ */
 
@@ -102,6 +76,7 @@ static void detach(pending_t *p) {
    by the handle. */
 static void drop_transfer(pending_t *p) {
     detach(p);
+    if (p->group != NULL) group_keep(p->group, &p->t.body);
     transport_close(&p->t);
     if (p->linked) {                            /* off the client's list */
         if (p->prev) p->prev->next = p->next;
@@ -133,6 +108,10 @@ static void hand_back(pending_t *p) {
         p->wake = -1;
     }
     if (p->multi == NULL) return;
+    if (p->group != NULL) {                        /* the group's: it stays */
+        p->multi = NULL;
+        return;
+    }
     while (p->nsocks > 0) epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->socks[--p->nsocks], &ev);
     if (p->c->open && !p->dirty && transport_multi_give(&p->c->t, p->multi, p->epfd))
         p->epfd = -1;                              /* (the owner's process) */
@@ -155,6 +134,7 @@ static void follow(lua_State *L, pending_t *p, int vals, const acq_step_t *s) {
             lua_rawseti(L, -2, R_RES + i);
         }
         lua_settop(L, top - s->nret);
+        if (p->group != NULL) group_finished(L, p, 1);
         return;
     }
     if (s->action == ACQ_WAIT) {
@@ -182,34 +162,58 @@ static void advance(lua_State *L, pending_t *p, const acq_obs_t *o) {
     lua_settop(L, vals - 1);
 }
 
+void pending_act(CURLM *multi, const struct epoll_event *ev, int n, int skip, double *timer_at) {
+    int i, running = 0;
+    for (i = 0; i < n; i++)
+        if (ev[i].data.fd != skip)
+            curl_multi_socket_action(multi, ev[i].data.fd,
+                                     (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+                                     (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                                     (ev[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0),
+                                     &running);
+    if (n <= 0 || (*timer_at >= 0 && client_monotonic() >= *timer_at)) {
+        *timer_at = -1;
+        curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+}
+
+void pending_ended(lua_State *L, pending_t *p, CURLcode code) {
+    acq_result_t r;
+    acq_obs_t o;
+    transport_finish(&p->t, code, &r);
+    transport_observe(&p->t, &r, client_monotonic(), client_clock(), &o);
+    detach(p);
+    advance(L, p, &o);
+}
+
+int pending_wait_over(lua_State *L, pending_t *p, double now) {
+    acq_obs_t o;
+    if (p->state != S_WAIT || now < p->wake_at) return 0;
+    client_observe_wait(&o);
+    advance(L, p, &o);
+    return 1;
+}
+
 /* Whatever is ready, without blocking: 1 once the call is over. */
 static int step(lua_State *L, pending_t *p) {
+    if (p->group != NULL) {                     /* unfinished, in its group */
+        group_drive(L, p->group);
+        return p->state == S_DONE;
+    }
     for (;;) {
         if (p->state == S_DONE) return 1;
         if (p->state == S_WAIT) {
-            acq_obs_t o;
-            if (client_monotonic() < p->wake_at) return 0;
-            client_observe_wait(&o);
-            advance(L, p, &o);
+            if (!pending_wait_over(L, p, client_monotonic())) return 0;
             continue;
         }
         {
             struct epoll_event ev[8];
-            int i, n, running = 0, queued;
+            int n, queued;
             CURLMsg *msg;
             CURLcode code = CURLE_OK;
             int ended = 0;
             n = p->nsocks > 0 || p->dirty ? epoll_wait(p->epfd, ev, 8, 0) : 0;
-            for (i = 0; i < n; i++)
-                curl_multi_socket_action(p->multi, ev[i].data.fd,
-                                         (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
-                                         (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-                                         (ev[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0),
-                                         &running);
-            if (n <= 0 || (p->timer_at >= 0 && client_monotonic() >= p->timer_at)) {
-                p->timer_at = -1;
-                curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-            }
+            pending_act(p->multi, ev, n, -1, &p->timer_at);
             while ((msg = curl_multi_info_read(p->multi, &queued)) != NULL) {
                 if (msg->msg == CURLMSG_DONE && msg->easy_handle == p->t.easy) {
                     code = msg->data.result;
@@ -217,14 +221,7 @@ static int step(lua_State *L, pending_t *p) {
                 }
             }
             if (!ended) return 0;
-            {
-                acq_result_t r;
-                acq_obs_t o;
-                transport_finish(&p->t, code, &r);
-                transport_observe(&p->t, &r, client_monotonic(), client_clock(), &o);
-                detach(p);
-                advance(L, p, &o);
-            }
+            pending_ended(L, p, code);
         }
     }
 }
@@ -239,20 +236,28 @@ static pending_t *check_pending(lua_State *L, int idx) {
 
 /* Raises when this process or thread did not start it: its handles, and the
    connections they share, are not this one's to use. */
+void pending_check_owner(lua_State *L, long pid, pthread_t thread, const char *what) {
+    if (pid != client_pid())
+        luaL_error(L, "acquire: %s cannot be driven in a child process (started in %d)", what,
+                   (int)pid);
+    if (!pthread_equal(thread, pthread_self()))
+        luaL_error(L, "acquire: %s can only be driven by the thread that started it", what);
+}
+
 static void check_owner(lua_State *L, pending_t *p) {
-    if (p->pid != client_pid())
-        luaL_error(L, "acquire: a pending call cannot be driven in a child process (started in %d)",
-                   (int)p->pid);
-    if (!pthread_equal(p->thread, pthread_self()))
-        luaL_error(L, "acquire: a pending call can only be driven by the thread that started it");
+    pending_check_owner(L, p->pid, p->thread, "a pending call");
 }
 
 /* cancel() from elsewhere (another coroutine, a callback) while a loop
    waits on the call's descriptor: made readable, so that the loop wakes and
    its step() returns true at once, not at the call's next timer. */
-static void wake(pending_t *p) {
+static void wake(lua_State *L, pending_t *p) {
     struct epoll_event ev;
     drop_transfer(p);
+    if (p->group != NULL) {                     /* the group reports it, and wakes */
+        group_finished(L, p, 1);
+        return;
+    }
     if (p->epfd < 0 || p->wake >= 0) return;
     p->wake = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->wake < 0) return;
@@ -273,10 +278,18 @@ static void release(lua_State *L, pending_t *p) {
     p->ref = LUA_NOREF;
 }
 
+static void link_client(acq_client_t *c, pending_t *p) {
+    p->next = (pending_t *)c->pending;                    /* the client's to end on close */
+    if (p->next) p->next->prev = p;
+    c->pending = p;
+    p->linked = 1;
+    c->release_pending = pending_release_all;
+}
+
 /* Pushes a pending call of client c (at idx), its engine call made by make
    (which pushes the call's values); started at once. */
-static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, long long id,
-                        int arg) {
+pending_t *pending_start(lua_State *L, acq_client_t *c, int client, int find, long long id,
+                         int arg, struct acq_group_t *g) {
     pending_t *p = (pending_t *)acq_newuserdata(L, sizeof *p);
     int ud = lua_gettop(L);
     memset(p, 0, sizeof *p);
@@ -286,7 +299,7 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     acq_setmetatable(L, ACQ_MT_PENDING);
     if (find) call_find(L, &p->call, &c->e, id, lua_isnoneornil(L, arg) ? 0 : arg);
     else call_create(L, &p->call, &c->e, id, arg, 0);     /* raises on misuse: nothing sent */
-    lua_createtable(L, 4, 0);
+    lua_createtable(L, 5, 0);
     lua_insert(L, -2);
     lua_rawseti(L, -2, R_VALS);
     lua_pushvalue(L, client);
@@ -296,6 +309,17 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     p->pid = client_pid();
     p->thread = pthread_self();
     transport_dup(&p->t, &c->t, p);
+    if (g != NULL) {                                      /* the group's multi and descriptor */
+        p->group = g;
+        p->multi = group_multi(g);
+        group_lend(g, &p->t.body);
+        p->shown = group_fd(g);
+        link_client(c, p);
+        group_add(L, g, p, ud);
+        advance(L, p, NULL);                              /* SEND: added, sent by a step */
+        lua_settop(L, ud);
+        return p;
+    }
     p->multi = transport_multi_take(&c->t, &p->epfd);   /* the client's, kept between calls */
     if (p->multi != NULL && p->epfd < 0) p->epfd = epoll_create1(EPOLL_CLOEXEC);
     p->shown = p->epfd;
@@ -309,11 +333,7 @@ static pending_t *start(lua_State *L, acq_client_t *c, int client, int find, lon
     curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
-    p->next = (pending_t *)c->pending;                    /* the client's to end on close */
-    if (p->next) p->next->prev = p;
-    c->pending = p;
-    p->linked = 1;
-    c->release_pending = release_all;
+    link_client(c, p);
     /* SEND: the transfer added, its timer due at once. Nothing moves until
        the loop's first step(): a loop that starts many calls sends their
        requests together, and its peer wakes once for them, not once a call
@@ -332,7 +352,7 @@ static int start_l(lua_State *L, int find) {
     lua_settop(L, 3);
     id = request_check_contact_id(L, 2);
     client_check_fork(L, c);
-    start(L, c, 1, find, id, 3);
+    pending_start(L, c, 1, find, id, 3, NULL);
     return 1;
 }
 
@@ -360,6 +380,12 @@ static int l_timeout(lua_State *L) {
     pending_t *p = check_pending(L, 1);
     double now = client_monotonic(), at = -1;
     long ms = -1;
+    if (p->group != NULL && p->state != S_DONE) {
+        double t = group_timeout(p->group, now);
+        if (t < 0) lua_pushnil(L);
+        else lua_pushnumber(L, t);
+        return 1;
+    }
     if (p->state == S_DONE) at = now;
     else if (p->state == S_WAIT) at = p->wake_at;
     else {
@@ -409,7 +435,7 @@ static int l_result(lua_State *L) {
 
 /* Ends it unfinished: nil, err { kind = "cancelled" } and the log line
    the engine words (call_cancel). */
-static void cancel(lua_State *L, pending_t *p, int by) {
+void pending_cancel(lua_State *L, pending_t *p, int by) {
     int vals, sent = 0;
     acq_step_t s;
     if (p->state == S_DONE) {                   /* (the loop is done with it too) */
@@ -433,8 +459,12 @@ static void cancel(lua_State *L, pending_t *p, int by) {
     lua_pop(L, 1);
     p->state = S_DONE;
     p->nret = 2;
-    if (by == ACQ_CANCEL_COLLECTED) hand_back(p);
-    else wake(p);
+    if (by == ACQ_CANCEL_COLLECTED) {
+        if (p->group != NULL) group_finished(L, p, 0);
+        hand_back(p);
+    } else {
+        wake(L, p);
+    }
     if (s.lines) client_write_lines(L, p->c, vals);
     lua_settop(L, vals - 1);
 }
@@ -443,19 +473,20 @@ static void cancel(lua_State *L, pending_t *p, int by) {
    cancelled, its transfer closed before the client's share, which frees
    nothing while a transfer still uses it. A loop waiting on one wakes; its
    step() then raises "client is closed", its result() is the cancel's. */
-static void release_all(lua_State *L, acq_client_t *c) {
+void pending_release_all(lua_State *L, acq_client_t *c) {
     while (c->pending != NULL) {
         pending_t *p = (pending_t *)c->pending;
-        cancel(L, p, ACQ_CANCEL_CLOSED);
+        pending_cancel(L, p, ACQ_CANCEL_CLOSED);
         if (c->pending == p) drop_transfer(p);   /* (not linked again: never twice) */
     }
+    group_release_all(c);
 }
 
 static int l_cancel(lua_State *L) {
     pending_t *p = check_pending(L, 1);
     check_owner(L, p);
     client_check_reentry(L, p->c);
-    cancel(L, p, ACQ_CANCEL_ASKED);
+    pending_cancel(L, p, ACQ_CANCEL_ASKED);
     return 0;
 }
 
@@ -464,7 +495,7 @@ static int l_gc(lua_State *L) {
     if (p->ref == LUA_NOREF) return 0;
     if (p->pid == client_pid()) {
         push_ref(L, p, R_CLIENT);
-        if (((acq_client_t *)lua_touserdata(L, -1))->open) cancel(L, p, ACQ_CANCEL_COLLECTED);
+        if (((acq_client_t *)lua_touserdata(L, -1))->open) pending_cancel(L, p, ACQ_CANCEL_COLLECTED);
         lua_pop(L, 1);
         release(L, p);
     } else {                                  /* a child's copy: nothing of it is ours */

@@ -197,11 +197,8 @@ int transport_init(acq_transport_t *t, const acq_config_t *cfg,
     t->tmpl = curl_easy_init();
     if (t->tmpl == NULL) return -1;
     *what = "curl_multi_init";
-    t->multi = curl_multi_init();
+    t->multi = transport_multi_new();     /* a single call prunes no batch's connections */
     if (t->multi == NULL) return -1;
-    /* a batch keeps up to this many idle connections: a single call must
-       not prune them to libcurl's default of 4 when it hands one back */
-    curl_multi_setopt(t->multi, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
     SET(CURLOPT_SHARE, t->share);
     for (h = header_lines; *h; h++) {
         struct curl_slist *l = curl_slist_append(t->headers, *h);
@@ -403,17 +400,23 @@ static void drop_idle(acq_transport_t *t) {
     }
 }
 
+/* A multi handle whose transfers may return up to a batch's connections to
+   the share: with libcurl's default (4 a transfer on it), a handle with one
+   transfer would close all but 4 of the client's idle connections. */
+CURLM *transport_multi_new(void) {
+    CURLM *m = curl_multi_init();
+    if (m != NULL) curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
+    return m;
+}
+
 CURLM *transport_multi_take(acq_transport_t *owner, int *fd) {
-    CURLM *m;
     if (owner->nidle > 0) {
         owner->nidle--;
         *fd = owner->idle_fd[owner->nidle];
         return owner->idle[owner->nidle];
     }
     *fd = -1;
-    m = curl_multi_init();
-    if (m != NULL) curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)ACQ_MAX_CONCURRENCY);
-    return m;
+    return transport_multi_new();
 }
 
 int transport_multi_give(acq_transport_t *owner, CURLM *m, int fd) {
@@ -435,7 +438,7 @@ int transport_renew(acq_transport_t *t) {
     if (t->easy) curl_easy_cleanup(t->easy);
     t->easy = NULL;
     if (t->multi) curl_multi_cleanup(t->multi);     /* its DNS and connections */
-    t->multi = curl_multi_init();
+    t->multi = transport_multi_new();
     if (t->multi == NULL) {
         curl_share_cleanup(fresh);
         return -1;

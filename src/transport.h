@@ -90,6 +90,8 @@ void  transport_disown(acq_sockets_t *s);
    made. 0 on success. */
 int   transport_renew(acq_transport_t *t);
 void  transport_close(acq_transport_t *t);
+/* A new multi handle, as every multi handle of the module is set. */
+CURLM *transport_multi_new(void);
 /* A multi handle for a pending call: one the owner kept, or a new one
    (MAXCONNECTS set); NULL on ENOMEM. Given back with no transfer on it, it
    is kept for the next (its callbacks cleared), or cleaned up. */
@@ -116,6 +118,7 @@ typedef struct acq_client_t {
     void    (*release_batch)(struct acq_client_t *c);   /* batch.c's, set with batch: client.c
                                          lets it go without depending on batch.c */
     void     *pending;                /* its unfinished pending calls (pending.c's list) */
+    void     *groups;                 /* its groups of pending calls (group.c's list) */
     void    (*release_pending)(lua_State *L, struct acq_client_t *c);   /* pending.c's: close
                                          ends them, as release_batch ends a batch */
     int       busy;                   /* create_cases is running (on_progress) */

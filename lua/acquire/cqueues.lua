@@ -3,55 +3,138 @@
 --   local aq = require "acquire.cqueues"
 --   cq:wrap(function() local res, err = aq.create_case(client, 597752, { title = "Refund" }) end)
 --
--- Each call is a pending call (client:start_case, src/pending.c) that this coroutine polls
--- until it is done: `repeat cqueues.poll(p) until p:step()` (cqueues polls any object
--- with pollfd, events and timeout), so its sends, retries, Retry-After waits and reconcile's
--- wait are the loop's own waits. Returns exactly what client:create_case returns. Many
--- coroutines may share one client: each pending call has its own descriptor.
+-- The calls a client makes in one controller run in one group of pending calls
+-- (client:group(), src/group.c): one multi handle and one descriptor for all of them, as a
+-- batch has. One of the waiting coroutines leads: it polls the group (cqueues polls any object
+-- with pollfd, events and timeout) and steps it, and each step hands every call that finished
+-- to its coroutine (a cqueues condition); when its own call is done it hands the lead to
+-- another waiting coroutine. So the sends, retries, Retry-After waits and reconcile's wait are
+-- the loop's own waits, and one wake-up of the loop reads every answer that came and sends
+-- every request that is due, together. Returns exactly what client:create_case returns.
 -- Outside a cqueues controller it raises rather than block: client:create_case is the
 -- blocking call, and a blocking call hidden behind this name would stall a loop unseen.
 -- Where the coroutine cannot yield (a C call is between it and the loop: a create_cases hook,
--- a logger, table.sort's comparator) it raises before anything is sent, on Lua 5.3, 5.4 and
--- LuaJIT, which can tell (coroutine.isyieldable); on 5.1 and 5.2 the yield itself raises
--- ("attempt to yield across a C-call boundary"), after the request was started: the pending
--- call is then collected unfinished, cancelled, with a log line when its request had left.
+-- a logger, table.sort's comparator) it raises before anything is sent: on Lua 5.3, 5.4 and
+-- LuaJIT, which can tell (coroutine.isyieldable), with its own message; on 5.1 and 5.2, which
+-- cannot, it yields once first (the loop's next turn), and there that yield raises ("attempt to
+-- yield across a C-call boundary").
 local cqueues = require "cqueues"
+local condition = require "cqueues.condition"
 local acquire = require "acquire"
 
 local running, poll = cqueues.running, cqueues.poll
-local isyieldable = coroutine.isyieldable
-local error, pcall, type, getmetatable = error, pcall, type, getmetatable
+local isyieldable, corunning = coroutine.isyieldable, coroutine.running
+local error, pcall, type, getmetatable, next, setmetatable =
+  error, pcall, type, getmetatable, next, setmetatable
 
 local M = { _VERSION = acquire._VERSION }
 
--- client:<method>(id, arg), raising as `fname` would: misuse names this function's arguments
--- (pcall calls the method as a plain function, so its argument numbers are ours).
+-- A client's group in each controller: { g = the group, waiting = { [call] = condition },
+-- leading = a coroutine leads }. Weak both ways: a group holds its client only weakly.
+local states = setmetatable({}, { __mode = "k" })
+
+local function state(client, cq)
+  local by = states[client]
+  if not by then
+    by = setmetatable({}, { __mode = "k" })
+    states[client] = by
+  end
+  local st = by[cq]
+  if not st then
+    st = { g = client:group(), waiting = {}, leading = false }
+    by[cq] = st
+  end
+  return st
+end
+
+-- g:<method>(id, arg) for client, raising as `fname` would: misuse names this function's
+-- arguments (pcall calls the method as a plain function, so its argument numbers are ours).
 local function start(fname, method, client, id, arg)
   if getmetatable(client) ~= "acquire.Client" then
     error(("bad argument #1 to '%s' (acquire client expected, got %s)"):format(fname, type(client)), 3)
   end
-  if not running() then
+  local cq = running()
+  if not cq then
     error(("acquire.cqueues.%s runs inside a cqueues controller (cq:wrap); outside one, "
       .. "client:%s is the blocking call"):format(fname, fname), 3)
   end
-  if isyieldable and not isyieldable() then
-    error(("acquire.cqueues.%s cannot yield here (a C call, such as a create_cases hook or a "
-      .. "logger, is between this code and the loop); nothing was sent"):format(fname), 3)
+  if isyieldable then
+    if not isyieldable() then
+      error(("acquire.cqueues.%s cannot yield here (a C call, such as a create_cases hook or a "
+        .. "logger, is between this code and the loop); nothing was sent"):format(fname), 3)
+    end
+  else
+    poll(0)       -- 5.1, 5.2: cannot tell; a yield first, which raises there, before anything is sent
   end
-  local ok, p = pcall(client[method], client, id, arg)
+  local by = states[client]
+  local ok, st, p = true, by and by[cq]
+  if not st then ok, st = pcall(state, client, cq) end
+  if ok then ok, p = pcall(st.g[method], st.g, id, arg) else p = st end
   if not ok then
     if type(p) == "string" then
       p = p:gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
     end
     error(p, 3)
   end
-  return p
+  return st, p
 end
 
--- Polls first: a call just started has sent nothing yet (its timeout is 0), so the loop runs
--- the other ready coroutines before this one's request leaves, and requests go out together.
-local function wait(p)
-  repeat poll(p) until p:step()
+-- Each call that finished to its waiting coroutine (no longer one the lead can go to).
+local function deliver(st, done)
+  local waiting = st.waiting
+  for i = 1, #done do
+    local p = done[i]
+    local cond = waiting[p]
+    if cond then
+      waiting[p] = nil
+      cond:signal()
+    end
+  end
+end
+
+-- The lead goes to one waiting coroutine (each wakes, finds its call unfinished and nobody
+-- leading, and leads); all = true: to every one (a step raised: each finds out for itself).
+local function hand_on(st, all)
+  for _, cond in next, st.waiting do
+    cond:signal()
+    if not all then return end
+  end
+end
+
+-- Each coroutine's own condition, kept between its calls.
+local conds = setmetatable({}, { __mode = "k" })
+
+local function wait(st, p)
+  local co = corunning()
+  local cond = conds[co]
+  if not cond then
+    cond = condition.new()
+    conds[co] = cond
+  end
+  st.waiting[p] = cond
+  while not p:done() do
+    if st.leading then
+      cond:wait()
+    else
+      st.leading = true
+      local g = st.g
+      -- alone, it steps at once (sends its request); with others, it polls first, so the
+      -- requests of every coroutine the loop runs this turn leave together
+      if g:count() > 1 then poll(g) end
+      local ok, done = pcall(g.step, g)
+      while ok do
+        deliver(st, done)
+        if p:done() then break end
+        poll(g)
+        ok, done = pcall(g.step, g)
+      end
+      st.leading = false
+      st.waiting[p] = nil
+      hand_on(st, not ok)
+      if not ok then error(done, 0) end
+    end
+  end
+  st.waiting[p] = nil
   return p:result()
 end
 
