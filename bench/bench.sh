@@ -47,7 +47,7 @@ bulk() {
 # create_case beside the build of BENCH_OLD_REV (before the call engine), each in BENCH_PENDING_ROUNDS
 # interleaved rounds. BENCH_PENDING_ONLY=1: only these, spliced into BENCHMARKS.md's "Event loops" section.
 PENDING_CALLS=${BENCH_PENDING_CALLS:-$([ "$SMOKE" = 1 ] && echo 200 || echo 1000)}
-PENDING_ROUNDS=${BENCH_PENDING_ROUNDS:-$([ "$SMOKE" = 1 ] && echo 1 || echo 11)}
+PENDING_ROUNDS=${BENCH_PENDING_ROUNDS:-$([ "$SMOKE" = 1 ] && echo 1 || echo 21)}
 OLD_REV=${BENCH_OLD_REV:-28ec896}
 pending_rows() {
   make -s build LUA=5.4 >/dev/null

@@ -68,7 +68,7 @@ if mode == "tput" then
     local clients = { pending = acquire.new{ base_url = url, api_key = KEY },
                       batch = acquire.new{ base_url = url, api_key = KEY } }
     for way, fn in pairs(ways) do fn(clients[way], conc) end        -- warm: the connections open
-    local m = { pending = {}, batch = {}, pending_cpu = {}, batch_cpu = {} }
+    local m = { pending = {}, batch = {}, pending_cpu = {}, batch_cpu = {}, ratio = {} }
     for r = 1, rounds do
       for k = 0, 1 do
         local way = (r + k) % 2 == 0 and "pending" or "batch"
@@ -76,11 +76,13 @@ if mode == "tput" then
         table.insert(m[way], calls / wall)
         table.insert(m[way .. "_cpu"], cpu * 1000)
       end
+      m.ratio[r] = m.pending[r] / m.batch[r]      -- this round's pair: one regime of the machine
     end
     for _, way in ipairs{ "pending", "batch" } do
       summary(("tput_%s_%d_rps"):format(way, conc), m[way])
       summary(("tput_%s_%d_cpu_ms"):format(way, conc), m[way .. "_cpu"])
     end
+    summary(("tput_ratio_%d"):format(conc), m.ratio)
     clients.pending:close()
     clients.batch:close()
   end
@@ -106,7 +108,7 @@ elseif mode == "single" then
   end
   local ways = { pending = pending, create_case = blocking }
   pending(); blocking()                                          -- warm
-  local m = { pending = {}, create_case = {}, pending_cpu = {}, create_case_cpu = {} }
+  local m = { pending = {}, create_case = {}, pending_cpu = {}, create_case_cpu = {}, ratio = {} }
   for r = 1, rounds do
     for k = 0, 1 do
       local way = (r + k) % 2 == 0 and "pending" or "create_case"
@@ -114,7 +116,9 @@ elseif mode == "single" then
       table.insert(m[way], wall * 1e6 / calls)
       table.insert(m[way .. "_cpu"], cpu * 1e6 / calls)
     end
+    m.ratio[r] = m.pending_cpu[r] / m.create_case_cpu[r]
   end
+  summary("single_cpu_ratio", m.ratio)
   for _, way in ipairs{ "pending", "create_case" } do
     summary(("single_%s_us"):format(way), m[way])
     summary(("single_%s_cpu_us"):format(way), m[way .. "_cpu"])
