@@ -91,8 +91,11 @@ describe("client:create_cases", function()
     os.remove(lookups)
     assert.equal(0, code, err)
     assert.equal(("."):rep(16), out)
-    -- 16 at once (15 when the lead ends before the others start, as under ASan: its connection is reused)
-    assert.is_true(srv:stats().connections <= 16 and srv:stats().connections >= 15)
+    -- up to 16 at once; fewer when early transfers end before later ones start and their connections
+    -- are reused (15 under ASan; fewer still on a loaded machine: CI's test-all saw it): what counts
+    -- is that several connections asked the resolver once
+    local n = srv:stats().connections
+    assert.is_true(n <= 16 and n >= 2, n .. " connections")
     assert.equal(1, asked)
   end)
 

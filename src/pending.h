@@ -7,6 +7,10 @@
 #include <pthread.h>
 #include "transport.h"
 
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)        /* (as every header: only luaopen_acquire is exported) */
+#endif
+
 enum { S_SEND = 1, S_WAIT, S_DONE };
 /* A pending call's registry table: its values, client, results, and (in a
    group, until it finishes) itself. */
@@ -78,4 +82,7 @@ int  group_l_new(lua_State *L);
 void group_open(lua_State *L);
 #define ACQ_MT_GROUP "acquire.Group"
 
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 #endif
