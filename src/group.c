@@ -27,6 +27,7 @@ typedef struct acq_group_t {
     int           nsocks;         /* sockets in the set (none: no epoll_wait needed) */
     int           stepping;       /* inside g:step(): what finishes is returned, no wake */
     int           asked;          /* timeout() was asked since the last step: a loop may sleep */
+    int           closed;         /* g:close() was called */
     double        timer_at;       /* libcurl's timer: monotonic, or -1 */
     int           ref;            /* registry: { {client} (weak), finished {call...} } */
     int           nfinished;
@@ -296,6 +297,7 @@ int group_l_new(lua_State *L) {
 static acq_client_t *checked_client(lua_State *L, acq_group_t *g) {
     acq_client_t *c;
     pending_check_owner(L, g->pid, g->thread, "a group of pending calls");
+    if (g->closed) luaL_error(L, "acquire: the group is closed");
     if (g->c == NULL || g->multi == NULL) luaL_error(L, "acquire: client is closed");
     push_slot(L, g, G_CLIENT);
     lua_rawgeti(L, -1, 1);
@@ -371,6 +373,7 @@ static int l_close(lua_State *L) {
     acq_group_t *g = check_group(L, 1);
     if (g->ref == LUA_NOREF || g->pid != client_pid()) return 0;
     pending_check_owner(L, g->pid, g->thread, "a group of pending calls");
+    g->closed = 1;
     if (g->c != NULL && g->c->open) let_go(L, g, ACQ_CANCEL_ASKED);
     if (g->multi) curl_multi_cleanup(g->multi);
     g->multi = NULL;
