@@ -44,19 +44,8 @@ enum { G_CLIENT = 1, G_DONE };
 
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *sockp) {
     acq_group_t *g = (acq_group_t *)ud;
-    struct epoll_event ev;
     (void)easy;
-    memset(&ev, 0, sizeof ev);
-    ev.data.fd = s;
-    if (what == CURL_POLL_REMOVE) {
-        if (epoll_ctl(g->epfd, EPOLL_CTL_DEL, s, &ev) == 0) g->nsocks--;
-        return 0;
-    }
-    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-    if (sockp != NULL && (epoll_ctl(g->epfd, EPOLL_CTL_MOD, s, &ev) == 0 || errno != ENOENT))
-        return 0;
-    if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, s, &ev) == 0) g->nsocks++;
-    curl_multi_assign(g->multi, s, g);         /* in the set: the next update is a MOD */
+    g->nsocks += pending_watch(g->multi, g->epfd, s, what, sockp, g);
     return 0;
 }
 
@@ -80,10 +69,6 @@ void group_keep(acq_group_t *g, acq_buf_t *b) {
     if (b->cap == 0 || g->nspare == (int)(sizeof g->spare / sizeof *g->spare)) return;
     g->spare[g->nspare++] = *b;
     memset(b, 0, sizeof *b);
-}
-
-static void free_spares(acq_group_t *g) {
-    while (g->nspare > 0) buf_free(&g->spare[--g->nspare]);
 }
 
 /* Outside g:step(): a loop asleep on the group wakes (a call joined, and is
@@ -211,18 +196,6 @@ static acq_group_t *check_group(lua_State *L, int idx) {
     return (acq_group_t *)luaL_checkudata(L, idx, ACQ_MT_GROUP);
 }
 
-/* Its calls cancelled (by), its multi handle gone; its descriptor stays
-   until it is collected (a loop may have it registered). */
-static void let_go(lua_State *L, acq_group_t *g, int by) {
-    while (g->calls != NULL) {
-        pending_t *p = g->calls;
-        pending_cancel(L, p, by);
-        if (g->calls == p) unlink_call(g, p);      /* (cancel unlinks it: never twice) */
-    }
-    if (g->multi) curl_multi_cleanup(g->multi);
-    g->multi = NULL;
-}
-
 static void unlink_client(acq_group_t *g) {
     acq_group_t **q;
     if (g->c == NULL) return;
@@ -234,13 +207,28 @@ static void unlink_client(acq_group_t *g) {
     g->c = NULL;
 }
 
-void group_release_all(acq_client_t *c) {
-    while (c->groups != NULL) {
-        acq_group_t *g = (acq_group_t *)c->groups;
-        if (g->multi) curl_multi_cleanup(g->multi);   /* its calls were cancelled first */
-        g->multi = NULL;
-        unlink_client(g);
+/* Its multi handle gone (its calls were cancelled first), off its client. */
+static void drop_multi(acq_group_t *g) {
+    if (g->multi) curl_multi_cleanup(g->multi);
+    g->multi = NULL;
+    unlink_client(g);
+}
+
+/* Its calls cancelled (by; unless its client's close did it already), its
+   multi handle and spare buffers gone; its descriptors stay until it is
+   collected (a loop may have them registered). */
+static void let_go(lua_State *L, acq_group_t *g, int by) {
+    while (g->c != NULL && g->c->open && g->calls != NULL) {
+        pending_t *p = g->calls;
+        pending_cancel(L, p, by);
+        if (g->calls == p) unlink_call(g, p);      /* (cancel unlinks it: never twice) */
     }
+    drop_multi(g);
+    while (g->nspare > 0) buf_free(&g->spare[--g->nspare]);
+}
+
+void group_release_all(acq_client_t *c) {
+    while (c->groups != NULL) drop_multi((acq_group_t *)c->groups);
 }
 
 /* client:group() -> g */
@@ -374,28 +362,20 @@ static int l_close(lua_State *L) {
     if (g->ref == LUA_NOREF || g->pid != client_pid()) return 0;
     pending_check_owner(L, g->pid, g->thread, "a group of pending calls");
     g->closed = 1;
-    if (g->c != NULL && g->c->open) let_go(L, g, ACQ_CANCEL_ASKED);
-    if (g->multi) curl_multi_cleanup(g->multi);
-    g->multi = NULL;
-    unlink_client(g);
-    free_spares(g);
+    let_go(L, g, ACQ_CANCEL_ASKED);
     return 0;
 }
 
 static int l_gc(lua_State *L) {
     acq_group_t *g = check_group(L, 1);
     if (g->ref == LUA_NOREF) return 0;
-    if (g->pid == client_pid()) {
-        if (g->c != NULL && g->c->open) let_go(L, g, ACQ_CANCEL_COLLECTED);
-        if (g->multi) curl_multi_cleanup(g->multi);
-        g->multi = NULL;
-        unlink_client(g);
+    if (g->pid == client_pid()) {               /* (a child's copy: nothing of it is ours) */
+        let_go(L, g, ACQ_CANCEL_COLLECTED);
         if (g->epfd >= 0) close(g->epfd);
         if (g->wake >= 0) close(g->wake);
-        free_spares(g);
     }
     g->epfd = g->wake = -1;
-    luaL_unref(L, LUA_REGISTRYINDEX, g->ref);
+    if (g->ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, g->ref);
     g->ref = LUA_NOREF;
     return 0;
 }

@@ -26,28 +26,31 @@
 
 /* ---- libcurl's sockets and timer, into the epoll set ------------------ */
 
-static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *sockp) {
-    pending_t *p = (pending_t *)ud;
+int pending_watch(CURLM *multi, int epfd, curl_socket_t s, int what, void *sockp, void *owner) {
     struct epoll_event ev;
-    (void)easy;
     memset(&ev, 0, sizeof ev);
     ev.data.fd = s;
-    if (what == CURL_POLL_REMOVE) {
-        int i;
-        epoll_ctl(p->epfd, EPOLL_CTL_DEL, s, &ev);
-        for (i = 0; i < p->nsocks; i++)
-            if (p->socks[i] == s) p->socks[i] = p->socks[--p->nsocks];
-        return 0;
-    }
+    if (what == CURL_POLL_REMOVE) return epoll_ctl(epfd, EPOLL_CTL_DEL, s, &ev) == 0 ? -1 : 0;
     ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
     if (sockp != NULL) {                       /* in the set already (curl_multi_assign) */
-        if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev) == 0 || errno != ENOENT) return 0;
+        if (epoll_ctl(epfd, EPOLL_CTL_MOD, s, &ev) == 0 || errno != ENOENT) return 0;
     }
-    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev) == 0) {
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, s, &ev) != 0) return 0;
+    curl_multi_assign(multi, s, owner);        /* one syscall an update, not a failing MOD first */
+    return 1;
+}
+
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *sockp) {
+    pending_t *p = (pending_t *)ud;
+    int i, r = pending_watch(p->multi, p->epfd, s, what, sockp, p);
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        for (i = 0; i < p->nsocks; i++)
+            if (p->socks[i] == s) p->socks[i] = p->socks[--p->nsocks];
+    } else if (r > 0) {
         if (p->nsocks < (int)(sizeof p->socks / sizeof *p->socks)) p->socks[p->nsocks++] = s;
         else p->dirty = 1;
     }
-    curl_multi_assign(p->multi, s, p);         /* one syscall an update, not a failing MOD first */
     return 0;
 }
 

@@ -48,6 +48,9 @@ typedef struct pending_t {
    arguments at arg; in group g (its multi handle), or its own when NULL. */
 pending_t *pending_start(lua_State *L, acq_client_t *c, int client, int find, long long id,
                          int arg, struct acq_group_t *g);
+/* libcurl's socket callback, into epoll set epfd: 1 when s was added, -1
+   removed, 0 changed or nothing (owner: curl_multi_assign's, once added). */
+int pending_watch(CURLM *multi, int epfd, curl_socket_t s, int what, void *sockp, void *owner);
 /* What epoll_wait said of multi's sockets (n of ev; skip: not a socket of
    it), to libcurl, and its timer when due or when nothing was ready. */
 struct epoll_event;
