@@ -213,6 +213,33 @@ describe("a group of pending calls", function()
     helper.contains(helper.raises(c.group, c), "client is closed")
   end)
 
+  it("its client's logger (which runs inside its step) cannot step, start, close or cancel in it: "
+     .. "a clear raise, and every call goes on to its answer", function()
+    local g, ps, raised = nil, {}, {}
+    local c = srv:client{ reconcile = 0, debug = true, logger = function()   -- a line every attempt
+      if not ps[2] then return end                          -- (start_case's own lines)
+      for _, m in ipairs{ "step", "start_case", "close", "cancel" } do
+        local ok, e = pcall(function()
+          if m == "cancel" then ps[2]:cancel() elseif m == "start_case" then g:start_case(CONTACT, {})
+          else g[m](g) end
+        end)
+        raised[#raised + 1] = not ok and e or ("no raise from " .. m)
+      end
+    end }
+    g = c:group()
+    ps[1] = g:start_case(CONTACT, { title = "logged 1" })
+    ps[2] = g:start_case(CONTACT, { title = "logged 2" })
+    local cq = cqueues.new()
+    cq:wrap(function() while g:count() > 0 do cqueues.poll(g); g:step() end end)
+    assert(cq:loop())
+    assert(#raised >= 4)
+    for _, e in ipairs(raised) do helper.contains(e, "a client cannot be used from its own logger") end
+    assert.equal("logged 1", assert(ps[1]:result()).data.title)
+    assert.equal("logged 2", assert(ps[2]:result()).data.title)
+    g:close()
+    c:close()
+  end)
+
   it("raises on misuse as start_case does, before anything is sent", function()
     local c = srv:client(CLIENT)
     local g = c:group()

@@ -242,6 +242,8 @@ int group_l_new(lua_State *L) {
     g->epfd = g->wake = -1;
     g->ref = LUA_NOREF;
     g->timer_at = -1;
+    g->pid = client_pid();                       /* (its __gc closes what it opened, even on failure) */
+    g->thread = pthread_self();
     acq_setmetatable(L, ACQ_MT_GROUP);
     g->epfd = epoll_create1(EPOLL_CLOEXEC);
     g->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -273,8 +275,6 @@ int group_l_new(lua_State *L) {
     lua_rawseti(L, -2, G_DONE);
     g->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     g->c = c;
-    g->pid = client_pid();
-    g->thread = pthread_self();
     g->next = (acq_group_t *)c->groups;
     c->groups = g;
     c->release_pending = pending_release_all;       /* close lets go of it */
@@ -356,11 +356,13 @@ static int l_count(lua_State *L) {
     return 1;
 }
 
-/* g:close(): its unfinished calls cancelled (reported by no step). */
+/* g:close(): its unfinished calls cancelled (reported by no step). Not from
+   the client's logger, which runs inside a step of the group. */
 static int l_close(lua_State *L) {
     acq_group_t *g = check_group(L, 1);
     if (g->ref == LUA_NOREF || g->pid != client_pid()) return 0;
     pending_check_owner(L, g->pid, g->thread, "a group of pending calls");
+    if (g->c != NULL && g->c->open) client_check_reentry(L, g->c);
     g->closed = 1;
     let_go(L, g, ACQ_CANCEL_ASKED);
     return 0;
@@ -368,9 +370,8 @@ static int l_close(lua_State *L) {
 
 static int l_gc(lua_State *L) {
     acq_group_t *g = check_group(L, 1);
-    if (g->ref == LUA_NOREF) return 0;
     if (g->pid == client_pid()) {               /* (a child's copy: nothing of it is ours) */
-        let_go(L, g, ACQ_CANCEL_COLLECTED);
+        if (g->ref != LUA_NOREF) let_go(L, g, ACQ_CANCEL_COLLECTED);
         if (g->epfd >= 0) close(g->epfd);
         if (g->wake >= 0) close(g->wake);
     }
