@@ -305,6 +305,27 @@ describe("in an event loop", function()
       c:close()
     end)
 
+    it("a coroutine abandoned inside its call (it led the client's calls) strands no other call", function()
+      local srv = servers[1]
+      srv:fault{ action = "delay", seconds = 0.3 }
+      local c = srv:client(CLIENT)
+      local cq = cqueues.new()
+      local res, took
+      cq:wrap(function()
+        local inner = coroutine.create(function() aq_cq.create_case(c, CONTACT, { title = "abandoned" }) end)
+        assert(coroutine.resume(inner))                   -- it leads, polls: its poll comes back here,
+                                                          -- and it is never resumed again
+        cqueues.sleep(0.05)
+        local t0 = now()
+        res = aq_cq.create_case(c, CONTACT, { title = "after" })
+        took = now() - t0
+      end)
+      assert(cq:loop(10))
+      assert.equal("after", assert(res).data.title)
+      assert(took < 3, ("the call took %.2f s"):format(took))
+      c:close()
+    end)
+
     it("cancels a call whose controller is collected unfinished, with a log line", function()
       local srv = servers[1]
       srv:fault{ action = "delay", seconds = 3 }

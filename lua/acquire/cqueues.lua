@@ -30,7 +30,7 @@ local error, pcall, type, getmetatable, next, setmetatable =
 local M = { _VERSION = acquire._VERSION }
 
 -- A client's group in each controller: { g = the group, waiting = { [call] = condition },
--- leading = a coroutine leads }. Weak both ways: a group holds its client only weakly.
+-- leading = a coroutine leads, steps = how many steps it took }. Weak both ways: a group holds its client only weakly.
 local states = setmetatable({}, { __mode = "k" })
 
 local function state(client, cq)
@@ -41,7 +41,7 @@ local function state(client, cq)
   end
   local st = by[cq]
   if not st then
-    st = { g = client:group(), waiting = {}, leading = false }
+    st = { g = client:group(), waiting = {}, leading = false, steps = 0 }
     by[cq] = st
   end
   return st
@@ -104,6 +104,18 @@ end
 -- Each coroutine's own condition, kept between its calls.
 local conds = setmetatable({}, { __mode = "k" })
 
+-- A leader is a caller's coroutine: one abandoned inside its call (a coroutine of the user's,
+-- resumed through cqueues.auxlib.resume and then dropped) would strand the others. A waiting
+-- coroutine looks every LAPSE seconds: when the group had something ready and nobody stepped it
+-- in that time, it leads too (two leaders step the same group: still each call once).
+local LAPSE = 1
+
+local function stranded(st, seen)
+  if st.steps ~= seen then return false end
+  local g = st.g
+  return poll(g, 0) == g or g:timeout() == 0
+end
+
 local function wait(st, p)
   local co = corunning()
   local cond = conds[co]
@@ -112,9 +124,11 @@ local function wait(st, p)
     conds[co] = cond
   end
   st.waiting[p] = cond
+  local seen
   while not p:done() do
-    if st.leading then
-      cond:wait()
+    if st.leading and not (seen and stranded(st, seen)) then
+      seen = st.steps
+      cond:wait(LAPSE)
     else
       st.leading = true
       local g = st.g
@@ -123,6 +137,7 @@ local function wait(st, p)
       if g:count() > 1 then poll(g) end
       local ok, done = pcall(g.step, g)
       while ok do
+        st.steps = st.steps + 1
         deliver(st, done)
         if p:done() then break end
         poll(g)
