@@ -4,7 +4,7 @@
 -- and the exact integers of flags and CSV cells. Part of bin/acquire-case.
 local out = require "acquire.cli.output"
 
-local fail, usage_error, strip_position = out.fail, out.usage_error, out.strip_position
+local fail, usage_error, strip_position, try = out.fail, out.usage_error, out.strip_position, out.try
 local EXIT_USAGE, EXIT_SERVER = out.USAGE, out.SERVER
 
 local M = {}
@@ -118,7 +118,7 @@ end
 -- as_digits(parent, key, root): true where digits as a string are exact.
 -- Returns ok, value | false, cjson's message.
 local function decode_exact(codec, text, where, as_digits)
-  local ok, doc = pcall(codec.decode, text)
+  local ok, doc = try(codec.decode, text)
   if not ok or type(doc) ~= "table" then return ok, doc end
   -- where no digit is followed by anything but a digit or a delimiter, and no 16 digits run, every
   -- number token is an integer below 2^53: the scan below would flag nothing (strings may make
@@ -155,7 +155,7 @@ local function decode_exact(codec, text, where, as_digits)
   end
   if #flagged == 0 then return true, doc end
   pieces[#pieces + 1] = text:sub(from)
-  ok, doc = pcall(codec.decode, table.concat(pieces))
+  ok, doc = try(codec.decode, table.concat(pieces))
   if not ok then fail(EXIT_SERVER, where .. ": internal error: " .. strip_position(doc)) end
   local worst = nil                                        -- the first refused, in text order
   local function put_back(t, path, depth)

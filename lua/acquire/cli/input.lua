@@ -5,7 +5,7 @@
 local out = require "acquire.cli.output"
 local decode = require "acquire.cli.decode"
 
-local fail, usage_error, strip_position = out.fail, out.usage_error, out.strip_position
+local fail, usage_error, strip_position, try = out.fail, out.usage_error, out.strip_position, out.try
 local EXIT_USAGE, EXIT_SERVER = out.USAGE, out.SERVER
 
 local M = {}
@@ -17,8 +17,8 @@ local M = {}
 -- saying what it holds. Returns the contact id as it will be sent: the digits
 -- of the request's URL.
 local function check_item(acquire, config, id, opts, where)
-  local ok, req = pcall(acquire.build_request, id, opts, config)
-  if not ok and not pcall(acquire.build_request, id, nil, config) then
+  local ok, req = try(acquire.build_request, id, opts, config)
+  if not ok and not try(acquire.build_request, id, nil, config) then
     local got = (type(id) == "string" or type(id) == "number") and tostring(id)
       or id == acquire.null and "null" or id == nil and "nothing" or type(id)
     fail(EXIT_USAGE, where .. ": contactId must be a positive integer, got " .. got)

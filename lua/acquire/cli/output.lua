@@ -32,6 +32,17 @@ function M.is_interrupt(e)
   return type(e) == "string" and e:find("interrupted!$") ~= nil
 end
 
+-- pcall for the CLI's own checks (a decode, a build, an encode): it catches their errors, never
+-- a Ctrl-C. The interpreter's hook fires at any call, so a Ctrl-C that landed inside one of them
+-- was taken for its failure ("line 561: not a JSON object"); it goes on to the batch's stop.
+local function passing_interrupts(ok, ...)
+  if not ok and M.is_interrupt((...)) then error((...), 0) end
+  return ok, ...
+end
+function M.try(f, ...)
+  return passing_interrupts(pcall(f, ...))
+end
+
 -- The module, once loaded (M.use): its writer and its redaction. Before that, nothing
 -- written to stderr has seen the key.
 local acquire, secrets = nil, nil
@@ -72,7 +83,7 @@ end
 local function str(v)
   if v == nil or type(v) == "userdata" then return "-" end   -- nil, null
   if type(v) == "number" then
-    local ok, text = pcall(acquire.encode, v)
+    local ok, text = M.try(acquire.encode, v)
     return ok and text or "null"
   end
   return M.one_line(tostring(v))
@@ -87,7 +98,7 @@ function M.summary(res)
   local case = tbl(res.data)
   local contact = tbl(case.contact)
   local fields = {}
-  local ok, f = pcall(acquire.fields, contact)
+  local ok, f = M.try(acquire.fields, contact)
   if ok and type(f) == "table" then fields = f end
   local visits = tbl(contact.visits)
   local last = visits[#visits]
@@ -106,7 +117,7 @@ function M.summary(res)
 end
 
 function M.print_json(res)
-  local ok, text = pcall(acquire.encode, res)
+  local ok, text = M.try(acquire.encode, res)
   if not ok then M.fail(M.SERVER, "cannot print the response as JSON: " .. M.strip_position(text)) end
   io.stdout:write(text, "\n")
 end
@@ -120,7 +131,7 @@ local ORDER = { order = RESULT_ORDER }
 -- r: the result's fields. Text from outside that is not UTF-8 (a server's message cut
 -- short, say) has no JSON string: its bytes past ASCII become "?".
 function M.result_line(r)
-  local ok, text = pcall(acquire.encode, r, ORDER)
+  local ok, text = M.try(acquire.encode, r, ORDER)
   if not ok then
     for k, v in pairs(r) do
       if type(v) == "string" then r[k] = v:gsub("[\128-\255]", "?") end
