@@ -536,6 +536,40 @@ describe("bin/acquire-case", function()
       assert.equal("", r.err)                    -- no progress bar: stderr is not a terminal
     end)
 
+    it("a Ctrl-C landing inside one of its own checks (a line's decode, a request's build) stops the "
+       .. "batch as any Ctrl-C does, never taken for that check's failure", function()
+      -- the interpreter's SIGINT hook, at a chosen call: the first call of the check's function
+      -- made by a pcall (where a Ctrl-C could be taken for the check's own error)
+      local hook = [[
+        local which, armed = os.getenv("SPEC_INTERRUPT_AT"), true
+        debug.sethook(function()
+          if not armed then return end
+          local f, by = debug.getinfo(2, "f").func, debug.getinfo(3, "f")
+          if not by or by.func ~= pcall then return end
+          local a = package.loaded.acquire
+          local hit = which == "build" and a and f == a.build_request
+          if which == "decode" and f ~= require then
+            for l = 4, 6 do
+              local i = debug.getinfo(l, "S")
+              if i and i.source:find("cli/decode.lua", 1, true) then hit = true end
+            end
+          end
+          if hit then armed = false; io.stderr:write("[hook fired]\n"); error("interrupted!") end
+        end, "c")]]
+      local input = {}
+      for i = 1, 20 do input[i] = ('{"contactId": 597752, "title": "item %d"}'):format(i) end
+      for _, at in ipairs{ "decode", "build" } do
+        local e = with{ SPEC_INTERRUPT_AT = at, LUA_CPATH = "./?.so;;", LUA_PATH = "./lua/?.lua;;" }
+        local r = helper.run({ helper.interpreter(), "-e", hook, "bin/acquire-case", "--batch" },
+          { env = e, stdin = table.concat(input, "\n") .. "\n" })
+        contains(r.err, "[hook fired]")                    -- (the Ctrl-C landed where it was aimed)
+        assert.equal(130, r.code, at .. ": " .. r.err)
+        contains(r.err, "interrupted")
+        excludes(r.err, "not a JSON object")
+        excludes(r.err, "internal error")
+      end
+    end)
+
     it("skips a UTF-8 byte order mark at the start of line input, as --csv does", function()
       local r = run({ "--batch" }, env, "\239\187\191597752\n{\"contactId\": 597752}\n")
       assert.equal(0, r.code, r.err)

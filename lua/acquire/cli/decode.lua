@@ -58,10 +58,10 @@ local cjson = nil
 
 local function json()
   if cjson == nil then
-    local ok, mod = pcall(require, "cjson")
+    local ok, mod = try(require, "cjson")
     if not ok then fail(EXIT_SERVER, "cannot load lua-cjson: " .. strip_position(mod)) end
     cjson = mod.new and mod.new() or mod
-    if cjson.decode_invalid_numbers then pcall(cjson.decode_invalid_numbers, false) end
+    if cjson.decode_invalid_numbers then try(cjson.decode_invalid_numbers, false) end
   end
   return cjson
 end

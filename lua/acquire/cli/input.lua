@@ -200,7 +200,7 @@ local function csv_column(acquire, config, i, name)
     return { name = name, kind = "field", key = name:sub(8) }
   end
   if name == "fields" then usage_error("row 1: column 'fields': a custom field is a column of its own, fields.KEY") end
-  local ok, e = pcall(acquire.build_request, "1", { [name] = "" }, config)
+  local ok, e = try(acquire.build_request, "1", { [name] = "" }, config)
   if not ok then usage_error(("row 1: column '%s': %s"):format(name, strip_position(e))) end
   return { name = name, kind = "string" }
 end
