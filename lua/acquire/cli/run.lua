@@ -89,13 +89,16 @@ local function resumer(f, a, b, c, d, e, g)
   while true do f, a, b, c, d, e, g = coroutine.yield(f(a, b, c, d, e, g)) end
 end
 
+local function passed(ok, ...)
+  if not ok then error((...), 0) end
+  return ...
+end
+
 local function whole()
   local co = coroutine.create(resumer)
   return function(...)
     if coroutine.status(co) ~= "suspended" then co = coroutine.create(resumer) end
-    local ok, e = coroutine.resume(co, ...)
-    if not ok then error(e, 0) end
-    return e
+    return passed(coroutine.resume(co, ...))
   end
 end
 
@@ -157,19 +160,25 @@ end
 -- the journal reads it: a settled one never is.
 local TUPLE = { __index = function(t, k)
   local x = rawget(t, "x")
-  if k == 1 then rawset(t, 1, x.id) rawset(t, 2, x.opts) return x.id end
-  if k == 2 then rawset(t, 1, x.id) rawset(t, 2, x.opts) return x.opts end
+  if k ~= 1 and k ~= 2 then return nil end
+  local id, opts = rawget(t, "whole")(function() return x.id, x.opts end)   -- (its decode: whole)
+  rawset(t, 1, id) rawset(t, 2, opts)
+  return k == 1 and id or opts
 end }
 
 function Batch:items()
   local meta, send_it, journal = self.meta, self:reader(false, self.o.journal ~= nil), self.o.journal
+  -- an item is read and decoded whole (a Ctrl-C lands before or after, never inside: inside, a
+  -- check's pcall could take it for the check's failure, or it left the batch without a summary)
+  local drawn_whole = self.whole
+  local function draw() local x = send_it() return x, x and not journal and x.id, x and not journal and x.opts end
   return function()
-    local x = send_it()
+    local x, id, opts = drawn_whole(draw)
     if not x then return nil end
     meta[self.drawn + 1] = x
     self.drawn = self.drawn + 1
-    if journal then return setmetatable({ x = x }, TUPLE) end
-    return { x.id, x.opts }
+    if journal then return setmetatable({ x = x, whole = drawn_whole }, TUPLE) end
+    return { id, opts }
   end
 end
 
