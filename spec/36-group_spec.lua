@@ -22,6 +22,12 @@ local KINDS = {
                                                 headers = { ["Retry-After"] = "1" } } },
   { name = "reset after create, reconciled", rule = { action = "reset", create = true } },
   { name = "reset before create", rule = { action = "reset" } },
+  -- answered, then the connection closed while idle in the group's set (a keep-alive that ran
+  -- out): the next call finds it closed, and its new socket often takes the same number. A
+  -- call that reused it just as the server closed it (the keep-alive race: its request left,
+  -- nothing came back) ends in a network error, as create_case would there; its lookup must
+  -- then be right that no case exists.
+  { name = "answered, then hung up", rule = { action = "hangup", seconds = 0.05 }, race = true },
 }
 for _, k in ipairs(KINDS) do if k.rule then k.rule.endpoint = "create" end end   -- reads answer normally
 local CLIENT = { reconcile = 0, max_retries = 2, timeout = 8 }
@@ -123,8 +129,12 @@ describe("a group of pending calls", function()
         if cancelled[e.p] then
           assert(not res and err.kind == "cancelled", what .. ": cancelled, yet " .. outcome(res, err))
         else
-          assert(allowed[outcome(res, err)], what .. ": " .. outcome(res, err) .. ", create_case gives "
-            .. ref.created.outcome .. " or " .. ref[kind.name].outcome)
+          local raced = kind.race and err and err.kind == "network" and err.reconcile == "not found"
+          assert(allowed[outcome(res, err)] or raced, what .. ": " .. outcome(res, err)
+            .. ", create_case gives " .. ref.created.outcome .. " or " .. ref[kind.name].outcome)
+          if raced then
+            assert((cases[e.title] or 0) == 0, what .. ": its lookup found no case, yet one exists")
+          end
           if res then assert(res.data.title == e.title, what .. ": another call's case") end
         end
         assert((posts[e.title] or 0) <= math.max(ref.created.posts, ref[kind.name].posts),
@@ -134,6 +144,39 @@ describe("a group of pending calls", function()
       g:close()
       c:close()
     end
+  end)
+
+  it("keeps idle connections in its set without spinning: one the server closes while a call "
+    .. "waits out a Retry-After wakes the loop once or twice, not for the whole wait", function()
+    -- Two calls answered at once, the first request to arrive normally, its connection then
+    -- closed by the server (idle, in the set: readable), the second with a 503 whose call waits
+    -- 1 s to retry. A set left readable would wake the loop without end.
+    srv:fault{ action = "hangup", seconds = 0.2, endpoint = "create", times = 1 }
+    srv:fault{ action = "status", status = 503, headers = { ["Retry-After"] = "1" },
+               endpoint = "create", times = 1 }
+    local c = srv:client(CLIENT)
+    local g = c:group()
+    local a, b = g:start_case(CONTACT, { title = "a" }), g:start_case(CONTACT, { title = "b" })
+    local steps, t0 = 0, now()
+    local cq = cqueues.new()
+    cq:wrap(function()
+      while g:count() > 0 do
+        cqueues.poll(g)
+        g:step()
+        steps = steps + 1
+      end
+    end)
+    assert(cq:loop())
+    assert.equal("a", assert(a:result()).data.title)
+    assert.equal("b", assert(b:result()).data.title)
+    assert(now() - t0 >= 0.9, "B did not wait out its Retry-After")
+    assert(steps < 40, ("%d steps for two calls and a 1 s wait: the loop spun"):format(steps))
+    -- and the next call, on a new connection (the closed one is found so), is answered
+    local p = g:start_case(CONTACT, { title = "c" })
+    cq:wrap(function() while not p:done() do cqueues.poll(g) g:step() end end)
+    assert(cq:loop())
+    assert.equal("c", assert(p:result()).data.title)
+    c:close()
   end)
 
   it("wakes a loop asleep on the group when a call joins, and sends it at once", function()

@@ -18,13 +18,27 @@
 #include <unistd.h>
 #include "pending.h"
 
+/* A socket in the group's epoll set. libcurl takes a connection's socket out
+   when its transfer ends and puts it back when the next reuses it: two
+   epoll_ctl a call. A connection of the client's stays in the set, idle,
+   until libcurl closes it (the client's sockets say so first: forget) or it
+   wakes the set while idle (the peer closed it: out then). */
+typedef struct g_sock_t {
+    curl_socket_t fd;
+    uint32_t      events;         /* registered */
+    int           wanted;         /* libcurl's now; 0: idle */
+} g_sock_t;
+
 typedef struct acq_group_t {
     acq_client_t *c;
     CURLM        *multi;          /* NULL once its client is closed */
     int           epfd;           /* the sockets of its calls, and wake */
     int           wake;           /* an eventfd: a call finished outside g:step() */
     int           woken;          /* wake is readable */
-    int           nsocks;         /* sockets in the set (none: no epoll_wait needed) */
+    g_sock_t      socks[2 * ACQ_MAX_SOCKETS];   /* in the epoll set, besides wake */
+    int           nreg;
+    int           nwanted;        /* libcurl's now (none: no epoll_wait needed) */
+    int           nloose;         /* of them, in the set but off the books (books full) */
     int           stepping;       /* inside g:step(): what finishes is returned, no wake */
     int           asked;          /* timeout() was asked since the last step: a loop may sleep */
     int           closed;         /* g:close() was called */
@@ -42,11 +56,99 @@ typedef struct acq_group_t {
 
 enum { G_CLIENT = 1, G_DONE };
 
+static int find_sock(const acq_group_t *g, curl_socket_t s) {
+    int i;
+    for (i = 0; i < g->nreg; i++)
+        if (g->socks[i].fd == s) return i;
+    return -1;
+}
+
+/* Out of the set, and off the books. */
+static void unwatch(acq_group_t *g, int i) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    epoll_ctl(g->epfd, EPOLL_CTL_DEL, g->socks[i].fd, &ev);
+    if (g->socks[i].wanted) g->nwanted--;
+    g->socks[i] = g->socks[--g->nreg];
+}
+
+/* A connection of the client's: libcurl closes it through the client's
+   socket set, which tells every group first (forget). Anything else (a
+   resolver's pipe) is closed without a word, and leaves the set at once. */
+static int connection(const acq_group_t *g, curl_socket_t s) {
+    int i;
+    if (g->c == NULL) return 0;
+    for (i = 0; i < g->c->sockets.n; i++)
+        if (g->c->sockets.fd[i] == s) return 1;
+    return 0;
+}
+
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *sockp) {
     acq_group_t *g = (acq_group_t *)ud;
+    struct epoll_event ev;
+    int i = find_sock(g, s);
     (void)easy;
-    g->nsocks += pending_watch(g->multi, g->epfd, s, what, sockp, g);
+    (void)sockp;
+    memset(&ev, 0, sizeof ev);
+    if (what == CURL_POLL_REMOVE) {
+        if (i < 0) {                              /* (in the set, off the books: books full) */
+            if (epoll_ctl(g->epfd, EPOLL_CTL_DEL, s, &ev) == 0 && g->nloose > 0) {
+                g->nloose--;
+                g->nwanted--;
+            }
+        } else if (!connection(g, s)) {
+            unwatch(g, i);
+        } else if (g->socks[i].wanted) {          /* idle: stays in the set */
+            g->socks[i].wanted = 0;
+            g->nwanted--;
+        }
+        return 0;
+    }
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    ev.data.fd = s;
+    if (i >= 0) {                                 /* in the set: no syscall unless it changed */
+        if (g->socks[i].events != ev.events) {
+            if (epoll_ctl(g->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
+                epoll_ctl(g->epfd, EPOLL_CTL_ADD, s, &ev);
+            g->socks[i].events = ev.events;
+        }
+        if (!g->socks[i].wanted) {
+            g->socks[i].wanted = 1;
+            g->nwanted++;
+        }
+        return 0;
+    }
+    if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, s, &ev) != 0 &&
+        (errno != EEXIST || epoll_ctl(g->epfd, EPOLL_CTL_MOD, s, &ev) != 0))
+        return 0;
+    if (g->nreg == (int)(sizeof g->socks / sizeof *g->socks))
+        for (i = 0; i < g->nreg; i++)             /* room: an idle one goes */
+            if (!g->socks[i].wanted) {
+                unwatch(g, i);
+                break;
+            }
+    if (g->nreg < (int)(sizeof g->socks / sizeof *g->socks)) {
+        g->socks[g->nreg].fd = s;
+        g->socks[g->nreg].events = ev.events;
+        g->socks[g->nreg].wanted = 1;
+        g->nreg++;
+    }
+    else
+        g->nloose++;                               /* (off the books: counted, still watched) */
+    g->nwanted++;
     return 0;
+}
+
+/* The client's socket set, before libcurl closes fd: out of every group's set
+   (a descriptor closed in it would leave it by itself, unless another
+   process holds it too: a forked child's copy keeps it there, and the number
+   goes to the next socket). Not in a child, whose sets are the parent's. */
+static void forget(void *owner, curl_socket_t fd) {
+    acq_group_t *g;
+    for (g = (acq_group_t *)((acq_client_t *)owner)->groups; g != NULL; g = g->next) {
+        int i = g->pid == client_pid() ? find_sock(g, fd) : -1;
+        if (i >= 0) unwatch(g, i);
+    }
 }
 
 static int on_timer(CURLM *multi, long ms, void *ud) {
@@ -151,21 +253,44 @@ static void collect(lua_State *L, acq_group_t *g) {
     }
 }
 
+/* Events of idle sockets (the peer closed an idle connection): those leave
+   the set, and are no transfer's; the rest stay in ev. */
+static int reap(acq_group_t *g, struct epoll_event *ev, int n) {
+    int i, k = 0;
+    for (i = 0; i < n; i++) {
+        int j = ev[i].data.fd == g->wake ? -1 : find_sock(g, ev[i].data.fd);
+        if (j >= 0 && !g->socks[j].wanted) unwatch(g, j);
+        else ev[k++] = ev[i];
+    }
+    return k;
+}
+
 void group_drive(lua_State *L, acq_group_t *g) {
     struct epoll_event ev[64];
-    int i, n;
+    int i, n, waited;
     pending_t *p, *next;
     double now;
     if (g->multi == NULL) luaL_error(L, "acquire: client is closed");
     g->asked = 0;
-    n = g->nsocks > 0 || g->woken ? epoll_wait(g->epfd, ev, 64, 0) : 0;
+    waited = g->nwanted > 0 || g->woken;
+    n = waited ? epoll_wait(g->epfd, ev, 64, 0) : 0;
     for (i = 0; i < n; i++)
         if (ev[i].data.fd == g->wake) {
             uint64_t v;
             if (read(g->wake, &v, sizeof v) < 0) { /* (nothing to read: already clear) */ }
             g->woken = 0;
         }
+    if (n > 0 && g->nreg > g->nwanted) {
+        int k = reap(g, ev, n);
+        n = k;                                     /* (none left: as if nothing was ready) */
+    }
     pending_act(g->multi, ev, n, g->wake, &g->timer_at);
+    /* Nothing waited on, and idle sockets in the set (a retry's wait, a step
+       that only sent): what woke the loop may be one of them, the peer
+       closing it; one wait, without which the set would stay readable. */
+    if (!waited && g->nreg > g->nwanted && (n = epoll_wait(g->epfd, ev, 64, 0)) > 0 &&
+        (n = reap(g, ev, n)) > 0)
+        pending_act(g->multi, ev, n, g->wake, &g->timer_at);
     collect(L, g);
     now = client_monotonic();                  /* the engine's waits that are over */
     for (p = g->calls; p != NULL; p = next) {
@@ -211,6 +336,9 @@ static void unlink_client(acq_group_t *g) {
 static void drop_multi(acq_group_t *g) {
     if (g->multi) curl_multi_cleanup(g->multi);
     g->multi = NULL;
+    if (g->pid == client_pid())                 /* (a child's set is the parent's) */
+        while (g->nreg > 0) unwatch(g, g->nreg - 1);
+    g->nreg = g->nwanted = g->nloose = 0;
     unlink_client(g);
 }
 
@@ -277,6 +405,8 @@ int group_l_new(lua_State *L) {
     g->c = c;
     g->next = (acq_group_t *)c->groups;
     c->groups = g;
+    c->sockets.closing = forget;                    /* idle connections stay in its set */
+    c->sockets.owner = c;
     c->release_pending = pending_release_all;       /* close lets go of it */
     return 1;
 }

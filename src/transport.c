@@ -122,6 +122,7 @@ static curl_socket_t on_opensocket(void *ud, curlsocktype purpose,
 static int on_closesocket(void *ud, curl_socket_t fd) {
     acq_sockets_t *s = (acq_sockets_t *)ud;
     int i;
+    if (s->closing != NULL) s->closing(s->owner, fd);
     for (i = 0; i < s->n; i++) {
         if (s->fd[i] == fd) {
             s->fd[i] = s->fd[--s->n];

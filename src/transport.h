@@ -24,6 +24,10 @@
 typedef struct acq_sockets_t {
     int n;
     curl_socket_t fd[ACQ_MAX_SOCKETS];
+    /* told of each socket before libcurl closes it (group.c: its epoll sets
+       keep a client's idle connections registered), or NULL */
+    void (*closing)(void *owner, curl_socket_t fd);
+    void *owner;
 } acq_sockets_t;
 
 typedef struct acq_transport_t {

@@ -116,40 +116,50 @@ local function stranded(st, seen)
   return poll(g, 0) == g or g:timeout() == 0
 end
 
+-- This coroutine leads until its own call is done: it polls and steps the group, each step's
+-- finished calls go to their coroutines; then the lead goes on to a waiting coroutine.
+local function lead(st, p)
+  st.leading = true
+  local g = st.g
+  -- alone, it steps at once (sends its request); with others, it polls first, so the
+  -- requests of every coroutine the loop runs this turn leave together
+  if g:count() > 1 then poll(g) end
+  local ok, done = pcall(g.step, g)
+  while ok do
+    st.steps = st.steps + 1
+    deliver(st, done)
+    if p:done() then break end
+    poll(g)
+    ok, done = pcall(g.step, g)
+  end
+  st.leading = false
+  hand_on(st, not ok)
+  if not ok then error(done, 0) end
+end
+
 local function wait(st, p)
-  local co = corunning()
-  local cond = conds[co]
-  if not cond then
-    cond = condition.new()
-    conds[co] = cond
-  end
-  st.waiting[p] = cond
-  local seen
-  while not p:done() do
-    if st.leading and not (seen and stranded(st, seen)) then
-      seen = st.steps
-      cond:wait(LAPSE)
-    else
-      st.leading = true
-      local g = st.g
-      -- alone, it steps at once (sends its request); with others, it polls first, so the
-      -- requests of every coroutine the loop runs this turn leave together
-      if g:count() > 1 then poll(g) end
-      local ok, done = pcall(g.step, g)
-      while ok do
-        st.steps = st.steps + 1
-        deliver(st, done)
-        if p:done() then break end
-        poll(g)
-        ok, done = pcall(g.step, g)
-      end
-      st.leading = false
-      st.waiting[p] = nil
-      hand_on(st, not ok)
-      if not ok then error(done, 0) end
+  -- nobody leads (a call alone, or the first of a loop turn): no condition, no waiting list
+  if not (st.leading or p:done()) then lead(st, p) end
+  if not p:done() then
+    local co = corunning()
+    local cond = conds[co]
+    if not cond then
+      cond = condition.new()
+      conds[co] = cond
     end
+    local waiting, seen = st.waiting
+    repeat
+      if st.leading and not (seen and stranded(st, seen)) then
+        waiting[p] = cond
+        seen = st.steps
+        cond:wait(LAPSE)
+      else
+        waiting[p] = nil                     -- (a leader is not handed the lead)
+        lead(st, p)
+      end
+    until p:done()
+    waiting[p] = nil
   end
-  st.waiting[p] = nil
   return p:result()
 end
 

@@ -25,7 +25,10 @@ Control endpoints (no auth, never recorded):
                               (the first rule that matches and has times left answers;
                               "during": s, only for s seconds from its first match;
                               "raw" writes {"body"} or {"chunks"} "interval" s apart, then
-                              closes the connection unless "close": false)
+                              closes the connection unless "close": false;
+                              "hangup" gives the normal answer, kept alive by its headers,
+                              then closes the connection "seconds" later, as a server whose
+                              keep-alive ran out: the client finds it closed while idle)
     POST /_control/shutdown   answers, then stops the server
     GET  /_control/config     {"unique_ids"}; POST sets it: {"unique_ids": true} makes a
                               create's 200 carry the stored case's id, threadId and dateCreated
@@ -36,7 +39,7 @@ Control endpoints (no auth, never recorded):
 Cases: every create the server processes (a valid request it answers 200, no fault) stores a
 case (ids from 100001 up, again after a reset; dateCreated from the server's clock). A fault
 rule stores the case first, then misbehaves, only with "create": true (default false for every
-action but "delay", whose answer is the normal one); "endpoint": "create" or "read" limits a
+action but "delay" and "hangup", whose answer is the normal one); "endpoint": "create" or "read" limits a
 rule to the create call or to the two reads (rules without it match every API request; rules
 with a contactId never match a read, which has no contactId parameter). The reads (any of
 the three keys but the create-only one; 401 otherwise):
@@ -233,7 +236,7 @@ def validate(body):
 # Faults
 
 ACTIONS = ("delay", "status", "html", "invalid_json", "reset", "truncate", "hang",
-           "trickle", "chunked", "gzip", "redirect", "big", "close", "raw")
+           "trickle", "chunked", "gzip", "redirect", "big", "close", "raw", "hangup")
 
 HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
             b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -737,7 +740,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(*self.answer(url, query, body))
             self.log_message("applying fault %s", rule["action"])
             create = rule.get("create")
-            self.store = (rule["action"] == "delay") if create is None else create
+            self.store = (rule["action"] in ("delay", "hangup")) if create is None else create
             if create:
                 self.answer(url, query, body)       # the case first, then the fault
             return self.misbehave(rule, url, query, body)
@@ -832,6 +835,11 @@ class Handler(BaseHTTPRequestHandler):
                 seconds = rule.get("delay") or 1
             time.sleep(seconds)
             return self.send(*self.answer(url, query, body))
+        if action == "hangup":
+            self.send(*self.answer(url, query, body))
+            time.sleep(rule.get("seconds") or 0)
+            self.close_connection = True
+            return None
         if action == "status":
             status = rule.get("status") or 500
             if rule.get("body") is not None:
