@@ -69,8 +69,29 @@ static void push_ref(lua_State *L, pending_t *p, int slot) {
     lua_remove(L, -2);
 }
 
+/* A core for a new call: one a finished call gave back, or a new one. */
+static pending_core *core_take(acq_client_t *c) {
+    pending_core *k = (pending_core *)c->cores;
+    if (k != NULL) {
+        c->cores = k->next;
+        c->ncores--;
+        return k;
+    }
+    return (pending_core *)malloc(sizeof *k);
+}
+
+static void core_give(acq_client_t *c, pending_core *k) {
+    if (c->open && c->ncores < ACQ_MAX_CONCURRENCY) {
+        k->next = (pending_core *)c->cores;
+        c->cores = k;
+        c->ncores++;
+    } else {
+        free(k);
+    }
+}
+
 static void detach(pending_t *p) {
-    if (p->attached) curl_multi_remove_handle(p->multi, p->t.easy);
+    if (p->attached) curl_multi_remove_handle(p->multi, p->t->easy);
     p->attached = 0;
 }
 
@@ -79,8 +100,14 @@ static void detach(pending_t *p) {
    by the handle. */
 static void drop_transfer(pending_t *p) {
     detach(p);
-    if (p->group != NULL) group_keep(p->group, &p->t.body);
-    transport_close(&p->t);
+    if (p->core != NULL) {
+        if (p->group != NULL) group_keep(p->group, &p->t->body);
+        transport_close(p->t);
+        core_give(p->c, p->core);
+        p->core = NULL;
+        p->call = NULL;
+        p->t = NULL;
+    }
     if (p->linked) {                            /* off the client's list */
         if (p->prev) p->prev->next = p->next;
         else p->c->pending = p->next;
@@ -147,8 +174,8 @@ static void follow(lua_State *L, pending_t *p, int vals, const acq_step_t *s) {
     }
     /* (transport_prepare puts the transfer in the client's share: its
        connections, not a new one a call) */
-    if (transport_prepare(&p->t, s->url, s->body, s->len) != 0 ||
-        curl_multi_add_handle(p->multi, p->t.easy) != CURLM_OK)
+    if (transport_prepare(p->t, s->url, s->body, s->len) != 0 ||
+        curl_multi_add_handle(p->multi, p->t->easy) != CURLM_OK)
         luaL_error(L, "not enough memory");
     p->attached = 1;
     p->state = S_SEND;
@@ -160,7 +187,7 @@ static void advance(lua_State *L, pending_t *p, const acq_obs_t *o) {
     int vals;
     push_ref(L, p, R_VALS);
     vals = lua_gettop(L);
-    call_next(L, &p->call, vals, o, &s);
+    call_next(L, p->call, vals, o, &s);
     follow(L, p, vals, &s);
     lua_settop(L, vals - 1);
 }
@@ -183,8 +210,8 @@ void pending_act(CURLM *multi, const struct epoll_event *ev, int n, int skip, do
 void pending_ended(lua_State *L, pending_t *p, CURLcode code) {
     acq_result_t r;
     acq_obs_t o;
-    transport_finish(&p->t, code, &r);
-    transport_observe(&p->t, &r, client_monotonic(), client_clock(), &o);
+    transport_finish(p->t, code, &r);
+    transport_observe(p->t, &r, client_monotonic(), client_clock(), &o);
     detach(p);
     advance(L, p, &o);
 }
@@ -218,7 +245,7 @@ static int step(lua_State *L, pending_t *p) {
             n = p->nsocks > 0 || p->dirty ? epoll_wait(p->epfd, ev, 8, 0) : 0;
             pending_act(p->multi, ev, n, -1, &p->timer_at);
             while ((msg = curl_multi_info_read(p->multi, &queued)) != NULL) {
-                if (msg->msg == CURLMSG_DONE && msg->easy_handle == p->t.easy) {
+                if (msg->msg == CURLMSG_DONE && msg->easy_handle == p->t->easy) {
                     code = msg->data.result;
                     ended = 1;
                 }
@@ -300,8 +327,14 @@ pending_t *pending_start(lua_State *L, acq_client_t *c, int client, int find, lo
     p->ref = LUA_NOREF;
     p->timer_at = -1;
     acq_setmetatable(L, ACQ_MT_PENDING);
-    if (find) call_find(L, &p->call, &c->e, id, lua_isnoneornil(L, arg) ? 0 : arg);
-    else call_create(L, &p->call, &c->e, id, arg, 0);     /* raises on misuse: nothing sent */
+    p->c = c;
+    p->core = core_take(c);                               /* (its __gc gives it back) */
+    if (p->core == NULL) luaL_error(L, "not enough memory");
+    p->call = &p->core->call;
+    p->t = &p->core->t;
+    memset(p->t, 0, sizeof *p->t);
+    if (find) call_find(L, p->call, &c->e, id, lua_isnoneornil(L, arg) ? 0 : arg);
+    else call_create(L, p->call, &c->e, id, arg, 0);     /* raises on misuse: nothing sent */
     lua_createtable(L, 5, 0);
     lua_insert(L, -2);
     lua_rawseti(L, -2, R_VALS);
@@ -311,11 +344,11 @@ pending_t *pending_start(lua_State *L, acq_client_t *c, int client, int find, lo
     p->c = c;
     p->pid = client_pid();
     p->thread = pthread_self();
-    transport_dup(&p->t, &c->t, p);
+    transport_dup(p->t, &c->t, p);
     if (g != NULL) {                                      /* the group's multi and descriptor */
         p->group = g;
         p->multi = group_multi(g);
-        group_lend(g, &p->t.body);
+        group_lend(g, &p->t->body);
         p->shown = group_fd(g);
         link_client(c, p);
         group_add(L, g, p, ud);
@@ -327,7 +360,7 @@ pending_t *pending_start(lua_State *L, acq_client_t *c, int client, int find, lo
     if (p->multi != NULL && p->epfd < 0) p->epfd = epoll_create1(EPOLL_CLOEXEC);
     p->shown = p->epfd;
     if (p->epfd < 0 || p->multi == NULL) {
-        call_abandon(L, &p->call, (push_ref(L, p, R_VALS), -1));
+        call_abandon(L, p->call, (push_ref(L, p, R_VALS), -1));
         release(L, p);
         luaL_error(L, "acquire: cannot set up a pending call (%s)",
                    p->multi == NULL ? "curl_multi_init failed" : strerror(errno));
@@ -445,15 +478,15 @@ void pending_cancel(lua_State *L, pending_t *p, int by) {
         hand_back(p);
         return;
     }
-    if (p->state == S_SEND && p->t.easy) {      /* a transfer on its way */
+    if (p->state == S_SEND && p->t->easy) {      /* a transfer on its way */
         acq_result_t r;
-        transport_finish(&p->t, CURLE_ABORTED_BY_CALLBACK, &r);
+        transport_finish(p->t, CURLE_ABORTED_BY_CALLBACK, &r);
         sent = r.maybe_sent;
     }
     detach(p);
     push_ref(L, p, R_VALS);
     vals = lua_gettop(L);
-    call_cancel(L, &p->call, vals, sent, by, &s);  /* pushes err */
+    call_cancel(L, p->call, vals, sent, by, &s);  /* pushes err */
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
     lua_pushnil(L);
     lua_rawseti(L, -2, R_RES);
@@ -483,6 +516,12 @@ void pending_release_all(lua_State *L, acq_client_t *c) {
         if (c->pending == p) drop_transfer(p);   /* (not linked again: never twice) */
     }
     group_release_all(c);
+    while (c->cores != NULL) {                   /* (closed: none is given back now) */
+        pending_core *k = (pending_core *)c->cores;
+        c->cores = k->next;
+        free(k);
+    }
+    c->ncores = 0;
 }
 
 static int l_cancel(lua_State *L) {
@@ -495,7 +534,11 @@ static int l_cancel(lua_State *L) {
 
 static int l_gc(lua_State *L) {
     pending_t *p = (pending_t *)luaL_checkudata(L, 1, ACQ_MT_PENDING);
-    if (p->ref == LUA_NOREF) return 0;
+    if (p->ref == LUA_NOREF) {                /* (its start raised: nothing but the core) */
+        free(p->core);
+        p->core = NULL;
+        return 0;
+    }
     if (p->pid == client_pid()) {
         push_ref(L, p, R_CLIENT);
         if (((acq_client_t *)lua_touserdata(L, -1))->open) pending_cancel(L, p, ACQ_CANCEL_COLLECTED);
@@ -504,6 +547,8 @@ static int l_gc(lua_State *L) {
     } else {                                  /* a child's copy: nothing of it is ours */
         luaL_unref(L, LUA_REGISTRYINDEX, p->ref);
         p->ref = LUA_NOREF;
+        free(p->core);                        /* (the memory only: its handles are the parent's) */
+        p->core = NULL;
     }
     return 0;
 }

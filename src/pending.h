@@ -18,10 +18,20 @@ enum { R_VALS = 1, R_CLIENT, R_RES, R_ERR, R_SELF };
 
 struct acq_group_t;
 
+/* What a call needs until it is over: its engine call and its transfers.
+   Not in the userdata: it goes back to its client when the call ends, for
+   the next call (memory Lua's collector never sees, as create_case's is). */
+typedef struct pending_core {
+    acq_call_t           call;
+    acq_transport_t      t;
+    struct pending_core *next;       /* in the client's spares */
+} pending_core;
+
 typedef struct pending_t {
-    acq_call_t      call;
+    acq_call_t     *call;            /* &core->call; NULL once over */
     acq_client_t   *c;               /* alive while client_ref holds it */
-    acq_transport_t t;               /* this call's transfers, from c's template */
+    acq_transport_t *t;              /* &core->t: this call's transfers, from c's template */
+    pending_core   *core;
     CURLM          *multi;           /* its own, or its group's */
     int             epfd;            /* its own: -1 once given back with multi, or in a group */
     int             shown;           /* the descriptor pollfd() names: epfd, the last, or the group's */

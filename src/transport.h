@@ -122,6 +122,8 @@ typedef struct acq_client_t {
     void    (*release_batch)(struct acq_client_t *c);   /* batch.c's, set with batch: client.c
                                          lets it go without depending on batch.c */
     void     *pending;                /* its unfinished pending calls (pending.c's list) */
+    void     *cores;                  /* what finished pending calls gave back (pending.c's) */
+    int       ncores;
     void     *groups;                 /* its groups of pending calls (group.c's list) */
     void    (*release_pending)(lua_State *L, struct acq_client_t *c);   /* pending.c's: close
                                          ends them, as release_batch ends a batch */
