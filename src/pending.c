@@ -91,7 +91,7 @@ static void core_give(acq_client_t *c, pending_core *k) {
 }
 
 static void detach(pending_t *p) {
-    if (p->attached) curl_multi_remove_handle(p->multi, p->t->easy);
+    if (p->attached && p->t != NULL) curl_multi_remove_handle(p->multi, p->t->easy);
     p->attached = 0;
 }
 
@@ -329,7 +329,10 @@ pending_t *pending_start(lua_State *L, acq_client_t *c, int client, int find, lo
     acq_setmetatable(L, ACQ_MT_PENDING);
     p->c = c;
     p->core = core_take(c);                               /* (its __gc gives it back) */
-    if (p->core == NULL) luaL_error(L, "not enough memory");
+    if (p->core == NULL) {
+        luaL_error(L, "not enough memory");
+        return NULL;
+    }
     p->call = &p->core->call;
     p->t = &p->core->t;
     memset(p->t, 0, sizeof *p->t);
@@ -478,7 +481,7 @@ void pending_cancel(lua_State *L, pending_t *p, int by) {
         hand_back(p);
         return;
     }
-    if (p->state == S_SEND && p->t->easy) {      /* a transfer on its way */
+    if (p->state == S_SEND && p->t != NULL && p->t->easy) {      /* a transfer on its way */
         acq_result_t r;
         transport_finish(p->t, CURLE_ABORTED_BY_CALLBACK, &r);
         sent = r.maybe_sent;
