@@ -451,9 +451,13 @@ static int l_step(lua_State *L) {
     g->stepping = 1;
     group_drive(L, g);
     g->stepping = 0;
+    if (g->nfinished == 0) {                       /* (its list stays, empty) */
+        lua_createtable(L, 0, 0);
+        return 1;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->ref);
     lua_rawgeti(L, -1, G_DONE);
-    lua_createtable(L, 8, 0);
+    lua_createtable(L, 0, 0);
     lua_rawseti(L, -3, G_DONE);
     g->nfinished = 0;
     return 1;
