@@ -235,6 +235,23 @@ local PENDING_NOTE = {
   "switch, `acquire.cqueues`' Lua and cqueues' condition), where the per-call design had twice that.",
   "Found on the way: a multi handle made after `fork()` kept libcurl's default of 4 idle connections per",
   "transfer (every multi handle is now made by `transport_multi_new`).",
+  "",
+  "**What is left, and where it is not** (2026-12-03, later). Two more changes took work away without",
+  "moving these rows beyond the machine's noise: a group keeps the client's idle connections in its epoll",
+  "set (libcurl took each socket out when its transfer ended and put it back when the next call reused",
+  "it: two `epoll_ctl` a call, now none), and a call's engine call and transfers (2 KB) go back to its",
+  "client for the next call rather than into Lua's heap (23.4 KB allocated a call through",
+  "`acquire.cqueues`, now 21.3, against `create_case`'s 20.8). A single call through `acquire.cqueues`",
+  "now makes about 10 system calls to `create_case`'s 6 (the 4 more are cqueues' own: its wait, its",
+  "alert's write and read, and a second wait) and runs 3 % more instructions (callgrind). Paired in one",
+  "process (40 rounds of 500 calls, CPU from getrusage), against `create_case`: the group driven by a",
+  "bare `poll()` 1.08–1.15, the same under cqueues 1.17, through `acquire.cqueues` 1.21–1.24; a pending",
+  "call of its own instead of a group, and this build against the one before these changes, both within",
+  "2 % of each other. So about half of what is left is cqueues' and `acquire.cqueues`' and half is the",
+  "pending call's own, in neither its instructions nor its system calls nor its allocations: this VM has",
+  "no hardware counters, and one run's `perf` samples move 20 % against the next. The five runs of these rows",
+  "today, over the commits of these changes, gave concurrency 16: 0.88, 0.89, 0.89, 0.85, 0.86; concurrency 64: 0.89, 0.89, 0.92, 0.92,",
+  "0.91; one call: 1.28, 1.25, 1.14, 1.27, 1.15 (the last run is the table above).",
 }
 
 -- "## Event loops" (issue 19): bench/pending.lua's rows. -> lines
