@@ -197,11 +197,19 @@ describe("chaos #chaos", function()
     end)
 
     describe("pinned", function()
-      before_each(function() chaos.config(srv, { read_chaos = 0 }) end)
+      -- each on a client of its own: a connection the chaos before left open may be one the server
+      -- is about to close at its idle timer, which drops a request that just arrived (the pinned
+      -- answer then never comes: seen once in CI, a not_created reception and "not found")
+      local pclient
+      before_each(function()
+        chaos.config(srv, { read_chaos = 0 })
+        pclient = acquire.new(rcfg)
+      end)
+      after_each(function() pclient:close() end)
       local function one_r(opts)
         opts = opts or { title = marker() }
         return chaos.call("create_case reconcile", opts.title,
-                          function() return rclient:create_case(CONTACT, opts) end, chaos.bound(rcfg))
+                          function() return pclient:create_case(CONTACT, opts) end, chaos.bound(rcfg))
       end
 
       for _, f in ipairs{ { delivery = "trunc_rst", cut = "headers" }, { delivery = "rst_now" },
@@ -286,7 +294,7 @@ describe("chaos #chaos", function()
         chaos.force(srv, { { answer = "ok", delivery = "keepalive" }, { answer = "created_201", delivery = "trunc_fin", cut = 0.5 },
                            { delivery = "headers_only_fin" } })
         local items = { { CONTACT, { title = marker() } }, { CONTACT, { title = marker() } }, { CONTACT, { title = marker() } } }
-        local calls = chaos.batch(rclient, items, 1, chaos.batch_bound(rcfg, 3, 1),
+        local calls = chaos.batch(pclient, items, 1, chaos.batch_bound(rcfg, 3, 1),
                                   { wait = 0, each = chaos.lookup_bound(rcfg) })
         local log = assert_promise(calls, true)
         assert.equal(3, #log)
