@@ -46,8 +46,6 @@ typedef struct acq_group_t {
     int           ref;            /* registry: { {client} (weak), finished {call...} } */
     int           nfinished;
     pending_t    *calls;          /* unfinished, by gnext (each held by its R_SELF) */
-    acq_buf_t     spare[16];      /* response buffers of finished calls, for the next */
-    int           nspare;
     int           ncalls;
     long          pid;
     pthread_t     thread;
@@ -160,19 +158,6 @@ static int on_timer(CURLM *multi, long ms, void *ud) {
 
 CURLM *group_multi(acq_group_t *g) { return g->multi; }
 
-void group_lend(acq_group_t *g, acq_buf_t *b) {
-    if (b->cap == 0 && g->nspare > 0) {
-        *b = g->spare[--g->nspare];
-        b->len = 0;
-    }
-}
-
-void group_keep(acq_group_t *g, acq_buf_t *b) {
-    if (b->cap == 0 || g->nspare == (int)(sizeof g->spare / sizeof *g->spare)) return;
-    g->spare[g->nspare++] = *b;
-    memset(b, 0, sizeof *b);
-}
-
 /* Outside g:step(): a loop asleep on the group wakes (a call joined, and is
    to be sent; or one finished and is to be reported). A loop sleeps only
    after it asked timeout() (how long), so none is asleep before. */
@@ -280,10 +265,7 @@ void group_drive(lua_State *L, acq_group_t *g) {
             if (read(g->wake, &v, sizeof v) < 0) { /* (nothing to read: already clear) */ }
             g->woken = 0;
         }
-    if (n > 0 && g->nreg > g->nwanted) {
-        int k = reap(g, ev, n);
-        n = k;                                     /* (none left: as if nothing was ready) */
-    }
+    if (n > 0 && g->nreg > g->nwanted) n = reap(g, ev, n);   /* (none left: as if nothing was ready) */
     pending_act(g->multi, ev, n, g->wake, &g->timer_at);
     /* Nothing waited on, and idle sockets in the set (a retry's wait, a step
        that only sent): what woke the loop may be one of them, the peer
@@ -343,8 +325,8 @@ static void drop_multi(acq_group_t *g) {
 }
 
 /* Its calls cancelled (by; unless its client's close did it already), its
-   multi handle and spare buffers gone; its descriptors stay until it is
-   collected (a loop may have them registered). */
+   multi handle gone; its descriptors stay until it is collected (a loop may
+   have them registered). */
 static void let_go(lua_State *L, acq_group_t *g, int by) {
     while (g->c != NULL && g->c->open && g->calls != NULL) {
         pending_t *p = g->calls;
@@ -352,7 +334,6 @@ static void let_go(lua_State *L, acq_group_t *g, int by) {
         if (g->calls == p) unlink_call(g, p);      /* (cancel unlinks it: never twice) */
     }
     drop_multi(g);
-    while (g->nspare > 0) buf_free(&g->spare[--g->nspare]);
 }
 
 void group_release_all(acq_client_t *c) {

@@ -77,16 +77,32 @@ static pending_core *core_take(acq_client_t *c) {
         c->ncores--;
         return k;
     }
-    return (pending_core *)malloc(sizeof *k);
+    k = (pending_core *)malloc(sizeof *k);
+    if (k != NULL) memset(&k->kept, 0, sizeof k->kept);
+    return k;
 }
 
-static void core_give(acq_client_t *c, pending_core *k) {
+static void core_free(pending_core *k) {
+    if (k == NULL) return;
+    buf_free(&k->kept);
+    free(k);
+}
+
+/* Back to c with the call's response buffer (b), for the next call: as a
+   batch's slots keep theirs. A buffer a large answer grew stays out. */
+#define ACQ_KEPT_MAX ((size_t)64 * 1024)
+static void core_give(acq_client_t *c, pending_core *k, acq_buf_t *b) {
+    if (b->cap > 0 && b->cap <= ACQ_KEPT_MAX && k->kept.cap == 0) {
+        k->kept = *b;
+        k->kept.len = 0;
+        memset(b, 0, sizeof *b);
+    }
     if (c->open && c->ncores < ACQ_MAX_CONCURRENCY) {
         k->next = (pending_core *)c->cores;
         c->cores = k;
         c->ncores++;
     } else {
-        free(k);
+        core_free(k);
     }
 }
 
@@ -101,9 +117,11 @@ static void detach(pending_t *p) {
 static void drop_transfer(pending_t *p) {
     detach(p);
     if (p->core != NULL) {
-        if (p->group != NULL) group_keep(p->group, &p->t->body);
-        transport_close(p->t);
-        core_give(p->c, p->core);
+        acq_buf_t body = p->core->t.body;
+        memset(&p->core->t.body, 0, sizeof body);
+        transport_close(&p->core->t);
+        core_give(p->c, p->core, &body);
+        buf_free(&body);                          /* (when not kept) */
         p->core = NULL;
         p->call = NULL;
         p->t = NULL;
@@ -344,14 +362,14 @@ pending_t *pending_start(lua_State *L, acq_client_t *c, int client, int find, lo
     lua_pushvalue(L, client);
     lua_rawseti(L, -2, R_CLIENT);
     p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    p->c = c;
     p->pid = client_pid();
     p->thread = pthread_self();
     transport_dup(p->t, &c->t, p);
+    p->t->body = p->core->kept;                           /* the last call's buffer, if any */
+    memset(&p->core->kept, 0, sizeof p->core->kept);
     if (g != NULL) {                                      /* the group's multi and descriptor */
         p->group = g;
         p->multi = group_multi(g);
-        group_lend(g, &p->t->body);
         p->shown = group_fd(g);
         link_client(c, p);
         group_add(L, g, p, ud);
@@ -522,7 +540,7 @@ void pending_release_all(lua_State *L, acq_client_t *c) {
     while (c->cores != NULL) {                   /* (closed: none is given back now) */
         pending_core *k = (pending_core *)c->cores;
         c->cores = k->next;
-        free(k);
+        core_free(k);
     }
     c->ncores = 0;
 }
@@ -538,7 +556,7 @@ static int l_cancel(lua_State *L) {
 static int l_gc(lua_State *L) {
     pending_t *p = (pending_t *)luaL_checkudata(L, 1, ACQ_MT_PENDING);
     if (p->ref == LUA_NOREF) {                /* (its start raised: nothing but the core) */
-        free(p->core);
+        core_free(p->core);
         p->core = NULL;
         return 0;
     }
@@ -550,7 +568,7 @@ static int l_gc(lua_State *L) {
     } else {                                  /* a child's copy: nothing of it is ours */
         luaL_unref(L, LUA_REGISTRYINDEX, p->ref);
         p->ref = LUA_NOREF;
-        free(p->core);                        /* (the memory only: its handles are the parent's) */
+        core_free(p->core);                   /* (the memory only: its handles are the parent's) */
         p->core = NULL;
     }
     return 0;

@@ -19,11 +19,13 @@ enum { R_VALS = 1, R_CLIENT, R_RES, R_ERR, R_SELF };
 struct acq_group_t;
 
 /* What a call needs until it is over: its engine call and its transfers.
-   Not in the userdata: it goes back to its client when the call ends, for
-   the next call (memory Lua's collector never sees, as create_case's is). */
+   Not in the userdata: it goes back to its client when the call ends, with
+   its response buffer, for the next call (memory Lua's collector never sees,
+   as create_case's is). */
 typedef struct pending_core {
     acq_call_t           call;
     acq_transport_t      t;
+    acq_buf_t            kept;       /* in the client's spares: the last call's response buffer */
     struct pending_core *next;       /* in the client's spares */
 } pending_core;
 
@@ -84,10 +86,6 @@ void group_finished(lua_State *L, pending_t *p, int report);
 void group_add(lua_State *L, struct acq_group_t *g, pending_t *p, int idx);
 double group_timeout(struct acq_group_t *g, double now);   /* seconds, or -1 */
 int  group_fd(struct acq_group_t *g);
-/* A response buffer from g's spares for a new call's transfer (b empty), and
-   back to them when the call is over (b then empty): as a batch's slots keep theirs. */
-void group_lend(struct acq_group_t *g, acq_buf_t *b);
-void group_keep(struct acq_group_t *g, acq_buf_t *b);
 CURLM *group_multi(struct acq_group_t *g);
 /* client:close(): every group of c lets go of its multi handle. */
 void group_release_all(acq_client_t *c);
