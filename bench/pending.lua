@@ -1,14 +1,17 @@
 -- make bench, the event-loop rows (issue 19). Each mode prints "key value" lines.
 --   pending.lua tput URL CALLS ROUNDS CONCS
---       CALLS calls at each concurrency of CONCS ("16,64"): pending calls (client:start_case,
---       driven by acquire.cqueues.create_case: `repeat cqueues.poll(p) until p:step()`) in a
---       cqueues loop, CONC coroutines sharing the CALLS, beside create_cases of the same
---       CALLS items at the same concurrency; one client each, warmed; ROUNDS interleaved rounds
---       (which goes first alternates): calls/s and CPU ms (this process's, libcurl's included)
+--       CALLS calls at each concurrency of CONCS ("16,64"): pending calls driven by
+--       acquire.cqueues.create_case in a cqueues loop, CONC coroutines sharing the CALLS
+--       ("pending"), beside create_cases of the same CALLS items at the same concurrency
+--       ("batch"), and beside the same calls in a group (client:group()) that one coroutine of a
+--       cqueues loop drives, CONC in flight ("group": the engine without a coroutine a call);
+--       one client each, warmed; ROUNDS interleaved rounds (which goes first turns): calls/s
+--       and CPU ms (this process's, libcurl's included)
 --   pending.lua single URL CALLS ROUNDS
---       one call at a time: a start_case driven to the end in a cqueues loop
---       (acquire.cqueues.create_case) beside client:create_case; ROUNDS
---       interleaved rounds of CALLS calls each way: CPU and wall µs a call
+--       one call at a time: acquire.cqueues.create_case in a cqueues loop ("pending"), beside
+--       client:create_case, and client:start_case driven to its end by cqueues.poll(p)
+--       ("start_cq") and by socket.select on its pollfd ("start_select"); ROUNDS interleaved
+--       rounds of CALLS calls each way: CPU and wall µs a call
 --   pending.lua cpu URL CALLS
 --       (a child of "old") create_case after a warm-up: CPU and wall µs a call
 --   pending.lua old URL CALLS ROUNDS NEWDIR OLDDIR
@@ -63,28 +66,57 @@ if mode == "tput" then
     local results = client:create_cases(items, { concurrency = conc })
     for i = 1, calls do check(results[i].res, results[i].err) end
   end
-  local ways = { pending = pending, batch = batch }
+  -- one coroutine keeps conc calls of a group in flight, polling the group when none finished
+  local function group(client, conc)
+    local cq = cqueues.new()
+    cq:wrap(function()
+      local g = client:group()
+      local left, inflight = calls, 0
+      while left > 0 and inflight < conc do
+        g:start_case(CONTACT, OPTS)
+        left, inflight = left - 1, inflight + 1
+      end
+      while inflight > 0 do
+        local done = g:step()
+        for i = 1, #done do
+          check(done[i]:result())
+          inflight = inflight - 1
+          if left > 0 then
+            g:start_case(CONTACT, OPTS)
+            left, inflight = left - 1, inflight + 1
+          end
+        end
+        if #done == 0 then cqueues.poll(g) end
+      end
+      g:close()
+    end)
+    assert(cq:loop())
+  end
+  local ways = { pending = pending, batch = batch, group = group }
+  local order = { "pending", "batch", "group" }
   for _, conc in ipairs(concs) do
-    local clients = { pending = acquire.new{ base_url = url, api_key = KEY },
-                      batch = acquire.new{ base_url = url, api_key = KEY } }
+    local clients = {}
+    for _, way in ipairs(order) do clients[way] = acquire.new{ base_url = url, api_key = KEY } end
     for way, fn in pairs(ways) do fn(clients[way], conc) end        -- warm: the connections open
-    local m = { pending = {}, batch = {}, pending_cpu = {}, batch_cpu = {}, ratio = {} }
+    local m = { ratio = {}, group_ratio = {} }
+    for _, way in ipairs(order) do m[way], m[way .. "_cpu"] = {}, {} end
     for r = 1, rounds do
-      for k = 0, 1 do
-        local way = (r + k) % 2 == 0 and "pending" or "batch"
+      for k = 0, #order - 1 do
+        local way = order[(r + k) % #order + 1]
         local wall, cpu = timed(function() ways[way](clients[way], conc) end)
         table.insert(m[way], calls / wall)
         table.insert(m[way .. "_cpu"], cpu * 1000)
       end
-      m.ratio[r] = m.pending[r] / m.batch[r]      -- this round's pair: one regime of the machine
+      m.ratio[r] = m.pending[r] / m.batch[r]      -- this round's: one regime of the machine
+      m.group_ratio[r] = m.group[r] / m.batch[r]
     end
-    for _, way in ipairs{ "pending", "batch" } do
+    for _, way in ipairs(order) do
       summary(("tput_%s_%d_rps"):format(way, conc), m[way])
       summary(("tput_%s_%d_cpu_ms"):format(way, conc), m[way .. "_cpu"])
     end
     summary(("tput_ratio_%d"):format(conc), m.ratio)
-    clients.pending:close()
-    clients.batch:close()
+    summary(("tput_group_ratio_%d"):format(conc), m.group_ratio)
+    for _, way in ipairs(order) do clients[way]:close() end
   end
   out("tput_calls", calls)
   out("tput_rounds", rounds)
@@ -106,20 +138,45 @@ elseif mode == "single" then
   local function blocking()
     for _ = 1, calls do check(client:create_case(CONTACT, OPTS)) end
   end
-  local ways = { pending = pending, create_case = blocking }
-  pending(); blocking()                                          -- warm
-  local m = { pending = {}, create_case = {}, pending_cpu = {}, create_case_cpu = {}, ratio = {} }
+  -- client:start_case driven to its end: by cqueues.poll(p), and by select(2) on its pollfd
+  local function start_cq()
+    cq:wrap(function()
+      for _ = 1, calls do
+        local p = client:start_case(CONTACT, OPTS)
+        while not p:step() do cqueues.poll(p) end
+        check(p:result())
+      end
+    end)
+    assert(cq:loop())
+  end
+  local function start_select()
+    for _ = 1, calls do
+      local p = client:start_case(CONTACT, OPTS)
+      local fdo = { getfd = function() return p:pollfd() end }
+      while not p:step() do socket.select({ fdo }, nil, p:timeout()) end
+      check(p:result())
+    end
+  end
+  local ways = { pending = pending, create_case = blocking, start_cq = start_cq, start_select = start_select }
+  local order = { "pending", "create_case", "start_cq", "start_select" }
+  for _, way in ipairs(order) do ways[way]() end                 -- warm
+  local m = { ratio = {}, start_cq_ratio = {}, start_select_ratio = {} }
+  for _, way in ipairs(order) do m[way], m[way .. "_cpu"] = {}, {} end
   for r = 1, rounds do
-    for k = 0, 1 do
-      local way = (r + k) % 2 == 0 and "pending" or "create_case"
+    for k = 0, #order - 1 do
+      local way = order[(r + k) % #order + 1]
       local wall, cpu = timed(ways[way])
       table.insert(m[way], wall * 1e6 / calls)
       table.insert(m[way .. "_cpu"], cpu * 1e6 / calls)
     end
     m.ratio[r] = m.pending_cpu[r] / m.create_case_cpu[r]
+    m.start_cq_ratio[r] = m.start_cq_cpu[r] / m.create_case_cpu[r]
+    m.start_select_ratio[r] = m.start_select_cpu[r] / m.create_case_cpu[r]
   end
   summary("single_cpu_ratio", m.ratio)
-  for _, way in ipairs{ "pending", "create_case" } do
+  summary("single_start_cq_cpu_ratio", m.start_cq_ratio)
+  summary("single_start_select_cpu_ratio", m.start_select_ratio)
+  for _, way in ipairs(order) do
     summary(("single_%s_us"):format(way), m[way])
     summary(("single_%s_cpu_us"):format(way), m[way .. "_cpu"])
   end

@@ -250,8 +250,26 @@ local PENDING_NOTE = {
   "2 % of each other. So about half of what is left is cqueues' and `acquire.cqueues`' and half is the",
   "pending call's own, in neither its instructions nor its system calls nor its allocations: this VM has",
   "no hardware counters, and one run's `perf` samples move 20 % against the next. The five runs of these rows",
-  "today, over the commits of these changes, gave concurrency 16: 0.88, 0.89, 0.89, 0.85, 0.86; concurrency 64: 0.89, 0.89, 0.92, 0.92,",
-  "0.91; one call: 1.28, 1.25, 1.14, 1.27, 1.15 (the last run is the table above).",
+  "that day gave concurrency 16: 0.88, 0.89, 0.89, 0.85, 0.86; concurrency 64: 0.89, 0.89, 0.92, 0.92,",
+  "0.91; one call: 1.28, 1.25, 1.14, 1.27, 1.15.",
+  "",
+  "**What the two missed rows measure** (2026-12-03, a later session). The group rows above (one coroutine",
+  "keeps the calls of a group in flight, in the same kind of cqueues loop) run the same engine, group,",
+  "libcurl path and cqueues polling as `acquire.cqueues`, without a coroutine a call: they reach the",
+  "batch's throughput or near it. What `acquire.cqueues` adds at concurrency 16, by callgrind (1,000",
+  "against 3,000 calls): 16.5k instructions a call over that group driver (2.3 %; 12k of them in the Lua",
+  "VM: its Lua, the coroutine's resume and yield, a condition's table entry; 1.5k in cqueues), and",
+  "2.4 % over `create_cases`; by `strace -c`: 0.85 `epoll_wait` a call where the group driver makes",
+  "0.07, each a turn of cqueues' loop (a coroutine resumed, or the leader woken). Yet it costs 13–17 %",
+  "more CPU (paired in one process, user + sys, 14 rounds). One call at a time, `perf stat`'s syscall",
+  "tracepoints over 5,000 calls count 9 system calls a call through `acquire.cqueues` against",
+  "`create_case`'s 6: lua-cqueues 20200726 writes its alert descriptor on every descriptor event it",
+  "processes outside a resume (`fileno_signal` calls `cqueue_tryalert`), and reads it back on its next",
+  "`epoll_wait`, an extra turn: a write, a read and a wait a wake-up. A system call costs 0.3 µs here, so",
+  "those are 1 µs of a 20–40 µs gap. Neither instructions nor system calls account for the rest; the gap",
+  "grows with the server's delay (36 µs at none, 88 µs at 20 ms: code and data touched cold after each",
+  "sleep), and this VM has no counters to say more. Tried and measured without a gain: the leader yielding",
+  "for one turn instead of polling after a step that finished calls (0.995 of the CPU, 14 rounds).",
 }
 
 -- "## Event loops" (issue 19): bench/pending.lua's rows. -> lines
@@ -290,6 +308,19 @@ local function pending_section()
       and q("tput_ratio_" .. cc, f2) or "n/a", " | ", f2(ratio(pk .. "_rps", bk .. "_rps")), " | ",
       q(pk .. "_cpu_ms"), " | ", q(bk .. "_cpu_ms"), " |")
   end
+  if r.tput_group_16_rps_p50 then
+    add("")
+    add("Where the difference is: the same calls in one group (`client:group()`, the group `acquire.cqueues` uses)")
+    add("driven by one coroutine of the same kind of cqueues loop, the concurrency in flight: the engine, the")
+    add("group and cqueues' polling, without a coroutine switch a call. Measured in the same rounds; not a target.")
+    add("")
+    add("| concurrency | group calls/s | ratio to `create_cases` per round | CPU ms, group |")
+    add("|---:|---:|---:|---:|")
+    for _, cc in ipairs({ 16, 64 }) do
+      local gk = "tput_group_" .. cc
+      add("| ", cc, " | ", q(gk .. "_rps", n0), " | ", q("tput_group_ratio_" .. cc, f2), " | ", q(gk .. "_cpu_ms"), " |")
+    end
+  end
   add("")
   add("### One call at a time")
   add("")
@@ -300,10 +331,20 @@ local function pending_section()
   add("|---|---:|---:|")
   add("| `acquire.cqueues.create_case` | ", q("single_pending_us"), " | ", q("single_pending_cpu_us"), " |")
   add("| `create_case` | ", q("single_create_case_us"), " | ", q("single_create_case_cpu_us"), " |")
+  if r.single_start_cq_us_p50 then
+    add("| `client:start_case`, `repeat cqueues.poll(p) until p:step()` in a cqueues loop | ", q("single_start_cq_us"),
+      " | ", q("single_start_cq_cpu_us"), " |")
+    add("| `client:start_case`, `socket.select` on `p:pollfd()` until `p:step()` | ", q("single_start_select_us"),
+      " | ", q("single_start_select_cpu_us"), " |")
+  end
   local sr = r.single_cpu_ratio_p50
   add("")
   add("CPU a call, the first against the second: ", r.single_cpu_ratio_p50 and q("single_cpu_ratio", f2) or "n/a",
     " per round (ratio of medians ", f2(ratio("single_pending_cpu_us", "single_create_case_cpu_us")), ").")
+  if r.single_start_cq_cpu_ratio_p50 then
+    add("The two `client:start_case` ways against `create_case`, per round (not targets): by `cqueues.poll` ",
+      q("single_start_cq_cpu_ratio", f2), ", by `socket.select` ", q("single_start_select_cpu_ratio", f2), ".")
+  end
   add("")
   add("### `create_case` against the build before the call engine")
   add("")

@@ -279,6 +279,32 @@ describe("in an event loop", function()
       c:close()
     end)
 
+    it("runs doc/api.md's bulk example (one coroutine keeps a group's calls in flight): each item sent once", function()
+      local doc = helper.read_file(helper.repo_root .. "/doc/api.md")
+      local at = assert(doc:find("What it costs", 1, true), "doc/api.md: no \"What it costs\" paragraph")
+      local code = assert(doc:match("```lua\n(.-)```", at), "doc/api.md: no example after \"What it costs\"")
+      local srv = servers[1]
+      srv:reset()
+      local c = srv:client(CLIENT)
+      local items = {}
+      for i = 1, 40 do items[i] = { contactId = CONTACT, opts = { title = "bulk " .. i } } end
+      local cq = cqueues.new()
+      local env = setmetatable({ client = c, items = items, cq = cq, cqueues = cqueues }, { __index = _G })
+      local chunk = assert((loadstring or load)(code, "=doc/api.md", "t", env))
+      if setfenv then setfenv(chunk, env) end
+      chunk()
+      assert(cq:loop())                                  -- (ends once every call is finished)
+      local titles = {}
+      for _, r in ipairs(srv:requests()) do
+        if r.method == "POST" and r.path:find(CREATE, 1, true) then
+          local t = r.body:match('"title":"([^"]*)"')
+          titles[t] = (titles[t] or 0) + 1
+        end
+      end
+      for i = 1, #items do assert.equal(1, titles["bulk " .. i], "bulk " .. i) end
+      c:close()
+    end)
+
     it("in a create_cases hook (a C call between it and the loop): a clear raise, or the yield's own", function()
       local srv = servers[1]
       srv:fault{ action = "delay", seconds = 0.2 }        -- the inner call must wait: it cannot end at once
