@@ -4,7 +4,8 @@
 --       acquire.cqueues.create_case in a cqueues loop, CONC coroutines sharing the CALLS
 --       ("pending"), beside create_cases of the same CALLS items at the same concurrency
 --       ("batch"), and beside the same calls in a group (client:group()) that one coroutine of a
---       cqueues loop drives, CONC in flight ("group": the engine without a coroutine a call);
+--       cqueues loop drives, CONC in flight ("group": the engine without a coroutine a call),
+--       and beside acquire.luv.create_case on luv's loop, each callback starting the next ("luv");
 --       one client each, warmed; ROUNDS interleaved rounds (which goes first turns): calls/s
 --       and CPU ms (this process's, libcurl's included)
 --   pending.lua single URL CALLS ROUNDS
@@ -92,13 +93,25 @@ if mode == "tput" then
     end)
     assert(cq:loop())
   end
-  local ways = { pending = pending, batch = batch, group = group }
-  local order = { "pending", "batch", "group" }
+  -- conc chains of acquire.luv calls, each callback starting its chain's next call
+  local uv, aqluv = require "luv", require "acquire.luv"
+  local function luv(client, conc)
+    local left = calls
+    local function one()
+      if left == 0 then return end
+      left = left - 1
+      aqluv.create_case(client, CONTACT, OPTS, function(res, err) check(res, err) one() end)
+    end
+    for _ = 1, conc do one() end
+    uv.run()
+  end
+  local ways = { pending = pending, batch = batch, group = group, luv = luv }
+  local order = { "pending", "batch", "group", "luv" }
   for _, conc in ipairs(concs) do
     local clients = {}
     for _, way in ipairs(order) do clients[way] = acquire.new{ base_url = url, api_key = KEY } end
     for way, fn in pairs(ways) do fn(clients[way], conc) end        -- warm: the connections open
-    local m = { ratio = {}, group_ratio = {} }
+    local m = { ratio = {}, group_ratio = {}, luv_ratio = {} }
     for _, way in ipairs(order) do m[way], m[way .. "_cpu"] = {}, {} end
     for r = 1, rounds do
       for k = 0, #order - 1 do
@@ -109,6 +122,7 @@ if mode == "tput" then
       end
       m.ratio[r] = m.pending[r] / m.batch[r]      -- this round's: one regime of the machine
       m.group_ratio[r] = m.group[r] / m.batch[r]
+      m.luv_ratio[r] = m.luv[r] / m.batch[r]
     end
     for _, way in ipairs(order) do
       summary(("tput_%s_%d_rps"):format(way, conc), m[way])
@@ -116,6 +130,7 @@ if mode == "tput" then
     end
     summary(("tput_ratio_%d"):format(conc), m.ratio)
     summary(("tput_group_ratio_%d"):format(conc), m.group_ratio)
+    summary(("tput_luv_ratio_%d"):format(conc), m.luv_ratio)
     for _, way in ipairs(order) do clients[way]:close() end
   end
   out("tput_calls", calls)

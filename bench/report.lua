@@ -321,6 +321,20 @@ local function pending_section()
       add("| ", cc, " | ", q(gk .. "_rps", n0), " | ", q("tput_group_ratio_" .. cc, f2), " | ", q(gk .. "_cpu_ms"), " |")
     end
   end
+  if r.tput_luv_16_rps_p50 then
+    add("")
+    add("`acquire.luv` (no target): the same calls on luv's loop, 16 or 64 chains of `create_case`, each")
+    add("callback starting its chain's next call; a client's calls on one loop run in one group. Same rounds.")
+    add("With a pending call of its own a call (until 2026-12-03: its own multi handle, descriptor, poll handle")
+    add("and timer; 11 system calls a call where the group makes 4) it reached 0.75–0.81 (paired by hand).")
+    add("")
+    add("| concurrency | luv calls/s | ratio to `create_cases` per round | CPU ms, luv |")
+    add("|---:|---:|---:|---:|")
+    for _, cc in ipairs({ 16, 64 }) do
+      local lk = "tput_luv_" .. cc
+      add("| ", cc, " | ", q(lk .. "_rps", n0), " | ", q("tput_luv_ratio_" .. cc, f2), " | ", q(lk .. "_cpu_ms"), " |")
+    end
+  end
   add("")
   add("### One call at a time")
   add("")

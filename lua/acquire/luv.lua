@@ -4,67 +4,152 @@
 --   aq.create_case(client, 597752, { title = "Refund" }, function(res, err) ... end)
 --   uv.run()
 --
--- Each call is a pending call (client:start_case, src/pending.c) driven by two handles of the
--- loop: a poll handle on p:pollfd() for "r" and a timer for p:timeout(), each stepping it
--- (p:step() never blocks). libuv allows one active poll handle per descriptor: no two running
--- pending calls share one (a finished call's descriptor may serve the client's next call, and
--- its poll handle is closed by then), so one poll handle per call never meets another.
--- callback(res, err) is called once, with what client:create_case would return, after both
--- handles are closed (closing): an error it raises is the loop's to report (luv prints
--- "Uncaught Error" and exits; Neovim shows it) and leaves none of this call's handles open.
--- The loop: `loop` when given (a luv module table: vim.loop), else require "luv" (in Neovim
--- that is vim.loop itself). Returns a handle: handle:cancel() ends the call now, its callback
--- getting nil, err { kind = "cancelled", maybe_created = whether the request may have left };
--- handle:done() is true once the callback has been called.
+-- The calls a client makes on one loop run in one group of pending calls (client:group(),
+-- src/group.c), as acquire.cqueues' calls in one controller do: one multi handle and one epoll
+-- descriptor for all of them, so one wake-up of the loop reads every answer that came and sends
+-- every request that is due, together. The group is driven by two handles of the loop while it
+-- has calls: a poll handle on g:pollfd() for "r" and a timer for g:timeout(), each stepping it
+-- (g:step() never blocks). libuv allows one active poll handle per descriptor, and a group's
+-- descriptor is its own: one poll handle. A call's callback(res, err) is called once, from the
+-- loop, with what client:create_case would return; the handles are closed before the callback of
+-- the group's last call runs, so a callback that raises leaves none open when no call is left,
+-- and its error is the loop's to report (luv prints "Uncaught Error" and exits; Neovim shows it
+-- and goes on): the callbacks of other calls that finished in the same step then run on the
+-- loop's next turn, each still once. The loop: `loop` when given (a luv module table:
+-- vim.loop), else require "luv" (in Neovim that is vim.loop itself). Returns a handle:
+-- handle:cancel() ends the call now, its callback getting nil, err { kind = "cancelled",
+-- maybe_created = whether the request may have left }; handle:done() is true once the callback
+-- has been called.
 local acquire = require "acquire"
 
-local error, pcall, type, getmetatable, setmetatable, ipairs, ceil =
-  error, pcall, type, getmetatable, setmetatable, ipairs, math.ceil
+local error, pcall, type, getmetatable, setmetatable, next, ipairs, remove, ceil =
+  error, pcall, type, getmetatable, setmetatable, next, ipairs, table.remove, math.ceil
 
 local M = { _VERSION = acquire._VERSION }
 
 local Call = {}
 Call.__index = Call
 
--- Closes the handles (idempotent); then, once, the callback with p's result.
-local function finish(self)
-  if self.finished then return end
-  self.finished = true
-  for _, h in ipairs({ self.poll, self.timer }) do
-    if not h:is_closing() then h:close() end
+-- A client's group on each loop: { g = the group, loop = the luv table, calls = { [p] = Call },
+-- n = how many, ready = { Call... } (finished, callbacks not yet called), poll, timer (while it
+-- has calls or callbacks to call), soon = the timer is due at the next turn }. Weak both ways:
+-- a group holds its client only weakly, and a call's pending call holds it while it runs.
+local states = setmetatable({}, { __mode = "k" })
+
+local function close_handles(st)
+  for _, k in ipairs({ "poll", "timer" }) do
+    local h = st[k]
+    if h and not h:is_closing() then h:close() end
+    st[k] = nil
   end
+  st.soon = false
+end
+
+-- The timer, for what the group waits for next.
+local function arm(st)
+  local t = st.g:timeout()
+  st.timer:stop()
+  st.soon = t == 0
+  if t then st.timer:start(ceil(t * 1000), 0, st.on_timer) end
+end
+
+-- The timer at the loop's next turn (a call joined, to be sent with the others of this turn; or
+-- callbacks are left to call), without asking the group.
+local function soon(st)
+  if st.soon then return end
+  st.timer:stop()
+  st.timer:start(0, 0, st.on_timer)
+  st.soon = true
+end
+
+-- The callbacks of the calls that finished, each once. Before each, the loop's next turn is
+-- made sure of while others are left (a callback that raises leaves them to it), and the handles
+-- are closed before the last one when the group has no call left.
+local function deliver(st)
+  local ready = st.ready
+  while ready[1] do
+    local call = remove(ready, 1)
+    call.called = true
+    if ready[1] then soon(st) elseif st.n == 0 then close_handles(st) end
+    call.callback(call.p:result())
+  end
+end
+
+-- Does what is ready (never blocks), then the callbacks of the calls that finished.
+local function tick(st)
+  if not st.timer then return end
+  st.soon = false
+  local ok, done = pcall(st.g.step, st.g)
+  if not ok then                      -- misuse (the client was closed under it): raised, handles closed
+    close_handles(st)
+    for p, call in next, st.calls do
+      call.called = true               -- (no callback will come)
+      st.calls[p] = nil
+    end
+    st.n = 0
+    error(done, 0)
+  end
+  for i = 1, #done do
+    local call = st.calls[done[i]]
+    if call then                      -- (not one cancelled: its callback was called then)
+      st.calls[done[i]] = nil
+      st.n = st.n - 1
+      call.ready = true
+      st.ready[#st.ready + 1] = call
+    end
+  end
+  if st.ready[1] then deliver(st) end
+  if st.n > 0 then arm(st)            -- (the handles: made again by a callback's call, if closed)
+  elseif st.timer then close_handles(st) end
+end
+
+local function state(client, loop)
+  local by = states[client]
+  if not by then
+    by = setmetatable({}, { __mode = "k" })
+    states[client] = by
+  end
+  local st = by[loop]
+  if not st then
+    st = { g = client:group(), loop = loop, calls = {}, n = 0, ready = {} }
+    st.on_timer = function() tick(st) end
+    st.on_poll = function() tick(st) end
+    by[loop] = st
+  end
+  return st
+end
+
+-- The group's handles, when it has none (its first call, or the first since it had none left):
+-- true, or nil and why.
+local function watch(st)
+  if st.timer then return true end
+  local poll, why = st.loop.new_poll(st.g:pollfd())
+  if not poll then return nil, why end
+  st.poll, st.timer = poll, st.loop.new_timer()
+  poll:start("r", st.on_poll)
+  return true
+end
+
+-- A call still running is cancelled; one that finished, its callback not yet called (it finished
+-- in the step whose callbacks are being called), keeps its result: either way, the callback now.
+function Call:cancel()
+  if self.called then return end
+  local st = self.st
+  self.called = true
+  if self.ready then
+    for i = 1, #st.ready do
+      if st.ready[i] == self then remove(st.ready, i) break end
+    end
+  else
+    self.p:cancel()
+    st.calls[self.p] = nil
+    st.n = st.n - 1
+  end
+  if st.n == 0 and not st.ready[1] then close_handles(st) end
   self.callback(self.p:result())
 end
 
--- The timer, for what p waits for next (nil: only its descriptor can wake it).
-local function arm(self)
-  local t = self.p:timeout()
-  self.timer:stop()
-  if t then self.timer:start(ceil(t * 1000), 0, self.on_timer) end
-end
-
--- Does what is ready (never blocks), then re-arms the timer or finishes.
-local function tick(self)
-  if self.finished then return end
-  local ok, done = pcall(self.p.step, self.p)
-  if not ok then                      -- misuse (the client was closed under it): raised, handles closed
-    self.finished = true
-    for _, h in ipairs({ self.poll, self.timer }) do
-      if not h:is_closing() then h:close() end
-    end
-    error(done, 0)
-  end
-  if done then return finish(self) end
-  arm(self)
-end
-
-function Call:cancel()
-  if self.finished then return end
-  self.p:cancel()
-  finish(self)
-end
-
-function Call:done() return self.finished == true end
+function Call:done() return self.called == true end
 
 local function start(fname, method, client, id, arg, callback, loop)
   if getmetatable(client) ~= "acquire.Client" then
@@ -77,24 +162,25 @@ local function start(fname, method, client, id, arg, callback, loop)
     error(("bad argument #5 to '%s' (a luv module expected, such as vim.loop, got %s)"):format(fname, type(loop)), 3)
   end
   loop = loop or require "luv"
-  local ok, p = pcall(client[method], client, id, arg)
+  local by = states[client]
+  local ok, st, p = true, by and by[loop]
+  if not st then ok, st = pcall(state, client, loop) end
+  if ok then ok, p = pcall(st.g[method], st.g, id, arg) else p = st end
   if not ok then
     if type(p) == "string" then
       p = p:gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
     end
     error(p, 3)
   end
-  local self = setmetatable({ p = p, callback = callback }, Call)
-  local poll, why = loop.new_poll(p:pollfd())
-  if not poll then
+  local watched, why = watch(st)
+  if not watched then
     p:cancel()
-    error(("%s: cannot watch the call's descriptor %d (%s)"):format(fname, p:pollfd(), tostring(why)), 3)
+    error(("%s: cannot watch the client's descriptor %d (%s)"):format(fname, st.g:pollfd(), tostring(why)), 3)
   end
-  self.poll = poll
-  self.timer = loop.new_timer()
-  self.on_timer = function() tick(self) end
-  self.poll:start(p:events(), function() tick(self) end)
-  arm(self)                           -- never the callback from here: at the earliest, the loop's next turn
+  local self = setmetatable({ p = p, callback = callback, st = st }, Call)
+  st.calls[p] = self
+  st.n = st.n + 1
+  soon(st)                            -- never the callback from here: at the earliest, the loop's next turn
   return self
 end
 
