@@ -211,6 +211,7 @@ install: $(MOD)
 	install -m 0644 lua/acquire/journal.lua $(DESTDIR)$(INST_LUADIR)/acquire/journal.lua
 	install -m 0644 lua/acquire/cqueues.lua $(DESTDIR)$(INST_LUADIR)/acquire/cqueues.lua
 	install -m 0644 lua/acquire/luv.lua $(DESTDIR)$(INST_LUADIR)/acquire/luv.lua
+	install -m 0644 lua/acquire/loop.lua $(DESTDIR)$(INST_LUADIR)/acquire/loop.lua
 	install -m 0644 $(wildcard lua/acquire/cli/*.lua) $(DESTDIR)$(INST_LUADIR)/acquire/cli/
 	{ printf '#!%s\n' '$(LUA_INTERP)'; \
 	  printf 'package.path = [==[%s/?.lua;%s/?/init.lua;]==] .. package.path; package.cpath = [==[%s/?.so;]==] .. package.cpath\n' \

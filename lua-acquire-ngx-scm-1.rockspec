@@ -37,6 +37,7 @@ build = {
       ["acquire.journal"] = "lua/acquire/journal.lua",
       ["acquire.cqueues"] = "lua/acquire/cqueues.lua",    -- in an event loop (README)
       ["acquire.luv"] = "lua/acquire/luv.lua",
+      ["acquire.loop"] = "lua/acquire/loop.lua",         -- what acquire.cqueues and acquire.luv share
       acquire = {
          sources = {
             "lua_acquire.c",

@@ -33,6 +33,7 @@ build = {
       ["acquire.journal"] = "lua/acquire/journal.lua",
       ["acquire.cqueues"] = "lua/acquire/cqueues.lua",    -- in an event loop (README)
       ["acquire.luv"] = "lua/acquire/luv.lua",
+      ["acquire.loop"] = "lua/acquire/loop.lua",         -- what acquire.cqueues and acquire.luv share
       ["acquire.cli.args"] = "lua/acquire/cli/args.lua",      -- acquire-case's parts
       ["acquire.cli.decode"] = "lua/acquire/cli/decode.lua",
       ["acquire.cli.input"] = "lua/acquire/cli/input.lua",

@@ -243,6 +243,18 @@ describe("in an event loop", function()
         helper.contains(msgs[1], "bad argument #2 to 'create_case' (contactId must be a positive integer, got '12a')")
         helper.contains(msgs[2], "bad field 'agentId' (integer expected, got string)")
         helper.contains(msgs[3], "bad argument #1 to 'create_case' (acquire client expected, got nil)")
+        -- raised at the caller's line: not one inside lua/acquire/, nor the caller's caller
+        for _, args in ipairs({ { "12a", {} }, { CONTACT, { agentId = "x" } }, { CONTACT, {}, false } }) do
+          local function misuse()
+            if args[3] == false then
+              if d.name == "acquire.luv" then aq_uv.create_case(nil, args[1], args[2], function() end)
+              else aq_cq.create_case(nil, args[1], args[2]) end
+            elseif d.name == "acquire.luv" then aq_uv.create_case(c, args[1], args[2], function() end)
+            else aq_cq.create_case(c, args[1], args[2]) end
+          end
+          local msg = raises(misuse)
+          assert(msg:find("34%-loops_spec%.lua:%d+: bad") and not msg:find("lua/acquire/"), msg)
+        end
         if d.name == "acquire.luv" then
           helper.contains(helper.raises(aq_uv.create_case, c, CONTACT, {}),
             "bad argument #4 to 'create_case' (callback function expected, got nil)")

@@ -4,9 +4,9 @@
 --   cq:wrap(function() local res, err = aq.create_case(client, 597752, { title = "Refund" }) end)
 --
 -- The calls a client makes in one controller run in one group of pending calls
--- (client:group(), src/group.c): one multi handle and one descriptor for all of them, as a
--- batch has. One of the waiting coroutines leads: it polls the group (cqueues polls any object
--- with pollfd, events and timeout) and steps it, and each step hands every call that finished
+-- (client:group(), src/group.c, kept by acquire.loop): one multi handle and one descriptor for
+-- all of them, as a batch has. One of the waiting coroutines leads: it polls the group (cqueues
+-- polls any object with pollfd, events and timeout) and steps it, and each step hands every call that finished
 -- to its coroutine (a cqueues condition); when its own call is done it hands the lead to
 -- another waiting coroutine. So the sends, retries, Retry-After waits and reconcile's wait are
 -- the loop's own waits, and one wake-up of the loop reads every answer that came and sends
@@ -21,38 +21,22 @@
 local cqueues = require "cqueues"
 local condition = require "cqueues.condition"
 local acquire = require "acquire"
+local loop = require "acquire.loop"
 
 local running, poll = cqueues.running, cqueues.poll
 local isyieldable, corunning = coroutine.isyieldable, coroutine.running
-local error, pcall, type, getmetatable, next, setmetatable =
-  error, pcall, type, getmetatable, next, setmetatable
+local error, pcall, next, setmetatable = error, pcall, next, setmetatable
 
 local M = { _VERSION = acquire._VERSION }
 
 -- A client's group in each controller: { g = the group, waiting = { [call] = condition },
--- leading = a coroutine leads, steps = how many steps it took }. Weak both ways: a group holds its client only weakly.
-local states = setmetatable({}, { __mode = "k" })
+-- leading = a coroutine leads, steps = how many steps it took } (acquire.loop).
+local groups = loop.groups(function(g) return { g = g, waiting = {}, leading = false, steps = 0 } end)
 
-local function state(client, cq)
-  local by = states[client]
-  if not by then
-    by = setmetatable({}, { __mode = "k" })
-    states[client] = by
-  end
-  local st = by[cq]
-  if not st then
-    st = { g = client:group(), waiting = {}, leading = false, steps = 0 }
-    by[cq] = st
-  end
-  return st
-end
-
--- g:<method>(id, arg) for client, raising as `fname` would: misuse names this function's
--- arguments (pcall calls the method as a plain function, so its argument numbers are ours).
+-- g:<method>(id, arg) for client, in its group of the running controller, raising as `fname`
+-- would (misuse names this function's arguments), before anything is sent.
 local function start(fname, method, client, id, arg)
-  if getmetatable(client) ~= "acquire.Client" then
-    error(("bad argument #1 to '%s' (acquire client expected, got %s)"):format(fname, type(client)), 3)
-  end
+  loop.check_client(client, fname)
   local cq = running()
   if not cq then
     error(("acquire.cqueues.%s runs inside a cqueues controller (cq:wrap); outside one, "
@@ -66,17 +50,8 @@ local function start(fname, method, client, id, arg)
   else
     poll(0)       -- 5.1, 5.2: cannot tell; a yield first, which raises there, before anything is sent
   end
-  local by = states[client]
-  local ok, st, p = true, by and by[cq]
-  if not st then ok, st = pcall(state, client, cq) end
-  if ok then ok, p = pcall(st.g[method], st.g, id, arg) else p = st end
-  if not ok then
-    if type(p) == "string" then
-      p = p:gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
-    end
-    error(p, 3)
-  end
-  return st, p
+  local st, p = loop.start(groups, cq, fname, method, client, id, arg)
+  return st, p                          -- (not a tail call: misuse raises at fname's caller)
 end
 
 -- Each call that finished to its waiting coroutine (no longer one the lead can go to).

@@ -5,7 +5,7 @@
 --   uv.run()
 --
 -- The calls a client makes on one loop run in one group of pending calls (client:group(),
--- src/group.c), as acquire.cqueues' calls in one controller do: one multi handle and one epoll
+-- src/group.c, kept by acquire.loop), as acquire.cqueues' calls in one controller do: one multi handle and one epoll
 -- descriptor for all of them, so one wake-up of the loop reads every answer that came and sends
 -- every request that is due, together. The group is driven by two handles of the loop while it
 -- has calls: a poll handle on g:pollfd() for "r" and a timer for g:timeout(), each stepping it
@@ -21,20 +21,20 @@
 -- maybe_created = whether the request may have left }; handle:done() is true once the callback
 -- has been called.
 local acquire = require "acquire"
+local loop_groups = require "acquire.loop"
 
-local error, pcall, type, getmetatable, setmetatable, next, ipairs, remove, ceil =
-  error, pcall, type, getmetatable, setmetatable, next, ipairs, table.remove, math.ceil
+local error, pcall, type, setmetatable, next, ipairs, remove, ceil =
+  error, pcall, type, setmetatable, next, ipairs, table.remove, math.ceil
 
 local M = { _VERSION = acquire._VERSION }
 
 local Call = {}
 Call.__index = Call
 
--- A client's group on each loop: { g = the group, loop = the luv table, calls = { [p] = Call },
--- n = how many, ready = { Call... } (finished, callbacks not yet called), poll, timer (while it
--- has calls or callbacks to call), soon = the timer is due at the next turn }. Weak both ways:
--- a group holds its client only weakly, and a call's pending call holds it while it runs.
-local states = setmetatable({}, { __mode = "k" })
+-- A client's group on each loop (acquire.loop): { g = the group, loop = the luv table,
+-- calls = { [p] = Call }, n = how many, ready = { Call... } (finished, callbacks not yet called),
+-- poll, timer (while it has calls or callbacks to call), soon = the timer is due at the next turn }.
+-- (Made below, after tick, which its handlers call.)
 
 local function close_handles(st)
   for _, k in ipairs({ "poll", "timer" }) do
@@ -103,21 +103,12 @@ local function tick(st)
   elseif st.timer then close_handles(st) end
 end
 
-local function state(client, loop)
-  local by = states[client]
-  if not by then
-    by = setmetatable({}, { __mode = "k" })
-    states[client] = by
-  end
-  local st = by[loop]
-  if not st then
-    st = { g = client:group(), loop = loop, calls = {}, n = 0, ready = {} }
-    st.on_timer = function() tick(st) end
-    st.on_poll = function() tick(st) end
-    by[loop] = st
-  end
+local groups = loop_groups.groups(function(g, loop)
+  local st = { g = g, loop = loop, calls = {}, n = 0, ready = {} }
+  st.on_timer = function() tick(st) end
+  st.on_poll = function() tick(st) end
   return st
-end
+end)
 
 -- The group's handles, when it has none (its first call, or the first since it had none left):
 -- true, or nil and why.
@@ -152,9 +143,7 @@ end
 function Call:done() return self.called == true end
 
 local function start(fname, method, client, id, arg, callback, loop)
-  if getmetatable(client) ~= "acquire.Client" then
-    error(("bad argument #1 to '%s' (acquire client expected, got %s)"):format(fname, type(client)), 3)
-  end
+  loop_groups.check_client(client, fname)
   if type(callback) ~= "function" then
     error(("bad argument #4 to '%s' (callback function expected, got %s)"):format(fname, type(callback)), 3)
   end
@@ -162,16 +151,7 @@ local function start(fname, method, client, id, arg, callback, loop)
     error(("bad argument #5 to '%s' (a luv module expected, such as vim.loop, got %s)"):format(fname, type(loop)), 3)
   end
   loop = loop or require "luv"
-  local by = states[client]
-  local ok, st, p = true, by and by[loop]
-  if not st then ok, st = pcall(state, client, loop) end
-  if ok then ok, p = pcall(st.g[method], st.g, id, arg) else p = st end
-  if not ok then
-    if type(p) == "string" then
-      p = p:gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
-    end
-    error(p, 3)
-  end
+  local st, p = loop_groups.start(groups, loop, fname, method, client, id, arg)
   local watched, why = watch(st)
   if not watched then
     p:cancel()
@@ -186,12 +166,14 @@ end
 
 --- handle = acquire.luv.create_case(client, contactId, opts, callback [, loop])
 function M.create_case(client, contactId, opts, callback, loop)
-  return start("create_case", "start_case", client, contactId, opts, callback, loop)
+  local handle = start("create_case", "start_case", client, contactId, opts, callback, loop)
+  return handle                       -- (not a tail call: misuse raises at this function's caller)
 end
 
 --- handle = acquire.luv.find_cases(client, contactId, filter, callback [, loop])
 function M.find_cases(client, contactId, filter, callback, loop)
-  return start("find_cases", "start_find", client, contactId, filter, callback, loop)
+  local handle = start("find_cases", "start_find", client, contactId, filter, callback, loop)
+  return handle
 end
 
 return M
