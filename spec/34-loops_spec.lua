@@ -527,6 +527,32 @@ describe("in an event loop", function()
       helper.contains(r.err, "boom ")
     end)
 
+    it("a client closed while its calls run: the loop's next step raises, its handles closed, no callback", function()
+      local srv = servers[1]
+      srv:fault{ action = "delay", seconds = 1 }
+      local script = helper.tmpfile([==[
+        local uv, aq = vim.loop, require "acquire.luv"
+        local c = require("acquire").new{ base_url = os.getenv("ACQUIRE_BASE_URL"), api_key = os.getenv("ACQUIRE_API_KEY") }
+        local called, handles = 0, {}
+        for i = 1, 3 do
+          handles[i] = aq.create_case(c, 597752, { title = "closed " .. i }, function() called = called + 1 end)
+        end
+        local poll, timer = handles[1].st.poll, handles[1].st.timer
+        local closer = uv.new_timer()
+        closer:start(200, 0, function() closer:close() c:close() end)
+        vim.wait(1500, function() return false end, 10)
+        local open = (poll:is_closing() and 0 or 1) + (timer:is_closing() and 0 or 1)
+        local done = 0
+        for i = 1, 3 do if handles[i]:done() then done = done + 1 end end
+        io.stdout:write(("called %d|open %d|done %d\n"):format(called, open, done))
+      ]==])
+      local r = nvim(srv, { "-c", "luafile " .. script, "-c", "qa!" })
+      os.remove(script)
+      local report = ("\n--- stdout ---\n%s--- stderr ---\n%s"):format(r.out, r.err)
+      assert.equal("called 0|open 0|done 3\n", r.out, report)
+      helper.contains(r.err, "client is closed")
+    end)
+
     it("runs 4 calls of 1 s at once on vim.loop, its timers ticking; a callback that raises leaves no handle", function()
       local srv = servers[1]
       srv:fault{ action = "delay", seconds = 1 }
