@@ -308,18 +308,22 @@ local function pending_section()
       and q("tput_ratio_" .. cc, f2) or "n/a", " | ", f2(ratio(pk .. "_rps", bk .. "_rps")), " | ",
       q(pk .. "_cpu_ms"), " | ", q(bk .. "_cpu_ms"), " |")
   end
+  -- a way that is not a target, beside create_cases at each concurrency (bench/pending.lua's tput)
+  local function way_table(way)
+    add("| concurrency | ", way, " calls/s | ratio to `create_cases` per round | CPU ms, ", way, " |")
+    add("|---:|---:|---:|---:|")
+    for _, cc in ipairs({ 16, 64 }) do
+      local k = "tput_" .. way .. "_" .. cc
+      add("| ", cc, " | ", q(k .. "_rps", n0), " | ", q("tput_" .. way .. "_ratio_" .. cc, f2), " | ", q(k .. "_cpu_ms"), " |")
+    end
+  end
   if r.tput_group_16_rps_p50 then
     add("")
     add("Where the difference is: the same calls in one group (`client:group()`, the group `acquire.cqueues` uses)")
     add("driven by one coroutine of the same kind of cqueues loop, the concurrency in flight: the engine, the")
     add("group and cqueues' polling, without a coroutine switch a call. Measured in the same rounds; not a target.")
     add("")
-    add("| concurrency | group calls/s | ratio to `create_cases` per round | CPU ms, group |")
-    add("|---:|---:|---:|---:|")
-    for _, cc in ipairs({ 16, 64 }) do
-      local gk = "tput_group_" .. cc
-      add("| ", cc, " | ", q(gk .. "_rps", n0), " | ", q("tput_group_ratio_" .. cc, f2), " | ", q(gk .. "_cpu_ms"), " |")
-    end
+    way_table("group")
   end
   if r.tput_luv_16_rps_p50 then
     add("")
@@ -328,12 +332,7 @@ local function pending_section()
     add("With a pending call of its own a call (until 2026-12-03: its own multi handle, descriptor, poll handle")
     add("and timer; 11 system calls a call where the group makes 4) it reached 0.75–0.81 (paired by hand).")
     add("")
-    add("| concurrency | luv calls/s | ratio to `create_cases` per round | CPU ms, luv |")
-    add("|---:|---:|---:|---:|")
-    for _, cc in ipairs({ 16, 64 }) do
-      local lk = "tput_luv_" .. cc
-      add("| ", cc, " | ", q(lk .. "_rps", n0), " | ", q("tput_luv_ratio_" .. cc, f2), " | ", q(lk .. "_cpu_ms"), " |")
-    end
+    way_table("luv")
   end
   add("")
   add("### One call at a time")

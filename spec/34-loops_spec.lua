@@ -461,6 +461,16 @@ describe("in an event loop", function()
         LUA_CPATH = helper.repo_root .. "/.tmp/luajit/?.so;;", LUA_PATH = helper.repo_root .. "/lua/?.lua;;" } })
     end
 
+    -- nvim running the Lua `code` (a file of its own, then quit): helper.run's result, with
+    -- report = its stdout and stderr for a failure's message
+    local function nvim_lua(srv, code)
+      local script = helper.tmpfile(code)
+      local r = nvim(srv, { "-c", "luafile " .. script, "-c", "qa!" })
+      os.remove(script)
+      r.report = ("\n--- stdout ---\n%s--- stderr ---\n%s"):format(r.out, r.err)
+      return r
+    end
+
     it("runs examples/neovim.lua: a case created while the editor waits", function()
       local srv = servers[1]
       srv:fault{ action = "delay", seconds = 1 }
@@ -474,7 +484,7 @@ describe("in an event loop", function()
       local srv = servers[1]
       srv:fault{ action = "delay", seconds = 0.2 }
       local seed = os.getenv("ACQUIRE_SEED") or tostring(os.time())
-      local script = helper.tmpfile(([==[
+      local r = nvim_lua(srv, ([==[
         local uv, aq = vim.loop, require "acquire.luv"
         local c = require("acquire").new{ base_url = os.getenv("ACQUIRE_BASE_URL"), api_key = os.getenv("ACQUIRE_API_KEY") }
         math.randomseed(%s)
@@ -520,17 +530,14 @@ describe("in an event loop", function()
         end
         io.stdout:write(#bad == 0 and "ok\n" or table.concat(bad, "\n") .. "\n")
       ]==]):format(seed))
-      local r = nvim(srv, { "-c", "luafile " .. script, "-c", "qa!" })
-      os.remove(script)
-      assert(r.out == "ok\n", ("seed %s (ACQUIRE_SEED=%s to run it again)\n--- stdout ---\n%s--- stderr ---\n%s")
-        :format(seed, seed, r.out, r.err))
+      assert(r.out == "ok\n", ("seed %s (ACQUIRE_SEED=%s to run it again)%s"):format(seed, seed, r.report))
       helper.contains(r.err, "boom ")
     end)
 
     it("a client closed while its calls run: the loop's next step raises, its handles closed, no callback", function()
       local srv = servers[1]
       srv:fault{ action = "delay", seconds = 1 }
-      local script = helper.tmpfile([==[
+      local r = nvim_lua(srv, [==[
         local uv, aq = vim.loop, require "acquire.luv"
         local c = require("acquire").new{ base_url = os.getenv("ACQUIRE_BASE_URL"), api_key = os.getenv("ACQUIRE_API_KEY") }
         local called, handles = 0, {}
@@ -546,9 +553,7 @@ describe("in an event loop", function()
         for i = 1, 3 do if handles[i]:done() then done = done + 1 end end
         io.stdout:write(("called %d|open %d|done %d\n"):format(called, open, done))
       ]==])
-      local r = nvim(srv, { "-c", "luafile " .. script, "-c", "qa!" })
-      os.remove(script)
-      local report = ("\n--- stdout ---\n%s--- stderr ---\n%s"):format(r.out, r.err)
+      local report = r.report
       assert.equal("called 0|open 0|done 3\n", r.out, report)
       helper.contains(r.err, "client is closed")
     end)
@@ -556,7 +561,7 @@ describe("in an event loop", function()
     it("runs 4 calls of 1 s at once on vim.loop, its timers ticking; a callback that raises leaves no handle", function()
       local srv = servers[1]
       srv:fault{ action = "delay", seconds = 1 }
-      local script = helper.tmpfile([==[
+      local r = nvim_lua(srv, [==[
         local uv, aq = vim.loop, require "acquire.luv"
         local c = require("acquire").new{ base_url = os.getenv("ACQUIRE_BASE_URL"), api_key = os.getenv("ACQUIRE_API_KEY") }
         local out, left, t0 = {}, 4, uv.hrtime()
@@ -587,9 +592,7 @@ describe("in an event loop", function()
         io.stdout:write(("%s|elapsed %.2f|ticks %d|open %d\n"):format(table.concat(out, ","),
           elapsed, ticks, open))
       ]==])
-      local r = nvim(srv, { "-c", "luafile " .. script, "-c", "qa!" })
-      os.remove(script)
-      local report = ("\n--- stdout ---\n%s--- stderr ---\n%s"):format(r.out, r.err)
+      local report = r.report
       local titles, elapsed, ticks, open = r.out:match("([^|\n]*)|elapsed ([%d.]+)|ticks (%d+)|open (%d+)")
       assert(titles, "nvim printed no result" .. report)
       assert.equal("nvim 1,nvim 2,nvim 3,nvim 4", titles)

@@ -1,4 +1,5 @@
---- acquire.driver: what every Lua driver of the call engine shares (acquire.ngx, acquire.haproxy).
+--- acquire.driver: what every Lua driver of the call engine shares (acquire.ngx, acquire.haproxy;
+-- acquire.loop names misuse by its rename too).
 -- A host gives its clock, its sleep, its log's destination and its attempt (the bytes of one
 -- request over its sockets -> an observation); this gives back the rest, once for all hosts:
 -- the loop that drives a call (acquire.engine's "send" / "wait" / "done"), the client's
@@ -8,6 +9,12 @@ local format, tostring, type, error, pcall = string.format, tostring, type, erro
 local unpack = table.unpack or unpack
 
 local M = {}
+
+--- M.rename(msg, fname): a misuse message of the C module's ("bad argument #N to 'x' (...)")
+-- as fname's own, for a Lua function that calls the C one with the same arguments.
+function M.rename(msg, fname)
+  return (msg:gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'"))
+end
 
 --- M.new{ file = "ngx", clock = fn, sleep = fn(seconds), sink = fn(level, text),
 --         attempt = fn(st, req) -> obs, redact = acquire.redact } -> d
@@ -20,8 +27,7 @@ function M.new(host)
   -- level of the caller of the function that calls this (create_case, new...).
   function d.rethrow(msg, fname)
     if type(msg) == "string" then
-      msg = msg:gsub(strip, ""):gsub("^[^\n]-driver%.lua:%d+: ", "")
-               :gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
+      msg = M.rename(msg:gsub(strip, ""):gsub("^[^\n]-driver%.lua:%d+: ", ""), fname)
     end
     error(msg, 3)
   end

@@ -4,6 +4,7 @@
 -- the loop live. A call starts in it as the driver's own function: misuse raises naming that
 -- function's arguments, before anything is sent. No I/O here.
 local setmetatable, getmetatable, pcall, error, type = setmetatable, getmetatable, pcall, error, type
+local rename = require("acquire.driver").rename    -- (the rule every Lua driver names misuse by)
 
 local M = {}
 
@@ -48,9 +49,7 @@ function M.start(set, loop, fname, method, client, id, arg)
   if st then ok = true else ok, st = pcall(set.make, client, loop) end
   if ok then ok, p = pcall(st.g[method], st.g, id, arg) else p = st end
   if not ok then
-    if type(p) == "string" then
-      p = p:gsub("^bad argument #(%d+) to '[^']*'", "bad argument #%1 to '" .. fname .. "'")
-    end
+    if type(p) == "string" then p = rename(p, fname) end
     error(p, 4)
   end
   return st, p
